@@ -1,0 +1,29 @@
+"""``dicom-node status``: counts from the index."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from dicom_node.config import NodeConfig
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``status`` subcommand."""
+    p = sub.add_parser("status", help="print counts of studies, series and instances from the index")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, config: NodeConfig) -> int:
+    """Print studies, series, instances, pending and complete series."""
+    from dicom_node.node import open_index
+
+    counts = open_index(config).counts()
+    if args.json:
+        print(json.dumps(counts))
+    else:
+        print(f"storage root: {config.storage.root.resolve()}")
+        for key in ("studies", "series", "instances", "pending", "complete"):
+            print(f"{key + ':':<11}{counts[key]}")
+    return 0

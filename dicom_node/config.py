@@ -1,0 +1,282 @@
+"""One validated configuration object: TOML file plus environment overrides.
+
+Resolution order (later wins): built-in defaults, the TOML file, environment
+variables ``DICOM_NODE__<SECTION>__<KEY>`` (for example
+``DICOM_NODE__SCP__PORT=11113``). Values from the environment are parsed as
+TOML literals when they look like one (numbers, booleans, arrays), else taken as
+strings. Any invalid value stops start-up with :class:`~dicom_node.errors.ConfigError`
+naming the key, e.g. ``scp.port: Input should be less than or equal to 65535``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dicom_node.errors import ConfigError
+
+ENV_PREFIX = "DICOM_NODE__"
+DEFAULT_CONFIG_NAME = Path("conf") / "node.toml"
+
+#: AE titles: 1-16 characters of the default character repertoire, no backslash (PS3.5 6.2).
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+#: Transfer syntaxes the pixel decoder handles (PS3.5 Annex A / PS3.6 Table A-1).
+UNCOMPRESSED_SYNTAXES = [
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
+]
+COMPRESSED_SYNTAXES = [
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction (Process 14 SV1)
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless Only
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+]
+DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
+
+
+def _check_ae(value: str, what: str) -> str:
+    if not _AE_RE.match(value) or not value.strip():
+        raise ValueError(f"{what} {value!r} is not a valid AE title (1-16 characters, no backslash)")
+    return value.strip()
+
+
+class _Section(BaseModel):
+    """Base for config sections: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AllowedPeer(_Section):
+    """One calling AE title allowed to associate, optionally pinned to source hosts."""
+
+    ae_title: str
+    hosts: list[str] = Field(default_factory=list, description="IP addresses or networks (CIDR); empty = any host")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, v: str) -> str:
+        return _check_ae(v, "ae_title")
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for host in v:
+            ipaddress.ip_network(host, strict=False)  # raises ValueError naming the bad value
+        return v
+
+
+class ScpConfig(_Section):
+    """DIMSE Storage SCP: network, access control, limits and timeouts."""
+
+    ae_title: str = "DICOM_NODE"
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=0, le=65535)
+    #: Calling AE titles allowed to associate; empty = any (only allowed on loopback unless allow_any_calling_ae).
+    allowed_peers: list[AllowedPeer] = Field(default_factory=list)
+    allow_any_calling_ae: bool = False
+    #: Reject associations whose Called AE Title is not ours (A-ASSOCIATE-RJ reason 7).
+    require_called_ae: bool = True
+    max_associations: int = Field(16, ge=1, le=1024)
+    #: Largest P-DATA PDU we accept and advertise (PS3.8 D.1); bounded so a peer cannot make us allocate at will.
+    max_pdu: int = Field(131072, ge=4096, le=16 * 1024 * 1024)
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(60.0, gt=0)
+    network_timeout: float = Field(60.0, gt=0)
+    transfer_syntaxes: list[str] = Field(default_factory=lambda: UNCOMPRESSED_SYNTAXES + COMPRESSED_SYNTAXES + [DEFLATED_SYNTAX])
+    #: Upper bound on the inflated size of a Deflated Explicit VR Little Endian dataset.
+    max_inflated_bytes: int = Field(2 * 1024**3, ge=1024 * 1024)
+    #: Largest dataset accepted in one C-STORE (bytes on the wire).
+    max_dataset_bytes: int = Field(4 * 1024**3, ge=1024 * 1024)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, v: str) -> str:
+        return _check_ae(v, "ae_title")
+
+    @field_validator("transfer_syntaxes")
+    @classmethod
+    def _syntaxes(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one transfer syntax must be accepted")
+        for uid in v:
+            if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) or len(uid) > 64:
+                raise ValueError(f"{uid!r} is not a UID")
+        return v
+
+    @model_validator(mode="after")
+    def _open_needs_allowlist(self) -> "ScpConfig":
+        if not self.allowed_peers and not self.allow_any_calling_ae and not _is_loopback(self.host):
+            raise ValueError(
+                f"binding {self.host!r} (not loopback) with an empty allowed_peers list is refused; "
+                "list the calling AE titles in [[scp.allowed_peers]] or set allow_any_calling_ae = true"
+            )
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class StorageConfig(_Section):
+    """Where the spool and the SQLite index live, and how they protect the disk."""
+
+    root: Path = Path("./var")
+    #: Refuse new data (0xA700) while free space on the spool volume is below this many bytes.
+    min_free_bytes: int = Field(1024**3, ge=0)
+    #: What to do when a SOP Instance UID arrives again.
+    duplicate_policy: Literal["keep_first", "replace"] = "keep_first"
+    #: fsync files, directories and index commits before acknowledging. Only benchmarks turn
+    #: this off, to measure the receive path alone; never in production.
+    fsync: bool = True
+
+
+class AssemblyConfig(_Section):
+    """When a series (and its study) counts as complete."""
+
+    quiet_period: float = Field(10.0, ge=0.0)
+    #: A series whose last association was aborted waits this long instead (the sender usually retries).
+    abort_grace: float = Field(3600.0, ge=0.0)
+    poll_interval: float = Field(0.5, gt=0.0)
+
+
+class LoggingConfig(_Section):
+    """Structured logging."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["keyvalue", "json"] = "keyvalue"
+
+
+class PixelConfig(_Section):
+    """Pixel decoding."""
+
+    #: Worker processes for native codecs; 0 = one per CPU core.
+    decode_workers: int = Field(0, ge=0, le=256)
+    #: "auto" uses nvImageCodec on a GPU when installed, else the CPU; "cpu" forces the CPU path.
+    gpu_decode: Literal["auto", "cpu"] = "auto"
+
+
+class InferenceConfig(_Section):
+    """Model store and backends."""
+
+    models_dir: Path = Path("./engines")
+    #: Backend order when a model's spec states no preference.
+    backends: list[Literal["tensorrt", "onnxruntime", "triton"]] = Field(default_factory=lambda: ["tensorrt", "onnxruntime"])
+    onnxruntime_threads: int = Field(0, ge=0, le=256)
+    max_batch_delay_ms: float = Field(5.0, ge=0.0, le=1000.0)
+    triton_url: str = ""
+
+
+class NodeConfig(_Section):
+    """The whole configuration of one node."""
+
+    scp: ScpConfig = Field(default_factory=ScpConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    assembly: AssemblyConfig = Field(default_factory=AssemblyConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    pixels: PixelConfig = Field(default_factory=PixelConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Parse an environment value as a TOML literal when it is one, else keep the string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Collect ``DICOM_NODE__SECTION__KEY`` variables into a nested dict."""
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not parts:
+            continue
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{'.'.join(parts)}: conflicting environment overrides ({name})")
+        node[parts[-1]] = _parse_env_value(raw)
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _format_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(root)"
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{key}: {msg}{more}"
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> NodeConfig:
+    """Load, merge and validate the node configuration.
+
+    Parameters
+    ----------
+    path : pathlib.Path, optional
+        TOML file. Without it, ``conf/node.toml`` in the working directory is
+        used when present, else the built-in defaults.
+    environ : mapping, optional
+        Environment to read overrides from (default: ``os.environ``).
+
+    Returns
+    -------
+    NodeConfig
+        The validated, immutable configuration.
+
+    Raises
+    ------
+    ConfigError
+        With one line naming the bad key and the problem.
+    """
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is None and DEFAULT_CONFIG_NAME.is_file():
+        path = DEFAULT_CONFIG_NAME
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    data = _merge(data, _env_overrides(environ))
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from exc

@@ -1,0 +1,134 @@
+"""The single index writer: batches operations into one transaction (group commit).
+
+Every write to the index goes through :class:`IndexWriter`. An operation is a
+function of the connection; the writer runs whatever is queued (up to
+``max_batch``) inside one ``BEGIN IMMEDIATE`` transaction, each operation under
+its own savepoint so one failure rolls back only itself, commits (one WAL fsync
+for the whole batch), and only then resolves the futures. A C-STORE handler
+waits on its future before answering success.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dicom_node.errors import StorageError
+from dicom_node.index.store import connect
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Operation = Callable[[sqlite3.Connection], Any]
+
+
+class IndexWriter:
+    """Thread that owns the write connection of the index.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The SQLite file.
+    durable : bool
+        ``synchronous=FULL`` (every commit fsynced) when True; only a benchmark
+        reference turns it off.
+    max_batch : int
+        Most operations per transaction.
+    """
+
+    def __init__(self, path: Path, durable: bool = True, max_batch: int = 256) -> None:
+        self._path = path
+        self._durable = durable
+        self._max_batch = max_batch
+        self._queue: queue.Queue[tuple[Operation, Future[Any]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
+        self._started = False
+
+    def start(self) -> None:
+        """Start the writer thread."""
+        self._thread.start()
+        self._started = True
+
+    def stop(self) -> None:
+        """Finish queued operations and stop."""
+        if self._started:
+            self._queue.put(None)
+            self._thread.join()
+            self._started = False
+
+    def submit(self, op: Callable[[sqlite3.Connection], T]) -> "Future[T]":
+        """Queue ``op``; the future resolves after its transaction committed."""
+        future: Future[T] = Future()
+        if not self._started:
+            future.set_exception(StorageError("the index writer is not running"))
+            return future
+        self._queue.put((op, future))
+        return future
+
+    def run(self, op: Callable[[sqlite3.Connection], T], timeout: float = 60.0) -> T:
+        """Submit ``op`` and wait for its committed result."""
+        return self.submit(op).result(timeout=timeout)
+
+    def _take_batch(self, first: tuple[Operation, Future[Any]]) -> tuple[list[Any], bool]:
+        batch, stop = [first], False
+        while len(batch) < self._max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                stop = True
+                break
+            batch.append(item)
+        return batch, stop
+
+    def _run(self) -> None:
+        conn = connect(self._path)
+        if not self._durable:
+            conn.execute("PRAGMA synchronous=OFF")
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                batch, stop = self._take_batch(first)
+                self._commit(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[Operation, Future[Any]]]) -> None:
+        results: list[tuple[Future[Any], bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for n, (op, future) in enumerate(batch):
+                conn.execute(f"SAVEPOINT op{n}")
+                try:
+                    value = op(conn)
+                except (sqlite3.Error, StorageError, ValueError, KeyError) as exc:
+                    conn.execute(f"ROLLBACK TO op{n}")
+                    results.append((future, False, exc))
+                else:
+                    results.append((future, True, value))
+                conn.execute(f"RELEASE op{n}")
+            conn.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            log.error("index commit failed error=%s batch=%d", exc, len(batch))
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            failure = StorageError(f"index commit failed: {exc}")
+            for _op, future in batch:
+                future.set_exception(failure)
+            return
+        for future, ok, value in results:
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value if isinstance(value, StorageError) else StorageError(str(value)))

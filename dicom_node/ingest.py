@@ -1,0 +1,235 @@
+"""Turn one received dataset into a durable, indexed spool file.
+
+Used by the C-STORE handler (and later by STOW-RS and the pollers). The dataset
+arrives as a temporary Part 10 file written by the receiver; :class:`Ingestor`
+reads only the identifying header, checks it against the request, fsyncs,
+renames into the spool and commits the index row. Failures raise
+:class:`~dicom_node.errors.IngestError` carrying the PS3.4 status to answer.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import data_element_generator
+from pydicom.tag import BaseTag
+
+from dicom_node.errors import DatasetMismatchError, StorageError, UnreadableDatasetError
+from dicom_node.index import Index, IndexWriter, InstanceRecord
+from dicom_node.index import ops
+from dicom_node.spool import Spool
+
+log = logging.getLogger(__name__)
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
+
+#: UIDs: digits and dots, at most 64 characters (PS3.5 9.1). Leading zeros are tolerated,
+#: since real modalities send them; anything that could name a path is not.
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+_WANTED = {
+    0x00080016: "sop_class_uid",
+    0x00080018: "sop_instance_uid",
+    0x00080060: "modality",
+    0x0020000D: "study_instance_uid",
+    0x0020000E: "series_instance_uid",
+    0x00200013: "instance_number",
+}
+_LAST_WANTED = 0x00200013
+
+
+def clean_uid(value: str | None, what: str) -> str:
+    """Return a validated UID, or raise :class:`UnreadableDatasetError` naming ``what``."""
+    uid = (value or "").rstrip("\x00 ")
+    if not uid or len(uid) > 64 or not _UID_RE.match(uid):
+        raise UnreadableDatasetError(f"{what} is missing or not a valid UID")
+    return uid
+
+
+class _BoundedInflater(io.RawIOBase):
+    """File-like raw-deflate reader that refuses to produce more than ``limit`` bytes."""
+
+    def __init__(self, fp: BinaryIO, limit: int) -> None:
+        self._fp = fp
+        self._limit = limit
+        self._produced = 0
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._pending:
+            if self._inflater.eof:
+                return 0
+            raw = self._inflater.unconsumed_tail or self._fp.read(1 << 16)
+            if not raw:
+                return 0
+            try:
+                self._pending = self._inflater.decompress(raw, 1 << 20)
+            except zlib.error as exc:
+                raise UnreadableDatasetError("deflated dataset is corrupt") from exc
+            self._produced += len(self._pending)
+            if self._produced > self._limit:
+                raise UnreadableDatasetError(f"deflated dataset inflates beyond the limit of {self._limit} bytes")
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def drain(self) -> int:
+        """Inflate the rest (discarding it) and return the total inflated size."""
+        while self.read(1 << 20):
+            pass
+        return self._produced
+
+
+def read_header(path: Path, data_offset: int, transfer_syntax: str, max_inflated: int) -> dict[str, object]:
+    """Read the identifying attributes of a dataset without touching its pixel data.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        Part 10 file; the dataset starts at ``data_offset``.
+    transfer_syntax : str
+        Transfer syntax UID of the presentation context it arrived on.
+    max_inflated : int
+        Bound on the inflated size of a Deflated dataset (zip-bomb guard).
+
+    Raises
+    ------
+    UnreadableDatasetError
+        The dataset cannot be parsed or exceeds a bound.
+    """
+    found: dict[str, object] = {}
+
+    def stop(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+        return tag > _LAST_WANTED
+
+    with open(path, "rb") as raw:
+        raw.seek(data_offset)
+        fp: BinaryIO = raw
+        inflater = None
+        if transfer_syntax == DEFLATED:
+            inflater = _BoundedInflater(raw, max_inflated)
+            fp = io.BufferedReader(inflater)  # type: ignore[arg-type]
+        try:
+            for elem in data_element_generator(
+                fp, transfer_syntax == IMPLICIT_LE, transfer_syntax != EXPLICIT_BE, stop_when=stop, defer_size=4096
+            ):
+                key = _WANTED.get(int(elem.tag))
+                if key and elem.value is not None:
+                    found[key] = bytes(elem.value).decode("ascii", "replace").rstrip("\x00 ")
+            if inflater is not None:
+                inflater.drain()
+        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, NotImplementedError) as exc:
+            raise UnreadableDatasetError(f"dataset cannot be parsed: {type(exc).__name__}") from exc
+    return found
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A dataset that finished arriving, with where it came from."""
+
+    fd: int
+    temp: Path
+    data_offset: int
+    size: int
+    transfer_syntax: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    calling_ae: str
+    called_ae: str
+    association_id: str
+    source: str = "dimse"
+
+
+class Ingestor:
+    """Store arrivals durably and index them.
+
+    Parameters
+    ----------
+    spool, index, writer
+        The node's storage.
+    replace_duplicates : bool
+        Policy for a SOP Instance UID seen before: replace, or keep the first.
+    max_inflated : int
+        Bound for Deflated datasets.
+    """
+
+    def __init__(self, spool: Spool, index: Index, writer: IndexWriter, replace_duplicates: bool, max_inflated: int) -> None:
+        self.spool = spool
+        self.index = index
+        self.writer = writer
+        self.replace = replace_duplicates
+        self.max_inflated = max_inflated
+        self._reader = index.reader()
+
+    def store(self, arrival: Arrival) -> str:
+        """Make ``arrival`` durable; returns ``"stored"``, ``"replaced"`` or ``"duplicate"``.
+
+        The temporary file is consumed (moved or deleted) whatever happens.
+
+        Raises
+        ------
+        IngestError
+            Mismatch (0xA900), unreadable (0xC000) or storage failure (0xA700).
+        """
+        fd: int | None = arrival.fd
+        try:
+            record = self._check(arrival)
+            exists = self.index.has_instance(self._reader, record.sop_instance_uid)
+            if exists and not self.replace:
+                self.spool.discard(fd, arrival.temp)
+                fd = None
+                self.writer.run(lambda c: ops.touch_duplicate(c, record))
+                return ops.DUPLICATE
+            self.spool.place(arrival.fd, arrival.temp, record.path, exists)
+            fd = None
+            outcome = self.writer.run(lambda c: ops.store_instance(c, record, self.replace))
+        except StorageError:
+            if fd is not None:
+                self.spool.discard(fd, arrival.temp)
+            raise
+        except (UnreadableDatasetError, DatasetMismatchError):
+            self.spool.discard(fd, arrival.temp)
+            raise
+        log.debug("stored sop_instance_uid=%s outcome=%s", record.sop_instance_uid, outcome)
+        return str(outcome)
+
+    def _check(self, arrival: Arrival) -> InstanceRecord:
+        header = read_header(arrival.temp, arrival.data_offset, arrival.transfer_syntax, self.max_inflated)
+        sop_class = clean_uid(header.get("sop_class_uid"), "SOP Class UID (0008,0016)")
+        sop_instance = clean_uid(header.get("sop_instance_uid"), "SOP Instance UID (0008,0018)")
+        if sop_class != arrival.sop_class_uid:
+            raise DatasetMismatchError("SOP Class UID in the dataset differs from the request")
+        if sop_instance != arrival.sop_instance_uid:
+            raise DatasetMismatchError("SOP Instance UID in the dataset differs from the request")
+        number = str(header.get("instance_number") or "").strip()
+        return InstanceRecord(
+            sop_instance_uid=sop_instance,
+            sop_class_uid=sop_class,
+            series_instance_uid=clean_uid(header.get("series_instance_uid"), "Series Instance UID (0020,000E)"),
+            study_instance_uid=clean_uid(header.get("study_instance_uid"), "Study Instance UID (0020,000D)"),
+            transfer_syntax_uid=arrival.transfer_syntax,
+            modality=(str(header.get("modality") or "")[:16] or None),
+            instance_number=int(number) if re.fullmatch(r"-?\d{1,11}", number) else None,
+            calling_ae=arrival.calling_ae,
+            called_ae=arrival.called_ae,
+            association_id=arrival.association_id,
+            path=self.spool.relpath_for(sop_instance),
+            size=arrival.size,
+            received_at=time.time(),
+            source=arrival.source,
+        )

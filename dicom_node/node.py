@@ -1,0 +1,65 @@
+"""The running node: wires spool, index, SCP and assembler together."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from dicom_node.assembler import Assembler
+from dicom_node.config import NodeConfig
+from dicom_node.index import Index, IndexWriter
+from dicom_node.index import ops
+from dicom_node.ingest import Ingestor
+from dicom_node.scp.context import ScpContext
+from dicom_node.scp.negotiation import supported_contexts
+from dicom_node.scp.server import StorageServer
+from dicom_node.spool import Spool
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = "index.sqlite3"
+
+
+def open_index(config: NodeConfig) -> Index:
+    """Open (creating if needed) the index under ``storage.root``."""
+    return Index(config.storage.root / INDEX_NAME)
+
+
+class Node:
+    """Everything ``dicom-node serve`` runs, startable and stoppable in-process.
+
+    Parameters
+    ----------
+    config : NodeConfig
+        The validated configuration.
+    """
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        st = config.storage
+        self.spool = Spool(st.root, fsync=st.fsync, min_free_bytes=st.min_free_bytes)
+        self.index = open_index(config)
+        self.writer = IndexWriter(self.index.path, durable=st.fsync)
+        self.ingestor = Ingestor(
+            self.spool, self.index, self.writer, st.duplicate_policy == "replace", config.scp.max_inflated_bytes
+        )
+        self.scp = StorageServer(
+            ScpContext(config.scp, self.spool, self.writer, self.ingestor, supported_contexts(config.scp))
+        )
+        self.assembler = Assembler(config.assembly, self.writer)
+
+    def start(self) -> None:
+        """Recover from any crash, then start the writer, the SCP and the assembler."""
+        self.spool.clean_temp()
+        self.writer.start()
+        dead = self.writer.run(lambda c: ops.recover(c, time.time()))
+        if dead:
+            log.warning("associations left open by a previous run counted as aborted count=%d", dead)
+        self.scp.start()
+        self.assembler.start()
+
+    def stop(self) -> None:
+        """Stop accepting, stop assembly, flush the index."""
+        self.scp.stop()
+        self.assembler.stop()
+        self.writer.stop()

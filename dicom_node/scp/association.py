@@ -1,0 +1,323 @@
+"""One accepted connection: negotiation, then C-ECHO / C-STORE until release or abort.
+
+Runs in its own thread with a blocking socket. P-DATA dataset fragments are
+written from the receive buffer straight into the temporary spool file, so a
+1 GB instance never sits in memory. Every failure becomes a DIMSE status or an
+A-ABORT; nothing raised here reaches the peer as anything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicom_node.errors import AssociationError, IngestError, InsufficientSpaceError, StorageError
+from dicom_node.ingest import Arrival
+from dicom_node.index import ops
+from dicom_node.scp import pdu as P
+from dicom_node.scp.context import ScpContext
+from dicom_node.scp.filemeta import file_meta
+from dicom_node.scp.negotiation import (
+    APPLICATION_CONTEXT,
+    REASON_APP_CONTEXT,
+    REASON_LOCAL_LIMIT,
+    RJ_PERMANENT,
+    RJ_TRANSIENT,
+    SRC_PRESENTATION,
+    SRC_USER,
+    Negotiated,
+    Rejection,
+    check_access,
+    decode_request,
+    negotiate,
+    reject_pdu,
+)
+
+log = logging.getLogger(__name__)
+
+# PS3.4 / PS3.7 Annex C statuses used here.
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+UNRECOGNISED_OPERATION = 0x0211
+
+
+@dataclass
+class _Incoming:
+    """A dataset being received for one C-STORE request."""
+
+    command: P.Command
+    context_id: int
+    fd: int | None = None
+    temp: Path | None = None
+    data_offset: int = 0
+    size: int = 0
+    written: int = 0
+    refusal: tuple[int, str] | None = None
+
+
+class AssociationHandler:
+    """Serve one TCP connection as a DICOM association acceptor.
+
+    Parameters
+    ----------
+    sock : socket.socket
+        The accepted connection.
+    peer_host : str
+        Peer IP address (for the allowlist; never used as a path).
+    ctx : ScpContext
+        Configuration, storage and counters shared by all associations.
+    over_limit : bool
+        True when accepting would exceed ``max_associations``: the request is
+        answered with A-ASSOCIATE-RJ (transient, local limit exceeded).
+    """
+
+    def __init__(self, sock: socket.socket, peer_host: str, ctx: ScpContext, over_limit: bool = False) -> None:
+        self.sock = sock
+        self.peer_host = peer_host
+        self.ctx = ctx
+        self.over_limit = over_limit
+        self.id = uuid.uuid4().hex
+        self.instances = 0
+        self._assoc: Negotiated | None = None
+        self._cmd_buf = bytearray()
+        self._incoming: _Incoming | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def run(self) -> None:
+        """Handle the connection to its end; never raises."""
+        state = "aborted"
+        registered = False
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.settimeout(self.ctx.config.acse_timeout)
+            reader = P.PduReader(self.sock, self.ctx.config.max_pdu)
+            if not self._associate(reader):
+                return
+            self.ctx.writer.run(
+                lambda c: ops.begin_association(c, self.id, self._assoc.calling_ae, self._assoc.called_ae,
+                                                self.peer_host, time.time())
+            )
+            registered = True
+            self.sock.settimeout(self.ctx.config.network_timeout)
+            state = self._serve(reader)
+        except (ConnectionError, socket.timeout, OSError) as exc:
+            log.info("association ended by the transport assoc=%s reason=%s", self.id, type(exc).__name__)
+        except AssociationError as exc:
+            log.warning("protocol error, aborting assoc=%s error=%s", self.id, exc)
+            self._send(P.abort_pdu(2, 0))
+        except StorageError as exc:
+            log.error("storage failure, aborting assoc=%s error=%s", self.id, exc)
+            self._send(P.abort_pdu(2, 0))
+        finally:
+            self._drop_incoming()
+            if registered:
+                self._end(state)
+            self.sock.close()
+
+    def _end(self, state: str) -> None:
+        try:
+            self.ctx.writer.run(lambda c: ops.end_association(c, self.id, state, time.time(), self.instances))
+        except StorageError as exc:
+            log.error("could not record the end of assoc=%s error=%s", self.id, exc)
+        log.info("association %s assoc=%s instances=%d", state, self.id, self.instances)
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            log.debug("send failed assoc=%s error=%s", self.id, exc)
+
+    def _associate(self, reader: P.PduReader) -> bool:
+        pdu_type, data = reader.read()
+        if pdu_type != P.ASSOCIATE_RQ:
+            raise AssociationError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
+        request = decode_request(bytes(data))
+        calling = str(request.calling_ae_title).strip()
+        called = str(request.called_ae_title).strip()
+        rejection = self._rejection(request, calling, called)
+        if rejection is not None:
+            log.warning(
+                "association rejected calling_ae=%s called_ae=%s peer=%s reason=%s",
+                calling, called, self.peer_host, rejection.why,
+            )
+            self.ctx.metrics.rejected += 1
+            self._send(reject_pdu(rejection))
+            return False
+        self._assoc = negotiate(self.ctx.config, request, self.ctx.supported)
+        self._send(self._assoc.ac_pdu)
+        log.info(
+            "association accepted assoc=%s calling_ae=%s called_ae=%s peer=%s contexts=%d",
+            self.id, calling, called, self.peer_host, len(self._assoc.contexts),
+        )
+        return True
+
+    def _rejection(self, request: object, calling: str, called: str) -> Rejection | None:
+        if str(getattr(request, "application_context_name", "")) != APPLICATION_CONTEXT:
+            return Rejection(RJ_PERMANENT, SRC_USER, REASON_APP_CONTEXT, "application context not supported")
+        rejection = check_access(self.ctx.config, calling, called, self.peer_host)
+        if rejection is None and self.over_limit:
+            rejection = Rejection(RJ_TRANSIENT, SRC_PRESENTATION, REASON_LOCAL_LIMIT, "association limit reached")
+        return rejection
+
+    # -- message loop ------------------------------------------------------------
+
+    def _serve(self, reader: P.PduReader) -> str:
+        while True:
+            pdu_type, data = reader.read()
+            if pdu_type == P.P_DATA_TF:
+                for context_id, control, fragment in P.iter_pdvs(data):
+                    self._on_pdv(context_id, control, fragment)
+            elif pdu_type == P.RELEASE_RQ:
+                if self._incoming is not None:
+                    raise AssociationError("A-RELEASE-RQ in the middle of a message")
+                self._send(P.release_rp())
+                return "released"
+            elif pdu_type == P.ABORT:
+                return "aborted"
+            else:
+                raise AssociationError(f"unexpected PDU type 0x{pdu_type:02X} on an established association")
+
+    def _on_pdv(self, context_id: int, control: int, fragment: memoryview) -> None:
+        assert self._assoc is not None
+        if context_id not in self._assoc.contexts:
+            raise AssociationError(f"presentation context {context_id} was not accepted")
+        if control & 0x01:
+            if self._incoming is not None:
+                raise AssociationError("command fragment while a dataset is being received")
+            self._cmd_buf += fragment
+            if len(self._cmd_buf) > 65536:
+                raise AssociationError("command set larger than 64 KiB")
+            if control & 0x02:
+                command = P.decode_command(self._cmd_buf)
+                self._cmd_buf = bytearray()
+                self._on_command(context_id, command)
+            return
+        incoming = self._incoming
+        if incoming is None or incoming.context_id != context_id:
+            raise AssociationError("dataset fragment without a command")
+        self._write(incoming, fragment)
+        if control & 0x02:
+            self._incoming = None
+            self._finish(incoming)
+
+    def _on_command(self, context_id: int, command: P.Command) -> None:
+        field_ = command.command_field
+        if not command.has_dataset:
+            if field_ == P.C_ECHO_RQ:
+                self._respond(context_id, command, SUCCESS)
+            else:
+                self._respond(context_id, command, UNRECOGNISED_OPERATION, "operation not supported")
+            return
+        incoming = _Incoming(command, context_id)
+        if field_ != P.C_STORE_RQ:
+            incoming.refusal = (UNRECOGNISED_OPERATION, "operation not supported")
+        else:
+            self._open(incoming)
+        self._incoming = incoming
+
+    def _open(self, incoming: _Incoming) -> None:
+        try:
+            self.ctx.spool.check_space()
+            incoming.fd, incoming.temp = self.ctx.spool.new_temp()
+        except InsufficientSpaceError:
+            self.ctx.metrics.refused_disk += 1
+            log.warning("refusing C-STORE: spool free space below the reserve assoc=%s", self.id)
+            incoming.refusal = (OUT_OF_RESOURCES, "Out of resources: disk space reserve reached")
+            return
+        except StorageError as exc:
+            log.error("cannot open a temporary file assoc=%s error=%s", self.id, exc)
+            incoming.refusal = (OUT_OF_RESOURCES, "Out of resources: cannot write")
+            return
+        assert self._assoc is not None
+        header = file_meta(
+            incoming.command.text(P.TAG_AFFECTED_SOP_CLASS) or "",
+            incoming.command.text(P.TAG_AFFECTED_SOP_INSTANCE) or "",
+            self._assoc.contexts[incoming.context_id][1],
+            self._assoc.calling_ae,
+        )
+        incoming.data_offset = len(header)
+        self._write_fd(incoming, memoryview(header))
+
+    def _write(self, incoming: _Incoming, fragment: memoryview) -> None:
+        incoming.size += len(fragment)
+        if incoming.refusal is not None:
+            return
+        if incoming.size > self.ctx.config.max_dataset_bytes:
+            incoming.refusal = (OUT_OF_RESOURCES, "Out of resources: dataset larger than the configured limit")
+            self._drop(incoming)
+            return
+        self._write_fd(incoming, fragment)
+
+    def _write_fd(self, incoming: _Incoming, data: memoryview) -> None:
+        try:
+            view = memoryview(data)
+            offset = incoming.written
+            while view:
+                written = os.write(incoming.fd, view)  # type: ignore[arg-type]
+                view = view[written:]
+                incoming.written += written
+            self.ctx.spool.start_writeback(incoming.fd, offset, incoming.written - offset)  # type: ignore[arg-type]
+        except OSError as exc:
+            log.error("write to the spool failed assoc=%s error=%s", self.id, exc.strerror)
+            incoming.refusal = (OUT_OF_RESOURCES, "Out of resources: write failed")
+            self._drop(incoming)
+
+    def _drop(self, incoming: _Incoming) -> None:
+        if incoming.temp is not None:
+            self.ctx.spool.discard(incoming.fd, incoming.temp)
+            incoming.fd, incoming.temp = None, None
+
+    def _drop_incoming(self) -> None:
+        if self._incoming is not None:
+            self._drop(self._incoming)
+            self._incoming = None
+
+    def _finish(self, incoming: _Incoming) -> None:
+        status, comment = self._store(incoming)
+        self._respond(incoming.context_id, incoming.command, status, comment)
+
+    def _store(self, incoming: _Incoming) -> tuple[int, str | None]:
+        if incoming.refusal is not None:
+            return incoming.refusal
+        assert self._assoc is not None and incoming.fd is not None and incoming.temp is not None
+        arrival = Arrival(
+            fd=incoming.fd,
+            temp=incoming.temp,
+            data_offset=incoming.data_offset,
+            size=incoming.size,
+            transfer_syntax=self._assoc.contexts[incoming.context_id][1],
+            sop_class_uid=incoming.command.text(P.TAG_AFFECTED_SOP_CLASS) or "",
+            sop_instance_uid=incoming.command.text(P.TAG_AFFECTED_SOP_INSTANCE) or "",
+            calling_ae=self._assoc.calling_ae,
+            called_ae=self._assoc.called_ae,
+            association_id=self.id,
+        )
+        incoming.fd, incoming.temp = None, None
+        try:
+            outcome = self.ctx.ingestor.store(arrival)
+        except IngestError as exc:
+            log.warning("C-STORE refused assoc=%s status=0x%04X reason=%s", self.id, exc.status, exc)
+            return exc.status, str(exc)
+        except StorageError as exc:
+            log.error("C-STORE failed to store assoc=%s error=%s", self.id, exc)
+            return OUT_OF_RESOURCES, "Out of resources: storage failure"
+        self.instances += 1
+        self.ctx.metrics.count(outcome, incoming.size)
+        return SUCCESS, None
+
+    def _respond(self, context_id: int, command: P.Command, status: int, comment: str | None = None) -> None:
+        payload = P.encode_response(
+            command.command_field or 0,
+            command.uint16(P.TAG_MESSAGE_ID) or 0,
+            status,
+            command.text(P.TAG_AFFECTED_SOP_CLASS),
+            command.text(P.TAG_AFFECTED_SOP_INSTANCE),
+            comment,
+        )
+        self.sock.sendall(P.p_data_pdu(context_id, 0x03, payload))

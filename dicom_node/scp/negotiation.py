@@ -1,0 +1,173 @@
+"""A-ASSOCIATE negotiation as acceptor (PS3.8 7.1, PS3.7 Annex D), on pynetdicom's PDU codec.
+
+Access control decides before any presentation context is looked at; every
+refusal uses the standard A-ASSOCIATE-RJ result/source/reason (PS3.8 Table 9-21).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+)
+from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+from pynetdicom.sop_class import Verification
+from pynetdicom.presentation import StoragePresentationContexts
+from pydicom.uid import UID
+
+from dicom_node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicom_node.config import ScpConfig
+from dicom_node.errors import AssociationError
+
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+
+# A-ASSOCIATE-RJ values (PS3.8 Table 9-21).
+RJ_PERMANENT, RJ_TRANSIENT = 0x01, 0x02
+SRC_USER, SRC_ACSE, SRC_PRESENTATION = 0x01, 0x02, 0x03
+REASON_NO_REASON = 0x01
+REASON_APP_CONTEXT = 0x02
+REASON_CALLING_AE = 0x03
+REASON_CALLED_AE = 0x07
+REASON_LOCAL_LIMIT = 0x02
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why an association request is refused, as A-ASSOCIATE-RJ fields."""
+
+    result: int
+    source: int
+    reason: int
+    why: str
+
+
+@dataclass
+class Negotiated:
+    """An accepted association: who called and which contexts were accepted."""
+
+    calling_ae: str
+    called_ae: str
+    #: context id -> (abstract syntax UID, transfer syntax UID)
+    contexts: dict[int, tuple[str, str]]
+    peer_max_pdu: int
+    ac_pdu: bytes
+
+
+def supported_contexts(config: ScpConfig) -> list[PresentationContext]:
+    """Verification plus every storage SOP class, each with the configured transfer syntaxes."""
+    contexts = []
+    for abstract in [Verification] + [cx.abstract_syntax for cx in StoragePresentationContexts]:
+        cx = PresentationContext()
+        cx.abstract_syntax = UID(abstract)
+        cx.transfer_syntax = [UID(ts) for ts in config.transfer_syntaxes] if abstract != Verification else [
+            UID("1.2.840.10008.1.2"),
+            UID("1.2.840.10008.1.2.1"),
+        ]
+        contexts.append(cx)
+    return contexts
+
+
+def check_access(config: ScpConfig, calling_ae: str, called_ae: str, peer_host: str) -> Rejection | None:
+    """Apply the called-AE check and the calling-AE allowlist.
+
+    Returns
+    -------
+    Rejection or None
+        None when the peer may associate.
+    """
+    if config.require_called_ae and called_ae != config.ae_title:
+        return Rejection(RJ_PERMANENT, SRC_USER, REASON_CALLED_AE, "called AE title not recognised")
+    if not config.allowed_peers:
+        return None
+    try:
+        address = ipaddress.ip_address(peer_host)
+    except ValueError:
+        address = None
+    for peer in config.allowed_peers:
+        if peer.ae_title != calling_ae:
+            continue
+        if not peer.hosts:
+            return None
+        if address is not None and any(address in ipaddress.ip_network(h, strict=False) for h in peer.hosts):
+            return None
+    return Rejection(RJ_PERMANENT, SRC_USER, REASON_CALLING_AE, "calling AE title not recognised")
+
+
+def reject_pdu(rejection: Rejection) -> bytes:
+    """Encode an A-ASSOCIATE-RJ PDU for ``rejection``."""
+    primitive = A_ASSOCIATE()
+    primitive.result = rejection.result
+    primitive.result_source = rejection.source
+    primitive.diagnostic = rejection.reason
+    pdu = A_ASSOCIATE_RJ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+def decode_request(data: bytes) -> A_ASSOCIATE:
+    """Decode an A-ASSOCIATE-RQ PDU into pynetdicom's primitive.
+
+    Raises
+    ------
+    AssociationError
+        The PDU cannot be decoded.
+    """
+    try:
+        pdu = A_ASSOCIATE_RQ()
+        pdu.decode(data)
+        return pdu.to_primitive()
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        raise AssociationError(f"malformed A-ASSOCIATE-RQ: {exc}") from exc
+
+
+def negotiate(config: ScpConfig, request: A_ASSOCIATE, supported: list[PresentationContext]) -> Negotiated:
+    """Negotiate presentation contexts and build the A-ASSOCIATE-AC PDU.
+
+    Parameters
+    ----------
+    config : ScpConfig
+        Our AE title and maximum PDU length.
+    request : A_ASSOCIATE
+        The requestor's primitive.
+    supported : list of PresentationContext
+        What we accept, from :func:`supported_contexts`.
+    """
+    results, _roles = negotiate_as_acceptor(request.presentation_context_definition_list, supported, None)
+    accepted = {
+        int(cx.context_id): (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+        for cx in results
+        if cx.result == 0x00 and cx.context_id is not None
+    }
+    peer_max = 0
+    for item in request.user_information:
+        if isinstance(item, MaximumLengthNotification):
+            peer_max = int(item.maximum_length_received or 0)
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = UID(APPLICATION_CONTEXT)
+    primitive.calling_ae_title = request.calling_ae_title
+    primitive.called_ae_title = request.called_ae_title
+    primitive.result = 0x00
+    primitive.result_source = 0x01
+    primitive.presentation_context_definition_results_list = results
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = config.max_pdu
+    impl_uid = ImplementationClassUIDNotification()
+    impl_uid.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)
+    impl_name = ImplementationVersionNameNotification()
+    impl_name.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    primitive.user_information = [max_length, impl_uid, impl_name]
+    pdu = A_ASSOCIATE_AC()
+    pdu.from_primitive(primitive)
+    return Negotiated(
+        calling_ae=str(request.calling_ae_title).strip(),
+        called_ae=str(request.called_ae_title).strip(),
+        contexts=accepted,
+        peer_max_pdu=peer_max,
+        ac_pdu=bytes(pdu.encode()),
+    )

@@ -1,0 +1,226 @@
+"""PDU framing and DIMSE command set codec (PS3.8 section 9, PS3.7 section 9 and annex E).
+
+Command sets are always Implicit VR Little Endian (PS3.7 6.3.1); they are small,
+so they are parsed and built by hand here rather than through a full dataset.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from dicom_node.errors import AssociationError
+
+# PDU types (PS3.8 Table 9-1).
+ASSOCIATE_RQ = 0x01
+ASSOCIATE_AC = 0x02
+ASSOCIATE_RJ = 0x03
+P_DATA_TF = 0x04
+RELEASE_RQ = 0x05
+RELEASE_RP = 0x06
+ABORT = 0x07
+
+# DIMSE command fields (PS3.7 Table E.1-1).
+C_STORE_RQ = 0x0001
+C_ECHO_RQ = 0x0030
+NO_DATASET = 0x0101
+
+# Command set tags (group 0000).
+TAG_GROUP_LENGTH = 0x00000000
+TAG_AFFECTED_SOP_CLASS = 0x00000002
+TAG_COMMAND_FIELD = 0x00000100
+TAG_MESSAGE_ID = 0x00000110
+TAG_MESSAGE_ID_RESPONDED = 0x00000120
+TAG_DATASET_TYPE = 0x00000800
+TAG_STATUS = 0x00000900
+TAG_ERROR_COMMENT = 0x00000902
+TAG_AFFECTED_SOP_INSTANCE = 0x00001000
+
+_U16 = struct.Struct("<H")
+_ELEM = struct.Struct("<HHI")
+_PDU_HEADER = struct.Struct(">BxI")
+_PDV_HEADER = struct.Struct(">IBB")
+
+
+class PduReader:
+    """Read whole PDUs from a socket into one reusable buffer.
+
+    Parameters
+    ----------
+    sock : socket.socket
+        Connected socket.
+    max_pdu : int
+        Largest P-DATA-TF PDU length we advertised (PS3.8 D.1); longer ones are
+        a protocol violation and end the association.
+    max_other : int
+        Largest length accepted for any other PDU type (A-ASSOCIATE-RQ carries
+        presentation contexts, so it is bounded separately).
+    """
+
+    def __init__(self, sock: socket.socket, max_pdu: int, max_other: int = 1 << 20) -> None:
+        self._sock = sock
+        self._max_pdu = max_pdu
+        self._max_other = max_other
+        self._buf = bytearray(max(max_pdu, 65536) + 6)
+        self._view = memoryview(self._buf)
+
+    def _recv_into(self, view: memoryview) -> None:
+        got, want = 0, len(view)
+        while got < want:
+            n = self._sock.recv_into(view[got:], want - got)
+            if n == 0:
+                raise ConnectionError("peer closed the connection")
+            got += n
+
+    def read(self) -> tuple[int, memoryview]:
+        """Return ``(pdu_type, whole_pdu)``; the view is valid until the next call.
+
+        Raises
+        ------
+        ConnectionError
+            The peer closed the connection.
+        AssociationError
+            Unknown PDU type or a length over the bounds.
+        """
+        self._recv_into(self._view[:6])
+        pdu_type, length = _PDU_HEADER.unpack_from(self._buf, 0)
+        if pdu_type not in (ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA_TF, RELEASE_RQ, RELEASE_RP, ABORT):
+            raise AssociationError(f"unrecognised PDU type 0x{pdu_type:02X}")
+        limit = self._max_pdu if pdu_type == P_DATA_TF else self._max_other
+        if length > limit:
+            raise AssociationError(f"PDU type 0x{pdu_type:02X} of {length} bytes exceeds the limit of {limit}")
+        if length + 6 > len(self._buf):
+            self._buf = bytearray(length + 6)
+            self._buf[:6] = _PDU_HEADER.pack(pdu_type, length)
+            self._view = memoryview(self._buf)
+        self._recv_into(self._view[6 : 6 + length])
+        return pdu_type, self._view[: 6 + length]
+
+
+def iter_pdvs(pdu: memoryview) -> list[tuple[int, int, memoryview]]:
+    """Split a P-DATA-TF PDU into ``(context_id, control_header, fragment)`` items (PS3.8 9.3.5.1).
+
+    Raises
+    ------
+    AssociationError
+        A PDV item runs past the end of the PDU or is shorter than its header.
+    """
+    out = []
+    pos, end = 6, len(pdu)
+    while pos < end:
+        if pos + 6 > end:
+            raise AssociationError("truncated presentation data value item")
+        length, context_id, control = _PDV_HEADER.unpack_from(pdu, pos)
+        if length < 2 or pos + 4 + length > end:
+            raise AssociationError("presentation data value item length is invalid")
+        out.append((context_id, control, pdu[pos + 6 : pos + 4 + length]))
+        pos += 4 + length
+    return out
+
+
+@dataclass
+class Command:
+    """A decoded DIMSE command set: raw element values by tag."""
+
+    elements: dict[int, bytes] = field(default_factory=dict)
+
+    def uint16(self, tag: int) -> int | None:
+        """Return a US element's value, or None when absent."""
+        raw = self.elements.get(tag)
+        return _U16.unpack_from(raw)[0] if raw is not None and len(raw) >= 2 else None
+
+    def text(self, tag: int) -> str | None:
+        """Return a UI/AE/LO element's value without padding, or None when absent."""
+        raw = self.elements.get(tag)
+        return raw.decode("ascii", "replace").rstrip("\x00 ") if raw is not None else None
+
+    @property
+    def command_field(self) -> int | None:
+        """The DIMSE Command Field (0000,0100)."""
+        return self.uint16(TAG_COMMAND_FIELD)
+
+    @property
+    def has_dataset(self) -> bool:
+        """True unless Command Data Set Type (0000,0800) is 0x0101 (PS3.7 E.1)."""
+        return self.uint16(TAG_DATASET_TYPE) not in (None, NO_DATASET)
+
+
+def decode_command(data: bytes | bytearray) -> Command:
+    """Decode an Implicit VR Little Endian command set.
+
+    Raises
+    ------
+    AssociationError
+        The command set is malformed.
+    """
+    cmd = Command()
+    pos, end = 0, len(data)
+    while pos < end:
+        if pos + 8 > end:
+            raise AssociationError("truncated command set element")
+        group, elem, length = _ELEM.unpack_from(data, pos)
+        pos += 8
+        if group != 0 or pos + length > end:
+            raise AssociationError("command set element outside group 0000 or past the end")
+        cmd.elements[elem] = bytes(data[pos : pos + length])
+        pos += length
+    return cmd
+
+
+def _pad(value: bytes, pad: bytes) -> bytes:
+    return value + pad if len(value) % 2 else value
+
+
+def encode_response(
+    command_field: int,
+    message_id: int,
+    status: int,
+    sop_class_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    error_comment: str | None = None,
+) -> bytes:
+    """Build a response command set with no dataset (PS3.7 9.3.1.2, 9.3.5.2).
+
+    Parameters
+    ----------
+    command_field : int
+        The request's command field; the response sets bit 15 (0x8000).
+    message_id : int
+        Message ID of the request being responded to.
+    status : int
+        PS3.7 Annex C status.
+    sop_class_uid, sop_instance_uid : str, optional
+        Affected SOP Class / Instance UID echoed from the request.
+    error_comment : str, optional
+        Error Comment (0000,0902), at most 64 characters, never PHI.
+    """
+    elems: list[tuple[int, bytes]] = []
+    if sop_class_uid:
+        elems.append((0x0002, _pad(sop_class_uid.encode("ascii", "replace"), b"\x00")))
+    elems.append((0x0100, _U16.pack(command_field | 0x8000)))
+    elems.append((0x0120, _U16.pack(message_id)))
+    elems.append((0x0800, _U16.pack(NO_DATASET)))
+    elems.append((0x0900, _U16.pack(status)))
+    if error_comment:
+        elems.append((0x0902, _pad(error_comment[:64].encode("ascii", "replace"), b" ")))
+    if sop_instance_uid:
+        elems.append((0x1000, _pad(sop_instance_uid.encode("ascii", "replace"), b"\x00")))
+    body = b"".join(_ELEM.pack(0, e, len(v)) + v for e, v in elems)
+    return _ELEM.pack(0, 0, 4) + struct.pack("<I", len(body)) + body
+
+
+def p_data_pdu(context_id: int, control: int, payload: bytes) -> bytes:
+    """Wrap one fragment in a single-PDV P-DATA-TF PDU (PS3.8 9.3.5)."""
+    pdv = _PDV_HEADER.pack(len(payload) + 2, context_id, control) + payload
+    return _PDU_HEADER.pack(P_DATA_TF, len(pdv)) + pdv
+
+
+def release_rp() -> bytes:
+    """Return an A-RELEASE-RP PDU (PS3.8 9.3.7)."""
+    return _PDU_HEADER.pack(RELEASE_RP, 4) + b"\x00" * 4
+
+
+def abort_pdu(source: int = 2, reason: int = 0) -> bytes:
+    """Return an A-ABORT PDU (PS3.8 9.3.8); source 2 = service provider."""
+    return _PDU_HEADER.pack(ABORT, 4) + bytes([0, 0, source, reason])

@@ -1,0 +1,156 @@
+"""The spool: durable Part 10 files under ``<storage.root>/spool``.
+
+Names never contain peer-supplied values: a stored instance lives at
+``spool/<h0h1>/<h>.dcm`` where ``h`` is the SHA-256 of its (validated) SOP
+Instance UID, and an in-flight receive at ``tmp/<random>.part``. The 256 bucket
+directories are created (and synced) once, so storing an instance changes one
+directory entry. A file is acknowledged only after its data and its directory
+entry were fsynced and its index row committed (see :mod:`dicom_node.index`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from dicom_node.errors import InsufficientSpaceError, StorageError
+
+log = logging.getLogger(__name__)
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range() -> "ctypes._CFuncPtr | None":
+    """Linux ``sync_file_range(2)``, used to start writeback while data still arrives."""
+    try:
+        func = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+class Spool:
+    """Files of received instances and the temporary files being received.
+
+    Parameters
+    ----------
+    root : pathlib.Path
+        ``storage.root``; ``spool/`` and ``tmp/`` are created under it.
+    fsync : bool
+        fsync files and directories before they count as stored.
+    min_free_bytes : int
+        Refuse new data while the volume has less free space than this.
+    """
+
+    def __init__(self, root: Path, fsync: bool = True, min_free_bytes: int = 0) -> None:
+        self.root = Path(root).resolve()
+        self.files = self.root / "spool"
+        self.tmp = self.root / "tmp"
+        self.fsync = fsync
+        self.min_free_bytes = min_free_bytes
+        self._sync_file_range = _load_sync_file_range() if fsync else None
+        try:
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            created = [self.files / f"{n:02x}" for n in range(256) if not (self.files / f"{n:02x}").is_dir()]
+            for bucket in created:
+                bucket.mkdir(parents=True, exist_ok=True)
+            if created:
+                self.sync_dirs({self.files, self.root})
+        except OSError as exc:
+            raise StorageError(f"cannot create the spool under {self.root}: {exc.strerror}") from exc
+
+    def clean_temp(self) -> int:
+        """Remove half-written receives left by a crash; return how many were removed."""
+        removed = 0
+        for entry in self.tmp.iterdir():
+            if entry.is_file() and entry.suffix == ".part":
+                entry.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            log.warning("removed half-written temporary files count=%d", removed)
+        return removed
+
+    def free_bytes(self) -> int:
+        """Free bytes on the spool volume available to this process."""
+        return shutil.disk_usage(self.root).free
+
+    def check_space(self) -> None:
+        """Raise :class:`InsufficientSpaceError` while free space is below the reserve."""
+        if self.min_free_bytes and self.free_bytes() < self.min_free_bytes:
+            raise InsufficientSpaceError(
+                f"free space on the spool volume is below the reserve of {self.min_free_bytes} bytes"
+            )
+
+    def new_temp(self) -> tuple[int, Path]:
+        """Create an exclusive temporary file for one incoming dataset."""
+        path = self.tmp / f"{uuid.uuid4().hex}.part"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o640)
+        except OSError as exc:
+            raise StorageError(f"cannot create a temporary file: {exc.strerror}") from exc
+        return fd, path
+
+    def relpath_for(self, sop_instance_uid: str) -> str:
+        """Spool-relative path of an instance; derived from a hash, never from the UID text."""
+        digest = hashlib.sha256(sop_instance_uid.encode("ascii")).hexdigest()[:40]
+        return f"{digest[:2]}/{digest}.dcm"
+
+    def path_for(self, relpath: str) -> Path:
+        """Absolute path of a spool-relative path."""
+        return self.files / relpath
+
+    def start_writeback(self, fd: int, offset: int, length: int) -> None:
+        """Ask the kernel to start writing a just-written range, so the final fsync waits less."""
+        if self._sync_file_range is not None and length > 0:
+            self._sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+    def place(self, fd: int, temp: Path, relpath: str, exists: bool) -> None:
+        """Make ``temp`` durable at ``relpath`` (data and directory entry) and close ``fd``.
+
+        A new name is renamed first and synced after: one journal commit then
+        carries both the data and the rename, and nothing is acknowledged
+        before the index commit anyway. An existing (acknowledged) file is only
+        replaced by data already on disk, so a crash cannot damage it. The
+        directory sync runs here, in the association's thread, so concurrent
+        associations sync in parallel rather than inside the index writer.
+        The temp directory needs no sync: a lost unlink there only leaves a
+        ``.part`` file, removed at start.
+        """
+        final = self.files / relpath
+        try:
+            if exists and self.fsync:
+                os.fsync(fd)
+            os.replace(temp, final)
+            if not exists and self.fsync:
+                os.fsync(fd)
+            os.close(fd)
+            self.sync_dirs({final.parent})
+        except OSError as exc:
+            raise StorageError(f"cannot store the instance: {exc.strerror}") from exc
+
+    def sync_dirs(self, dirs: set[Path]) -> None:
+        """fsync directories so renames survive a power loss."""
+        if not self.fsync:
+            return
+        for directory in dirs:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def discard(self, fd: int | None, temp: Path) -> None:
+        """Close and delete a temporary file that will not be stored."""
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError as exc:
+                log.debug("closing a discarded temporary file failed: %s", exc.strerror)
+        temp.unlink(missing_ok=True)

@@ -1,0 +1,151 @@
+"""Shared fixtures: nodes on ephemeral ports, synthetic series, peer requirements.
+
+Tests that need an external peer (DCMTK, dciodvfy, Orthanc, Triton) call
+:func:`require_tool`; it skips with the reason, or fails when
+``DICOM_NODE_REQUIRE_PEERS=1`` (set by ``.ci/run``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dicom_node.config import NodeConfig, load_config
+from dicom_node.node import Node
+from dicom_node.synthetic import SeriesSpec, write_ct_series
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def peers_required() -> bool:
+    """True when a missing peer must fail the run instead of skipping."""
+    return os.environ.get("DICOM_NODE_REQUIRE_PEERS") == "1"
+
+
+def require_tool(name: str, hint: str = "") -> str:
+    """Return the path of executable ``name`` or skip/fail with the reason."""
+    path = shutil.which(name)
+    if path is None:
+        reason = f"{name} not installed{': ' + hint if hint else ''}"
+        if peers_required():
+            pytest.fail(f"required peer missing: {reason}")
+        pytest.skip(reason)
+    return path
+
+
+def free_port() -> int:
+    """An ephemeral loopback port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    """Block until something accepts connections on ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+def node_config(root: Path, **sections: dict[str, Any]) -> NodeConfig:
+    """A config rooted at ``root`` on an ephemeral port with short assembly waits."""
+    data: dict[str, dict[str, Any]] = {
+        "scp": {"port": 0},
+        "storage": {"root": str(root), "min_free_bytes": 0},
+        "assembly": {"quiet_period": 0.5, "poll_interval": 0.1, "abort_grace": 3600.0},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return NodeConfig.model_validate(data)
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    """Start in-process nodes (stopped at teardown); keyword args are config sections."""
+    nodes: list[Node] = []
+
+    def _start(root: Path | None = None, **sections: dict[str, Any]) -> Node:
+        node = Node(node_config(root or tmp_path / "node", **sections))
+        node.start()
+        nodes.append(node)
+        return node
+
+    yield _start
+    for node in nodes:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def ct_series(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A small synthetic CT series (12 slices of 64x64) as Part 10 files."""
+    return write_ct_series(tmp_path_factory.mktemp("ct"), SeriesSpec(slices=12, rows=64, columns=64, seed="fixture"))
+
+
+def dicom_node_exe() -> str:
+    """The installed ``dicom-node`` script next to this interpreter."""
+    return str(Path(sys.executable).with_name("dicom-node"))
+
+
+class ServeProcess:
+    """``dicom-node serve`` in a subprocess (for kill -9 and CLI tests)."""
+
+    def __init__(self, root: Path, port: int, extra_env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.port = port
+        self.env = dict(
+            os.environ,
+            DICOM_NODE__STORAGE__ROOT=str(root),
+            DICOM_NODE__SCP__PORT=str(port),
+            DICOM_NODE__STORAGE__MIN_FREE_BYTES="0",
+            **(extra_env or {}),
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "ServeProcess":
+        """Start and wait until the SCP accepts connections."""
+        self.proc = subprocess.Popen(
+            [dicom_node_exe(), "serve"], env=self.env, cwd=self.root.parent,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        wait_port(self.port)
+        return self
+
+    def status(self) -> dict[str, int]:
+        """``dicom-node status --json`` against the same storage root."""
+        import json
+
+        out = subprocess.run(
+            [dicom_node_exe(), "status", "--json"], env=self.env, cwd=self.root.parent,
+            capture_output=True, text=True, check=True,
+        )
+        return json.loads(out.stdout)
+
+    def stop(self, sig: int = 15) -> bytes:
+        """Send ``sig`` and wait; returns stderr."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        _, err = self.proc.communicate(timeout=30)
+        return err
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until true or ``timeout``; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

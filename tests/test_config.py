@@ -1,0 +1,88 @@
+"""Config: defaults, TOML, environment overrides and one-line errors naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dicom_node.config import load_config
+from dicom_node.errors import ConfigError
+from tests.conftest import dicom_node_exe
+
+
+def test_defaults_are_the_embedded_ones(tmp_path: Path) -> None:
+    cfg = load_config(None, {})
+    assert cfg.scp.ae_title == "DICOM_NODE"
+    assert cfg.scp.port == 11112
+    assert cfg.scp.host == "127.0.0.1"
+    assert cfg.storage.root == Path("./var")
+    assert cfg.assembly.quiet_period == 10.0
+    assert "1.2.840.10008.1.2.4.90" in cfg.scp.transfer_syntaxes
+
+
+def test_shipped_node_toml_is_valid() -> None:
+    cfg = load_config(Path(__file__).resolve().parents[1] / "conf" / "node.toml", {})
+    assert cfg.scp.port == 11112 and cfg.scp.ae_title == "DICOM_NODE"
+
+
+def test_toml_then_environment_override(tmp_path: Path) -> None:
+    toml = tmp_path / "node.toml"
+    toml.write_text('[scp]\nport = 2000\nae_title = "FROM_TOML"\n[storage]\nroot = "/srv/a"\n')
+    env = {"DICOM_NODE__SCP__PORT": "11113", "DICOM_NODE__STORAGE__ROOT": "/data/node"}
+    cfg = load_config(toml, env)
+    assert cfg.scp.port == 11113
+    assert cfg.scp.ae_title == "FROM_TOML"
+    assert cfg.storage.root == Path("/data/node")
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"DICOM_NODE__SCP__PORT": "70000"}, "scp.port"),
+        ({"DICOM_NODE__SCP__PORT": "abc"}, "scp.port"),
+        ({"DICOM_NODE__SCP__AE_TITLE": "WAY_TOO_LONG_AE_TITLE"}, "scp.ae_title"),
+        ({"DICOM_NODE__STORAGE__DUPLICATE_POLICY": "sometimes"}, "storage.duplicate_policy"),
+        ({"DICOM_NODE__SCP__NO_SUCH_KEY": "1"}, "scp.no_such_key"),
+        ({"DICOM_NODE__SCP__MAX_PDU": "1"}, "scp.max_pdu"),
+    ],
+)
+def test_bad_values_name_the_key(env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env)
+    message = str(info.value)
+    assert message.startswith(key + ":"), message
+    assert "\n" not in message
+
+
+def test_open_binding_needs_an_allowlist() -> None:
+    with pytest.raises(ConfigError, match="allowed_peers"):
+        load_config(None, {"DICOM_NODE__SCP__HOST": "0.0.0.0"})
+    cfg = load_config(None, {"DICOM_NODE__SCP__HOST": "0.0.0.0", "DICOM_NODE__SCP__ALLOW_ANY_CALLING_AE": "true"})
+    assert cfg.scp.allow_any_calling_ae
+
+
+def test_allowlist_from_toml(tmp_path: Path) -> None:
+    toml = tmp_path / "node.toml"
+    toml.write_text(
+        '[scp]\nhost = "0.0.0.0"\n[[scp.allowed_peers]]\nae_title = "PACS"\nhosts = ["10.0.0.0/8"]\n'
+    )
+    cfg = load_config(toml, {})
+    assert cfg.scp.allowed_peers[0].ae_title == "PACS"
+    toml.write_text('[scp]\n[[scp.allowed_peers]]\nae_title = "PACS"\nhosts = ["not-an-address"]\n')
+    with pytest.raises(ConfigError, match=r"^scp\.allowed_peers\.0\.hosts"):
+        load_config(toml, {})
+
+
+def test_cli_refuses_bad_config_with_one_line(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "DICOM_NODE__SCP__PORT": "-5", "DICOM_NODE__STORAGE__ROOT": str(tmp_path)}
+    out = subprocess.run([dicom_node_exe(), "serve"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "scp.port" in lines[0], out.stderr
+
+
+def test_missing_config_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", {})
