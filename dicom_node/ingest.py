@@ -46,6 +46,7 @@ _WANTED = {
     0x00200013: "instance_number",
 }
 _LAST_WANTED = 0x00200013
+_DEFLATED_HEADER_BYTES = 4 * 1024 * 1024
 
 
 def clean_uid(value: str | None, what: str) -> str:
@@ -122,8 +123,10 @@ def read_header(path: Path, data_offset: int, transfer_syntax: str, max_inflated
         fp: BinaryIO = raw
         inflater = None
         if transfer_syntax == DEFLATED:
+            # The parser seeks, so parse an inflated prefix; the identifying
+            # attributes sit in the first few KiB of any real dataset.
             inflater = _BoundedInflater(raw, max_inflated)
-            fp = io.BufferedReader(inflater)  # type: ignore[arg-type]
+            fp = io.BytesIO(inflater.read(_DEFLATED_HEADER_BYTES) or b"")
         try:
             for elem in data_element_generator(
                 fp, transfer_syntax == IMPLICIT_LE, transfer_syntax != EXPLICIT_BE, stop_when=stop, defer_size=4096

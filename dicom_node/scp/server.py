@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 
 from dicom_node.errors import StorageError
 from dicom_node.scp.association import AssociationHandler
@@ -69,13 +70,21 @@ class StorageServer:
         self._thread.start()
         log.info("SCP listening ae_title=%s host=%s port=%d", cfg.ae_title, cfg.host, self.port)
 
-    def stop(self) -> None:
-        """Stop accepting; running associations finish on their own."""
+    def stop(self, drain_timeout: float = 5.0) -> None:
+        """Stop accepting, then give running associations ``drain_timeout`` seconds to end.
+
+        Associations still running after that are answered 0xA700 when their
+        next instance needs the index (nothing unacknowledged is lost: the
+        sender retries).
+        """
         self._stopping.set()
         if self._thread is not None:
             self._thread.join()
         if self._sock is not None:
             self._sock.close()
+        deadline = time.monotonic() + drain_timeout
+        while self._active and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def _accept_loop(self) -> None:
         assert self._sock is not None

@@ -1,0 +1,40 @@
+# dicom-node: the two commands that set everything up on a fresh machine.
+#   make run   - create .venv, install, start the node on conf/node.toml (SCP 127.0.0.1:11112, state in ./var)
+#   make test  - create .venv, install test extras and the Debian peers it can, run pytest
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: run test install install-test peers bench-ingest clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -e ".[test]"
+	touch $@ $(VENV)/.installed-run
+
+install: $(VENV)/.installed-run
+
+install-test: $(VENV)/.installed-test
+
+run: install
+	$(VENV)/bin/dicom-node serve
+
+peers:
+	@bash tests/peers/install_debian_peers.sh
+
+test: install-test peers
+	$(PY) -m pytest
+
+bench-ingest: install
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache
