@@ -75,3 +75,15 @@ def test_garbage_is_answered_with_abort(start_node) -> None:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         data = sock.recv(10)
     assert data[:1] == b"\x07"
+
+
+def test_idle_association_times_out_and_is_aborted(start_node) -> None:
+    import time
+
+    node: Node = start_node(scp={"network_timeout": 0.5})
+    assoc = associate(node.scp.port)
+    assert assoc.is_established
+    time.sleep(1.5)
+    assert assoc.is_aborted or not assoc.is_established
+    rows = node.index.reader().execute("SELECT state FROM associations").fetchall()
+    assert [r[0] for r in rows] == ["aborted"]

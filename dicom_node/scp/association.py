@@ -106,7 +106,10 @@ class AssociationHandler:
             registered = True
             self.sock.settimeout(self.ctx.config.network_timeout)
             state = self._serve(reader)
-        except (ConnectionError, socket.timeout, OSError) as exc:
+        except socket.timeout:
+            log.warning("association timed out, aborting assoc=%s", self.id)
+            self._send(P.abort_pdu(2, 0))
+        except (ConnectionError, OSError) as exc:
             log.info("association ended by the transport assoc=%s reason=%s", self.id, type(exc).__name__)
         except AssociationError as exc:
             log.warning("protocol error, aborting assoc=%s error=%s", self.id, exc)
@@ -168,7 +171,15 @@ class AssociationHandler:
     # -- message loop ------------------------------------------------------------
 
     def _serve(self, reader: P.PduReader) -> str:
+        cfg = self.ctx.config
+        timeout = cfg.network_timeout
         while True:
+            # Mid-message the peer owes us the rest within the DIMSE timeout; between
+            # messages an idle association may wait for the network timeout.
+            wanted = cfg.dimse_timeout if (self._incoming is not None or self._cmd_buf) else cfg.network_timeout
+            if wanted != timeout:
+                self.sock.settimeout(wanted)
+                timeout = wanted
             pdu_type, data = reader.read()
             if pdu_type == P.P_DATA_TF:
                 for context_id, control, fragment in P.iter_pdvs(data):
