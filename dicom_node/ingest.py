@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import logging
 import re
+import sqlite3
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -177,7 +179,14 @@ class Ingestor:
         self.writer = writer
         self.replace = replace_duplicates
         self.max_inflated = max_inflated
-        self._reader = index.reader()
+        # One read connection per association thread: sqlite3 connections are not shared.
+        self._local = threading.local()
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.index.reader()
+        return conn
 
     def store(self, arrival: Arrival) -> str:
         """Make ``arrival`` durable; returns ``"stored"``, ``"replaced"`` or ``"duplicate"``.
@@ -192,7 +201,7 @@ class Ingestor:
         fd: int | None = arrival.fd
         try:
             record = self._check(arrival)
-            exists = self.index.has_instance(self._reader, record.sop_instance_uid)
+            exists = self.index.has_instance(self._reader(), record.sop_instance_uid)
             if exists and not self.replace:
                 self.spool.discard(fd, arrival.temp)
                 fd = None
