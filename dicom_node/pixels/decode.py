@@ -1,0 +1,237 @@
+"""Decode the pixel data of one instance through pydicom's pixel backends.
+
+Reading is bounded: a Deflated Explicit VR Little Endian file (PS3.5 A.5) is
+inflated incrementally and refused once the inflated size passes a limit, so a
+zip bomb cannot exhaust memory (pydicom itself inflates the whole stream at once).
+Every codec failure is wrapped in :class:`~dicom_node.errors.DecodeError` naming
+the instance and the transfer syntax, and an unknown or uninstalled syntax raises
+:class:`~dicom_node.errors.UnsupportedTransferSyntaxError`, so one bad instance
+never takes the caller down.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from dicom_node.errors import DecodeError, PixelError
+from dicom_node.pixels.syntaxes import require_decoder, syntax_info
+
+log = logging.getLogger(__name__)
+
+#: Default bound on the inflated size of a deflated dataset (matches ``scp.max_inflated_bytes``).
+DEFAULT_MAX_INFLATED_BYTES = 2 * 1024**3
+
+#: Inflate in chunks of this many output bytes so the bound is checked as we go.
+_INFLATE_CHUNK = 16 * 1024 * 1024
+
+Source = str | os.PathLike[str] | Dataset
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def _bounded_inflate(data: bytes, limit: int) -> bytes:
+    """Inflate a raw DEFLATE stream (RFC 1951), refusing more than ``limit`` bytes out."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = bytearray()
+    pending = data
+    while pending:
+        chunk = inflater.decompress(pending, _INFLATE_CHUNK)
+        out += chunk
+        if len(out) > limit:
+            raise DecodeError(f"deflated dataset inflates beyond the limit of {limit} bytes; refused")
+        pending = inflater.unconsumed_tail
+        if not chunk and not pending:
+            break
+    out += inflater.flush()
+    if len(out) > limit:
+        raise DecodeError(f"deflated dataset inflates beyond the limit of {limit} bytes; refused")
+    return bytes(out)
+
+
+def _read_deflated(fp: BinaryIO, name: str, limit: int) -> FileDataset:
+    """Read a Deflated Explicit VR Little Endian file with a bounded inflate (PS3.5 A.5)."""
+    # pydicom exposes no public hook for the body of a deflated file, so the
+    # file meta is read with its reader and the body is parsed from our buffer.
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+
+    fp.seek(0)
+    preamble = read_preamble(fp, True)
+    meta = _read_file_meta_info(fp)
+    try:
+        body = _bounded_inflate(fp.read(), limit)
+    except zlib.error as exc:
+        raise DecodeError(f"{name}: corrupt deflate stream: {exc}") from exc
+    ds = read_dataset(io.BytesIO(body), is_implicit_VR=False, is_little_endian=True)
+    out = FileDataset(name, ds, preamble=preamble, file_meta=meta, is_implicit_VR=False, is_little_endian=True)
+    return out
+
+
+def read_dataset(
+    source: str | os.PathLike[str] | BinaryIO,
+    *,
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
+    stop_before_pixels: bool = False,
+) -> Dataset:
+    """Read a DICOM file (PS3.10) with bounded inflation of deflated datasets.
+
+    Parameters
+    ----------
+    source : path or binary file
+        The Part 10 file.
+    max_inflated_bytes : int
+        Largest inflated size accepted for Deflated Explicit VR Little Endian.
+    stop_before_pixels : bool
+        Header-only read: for a path, values over 4 KiB (Pixel Data) are
+        deferred, not loaded, so their presence can still be checked.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        The dataset with its file meta.
+
+    Raises
+    ------
+    DecodeError
+        When the file is not DICOM, is truncated, or inflates past the limit.
+    """
+    # File name only: folder names in spools and exports often carry patient names.
+    name = Path(source).name if isinstance(source, (str, os.PathLike)) else "<stream>"
+    try:
+        fp: BinaryIO = open(source, "rb") if isinstance(source, (str, os.PathLike)) else source
+    except OSError as exc:
+        raise DecodeError(f"{name}: cannot open: {exc}") from exc
+    try:
+        from pydicom.filereader import _read_file_meta_info, read_preamble
+
+        fp.seek(0)
+        read_preamble(fp, True)
+        meta = _read_file_meta_info(fp)
+        if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+            return _read_deflated(fp, name, max_inflated_bytes)
+        if stop_before_pixels and isinstance(source, (str, os.PathLike)):
+            # Deferred rather than stopped: Pixel Data stays visible as present (contracts require it)
+            # but its value is only read from the file if someone asks for it.
+            return dcmread(os.fspath(source), force=True, defer_size=4096)
+        fp.seek(0)
+        return dcmread(fp, force=True, stop_before_pixels=stop_before_pixels)
+    except PixelError:
+        raise
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise DecodeError(f"{name}: not a readable DICOM file: {exc}") from exc
+    finally:
+        if isinstance(source, (str, os.PathLike)):
+            fp.close()
+
+
+def _as_dataset(source: Source, max_inflated_bytes: int) -> Dataset:
+    if isinstance(source, Dataset):
+        return source
+    return read_dataset(source, max_inflated_bytes=max_inflated_bytes)
+
+
+def transfer_syntax_of(ds: Dataset) -> str:
+    """Return the dataset's Transfer Syntax UID, or Implicit VR LE when the file meta lacks one.
+
+    PS3.10 7.1 requires (0002,0010); files without a meta group were written
+    before Part 10 and are Implicit VR Little Endian by default (PS3.5 A.1).
+    """
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    return str(uid) if uid else str(ImplicitVRLittleEndian)
+
+
+def describe(ds: Dataset) -> str:
+    """Return a PHI-free label for logs and errors: the SOP Instance UID."""
+    return f"instance {ds.get('SOPInstanceUID', '<no SOPInstanceUID>')}"
+
+
+def _check_decodable(ds: Dataset) -> str:
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
+        raise DecodeError(f"{describe(ds)}: no Pixel Data (7FE0,0010)")
+    uid = transfer_syntax_of(ds)
+    require_decoder(uid)
+    if ds.file_meta.get("TransferSyntaxUID") is None:
+        ds.file_meta.TransferSyntaxUID = uid
+    return uid
+
+
+def decode_instance(source: Source, *, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES) -> np.ndarray:
+    """Decode every frame of one instance to stored values.
+
+    Colour data in YBR photometric interpretations is converted to RGB, as
+    pydicom does by default; monochrome data are the stored values before the
+    Modality LUT (PS3.3 C.7.6.3.1, C.11.1).
+
+    Parameters
+    ----------
+    source : path or pydicom.dataset.Dataset
+        A Part 10 file or an already-read dataset.
+    max_inflated_bytes : int
+        Bound for Deflated Explicit VR Little Endian (PS3.5 A.5).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(rows, cols[, samples])`` for one frame; ``(frames, rows, cols[, samples])``
+        for multi-frame instances (PS3.3 C.7.6.6).
+
+    Raises
+    ------
+    UnsupportedTransferSyntaxError
+        Unknown syntax, or no installed plugin for it (names the missing dependency).
+    DecodeError
+        Corrupt stream, codec failure, or an instance without pixel data.
+    """
+    ds = _as_dataset(source, max_inflated_bytes)
+    uid = _check_decodable(ds)
+    from pydicom.pixels import pixel_array
+
+    try:
+        arr = pixel_array(ds)
+    except PixelError:
+        raise
+    except Exception as exc:  # codecs raise anything from ValueError to RuntimeError; wrapped, not swallowed
+        raise DecodeError(f"{describe(ds)}: {syntax_info(uid).label} decode failed: {exc}") from exc
+    # Big Endian data come back in file byte order; callers get native order.
+    return arr.astype(arr.dtype.newbyteorder("="), copy=False) if arr.dtype.byteorder == ">" else arr
+
+
+def iter_frames(source: Source, *, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES) -> Iterator[np.ndarray]:
+    """Yield the frames of one instance one at a time, stored values (PS3.3 C.7.6.6).
+
+    Unlike :func:`decode_instance` only one frame is held at a time, which keeps
+    peak memory near the caller's output array for large enhanced multi-frame objects.
+
+    Raises
+    ------
+    UnsupportedTransferSyntaxError, DecodeError
+        As :func:`decode_instance`.
+    """
+    ds = _as_dataset(source, max_inflated_bytes)
+    uid = _check_decodable(ds)
+    from pydicom.pixels import iter_pixels
+
+    frames = iter_pixels(ds)
+    while True:
+        try:
+            frame = next(frames)
+        except StopIteration:
+            return
+        except PixelError:
+            raise
+        except Exception as exc:  # wrapped at the codec boundary
+            raise DecodeError(f"{describe(ds)}: {syntax_info(uid).label} decode failed: {exc}") from exc
+        yield frame
+
