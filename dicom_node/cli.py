@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from dicom_node.config import NodeConfig, load_config
-from dicom_node.errors import ConfigError, DicomNodeError
+from dicom_node.errors import ConfigError, DicomNodeError, InferenceError
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMAND_MODULES = ["serve", "status", "check", "models", "infer"]
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dicom-node: configuration error: {exc}", file=sys.stderr)
         return 2
-    except DicomNodeError as exc:
+    except (DicomNodeError, InferenceError) as exc:
         print(f"dicom-node: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -23,6 +23,14 @@ for peers)::
 
 from __future__ import annotations
 
+from inference.errors import InferenceError
+
+__all__ = [
+    "AssociationError", "ConfigError", "DatasetMismatchError", "DecodeError", "DicomNodeError", "GeometryError",
+    "InferenceError", "IngestError", "InsufficientSpaceError", "PixelError", "StorageError",
+    "UnreadableDatasetError", "UnsupportedTransferSyntaxError", "ValidationError",
+]
+
 
 class DicomNodeError(Exception):
     """Root of every error dicom-node raises on purpose."""

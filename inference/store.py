@@ -1,0 +1,107 @@
+"""The model store: every ``<dir>/<name>/model.toml`` under one or more roots.
+
+A broken spec is logged and recorded in :attr:`ModelStore.errors`; it never
+stops the other models from loading (one bad upload must not take the node's
+other models down).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from inference.errors import ModelNotFoundError, SpecError
+from inference.spec import ModelSpec, load_spec
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "model.toml"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A loaded spec and where its files live."""
+
+    spec: ModelSpec
+    directory: Path
+
+    @property
+    def onnx_path(self) -> Path:
+        """The ONNX file the spec names, relative to the model folder."""
+        return self.directory / self.spec.onnx
+
+    def onnx_sha256(self) -> str:
+        """SHA-256 of the ONNX file (part of the TensorRT plan cache key)."""
+        digest = hashlib.sha256()
+        with self.onnx_path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+
+class ModelStore:
+    """Specs found under the given roots, loaded and validated once.
+
+    Parameters
+    ----------
+    roots : iterable of pathlib.Path
+        Folders whose sub-folders each hold one ``model.toml``. A missing root
+        is logged and skipped.
+    """
+
+    def __init__(self, roots: Iterable[Path]) -> None:
+        self._entries: dict[str, ModelEntry] = {}
+        #: Spec file -> error message, for every spec that failed to load.
+        self.errors: dict[Path, str] = {}
+        for root in roots:
+            self._scan(Path(root))
+
+    def _scan(self, root: Path) -> None:
+        if not root.is_dir():
+            log.warning("model store root missing root=%s", root)
+            return
+        for spec_path in sorted(root.glob(f"*/{SPEC_FILE}")):
+            try:
+                entry = _load_entry(spec_path)
+            except SpecError as exc:
+                log.error("model spec rejected file=%s error=%s", spec_path, exc)
+                self.errors[spec_path] = str(exc)
+                continue
+            if entry.spec.name in self._entries:
+                msg = f"{spec_path}: name: model {entry.spec.name!r} is already defined in {self._entries[entry.spec.name].directory}"
+                log.error("model spec rejected file=%s error=%s", spec_path, msg)
+                self.errors[spec_path] = msg
+                continue
+            self._entries[entry.spec.name] = entry
+
+    def names(self, include_hidden: bool = False) -> list[str]:
+        """Names of the loaded models, sorted; hidden (test) models only on request."""
+        return sorted(n for n, e in self._entries.items() if include_hidden or not e.spec.hidden)
+
+    def get(self, name: str) -> ModelEntry:
+        """Return the entry of model ``name``.
+
+        Raises
+        ------
+        ModelNotFoundError
+            No valid model of that name; the message says when its spec was rejected.
+        """
+        try:
+            return self._entries[name]
+        except KeyError:
+            rejected = [msg for path, msg in self.errors.items() if path.parent.name == name]
+            detail = f"; its spec was rejected: {rejected[0]}" if rejected else ""
+            raise ModelNotFoundError(f"no model named {name!r}{detail}") from None
+
+
+def _load_entry(spec_path: Path) -> ModelEntry:
+    spec = load_spec(spec_path)
+    if spec.name != spec_path.parent.name:
+        raise SpecError(f"{spec_path}: name: {spec.name!r} does not match its folder {spec_path.parent.name!r}")
+    entry = ModelEntry(spec=spec, directory=spec_path.parent)
+    if not entry.onnx_path.is_file():
+        raise SpecError(f"{spec_path}: onnx: file {entry.onnx_path.name!r} not found in {spec_path.parent}")
+    return entry

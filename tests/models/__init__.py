@@ -1,0 +1,1 @@
+"""Test-only models and NumPy references of the bundled models' algorithms."""
