@@ -17,7 +17,7 @@ from dicom_node.config import NodeConfig, load_config
 from dicom_node.errors import ConfigError, DicomNodeError, InferenceError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ["serve", "status", "check", "models", "infer"]
+COMMAND_MODULES = ["serve", "status", "check", "models", "infer", "jobs"]
 
 
 def build_parser() -> argparse.ArgumentParser:

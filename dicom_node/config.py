@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dicom_node.errors import ConfigError
+from dicom_node.routing import RoutingConfig
 
 ENV_PREFIX = "DICOM_NODE__"
 DEFAULT_CONFIG_NAME = Path("conf") / "node.toml"
@@ -188,6 +189,34 @@ class InferenceConfig(_Section):
     triton_url: str = ""
 
 
+class ResultsConfig(_Section):
+    """Result objects (SEG, SR): UIDs and series attributes."""
+
+    #: Root for result UIDs; the default is the UUID-derived 2.25 arc (PS3.5 B.2).
+    uid_root: str = "2.25."
+    seg_series_number: int = Field(9001, ge=0, le=2**31 - 1)
+    seg_series_description: str = Field("AI segmentation", max_length=64)
+    sr_series_number: int = Field(9002, ge=0, le=2**31 - 1)
+    sr_series_description: str = Field("AI measurement report", max_length=64)
+    manufacturer: str = Field("dicom-node", max_length=64)
+
+    @field_validator("uid_root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        if not re.fullmatch(r"([0-9]+\.)+", v) or len(v) > 40:
+            raise ValueError("must be digits and dots ending with a dot, at most 40 characters (e.g. '1.2.826.0.1.3680043.10.123.')")
+        return v
+
+
+class JobsConfig(_Section):
+    """Job execution."""
+
+    workers: int = Field(1, ge=0, le=64)
+    #: A job interrupted (crash) this many times ends failed instead of running again.
+    max_attempts: int = Field(3, ge=1, le=100)
+    poll_interval: float = Field(0.2, gt=0)
+
+
 class NodeConfig(_Section):
     """The whole configuration of one node."""
 
@@ -197,6 +226,9 @@ class NodeConfig(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     pixels: PixelConfig = Field(default_factory=PixelConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    results: ResultsConfig = Field(default_factory=ResultsConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
 
 
 def _parse_env_value(raw: str) -> Any:

@@ -17,7 +17,9 @@ for peers)::
     │   ├── UnsupportedTransferSyntaxError
     │   └── DecodeError
     ├── ValidationError             input fails a model's input contract
+    │   ├── ContractViolation       with the validator's issues
     │   └── GeometryError           slices do not form one volume
+    ├── WriterError                 a result object (SEG, SR) cannot be built or fails its read-back
     └── InferenceError              (re-exported from ``inference.errors``)
 """
 
@@ -26,9 +28,9 @@ from __future__ import annotations
 from inference.errors import InferenceError
 
 __all__ = [
-    "AssociationError", "ConfigError", "DatasetMismatchError", "DecodeError", "DicomNodeError", "GeometryError",
+    "AssociationError", "ConfigError", "ContractViolation", "DatasetMismatchError", "DecodeError", "DicomNodeError", "GeometryError",
     "InferenceError", "IngestError", "InsufficientSpaceError", "PixelError", "StorageError",
-    "UnreadableDatasetError", "UnsupportedTransferSyntaxError", "ValidationError",
+    "UnreadableDatasetError", "UnsupportedTransferSyntaxError", "ValidationError", "WriterError",
 ]
 
 
@@ -91,5 +93,33 @@ class ValidationError(DicomNodeError):
     """Input does not satisfy a model's input contract."""
 
 
+class ContractViolation(ValidationError):
+    """A series breaks its model's input contract; ``issues`` are the validator's per-instance findings."""
+
+    def __init__(self, message: str, issues: list[dict[str, object]]) -> None:
+        super().__init__(message)
+        self.issues = issues
+
+
 class GeometryError(ValidationError):
     """The slices of a series do not form one volume (PS3.3 C.7.6.2: positions, orientation, sizes)."""
+
+
+class DeliveryError(DicomNodeError):
+    """A result could not be delivered (C-STORE, PS3.4 Annex B; STOW-RS, PS3.18 10.5).
+
+    ``retryable`` is True for transient failures (connection refused, timeouts,
+    0xA7xx, HTTP 5xx/408/429) and False for ones a retry cannot fix (bad URL,
+    0xA9xx/0xCxxx, HTTP 4xx); the delivery ledger dead-letters the latter at once.
+    """
+
+    retryable: bool = False
+
+    def __init__(self, message: str, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class WriterError(DicomNodeError):
+    """A result object (SEG, PS3.3 A.51; SR, PS3.16 TID 1500) cannot be built, or its read-back check fails."""

@@ -77,6 +77,51 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_pending ON events(consumed_at, id);
 
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id                  TEXT PRIMARY KEY,
+    event_id            INTEGER NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    study_instance_uid  TEXT NOT NULL,
+    model               TEXT NOT NULL,
+    rule                TEXT NOT NULL,
+    destinations        TEXT NOT NULL,
+    state               TEXT NOT NULL CHECK (state IN ('queued', 'validating', 'decoding', 'inferring', 'writing',
+                                                        'delivering', 'done', 'failed', 'dead-letter')),
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    created_at          REAL NOT NULL,
+    updated_at          REAL NOT NULL,
+    next_attempt_at     REAL NOT NULL DEFAULT 0,
+    stage_times         TEXT NOT NULL DEFAULT '{}',
+    reason              TEXT,
+    details             TEXT,
+    result              TEXT,
+    UNIQUE (event_id, model)
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series_instance_uid);
+
+CREATE TABLE IF NOT EXISTS results (
+    sop_instance_uid    TEXT PRIMARY KEY,
+    job_id              TEXT NOT NULL,
+    kind                TEXT NOT NULL CHECK (kind IN ('SEG', 'SR')),
+    sop_class_uid       TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    study_instance_uid  TEXT NOT NULL,
+    source_series_uid   TEXT NOT NULL,
+    model               TEXT NOT NULL,
+    model_version       TEXT NOT NULL,
+    path                TEXT NOT NULL,
+    created_at          REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS results_study ON results(study_instance_uid);
+
+CREATE TABLE IF NOT EXISTS unrouted (
+    event_id            INTEGER PRIMARY KEY,
+    series_instance_uid TEXT NOT NULL,
+    facts               TEXT NOT NULL,
+    created_at          REAL NOT NULL
+);
 """
 
 

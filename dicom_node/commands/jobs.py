@@ -1,0 +1,103 @@
+"""``dicom-node jobs``: inspect and replay jobs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from dicom_node.config import NodeConfig
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``jobs list|show|retry|dead-letter``."""
+    p = sub.add_parser("jobs", help="inspect and replay jobs (one per completed series and model)")
+    jobs = p.add_subparsers(dest="jobs_command", metavar="ACTION")
+    jobs.required = True
+    ls = jobs.add_parser("list", help="list jobs, newest first")
+    ls.add_argument("--state", help="only jobs in this state (queued, failed, dead-letter, done, ...)")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.set_defaults(func=run_list)
+    show = jobs.add_parser("show", help="one job with its stage timings, reason and result objects")
+    show.add_argument("job_id")
+    show.set_defaults(func=run_show)
+    retry = jobs.add_parser("retry", help="queue a failed or dead-lettered job again")
+    retry.add_argument("job_id")
+    retry.set_defaults(func=run_retry)
+    dead = jobs.add_parser("dead-letter", help="list dead-lettered jobs (delivery gave up)")
+    dead.add_argument("--json", action="store_true")
+    dead.set_defaults(func=run_dead_letter, state="dead-letter", limit=1000)
+
+
+def _rows(config: NodeConfig, state: str | None, limit: int) -> list[dict[str, Any]]:
+    from dicom_node.node import open_index
+
+    conn = open_index(config).reader()
+    try:
+        sql = "SELECT * FROM jobs" + (" WHERE state = ?" if state else "") + " ORDER BY created_at DESC LIMIT ?"
+        args: tuple[Any, ...] = (state, limit) if state else (limit,)
+        return [_decode(dict(r)) for r in conn.execute(sql, args)]
+    finally:
+        conn.close()
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("destinations", "stage_times", "details", "result"):
+        if row.get(key):
+            row[key] = json.loads(row[key])
+    return row
+
+
+def run_list(args: argparse.Namespace, config: NodeConfig) -> int:
+    """Print jobs as a table or JSON lines."""
+    rows = _rows(config, args.state, args.limit)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    print(f"{'job':<26}{'state':<13}{'model':<14}{'tries':<6}series / reason")
+    for r in rows:
+        print(f"{r['id']:<26}{r['state']:<13}{r['model']:<14}{r['attempts']:<6}{r['reason'] or r['series_instance_uid']}")
+    return 0
+
+
+def run_dead_letter(args: argparse.Namespace, config: NodeConfig) -> int:
+    """List dead-lettered jobs."""
+    return run_list(args, config)
+
+
+def run_show(args: argparse.Namespace, config: NodeConfig) -> int:
+    """Print one job as JSON; exit 1 when unknown."""
+    from dicom_node.node import open_index
+
+    conn = open_index(config).reader()
+    try:
+        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (args.job_id,)).fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        print(f"dicom-node jobs: no job {args.job_id!r}")
+        return 1
+    print(json.dumps(_decode(dict(row)), indent=2))
+    return 0
+
+
+def run_retry(args: argparse.Namespace, config: NodeConfig) -> int:
+    """Re-queue a failed or dead-lettered job; exit 1 when it is not in such a state."""
+    from dicom_node.jobs import ops
+    from dicom_node.node import open_index
+
+    conn = open_index(config).reader()
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        ok = ops.retry(conn, args.job_id, time.time())
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    if not ok:
+        print(f"dicom-node jobs: {args.job_id!r} is not a failed or dead-lettered job")
+        return 1
+    print(f"queued {args.job_id}")
+    return 0

@@ -1,0 +1,51 @@
+"""What routing and the pipeline read about a stored series."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from dicom_node.routing import SeriesFacts
+from dicom_node.spool import Spool
+
+log = logging.getLogger(__name__)
+
+_ROUTING_TAGS = ["SOPClassUID", "Modality", "BodyPartExamined", "SeriesDescription"]
+
+
+def series_files(conn: sqlite3.Connection, spool: Spool, series_uid: str) -> list[Path]:
+    """Spool paths of every indexed instance of a series."""
+    rows = conn.execute(
+        "SELECT path FROM instances WHERE series_instance_uid = ? ORDER BY instance_number, sop_instance_uid",
+        (series_uid,),
+    ).fetchall()
+    return [spool.path_for(r[0]) for r in rows]
+
+
+def series_facts(conn: sqlite3.Connection, spool: Spool, series_uid: str) -> SeriesFacts:
+    """Routing facts of a series: index columns plus a few header attributes of one instance."""
+    row = conn.execute(
+        """SELECT s.modality, s.instance_count, i.calling_ae, i.called_ae, i.sop_class_uid, i.path
+           FROM series s JOIN instances i ON i.series_instance_uid = s.series_instance_uid
+           WHERE s.series_instance_uid = ? LIMIT 1""",
+        (series_uid,),
+    ).fetchone()
+    if row is None:
+        return SeriesFacts("", "", "", "", "", "", 0)
+    body_part = description = ""
+    try:
+        ds = dcmread(spool.path_for(row["path"]), stop_before_pixels=True, specific_tags=_ROUTING_TAGS)
+        body_part = str(ds.get("BodyPartExamined", "") or "")
+        description = str(ds.get("SeriesDescription", "") or "")
+    except (InvalidDicomError, OSError, ValueError) as exc:
+        # Routing then sees empty values; the pipeline reports unreadable files per instance.
+        log.warning("cannot read routing attributes series_uid=%s error=%s", series_uid, type(exc).__name__)
+    return SeriesFacts(
+        calling_ae=row["calling_ae"], called_ae=row["called_ae"], modality=row["modality"] or "",
+        sop_class_uid=row["sop_class_uid"], body_part_examined=body_part, series_description=description,
+        instances=int(row["instance_count"]),
+    )

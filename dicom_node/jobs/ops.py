@@ -1,0 +1,140 @@
+"""SQL operations on jobs, results and unrouted series (run by the index writer)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from typing import Any
+
+from dicom_node.routing import Route
+
+ACTIVE = ("validating", "decoding", "inferring", "writing")
+STATES = ("queued",) + ACTIVE + ("delivering", "done", "failed", "dead-letter")
+
+
+def job_id(event_id: int, model: str) -> str:
+    """Deterministic job id of one model run on one completion event."""
+    return hashlib.sha256(f"{event_id}|{model}".encode()).hexdigest()[:24]
+
+
+def pending_series_events(conn: sqlite3.Connection, limit: int = 100) -> list[sqlite3.Row]:
+    """Unconsumed ``series_complete`` events, oldest first."""
+    return conn.execute(
+        "SELECT * FROM events WHERE consumed_at IS NULL AND kind = 'series_complete' ORDER BY id LIMIT ?", (limit,)
+    ).fetchall()
+
+
+def consume_event(
+    conn: sqlite3.Connection, event: dict[str, Any], routes: list[Route], facts: dict[str, Any], now: float
+) -> list[str]:
+    """Turn one completion event into jobs (or an unrouted record), exactly once.
+
+    Returns
+    -------
+    list of str
+        The ids of the jobs created.
+    """
+    cur = conn.execute("UPDATE events SET consumed_at = ? WHERE id = ? AND consumed_at IS NULL", (now, event["id"]))
+    if cur.rowcount == 0:
+        return []
+    if not routes:
+        conn.execute(
+            "INSERT OR IGNORE INTO unrouted(event_id, series_instance_uid, facts, created_at) VALUES (?, ?, ?, ?)",
+            (event["id"], event["series_instance_uid"], json.dumps(facts), now),
+        )
+        return []
+    ids = []
+    for r in routes:
+        jid = job_id(int(event["id"]), r.model)
+        conn.execute(
+            """INSERT OR IGNORE INTO jobs(id, event_id, series_instance_uid, study_instance_uid, model, rule,
+                   destinations, state, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)""",
+            (jid, event["id"], event["series_instance_uid"], event["study_instance_uid"], r.model, r.rule,
+             json.dumps(list(r.destinations)), now, now),
+        )
+        ids.append(jid)
+    return ids
+
+
+def claim(conn: sqlite3.Connection, now: float) -> dict[str, Any] | None:
+    """Take the oldest runnable job: queued, or delivering with its retry time reached."""
+    row = conn.execute(
+        """SELECT * FROM jobs WHERE (state = 'queued' OR state = 'delivering') AND next_attempt_at <= ?
+           ORDER BY next_attempt_at, created_at LIMIT 1""",
+        (now,),
+    ).fetchone()
+    if row is None:
+        return None
+    job = dict(row)
+    if job["state"] == "queued":
+        conn.execute(
+            "UPDATE jobs SET state = 'validating', attempts = attempts + 1, updated_at = ? WHERE id = ?", (now, job["id"])
+        )
+        job["state"], job["attempts"] = "validating", job["attempts"] + 1
+    else:
+        # Mark the delivery attempt as taken so a second worker does not take it too.
+        conn.execute("UPDATE jobs SET next_attempt_at = ?, updated_at = ? WHERE id = ?", (now + 3600, now, job["id"]))
+    return job
+
+
+def advance(conn: sqlite3.Connection, jid: str, state: str, now: float, stage_seconds: dict[str, float] | None = None,
+            result: dict[str, Any] | None = None) -> None:
+    """Move a job to ``state``, recording stage timings and (once written) its result."""
+    row = conn.execute("SELECT stage_times FROM jobs WHERE id = ?", (jid,)).fetchone()
+    times = json.loads(row[0]) if row else {}
+    times.update({k: round(v, 4) for k, v in (stage_seconds or {}).items()})
+    conn.execute(
+        "UPDATE jobs SET state = ?, updated_at = ?, stage_times = ?, result = COALESCE(?, result), next_attempt_at = 0 "
+        "WHERE id = ?",
+        (state, now, json.dumps(times), json.dumps(result) if result is not None else None, jid),
+    )
+
+
+def finish(conn: sqlite3.Connection, jid: str, state: str, now: float, reason: str | None = None,
+           details: Any = None, next_attempt_at: float = 0.0) -> None:
+    """End a job (done, failed, dead-letter) or park it for a later delivery attempt."""
+    conn.execute(
+        "UPDATE jobs SET state = ?, updated_at = ?, reason = ?, details = ?, next_attempt_at = ? WHERE id = ?",
+        (state, now, reason, json.dumps(details) if details is not None else None, next_attempt_at, jid),
+    )
+
+
+def recover(conn: sqlite3.Connection, now: float, max_attempts: int) -> int:
+    """After a crash: jobs caught mid-stage run again; past ``max_attempts`` they fail.
+
+    Returns
+    -------
+    int
+        Jobs put back in the queue.
+    """
+    conn.execute(
+        f"""UPDATE jobs SET state = 'failed', reason = 'interrupted ' || attempts || ' times', updated_at = ?
+            WHERE state IN ({','.join('?' * len(ACTIVE))}) AND attempts >= ?""",
+        (now, *ACTIVE, max_attempts),
+    )
+    cur = conn.execute(
+        f"UPDATE jobs SET state = 'queued', updated_at = ? WHERE state IN ({','.join('?' * len(ACTIVE))})",
+        (now, *ACTIVE),
+    )
+    conn.execute("UPDATE jobs SET next_attempt_at = ? WHERE state = 'delivering' AND next_attempt_at > ?", (now, now))
+    return cur.rowcount
+
+
+def record_results(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
+    """Index written result objects (a re-run replaces the rows of the same UIDs)."""
+    for row in rows:
+        cols = ", ".join(row)
+        conn.execute(f"INSERT OR REPLACE INTO results({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+
+
+def retry(conn: sqlite3.Connection, jid: str, now: float) -> bool:
+    """Re-queue a failed or dead-lettered job (``dicom-node jobs retry``)."""
+    cur = conn.execute(
+        """UPDATE jobs SET state = CASE WHEN result IS NOT NULL AND state = 'dead-letter' THEN 'delivering' ELSE 'queued' END,
+                  reason = NULL, details = NULL, next_attempt_at = 0, updated_at = ?
+           WHERE id = ? AND state IN ('failed', 'dead-letter')""",
+        (now, jid),
+    )
+    return cur.rowcount == 1

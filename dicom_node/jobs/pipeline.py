@@ -1,0 +1,171 @@
+"""One job's stages: validate -> decode -> infer -> write -> deliver.
+
+Each stage boundary is a committed state change, so a crash resumes from the
+last boundary (mid-stage work is redone; result UIDs are deterministic). A
+failure of the input (contract, decoding) ends the job ``failed`` with the
+reason; a delivery failure is retried or dead-lettered by the delivery stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from dicom_node.config import NodeConfig
+from dicom_node.errors import ContractViolation, DicomNodeError, InferenceError, PixelError, ValidationError
+from dicom_node.index import Index, IndexWriter
+from dicom_node.jobs import ops
+from dicom_node.jobs.facts import series_files
+from dicom_node.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+class ResultWriter(Protocol):
+    """Writes a job's result objects and returns their index rows."""
+
+    def write(self, job: dict[str, Any], entry: Any, volume: Any, prediction: Any, files: list[Path]) -> list[dict[str, Any]]:
+        """Write SEG/SR for one prediction; returns rows for the ``results`` table."""
+        ...
+
+
+class DeliveryStage(Protocol):
+    """Delivers a job's result objects to its destinations."""
+
+    def deliver(self, job: dict[str, Any]) -> tuple[str, str | None, float]:
+        """Returns ``(state, reason, next_attempt_at)``: done, delivering (retry later) or dead-letter."""
+        ...
+
+
+class Pipeline:
+    """Runs the stages of one claimed job.
+
+    Parameters
+    ----------
+    config : NodeConfig
+        Validated configuration.
+    index, writer, spool
+        Storage.
+    results : ResultWriter
+        Writes the result objects.
+    delivery : DeliveryStage
+        Sends them.
+    """
+
+    def __init__(self, config: NodeConfig, index: Index, writer: IndexWriter, spool: Spool,
+                 results: ResultWriter, delivery: DeliveryStage) -> None:
+        self.config = config
+        self.index = index
+        self.writer = writer
+        self.spool = spool
+        self.results = results
+        self.delivery = delivery
+        self._predictors: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the models this pipeline opened."""
+        with self._lock:
+            for predictor in self._predictors.values():
+                predictor.close()
+            self._predictors.clear()
+
+    def run(self, job: dict[str, Any]) -> None:
+        """Run ``job`` from its current state to done, failed, dead-letter or a parked delivery."""
+        jid = job["id"]
+        try:
+            if job["state"] == "validating":
+                self._produce(job)
+            self._deliver(job)
+        except ContractViolation as exc:
+            self._fail(jid, f"input does not satisfy the model's contract: {exc}", exc.issues)
+        except ValidationError as exc:
+            self._fail(jid, f"input does not form a valid volume: {exc}")
+        except PixelError as exc:
+            self._fail(jid, f"pixel data could not be decoded: {exc}")
+        except InferenceError as exc:
+            self._fail(jid, f"inference failed: {exc}")
+        except DicomNodeError as exc:
+            self._fail(jid, str(exc))
+        except (OSError, ValueError, RuntimeError, MemoryError) as exc:
+            log.exception("job failed unexpectedly job=%s", jid)
+            self._fail(jid, f"internal error: {type(exc).__name__}")
+
+    def _fail(self, jid: str, reason: str, details: Any = None) -> None:
+        log.warning("job failed job=%s reason=%s", jid, reason)
+        self.writer.run(lambda c: ops.finish(c, jid, "failed", time.time(), reason, details))
+
+    def _stage(self, jid: str, next_state: str, work: Callable[[], Any], name: str,
+               result: Callable[[Any], dict[str, Any] | None] | None = None) -> Any:
+        t0 = time.perf_counter()
+        value = work()
+        seconds = time.perf_counter() - t0
+        payload = result(value) if result else None
+        self.writer.run(lambda c: ops.advance(c, jid, next_state, time.time(), {name: seconds}, payload))
+        return value
+
+    def _produce(self, job: dict[str, Any]) -> None:
+        from dicom_node.commands.models import open_store
+
+        jid = job["id"]
+        conn = self.index.reader()
+        try:
+            files = series_files(conn, self.spool, job["series_instance_uid"])
+        finally:
+            conn.close()
+        entry = open_store(self.config).get(job["model"])
+        self._stage(jid, "decoding", lambda: self._validate(entry, files), "validate")
+        volume = self._stage(jid, "inferring", lambda: self._decode(files), "decode")
+        prediction = self._stage(jid, "writing", lambda: self._predictor(entry).predict(volume.array, {}), "infer")
+        rows = self._stage(
+            jid, "delivering", lambda: self._write(job, entry, volume, prediction, files), "write",
+            result=lambda rows: {"objects": [{k: r[k] for k in ("sop_instance_uid", "kind", "path")} for r in rows]},
+        )
+        job["state"] = "delivering"
+        job["result"] = json.dumps({"objects": [{k: r[k] for k in ("sop_instance_uid", "kind", "path")} for r in rows]})
+
+    def _validate(self, entry: Any, files: list[Path]) -> None:
+        from dicom_node.validation.contract import Contract
+        from dicom_node.validation.rules import validate_series
+
+        contract = Contract.from_dict(entry.spec.contract_table())
+        report = validate_series([str(f) for f in files], contract, decode=False,
+                                 max_inflated_bytes=self.config.scp.max_inflated_bytes)
+        if not report.passed:
+            raise ContractViolation(
+                f"{len(report.issues)} issue(s); first: {report.issues[0].message}", report.to_json()["issues"]
+            )
+
+    def _decode(self, files: list[Path]) -> Any:
+        from dicom_node.pixels.volume import load_series
+
+        return load_series(files, workers=self.config.pixels.decode_workers or None, gpu=self.config.pixels.gpu_decode,
+                           max_inflated_bytes=self.config.scp.max_inflated_bytes)
+
+    def _predictor(self, entry: Any) -> Any:
+        from dicom_node.commands.models import backend_options
+        from inference.predictor import open_predictor
+
+        with self._lock:
+            predictor = self._predictors.get(entry.spec.name)
+            if predictor is None:
+                predictor = open_predictor(entry, backend_options(self.config), list(self.config.inference.backends),
+                                           max_delay_s=self.config.inference.max_batch_delay_ms / 1000.0)
+                self._predictors[entry.spec.name] = predictor
+            return predictor
+
+    def _write(self, job: dict[str, Any], entry: Any, volume: Any, prediction: Any, files: list[Path]) -> list[dict[str, Any]]:
+        rows = self.results.write(job, entry, volume, prediction, files)
+        self.writer.run(lambda c: ops.record_results(c, rows))
+        return rows
+
+    def _deliver(self, job: dict[str, Any]) -> None:
+        jid = job["id"]
+        state, reason, next_at = self.delivery.deliver(job)
+        self.writer.run(lambda c: ops.finish(c, jid, state, time.time(), reason, None, next_at))
+        log.info("job %s job=%s%s", state, jid, f" reason={reason}" if reason else "")

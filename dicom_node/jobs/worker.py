@@ -1,0 +1,94 @@
+"""The job worker: routes completion events into jobs and runs them, one thread per worker."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from dicom_node.errors import DicomNodeError, InferenceError
+from dicom_node.index import Index, IndexWriter
+from dicom_node.jobs import ops
+from dicom_node.jobs.facts import series_facts
+from dicom_node.jobs.pipeline import Pipeline
+from dicom_node.routing import RoutingConfig, facts_dict, route
+from dicom_node.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+class JobWorker:
+    """Background thread: consume completion events, then claim and run jobs.
+
+    Parameters
+    ----------
+    routing : RoutingConfig
+        The rules.
+    index, writer, spool
+        The node's storage.
+    pipeline : Pipeline
+        Runs one job's stages.
+    poll_interval : float
+        Sleep when there is nothing to do.
+    """
+
+    def __init__(self, routing: RoutingConfig, index: Index, writer: IndexWriter, spool: Spool, pipeline: Pipeline,
+                 poll_interval: float = 0.2) -> None:
+        self.routing = routing
+        self.index = index
+        self.writer = writer
+        self.spool = spool
+        self.pipeline = pipeline
+        self.poll_interval = poll_interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="job-worker", daemon=True)
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current stage."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def route_pending(self) -> list[str]:
+        """Turn unconsumed completion events into jobs; returns the new job ids."""
+        conn = self.index.reader()
+        try:
+            events = [dict(e) for e in ops.pending_series_events(conn)]
+            created: list[str] = []
+            for event in events:
+                facts = series_facts(conn, self.spool, event["series_instance_uid"])
+                routes = route(self.routing, facts)
+                ids = self.writer.run(lambda c, e=event, r=routes, f=facts: ops.consume_event(c, e, r, facts_dict(f), time.time()))
+                if not routes:
+                    log.info("series matched no routing rule series_uid=%s modality=%s calling_ae=%s",
+                             event["series_instance_uid"], facts.modality, facts.calling_ae)
+                for jid, r in zip(ids, routes):
+                    log.info("job queued job=%s model=%s rule=%s series_uid=%s", jid, r.model, r.rule,
+                             event["series_instance_uid"])
+                created.extend(ids)
+            return created
+        finally:
+            conn.close()
+
+    def run_once(self) -> bool:
+        """Claim and run one job; False when none was runnable."""
+        job: dict[str, Any] | None = self.writer.run(lambda c: ops.claim(c, time.time()))
+        if job is None:
+            return False
+        self.pipeline.run(job)
+        return True
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.route_pending()
+                if self.run_once():
+                    continue
+            except (DicomNodeError, InferenceError) as exc:
+                log.error("job worker step failed error=%s", exc)
+            self._stop.wait(self.poll_interval)

@@ -1,0 +1,129 @@
+"""Routing rules: which models run on a completed series, and where results go.
+
+A rule matches on the calling and called AE titles, Modality, SOP Class UID,
+Body Part Examined and Series Description (regular expressions, matched in
+full), and on numeric ranges (instance count). Every rule that matches
+contributes its models and destinations; a series no rule matches is kept and
+reported as unrouted, not an error.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class NumericRange(BaseModel):
+    """Inclusive bounds; either may be left out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    min: float | None = None
+    max: float | None = None
+
+    def contains(self, value: float | None) -> bool:
+        """True when ``value`` lies within the bounds (a missing value never does)."""
+        if value is None:
+            return False
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+class RuleMatch(BaseModel):
+    """Conditions of one rule; all given conditions must hold."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    calling_ae: str | None = None
+    called_ae: str | None = None
+    modality: str | None = None
+    sop_class_uid: str | None = None
+    body_part_examined: str | None = None
+    series_description: str | None = None
+    instances: NumericRange | None = None
+
+    @field_validator("calling_ae", "called_ae", "modality", "sop_class_uid", "body_part_examined", "series_description")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return v
+
+
+class Rule(BaseModel):
+    """One routing rule: when ``match`` holds, run ``models`` and send results to ``destinations``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1, max_length=64)
+    match: RuleMatch = Field(default_factory=RuleMatch)
+    models: list[str] = Field(min_length=1)
+    destinations: list[str] = Field(default_factory=list)
+
+
+class RoutingConfig(BaseModel):
+    """The ``[routing]`` section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    rules: list[Rule] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SeriesFacts:
+    """What routing may look at: from the index and one instance header (no patient data)."""
+
+    calling_ae: str
+    called_ae: str
+    modality: str
+    sop_class_uid: str
+    body_part_examined: str
+    series_description: str
+    instances: int
+
+
+@dataclass(frozen=True)
+class Route:
+    """A model to run and where its results go, with the rule that asked for it."""
+
+    rule: str
+    model: str
+    destinations: tuple[str, ...]
+
+
+_TEXT_FIELDS = ("calling_ae", "called_ae", "modality", "sop_class_uid", "body_part_examined", "series_description")
+
+
+def rule_matches(match: RuleMatch, facts: SeriesFacts) -> bool:
+    """True when every condition given in ``match`` holds for ``facts``."""
+    for name in _TEXT_FIELDS:
+        pattern = getattr(match, name)
+        if pattern is not None and re.fullmatch(pattern, getattr(facts, name) or "") is None:
+            return False
+    return match.instances is None or match.instances.contains(facts.instances)
+
+
+def route(config: RoutingConfig, facts: SeriesFacts) -> list[Route]:
+    """Return the routes for a series: one per (model), destinations merged across matching rules.
+
+    Parameters
+    ----------
+    config : RoutingConfig
+        The rules, in order.
+    facts : SeriesFacts
+        The completed series.
+    """
+    merged: dict[str, tuple[str, list[str]]] = {}
+    for rule in config.rules:
+        if not rule_matches(rule.match, facts):
+            continue
+        for model in rule.models:
+            first_rule, dests = merged.setdefault(model, (rule.name, []))
+            dests.extend(d for d in rule.destinations if d not in dests)
+    return [Route(rule, model, tuple(dests)) for model, (rule, dests) in merged.items()]
+
+
+def facts_dict(facts: SeriesFacts) -> dict[str, Any]:
+    """Facts as a JSON-ready dict (for the unrouted report)."""
+    return dict(facts.__dict__)
