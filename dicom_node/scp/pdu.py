@@ -41,6 +41,8 @@ _U16 = struct.Struct("<H")
 _ELEM = struct.Struct("<HHI")
 _PDU_HEADER = struct.Struct(">BxI")
 _PDV_HEADER = struct.Struct(">IBB")
+_GROUP_LENGTH = struct.Struct("<HHII")
+_FIXED_RESPONSE = struct.Struct("<" + "HHIH" * 4)
 
 
 class PduReader:
@@ -172,6 +174,11 @@ def _pad(value: bytes, pad: bytes) -> bytes:
     return value + pad if len(value) % 2 else value
 
 
+def _uid_element(element: int, uid: str) -> bytes:
+    value = _pad(uid.encode("ascii", "replace"), b"\x00")
+    return _ELEM.pack(0, element, len(value)) + value
+
+
 def encode_response(
     command_field: int,
     message_id: int,
@@ -195,19 +202,16 @@ def encode_response(
     error_comment : str, optional
         Error Comment (0000,0902), at most 64 characters, never PHI.
     """
-    elems: list[tuple[int, bytes]] = []
-    if sop_class_uid:
-        elems.append((0x0002, _pad(sop_class_uid.encode("ascii", "replace"), b"\x00")))
-    elems.append((0x0100, _U16.pack(command_field | 0x8000)))
-    elems.append((0x0120, _U16.pack(message_id)))
-    elems.append((0x0800, _U16.pack(NO_DATASET)))
-    elems.append((0x0900, _U16.pack(status)))
+    # Elements in ascending tag order (PS3.5 7.1): 0002, 0100, 0120, 0800, 0900, [0902], 1000.
+    body = _uid_element(0x0002, sop_class_uid) if sop_class_uid else b""
+    body += _FIXED_RESPONSE.pack(0, 0x0100, 2, command_field | 0x8000, 0, 0x0120, 2, message_id,
+                                 0, 0x0800, 2, NO_DATASET, 0, 0x0900, 2, status)
     if error_comment:
-        elems.append((0x0902, _pad(error_comment[:64].encode("ascii", "replace"), b" ")))
+        comment = _pad(error_comment[:64].encode("ascii", "replace"), b" ")
+        body += _ELEM.pack(0, 0x0902, len(comment)) + comment
     if sop_instance_uid:
-        elems.append((0x1000, _pad(sop_instance_uid.encode("ascii", "replace"), b"\x00")))
-    body = b"".join(_ELEM.pack(0, e, len(v)) + v for e, v in elems)
-    return _ELEM.pack(0, 0, 4) + struct.pack("<I", len(body)) + body
+        body += _uid_element(0x1000, sop_instance_uid)
+    return _GROUP_LENGTH.pack(0, 0, 4, len(body)) + body
 
 
 def p_data_pdu(context_id: int, control: int, payload: bytes) -> bytes:
