@@ -20,6 +20,7 @@ for peers)::
     │   ├── ContractViolation       with the validator's issues
     │   └── GeometryError           slices do not form one volume
     ├── WriterError                 a result object (SEG, SR) cannot be built or fails its read-back
+    ├── DeliveryError               a result cannot be sent to a destination (``retryable`` says if a retry may help)
     └── InferenceError              (re-exported from ``inference.errors``)
 """
 
@@ -28,7 +29,8 @@ from __future__ import annotations
 from inference.errors import InferenceError
 
 __all__ = [
-    "AssociationError", "ConfigError", "ContractViolation", "DatasetMismatchError", "DecodeError", "DicomNodeError", "GeometryError",
+    "AssociationError", "ConfigError", "ContractViolation", "DatasetMismatchError", "DecodeError", "DeliveryError",
+    "DicomNodeError", "GeometryError",
     "InferenceError", "IngestError", "InsufficientSpaceError", "PixelError", "StorageError",
     "UnreadableDatasetError", "UnsupportedTransferSyntaxError", "ValidationError", "WriterError",
 ]

@@ -41,3 +41,18 @@ def test_preference_and_refusal() -> None:
     # Only a lossy syntax accepted: never introduce loss.
     with pytest.raises(UnsupportedTransferSyntaxError, match="1.2.840.10008.1.2.4.50"):
         transcode(ds, ["1.2.840.10008.1.2.4.50"])
+
+
+def test_transcoding_keeps_the_sop_instance_uid() -> None:
+    """A lossless transcode is the same instance: PACS and the delivery ledger key on its UID."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    from dicom_node.pixels.transcode import transcode
+
+    for name in ("CT_small.dcm", "MR_small_bigendian.dcm", "MR_small_RLE.dcm"):
+        ds = dcmread(get_testdata_file(name))
+        uid = ds.SOPInstanceUID
+        for target in ("1.2.840.10008.1.2.5", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"):
+            out = transcode(ds, [target])
+            assert out.SOPInstanceUID == uid, (name, target)

@@ -112,19 +112,19 @@ def transcode(ds: Dataset, accepted_syntaxes: Iterable[str], *, preference: Sequ
     try:
         if syntax_info(current).encapsulated:
             require_decoder(current)
-            out.decompress()
+            out.decompress(generate_instance_uid=False)
         elif current == str(ExplicitVRBigEndian):
             # pydicom keeps big-endian OW bytes as read; re-set them from decoded values in little endian.
             arr = decode_instance(ds)
             arr = arr.astype(arr.dtype.newbyteorder("="), copy=False)
             out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             out.set_original_encoding(False, True)
-            out.set_pixel_data(arr, str(ds.PhotometricInterpretation), int(ds.BitsStored))
+            out.set_pixel_data(arr, str(ds.PhotometricInterpretation), int(ds.BitsStored), generate_instance_uid=False)
         if target in _NATIVE:
             out.file_meta.TransferSyntaxUID = UID(target)
             out.set_original_encoding(target == str(ImplicitVRLittleEndian), target != str(ExplicitVRBigEndian))
         else:
-            out.compress(UID(target))
+            out.compress(UID(target), generate_instance_uid=False)
     except PixelError:
         raise
     except Exception as exc:  # encoders raise ValueError/RuntimeError/...: wrapped at the boundary
