@@ -195,16 +195,19 @@ class ResultsConfig(_Section):
 
     #: Root for result UIDs; the default is the UUID-derived 2.25 arc (PS3.5 B.2).
     uid_root: str = "2.25."
-    seg_series_number: int = Field(9001, ge=0, le=2**31 - 1)
+    seg_series_number: int = Field(9001, ge=1, le=2**31 - 1)
     seg_series_description: str = Field("AI segmentation", max_length=64)
-    sr_series_number: int = Field(9002, ge=0, le=2**31 - 1)
+    sr_series_number: int = Field(9002, ge=1, le=2**31 - 1)
     sr_series_description: str = Field("AI measurement report", max_length=64)
     manufacturer: str = Field("dicom-node", max_length=64)
+    segmentation_type: Literal["BINARY", "FRACTIONAL"] = "BINARY"
+    node_name: str = Field("dicom-node", max_length=64)
+    institution_name: str | None = Field(None, max_length=64)
 
     @field_validator("uid_root")
     @classmethod
     def _root(cls, v: str) -> str:
-        if not re.fullmatch(r"([0-9]+\.)+", v) or len(v) > 40:
+        if not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.", v) or len(v) > 40:
             raise ValueError("must be digits and dots ending with a dot, at most 40 characters (e.g. '1.2.826.0.1.3680043.10.123.')")
         return v
 

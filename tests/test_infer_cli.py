@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from dicom_node.cli import main
@@ -66,3 +67,36 @@ def test_infer_parameters_and_errors(series: Path, tmp_path: Path, capsys: pytes
     assert main(["--config", cfg, "infer", "--model", "nope", str(series), "--out", str(out)]) == 1
     assert "no model named 'nope'" in capsys.readouterr().err
     assert main(["--config", cfg, "infer", "--model", "ct-body", str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+def test_infer_writes_seg_and_sr(series: Path, tmp_path: Path) -> None:
+    """Segmentation models write seg.dcm + sr.dcm under the configured UID root; both reference the series."""
+    cfg = _config(tmp_path)
+    cfg.write_text(cfg.read_text() + '[results]\nuid_root = "1.2.826.0.1.3680043.10.543."\nseg_series_number = 301\n')
+    out = tmp_path / "out"
+    assert main(["--config", str(cfg), "infer", "--model", "ct-lungs", str(series), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["outputs"]["seg"] == "seg.dcm" and summary["outputs"]["sr"] == "sr.dcm"
+    seg, sr = pydicom.dcmread(out / "seg.dcm"), pydicom.dcmread(out / "sr.dcm")
+    source_series = summary["series"]["series_instance_uid"]
+    assert seg.Modality == "SEG" and seg.SeriesNumber == 301 and seg.SOPInstanceUID.startswith("1.2.826.0.1.3680043.10.543.")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source_series
+    assert seg.StudyInstanceUID == sr.StudyInstanceUID == summary["series"]["study_instance_uid"]
+    algo = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algo.AlgorithmName == "ct-lungs" and "model_sha256=" in algo.AlgorithmParameters
+    assert sr.Modality == "SR" and sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    # A re-run replaces rather than duplicates: the same UIDs again.
+    again = tmp_path / "again"
+    assert main(["--config", str(cfg), "infer", "--model", "ct-lungs", str(series), "--out", str(again)]) == 0
+    assert pydicom.dcmread(again / "seg.dcm").SOPInstanceUID == seg.SOPInstanceUID
+    assert pydicom.dcmread(again / "sr.dcm").SOPInstanceUID == sr.SOPInstanceUID
+
+
+def test_infer_classifier_writes_sr_only(series: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[inference]\nmodels_dir = "{ROOT / "tests" / "models"}"\nbackends = ["onnxruntime"]\n[pixels]\ndecode_workers = 1\n')
+    out = tmp_path / "out"
+    assert main(["--config", str(cfg), "infer", "--model", "random-cnn", str(series), "--out", str(out)]) == 0
+    assert (out / "sr.dcm").is_file() and not (out / "seg.dcm").exists()
+    sr = pydicom.dcmread(out / "sr.dcm")
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR

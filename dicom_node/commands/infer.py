@@ -7,7 +7,11 @@ postprocess, then write into ``--out``:
 - ``result.npy``: the decision (uint8 masks ``(slices, labels, rows, cols)``
   for segmentation, class indices for classification);
 - ``summary.json``: model, backend, source UIDs, shapes, parameters, per-label
-  voxel counts and volumes, timings and batch statistics.
+  voxel counts and volumes, timings and batch statistics;
+- ``seg.dcm`` (segmentation models): the DICOM Segmentation (PS3.3 A.51);
+- ``sr.dcm`` (segmentation and classification models): the TID 1500 Comprehensive
+  3D SR. Both use the ``[results]`` config section (UID root, series numbers) and
+  are read back and checked before they are written (``dicom_node.writers``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 
 from dicom_node.commands.models import backend_options, open_store
 from dicom_node.config import NodeConfig
+from dicom_node.errors import WriterError
 from inference.errors import InferenceError
 
 
@@ -96,9 +101,33 @@ def run(args: argparse.Namespace, config: NodeConfig) -> int:
     except InferenceError as exc:
         print(f"dicom-node infer: {exc}", file=sys.stderr)
         return 1
+    try:
+        objects = _result_objects(files, volume, entry, prediction, config)
+    except WriterError as exc:
+        print(f"dicom-node infer: {exc}", file=sys.stderr)
+        return 1
     summary = _write(args.out, entry.spec, volume, prediction, backend, stats, decode_s)
+    summary["outputs"].update(_write_objects(args.out, objects))
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print(json.dumps(summary["outputs"]))
     return 0
+
+
+def _result_objects(files: list[Path], volume: Any, entry: Any, prediction: Any, config: NodeConfig) -> Any:
+    """Build the checked SEG/SR of this run (``dicom_node.writers``), with ``[results]`` settings when configured."""
+    from dicom_node.writers import WriterOptions, build_results, read_headers
+
+    options = WriterOptions.from_config(getattr(config, "results", None))
+    return build_results(read_headers(files), volume, entry.spec, prediction, options, model_sha256=entry.onnx_sha256())
+
+
+def _write_objects(out: Path, objects: Any) -> dict[str, str]:
+    written: dict[str, str] = {}
+    for key, data in (("seg", objects.seg), ("sr", objects.sr)):
+        if data is not None:
+            (out / f"{key}.dcm").write_bytes(data)
+            written[key] = f"{key}.dcm"
+    return written
 
 
 def _write(out: Path, spec: Any, volume: Any, prediction: Any, backend: str, stats: Any, decode_s: float) -> dict[str, Any]:
