@@ -1,4 +1,4 @@
-"""The running node: wires spool, index, SCP and assembler together."""
+"""The running node: wires spool, index, SCP, assembler and job workers together."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ from dicom_node.config import NodeConfig
 from dicom_node.index import Index, IndexWriter
 from dicom_node.index import ops
 from dicom_node.ingest import Ingestor
+from dicom_node.jobs import ops as job_ops
+from dicom_node.jobs.pipeline import Pipeline
+from dicom_node.jobs.stages import FileResultWriter, JobDelivery
+from dicom_node.jobs.worker import JobWorker
 from dicom_node.scp.context import ScpContext
 from dicom_node.scp.negotiation import supported_contexts
 from dicom_node.scp.server import StorageServer
@@ -47,6 +51,13 @@ class Node:
             ScpContext(config.scp, self.spool, self.writer, self.ingestor, supported_contexts(config.scp))
         )
         self.assembler = Assembler(config.assembly, self.writer)
+        results = FileResultWriter(config)
+        self.pipeline = Pipeline(config, self.index, self.writer, self.spool, results,
+                                 JobDelivery(config, self.index, self.writer, results))
+        self.workers = [
+            JobWorker(config.routing, self.index, self.writer, self.spool, self.pipeline, config.jobs.poll_interval)
+            for _ in range(config.jobs.workers)
+        ]
 
     def start(self) -> None:
         """Recover from any crash, then start the writer, the SCP and the assembler."""
@@ -55,11 +66,19 @@ class Node:
         dead = self.writer.run(lambda c: ops.recover(c, time.time()))
         if dead:
             log.warning("associations left open by a previous run counted as aborted count=%d", dead)
+        requeued = self.writer.run(lambda c: job_ops.recover(c, time.time(), self.config.jobs.max_attempts))
+        if requeued:
+            log.warning("jobs interrupted by a previous run queued again count=%d", requeued)
         self.scp.start()
         self.assembler.start()
+        for worker in self.workers:
+            worker.start()
 
     def stop(self) -> None:
         """Stop accepting, stop assembly, flush the index."""
         self.scp.stop()
         self.assembler.stop()
+        for worker in self.workers:
+            worker.stop()
+        self.pipeline.close()
         self.writer.stop()

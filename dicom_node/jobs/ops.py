@@ -130,7 +130,19 @@ def record_results(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None
 
 
 def retry(conn: sqlite3.Connection, jid: str, now: float) -> bool:
-    """Re-queue a failed or dead-lettered job (``dicom-node jobs retry``)."""
+    """Re-queue a failed or dead-lettered job (``dicom-node jobs retry``).
+
+    A dead-lettered job with results goes back to delivery, and its objects'
+    dead ledger rows become pending again; objects already stored stay sent.
+    """
+    from dicom_node.delivery import ledger
+
+    row = conn.execute("SELECT destinations, result FROM jobs WHERE id = ? AND state = 'dead-letter'", (jid,)).fetchone()
+    if row is not None and row["result"]:
+        ledger.ensure_schema(conn)
+        for dest in json.loads(row["destinations"]):
+            for obj in json.loads(row["result"]).get("objects", []):
+                ledger.requeue(conn, dest, obj["sop_instance_uid"], now)
     cur = conn.execute(
         """UPDATE jobs SET state = CASE WHEN result IS NOT NULL AND state = 'dead-letter' THEN 'delivering' ELSE 'queued' END,
                   reason = NULL, details = NULL, next_attempt_at = 0, updated_at = ?
