@@ -75,6 +75,11 @@ TWINS: dict[str, str] = {
 MIN_PSNR_DB = 30.0
 
 
+def _reason(exc: Exception) -> str:
+    """All lines of a refusal (pydicom lists one per plugin tried), on one line."""
+    return "; ".join(line.strip() for line in str(exc).splitlines()[1:] or [str(exc)] if line.strip())[:400]
+
+
 @dataclass(frozen=True)
 class ConformanceResult:
     """The outcome for one file."""
@@ -223,7 +228,7 @@ def check_file(path: Path, index: dict[str, Path], twin_path: Path | None = None
         uid = transfer_syntax_of(ds)
         arr = decode_instance(ds)
     except PixelError as exc:
-        return ConformanceResult(path.name, uid, "refused", "", str(exc).splitlines()[-1].strip()[:160])
+        return ConformanceResult(path.name, uid, "refused", "", _reason(exc))
     ref, source = _reference(path, ds, index, twin_path)
     if ref is None:
         return ConformanceResult(path.name, uid, "mismatch", "none", "no independent reference available")
