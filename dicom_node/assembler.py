@@ -8,9 +8,9 @@ the quiet periods simply resume from the persisted ``last_received_at``.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
+from dicom_node.background import BackgroundLoop
 from dicom_node.config import AssemblyConfig
 from dicom_node.errors import StorageError
 from dicom_node.index import IndexWriter
@@ -19,7 +19,7 @@ from dicom_node.index import ops
 log = logging.getLogger(__name__)
 
 
-class Assembler:
+class Assembler(BackgroundLoop):
     """Background thread that completes series whose wait is over.
 
     Parameters
@@ -31,20 +31,9 @@ class Assembler:
     """
 
     def __init__(self, config: AssemblyConfig, writer: IndexWriter) -> None:
+        super().__init__("assembler", config.poll_interval)
         self.config = config
         self.writer = writer
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="assembler", daemon=True)
-
-    def start(self) -> None:
-        """Start polling."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop polling."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
 
     def tick(self, now: float | None = None) -> list[dict[str, object]]:
         """Complete what is due now; returns the events emitted."""
@@ -59,9 +48,10 @@ class Assembler:
             )
         return events
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.config.poll_interval):
-            try:
-                self.tick()
-            except StorageError as exc:
-                log.error("assembly tick failed error=%s", exc)
+    def step(self) -> bool:
+        """One poll; never raises (a failed tick is logged and retried at the next poll)."""
+        try:
+            self.tick()
+        except StorageError as exc:
+            log.error("assembly tick failed error=%s", exc)
+        return False

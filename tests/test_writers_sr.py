@@ -26,30 +26,11 @@ from inference.backends import BackendOptions
 from inference.predictor import Prediction, open_predictor
 from inference.spec import Postprocessing
 from inference.store import ModelStore
-
-ROOT = Path(__file__).resolve().parents[1]
-STORE = ModelStore([ROOT / "engines", ROOT / "tests" / "models"])
-
-
-@dataclass
-class Series:
-    volume: Volume
-    headers: dict[str, Dataset]
-    predictions: dict[str, Prediction]
-
+from tests.writer_fixtures import ROOT, STORE, Series, predicted_series
 
 @pytest.fixture(scope="module")
 def series(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Series]:
-    files = write_ct_series(tmp_path_factory.mktemp("ct"), SeriesSpec(slices=12, rows=64, columns=64, seed="writers-sr"))
-    volume = load_series(files, workers=0, gpu="cpu")
-    predictions = {}
-    for name in ("ct-lungs", "random-cnn"):
-        predictor = open_predictor(STORE.get(name), BackendOptions(onnxruntime_threads=1), ["onnxruntime"])
-        try:
-            predictions[name] = predictor.predict(volume.array)
-        finally:
-            predictor.close()
-    yield Series(volume, read_headers(files), predictions)
+    yield predicted_series(tmp_path_factory.mktemp("ct"), "writers-sr", ("ct-lungs", "random-cnn"))
 
 
 def _report(data: bytes) -> tuple[Dataset, hd.sr.MeasurementReport]:

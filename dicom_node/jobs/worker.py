@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
+from dicom_node.background import BackgroundLoop
 from dicom_node.errors import DicomNodeError, InferenceError
 from dicom_node.index import Index, IndexWriter
 from dicom_node.jobs import ops
@@ -18,7 +18,7 @@ from dicom_node.spool import Spool
 log = logging.getLogger(__name__)
 
 
-class JobWorker:
+class JobWorker(BackgroundLoop):
     """Background thread: consume completion events, then claim and run jobs.
 
     Parameters
@@ -35,24 +35,12 @@ class JobWorker:
 
     def __init__(self, routing: RoutingConfig, index: Index, writer: IndexWriter, spool: Spool, pipeline: Pipeline,
                  poll_interval: float = 0.2) -> None:
+        super().__init__("job-worker", poll_interval)
         self.routing = routing
         self.index = index
         self.writer = writer
         self.spool = spool
         self.pipeline = pipeline
-        self.poll_interval = poll_interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="job-worker", daemon=True)
-
-    def start(self) -> None:
-        """Start the worker thread."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop after the current stage."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
 
     def route_pending(self) -> list[str]:
         """Turn unconsumed completion events into jobs; returns the new job ids."""
@@ -83,12 +71,11 @@ class JobWorker:
         self.pipeline.run(job)
         return True
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.route_pending()
-                if self.run_once():
-                    continue
-            except (DicomNodeError, InferenceError) as exc:
-                log.error("job worker step failed error=%s", exc)
-            self._stop.wait(self.poll_interval)
+    def step(self) -> bool:
+        """Route new events, then run one job; never raises."""
+        try:
+            self.route_pending()
+            return self.run_once()
+        except (DicomNodeError, InferenceError) as exc:
+            log.error("job worker step failed error=%s", exc)
+            return False
