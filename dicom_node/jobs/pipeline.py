@@ -66,6 +66,7 @@ class Pipeline:
         self.results = results
         self.delivery = delivery
         self._predictors: dict[str, Any] = {}
+        self._pool: Any = None  # one decode pool for the node's lifetime (spawning workers costs ~0.5 s)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -74,6 +75,9 @@ class Pipeline:
             for predictor in self._predictors.values():
                 predictor.close()
             self._predictors.clear()
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
 
     def run(self, job: dict[str, Any]) -> None:
         """Run ``job`` from its current state to done, failed, dead-letter or a parked delivery."""
@@ -142,9 +146,14 @@ class Pipeline:
             )
 
     def _decode(self, files: list[Path]) -> Any:
+        from dicom_node.pixels.pool import DecodePool
         from dicom_node.pixels.volume import load_series
 
-        return load_series(files, workers=self.config.pixels.decode_workers or None, gpu=self.config.pixels.gpu_decode,
+        with self._lock:
+            if self._pool is None:
+                self._pool = DecodePool(self.config.pixels.decode_workers or None)
+            pool = self._pool
+        return load_series(files, pool=pool, gpu=self.config.pixels.gpu_decode,
                            max_inflated_bytes=self.config.scp.max_inflated_bytes)
 
     def _predictor(self, entry: Any) -> Any:

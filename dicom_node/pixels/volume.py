@@ -33,6 +33,7 @@ from dicom_node.pixels.geometry import (
 from dicom_node.pixels.gpu import DecoderSelection, decode_files_gpu, select_decoder
 from dicom_node.pixels.modality import apply_into, modality_transform
 from dicom_node.pixels.pool import DecodePool, default_workers
+from dicom_node.pixels.syntaxes import syntax_info
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +279,10 @@ def _fill(
         for k, stored in decode_files_gpu(sorted_paths, max_inflated_bytes=max_inflated):
             apply_into(stored, modality_transform(headers[ordered[k].file]), out[k])
         return f"gpu: {selection.reason}"
+    if all(not syntax_info(transfer_syntax_of(h)).encapsulated for h in headers):
+        # Native (uncompressed) pixel data runs no compiled codec, so nothing can crash the
+        # process, and shipping slices between processes costs more than reading them here.
+        return _fill_cpu(out, sorted_paths, max_inflated, 0, None)
     if workers is None:
         workers = 0 if len(sorted_paths) < _POOL_MIN_FILES else default_workers(None)
     return _fill_cpu(out, sorted_paths, max_inflated, workers, pool)
