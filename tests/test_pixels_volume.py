@@ -54,10 +54,19 @@ def test_sorted_by_position_not_instance_number(tmp_path: Path) -> None:
 
 
 def test_workers_match_in_process(tmp_path: Path) -> None:
+    import pydicom
+
     paths = write_series(tmp_path, SeriesSpec(slices=20, rows=64, columns=64))
+    native = load_series(paths, workers=2)
+    assert native.decoder == "cpu: in-process", "native pixel data needs no codec process"
+    for path in paths:  # compressed data goes to the codec worker processes
+        ds = pydicom.dcmread(path)
+        ds.compress("1.2.840.10008.1.2.5", generate_instance_uid=False)
+        ds.save_as(path, enforce_file_format=True)
     a = load_series(paths, workers=0)
     b = load_series(paths, workers=2)
     assert b.decoder.startswith("cpu: 2 worker") and np.array_equal(a.array, b.array)
+    assert np.array_equal(a.array, native.array)
     assert a.sop_instance_uids == b.sop_instance_uids
 
 
