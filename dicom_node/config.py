@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dicom_node.api.config import ApiConfig
 from dicom_node.delivery.config import DeliveryConfig
 from dicom_node.errors import ConfigError
 from dicom_node.routing import RoutingConfig
@@ -234,6 +235,7 @@ class NodeConfig(_Section):
     results: ResultsConfig = Field(default_factory=ResultsConfig)
     jobs: JobsConfig = Field(default_factory=JobsConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
 
 
 def _parse_env_value(raw: str) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from dicom_node.assembler import Assembler
 from dicom_node.config import NodeConfig
@@ -54,10 +55,25 @@ class Node:
         results = FileResultWriter(config)
         self.pipeline = Pipeline(config, self.index, self.writer, self.spool, results,
                                  JobDelivery(config, self.index, self.writer, results))
+        self.api: Any = None
+        self.metrics_registry: Any = None
         self.workers = [
             JobWorker(config.routing, self.index, self.writer, self.spool, self.pipeline, config.jobs.poll_interval)
             for _ in range(config.jobs.workers)
         ]
+
+    def model_status(self) -> dict[str, str | None]:
+        """Each model of the store: None when a backend can run it, else why not (for /readyz)."""
+        from dicom_node.commands.models import backend_options, open_store
+        from inference.backends import select_backend
+
+        store = open_store(self.config)
+        status: dict[str, str | None] = {str(path.parent.name): f"invalid spec: {msg}" for path, msg in store.errors.items()}
+        for name in store.names():
+            selection = select_backend(store.get(name).spec, list(self.config.inference.backends), backend_options(self.config))
+            status[name] = None if selection.name else "no backend: " + "; ".join(
+                f"{k}: {v}" for k, v in selection.passed_over.items())
+        return status
 
     def start(self) -> None:
         """Recover from any crash, then start the writer, the SCP and the assembler."""
@@ -73,9 +89,19 @@ class Node:
         self.assembler.start()
         for worker in self.workers:
             worker.start()
+        if self.config.api.enabled:
+            from dicom_node.api.app import ApiContext, create_app
+            from dicom_node.api.metrics import registry_for
+            from dicom_node.api.server import ApiServer
+
+            self.metrics_registry = registry_for(self)
+            self.api = ApiServer(create_app(ApiContext(self.config, self)), self.config.api.host, self.config.api.port)
+            self.api.start()
 
     def stop(self) -> None:
         """Stop accepting, stop assembly, flush the index."""
+        if self.api is not None:
+            self.api.stop()
         self.scp.stop()
         self.assembler.stop()
         for worker in self.workers:

@@ -64,6 +64,7 @@ def node_config(root: Path, **sections: dict[str, Any]) -> NodeConfig:
     """A config rooted at ``root`` on an ephemeral port with short assembly waits."""
     data: dict[str, dict[str, Any]] = {
         "scp": {"port": 0},
+        "api": {"port": 0},
         "storage": {"root": str(root), "min_free_bytes": 0},
         "assembly": {"quiet_period": 0.5, "poll_interval": 0.1, "abort_grace": 3600.0},
     }
@@ -109,6 +110,7 @@ class ServeProcess:
             os.environ,
             DICOM_NODE__STORAGE__ROOT=str(root),
             DICOM_NODE__SCP__PORT=str(port),
+            DICOM_NODE__API__PORT="0",
             DICOM_NODE__STORAGE__MIN_FREE_BYTES="0",
             **(extra_env or {}),
         )

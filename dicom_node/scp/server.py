@@ -42,6 +42,11 @@ class StorageServer:
         return int(self._sock.getsockname()[1])
 
     @property
+    def listening(self) -> bool:
+        """True while the accept loop runs."""
+        return self._thread is not None and self._thread.is_alive() and not self._stopping.is_set()
+
+    @property
     def active(self) -> int:
         """Associations currently being served."""
         return self._active

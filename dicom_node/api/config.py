@@ -1,0 +1,81 @@
+"""The ``[api]`` config section: where the REST facade listens, who may call it, and its limits."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Scope = Literal["read", "submit", "admin"]
+
+
+class ApiKey(BaseModel):
+    """An API key, stored as the hex SHA-256 of the secret (never the secret itself)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1, max_length=64)
+    sha256: str
+    scopes: list[Scope] = Field(default_factory=lambda: ["read"])
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("must be the 64-character lowercase hex SHA-256 of the key")
+        return v
+
+
+class ApiConfig(BaseModel):
+    """REST facade settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    #: API keys (hashed); with neither keys nor a JWKS file, only loopback binding is allowed and
+    #: every caller gets every scope.
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    #: OAuth2 bearer JWTs are checked against this JWKS file (RS256/ES256); scopes from the "scope" claim.
+    jwks_file: Path | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    #: Admin endpoints also require the caller's address in these networks (empty = any).
+    admin_hosts: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_multipart_parts: int = Field(64, ge=1, le=10000)
+    max_instances: int = Field(32, ge=1, le=1024)
+    max_pixels: int = Field(64 * 1024 * 1024, ge=1024)
+    #: Outbound (webhooks, dicomweb_uri) hosts allowed even when private or loopback.
+    outbound_allowlist: list[str] = Field(default_factory=list)
+    #: HMAC-SHA256 key for webhook signatures (file holding the secret).
+    webhook_secret_file: Path | None = None
+
+    @field_validator("admin_hosts")
+    @classmethod
+    def _nets(cls, v: list[str]) -> list[str]:
+        for net in v:
+            ipaddress.ip_network(net, strict=False)
+        return v
+
+    @property
+    def auth_enabled(self) -> bool:
+        """True when callers must authenticate."""
+        return bool(self.api_keys) or self.jwks_file is not None
+
+    @model_validator(mode="after")
+    def _open_needs_auth(self) -> "ApiConfig":
+        if self.enabled and not self.auth_enabled and not _loopback(self.host):
+            raise ValueError(f"binding {self.host!r} (not loopback) without api_keys or jwks_file is refused")
+        return self
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

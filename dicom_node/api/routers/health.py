@@ -1,0 +1,55 @@
+"""Health: ``/ping``, ``/healthz`` (live), ``/readyz`` (ready, with what is not), ``/metrics`` (Prometheus)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/ping", summary="200 when the node can serve")
+def ping(request: Request) -> dict[str, str]:
+    """Answer ``{"status": "ok"}``."""
+    return {"status": "ok"}
+
+
+@router.get("/healthz", summary="Liveness")
+def healthz(request: Request) -> dict[str, str]:
+    """The process is up and answering."""
+    return {"status": "alive"}
+
+
+def _checks(request: Request) -> dict[str, Any]:
+    node = request.app.state.ctx.node
+    checks: dict[str, Any] = {}
+    try:
+        node.index.counts()
+        checks["index"] = "ok"
+    except Exception as exc:  # any failure to read the index means not ready; reported, not raised
+        checks["index"] = f"unavailable: {type(exc).__name__}"
+    checks["spool"] = "ok" if os.access(node.spool.tmp, os.W_OK) else "not writable"
+    checks["scp"] = "ok" if node.scp.listening else "not listening"
+    models: dict[str, str] = {}
+    for name, error in node.model_status().items():
+        models[name] = "ok" if error is None else error
+    checks["models"] = models
+    return checks
+
+
+@router.get("/readyz", summary="Readiness: index open, spool writable, SCP listening, each model loadable")
+def readyz(request: Request) -> JSONResponse:
+    """200 with the checks when all pass, else 503 naming what is not ready."""
+    checks = _checks(request)
+    ready = all(v == "ok" for k, v in checks.items() if k != "models") and all(v == "ok" for v in checks["models"].values())
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    return Response(generate_latest(request.app.state.ctx.node.metrics_registry), media_type=CONTENT_TYPE_LATEST)

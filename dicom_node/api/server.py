@@ -1,0 +1,53 @@
+"""uvicorn in a background thread of the node process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import uvicorn
+from fastapi import FastAPI
+
+from dicom_node.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+
+class ApiServer:
+    """Serve ``app`` on ``host:port`` until :meth:`stop`.
+
+    Parameters
+    ----------
+    app : FastAPI
+        The application.
+    host, port : str, int
+        Where to listen (port 0 picks a free one; see :attr:`port`).
+    """
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                lifespan="off", server_header=False, timeout_keep_alive=5)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return int(self._server.servers[0].sockets[0].getsockname()[1])
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Start and wait until the socket is bound."""
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise StorageError(f"the REST API could not listen on {self._server.config.host}:{self._server.config.port}")
+            time.sleep(0.02)
+        log.info("REST API listening host=%s port=%d", self._server.config.host, self.port)
+
+    def stop(self) -> None:
+        """Ask uvicorn to exit and wait for it."""
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(10)

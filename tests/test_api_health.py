@@ -1,0 +1,52 @@
+"""Health endpoints against a real uvicorn server started by the node."""
+
+from __future__ import annotations
+
+import httpx
+
+from dicom_node.node import Node
+from tests.scu import send_all
+from dicom_node.synthetic import SeriesSpec, ct_datasets
+
+
+def url(node: Node, path: str) -> str:
+    return f"http://127.0.0.1:{node.api.port}{path}"
+
+
+def test_ping_healthz_readyz(start_node) -> None:
+    from pathlib import Path
+
+    node: Node = start_node(inference={"models_dir": str(Path(__file__).resolve().parents[1] / "engines")})
+    assert httpx.get(url(node, "/ping")).json() == {"status": "ok"}
+    assert httpx.get(url(node, "/healthz")).status_code == 200
+    ready = httpx.get(url(node, "/readyz"))
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert body["checks"]["models"] == {"ct-body": "ok", "ct-lungs": "ok"}
+    assert body["checks"]["index"] == "ok" and body["checks"]["spool"] == "ok"
+
+
+def test_readyz_names_what_is_not_ready(start_node, tmp_path) -> None:
+    models = tmp_path / "engines" / "broken"
+    models.mkdir(parents=True)
+    (models / "model.toml").write_text('name = "broken"\nversion = "1"\ntask = "nonsense"\n')
+    node: Node = start_node(inference={"models_dir": str(tmp_path / "engines")})
+    ready = httpx.get(url(node, "/readyz"))
+    assert ready.status_code == 503
+    assert "invalid spec" in ready.json()["checks"]["models"]["broken"]
+
+
+def test_metrics_count_what_arrived(start_node) -> None:
+    node: Node = start_node()
+    send_all(node.scp.port, ct_datasets(SeriesSpec(slices=3, rows=16, columns=16, seed="metrics")))
+    text = httpx.get(url(node, "/metrics")).text
+    assert "dicom_node_instances_received_total 3.0" in text
+    assert 'dicom_node_series{state="receiving"}' in text or 'dicom_node_series{state="complete"}' in text
+
+
+def test_errors_are_json(start_node) -> None:
+    node: Node = start_node()
+    missing = httpx.get(url(node, "/no/such/thing"))
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    big = httpx.post(url(node, "/ping"), content=b"x" * (node.config.api.max_body_bytes + 1))
+    assert big.status_code == 413 and big.json()["error"]["code"] == "too_large"
