@@ -10,6 +10,7 @@ reported as unrouted, not an error.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,9 @@ class RuleMatch(BaseModel):
     body_part_examined: str | None = None
     series_description: str | None = None
     instances: NumericRange | None = None
+    #: Run a model of this rule only on series that satisfy that model's input contract
+    #: (checked on headers, without decoding); other models of the rule are unaffected.
+    model_contract: bool = False
 
     @field_validator("calling_ae", "called_ae", "modality", "sop_class_uid", "body_part_examined", "series_description")
     @classmethod
@@ -104,7 +108,7 @@ def rule_matches(match: RuleMatch, facts: SeriesFacts) -> bool:
     return match.instances is None or match.instances.contains(facts.instances)
 
 
-def route(config: RoutingConfig, facts: SeriesFacts) -> list[Route]:
+def route(config: RoutingConfig, facts: SeriesFacts, contract_ok: Callable[[str], bool] | None = None) -> list[Route]:
     """Return the routes for a series: one per (model), destinations merged across matching rules.
 
     Parameters
@@ -113,12 +117,17 @@ def route(config: RoutingConfig, facts: SeriesFacts) -> list[Route]:
         The rules, in order.
     facts : SeriesFacts
         The completed series.
+    contract_ok : callable, optional
+        ``contract_ok(model)``: does the series satisfy the model's input contract?
+        Consulted only by rules with ``model_contract = true``.
     """
     merged: dict[str, tuple[str, list[str]]] = {}
     for rule in config.rules:
         if not rule_matches(rule.match, facts):
             continue
         for model in rule.models:
+            if rule.match.model_contract and contract_ok is not None and not contract_ok(model):
+                continue
             first_rule, dests = merged.setdefault(model, (rule.name, []))
             dests.extend(d for d in rule.destinations if d not in dests)
     return [Route(rule, model, tuple(dests)) for model, (rule, dests) in merged.items()]

@@ -205,3 +205,16 @@ def test_jobs_cli_lists_shows_and_retries_a_dead_letter(start_node, receiver: Re
     assert wait_for(lambda: [j["state"] for j in jobs(node)] == ["done"], timeout=30), jobs(node)
     assert cli("retry", jid).returncode == 1, "a done job is not retried"
     assert len([ds for ds in receiver.received]) == 4  # two refused, then two stored
+
+
+def test_rule_matching_on_the_model_contract_leaves_failing_series_unrouted(start_node) -> None:
+    rule = {**CT_RULE, "match": {"model_contract": True}}
+    node: Node = start_node(routing={"rules": [rule]}, inference={"models_dir": engines()})
+    datasets = list(ct_datasets(SeriesSpec(slices=2, rows=16, columns=16, seed="mrc", modality="MR")))
+    assert send_all(node.scp.port, datasets) == [0, 0]
+    conn = node.index.reader()
+    try:
+        assert wait_for(lambda: conn.execute("SELECT COUNT(*) FROM unrouted").fetchone()[0] == 1, timeout=10)
+    finally:
+        conn.close()
+    assert jobs(node) == []

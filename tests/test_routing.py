@@ -59,3 +59,11 @@ def test_bad_rules_are_rejected_naming_the_key(tmp_path) -> None:
     toml.write_text('[[routing.rules]]\nname = "x"\nmodels = ["ct-body"]\n[routing.rules.match]\nmodality = "CT("\n')
     with pytest.raises(ConfigError, match=r"^routing\.rules\.0\.match\.modality"):
         load_config(toml, {})
+
+
+def test_model_contract_condition_filters_models() -> None:
+    cfg = rules({"name": "c", "models": ["ct-body", "ct-lungs"], "destinations": ["pacs"],
+                 "match": {"modality": "CT", "model_contract": True}},
+                {"name": "any", "models": ["always"], "match": {"modality": "CT"}})
+    routes = route(cfg, CT, contract_ok=lambda model: model == "ct-lungs")
+    assert [r.model for r in routes] == ["ct-lungs", "always"]

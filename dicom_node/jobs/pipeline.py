@@ -133,6 +133,17 @@ class Pipeline:
         job["state"] = "delivering"
         job["result"] = json.dumps({"objects": [{k: r[k] for k in ("sop_instance_uid", "kind", "path")} for r in rows]})
 
+    def satisfies_contract(self, model: str, files: list[Path]) -> bool:
+        """True when ``files`` pass the model's input contract (headers only); False also for unknown models."""
+        from dicom_node.commands.models import open_store
+
+        try:
+            self._validate(open_store(self.config).get(model), files)
+        except (ValidationError, InferenceError, PixelError) as exc:
+            log.info("routing: contract of model=%s not satisfied: %s", model, exc)
+            return False
+        return True
+
     def _validate(self, entry: Any, files: list[Path]) -> None:
         from dicom_node.validation.contract import Contract
         from dicom_node.validation.rules import validate_series
@@ -155,6 +166,25 @@ class Pipeline:
             pool = self._pool
         return load_series(files, pool=pool, gpu=self.config.pixels.gpu_decode,
                            max_inflated_bytes=self.config.scp.max_inflated_bytes)
+
+    def predictor_for(self, name: str) -> Any:
+        """The shared predictor of model ``name`` (opened on first use), for the REST facade.
+
+        Jobs and REST callers share one predictor per model, so their work items
+        fill the same micro-batcher.
+
+        Raises
+        ------
+        inference.errors.ModelNotFoundError
+            No such model in the store.
+        inference.errors.BackendUnavailableError
+            No backend can run it here.
+        """
+        from dicom_node.commands.models import open_store
+
+        with self._lock:
+            predictor = self._predictors.get(name)
+        return predictor if predictor is not None else self._predictor(open_store(self.config).get(name))
 
     def _predictor(self, entry: Any) -> Any:
         from dicom_node.commands.models import backend_options

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dicom_node.background import BackgroundLoop
 from dicom_node.errors import DicomNodeError, InferenceError
 from dicom_node.index import Index, IndexWriter
 from dicom_node.jobs import ops
-from dicom_node.jobs.facts import series_facts
+from dicom_node.jobs.facts import series_facts, series_files
 from dicom_node.jobs.pipeline import Pipeline
 from dicom_node.routing import RoutingConfig, facts_dict, route
 from dicom_node.spool import Spool
@@ -50,7 +51,7 @@ class JobWorker(BackgroundLoop):
             created: list[str] = []
             for event in events:
                 facts = series_facts(conn, self.spool, event["series_instance_uid"])
-                routes = route(self.routing, facts)
+                routes = route(self.routing, facts, self._contract_check(conn, event["series_instance_uid"]))
                 ids = self.writer.run(lambda c, e=event, r=routes, f=facts: ops.consume_event(c, e, r, facts_dict(f), time.time()))
                 if not routes:
                     log.info("series matched no routing rule series_uid=%s modality=%s calling_ae=%s",
@@ -62,6 +63,17 @@ class JobWorker(BackgroundLoop):
             return created
         finally:
             conn.close()
+
+    def _contract_check(self, conn: Any, series_uid: str) -> Callable[[str], bool]:
+        """``model -> bool``: the series' headers satisfy the model's input contract (cached per model)."""
+        cache: dict[str, bool] = {}
+
+        def check(model: str) -> bool:
+            if model not in cache:
+                cache[model] = self.pipeline.satisfies_contract(model, series_files(conn, self.spool, series_uid))
+            return cache[model]
+
+        return check
 
     def run_once(self) -> bool:
         """Claim and run one job; False when none was runnable."""
