@@ -12,12 +12,20 @@ import argparse
 import importlib
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from dicom_node.config import NodeConfig, load_config
 from dicom_node.errors import ConfigError, DicomNodeError, InferenceError
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMAND_MODULES = ["serve", "status", "check", "models", "infer", "jobs"]
+
+
+def echo(*values: object, file: TextIO | None = None, sep: str = " ", end: str = "\n") -> None:
+    """Write command output (stdout by default): the one place the CLI talks to the terminal."""
+    stream = file if file is not None else sys.stdout
+    stream.write(sep.join(str(v) for v in values) + end)
+    stream.flush()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,15 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config: NodeConfig = load_config(args.config)
     except ConfigError as exc:
-        print(f"dicom-node: configuration error: {exc}", file=sys.stderr)
+        echo(f"dicom-node: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
         return int(args.func(args, config))
     except ConfigError as exc:
-        print(f"dicom-node: configuration error: {exc}", file=sys.stderr)
+        echo(f"dicom-node: configuration error: {exc}", file=sys.stderr)
         return 2
     except (DicomNodeError, InferenceError) as exc:
-        print(f"dicom-node: {exc}", file=sys.stderr)
+        echo(f"dicom-node: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

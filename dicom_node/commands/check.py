@@ -7,6 +7,8 @@ otherwise. ``--verbose`` adds the pixel decode path chosen (GPU or CPU, and why)
 
 from __future__ import annotations
 
+from dicom_node.cli import echo
+
 import argparse
 import json
 import os
@@ -68,21 +70,21 @@ def run(args: argparse.Namespace, config: NodeConfig) -> int:
     max_inflated = config.scp.max_inflated_bytes
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
-        print(f"dicom-node check: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        echo(f"dicom-node check: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return 1
     series, unreadable = _group(list(args.paths), max_inflated)
     ok = not unreadable
     for line in unreadable:
-        print(json.dumps(line))
+        echo(json.dumps(line))
     for files in series.values():
         report = validate_series(files, contract, decode=not args.no_decode, max_inflated_bytes=max_inflated)
         out = report.to_json()
         if args.verbose:
             selection = select_decoder(report.transfer_syntaxes, mode=config.pixels.gpu_decode)
             out["decoder"] = {"path": selection.path, "reason": selection.reason, "workers": default_workers(config.pixels.decode_workers)}
-        print(json.dumps(out, default=str))
+        echo(json.dumps(out, default=str))
         ok = ok and report.passed
     if not series and not unreadable:
-        print("dicom-node check: no DICOM files found", file=sys.stderr)
+        echo("dicom-node check: no DICOM files found", file=sys.stderr)
         return 1
     return 0 if ok else 1

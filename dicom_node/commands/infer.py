@@ -16,6 +16,8 @@ postprocess, then write into ``--out``:
 
 from __future__ import annotations
 
+from dicom_node.cli import echo
+
 import argparse
 import json
 import sys
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace, config: NodeConfig) -> int:
     try:
         files, params = _files(args.paths), _params(args.param)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"dicom-node infer: {exc}", file=sys.stderr)
+        echo(f"dicom-node infer: {exc}", file=sys.stderr)
         return 2
     try:
         entry = open_store(config).get(args.model)
@@ -99,17 +101,17 @@ def run(args: argparse.Namespace, config: NodeConfig) -> int:
         finally:
             predictor.close()
     except InferenceError as exc:
-        print(f"dicom-node infer: {exc}", file=sys.stderr)
+        echo(f"dicom-node infer: {exc}", file=sys.stderr)
         return 1
     try:
         objects = _result_objects(files, volume, entry, prediction, config)
     except WriterError as exc:
-        print(f"dicom-node infer: {exc}", file=sys.stderr)
+        echo(f"dicom-node infer: {exc}", file=sys.stderr)
         return 1
     summary = _write(args.out, entry.spec, volume, prediction, backend, stats, decode_s)
     summary["outputs"].update(_write_objects(args.out, objects))
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    print(json.dumps(summary["outputs"]))
+    echo(json.dumps(summary["outputs"]))
     return 0
 
 

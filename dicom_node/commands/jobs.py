@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dicom_node.cli import echo
+
 import argparse
 import json
 import time
@@ -55,11 +57,11 @@ def run_list(args: argparse.Namespace, config: NodeConfig) -> int:
     rows = _rows(config, args.state, args.limit)
     if args.json:
         for row in rows:
-            print(json.dumps(row))
+            echo(json.dumps(row))
         return 0
-    print(f"{'job':<26}{'state':<13}{'model':<14}{'tries':<6}series / reason")
+    echo(f"{'job':<26}{'state':<13}{'model':<14}{'tries':<6}series / reason")
     for r in rows:
-        print(f"{r['id']:<26}{r['state']:<13}{r['model']:<14}{r['attempts']:<6}{r['reason'] or r['series_instance_uid']}")
+        echo(f"{r['id']:<26}{r['state']:<13}{r['model']:<14}{r['attempts']:<6}{r['reason'] or r['series_instance_uid']}")
     return 0
 
 
@@ -78,9 +80,9 @@ def run_show(args: argparse.Namespace, config: NodeConfig) -> int:
     finally:
         conn.close()
     if row is None:
-        print(f"dicom-node jobs: no job {args.job_id!r}")
+        echo(f"dicom-node jobs: no job {args.job_id!r}")
         return 1
-    print(json.dumps(_decode(dict(row)), indent=2))
+    echo(json.dumps(_decode(dict(row)), indent=2))
     return 0
 
 
@@ -97,7 +99,7 @@ def run_retry(args: argparse.Namespace, config: NodeConfig) -> int:
     finally:
         conn.close()
     if not ok:
-        print(f"dicom-node jobs: {args.job_id!r} is not a failed or dead-lettered job")
+        echo(f"dicom-node jobs: {args.job_id!r} is not a failed or dead-lettered job")
         return 1
-    print(f"queued {args.job_id}")
+    echo(f"queued {args.job_id}")
     return 0

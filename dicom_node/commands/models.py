@@ -7,6 +7,8 @@ prints one spec as JSON; ``build`` builds the TensorRT engine ahead of time.
 
 from __future__ import annotations
 
+from dicom_node.cli import echo
+
 import argparse
 import json
 import sys
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace, config: NodeConfig) -> int:
             return _show(args, config)
         return _build(args, config)
     except InferenceError as exc:
-        print(f"dicom-node: {exc}", file=sys.stderr)
+        echo(f"dicom-node: {exc}", file=sys.stderr)
         return 1
 
 
@@ -78,22 +80,22 @@ def _list(args: argparse.Namespace, config: NodeConfig) -> int:
     rejected = {str(path): msg for path, msg in store.errors.items()}
     if args.json:
         status = {n: {"available": ok, "reason": why} for n, (ok, why) in backends.items()}
-        print(json.dumps({"models": rows, "backends": status, "rejected": rejected}, indent=2))
+        echo(json.dumps({"models": rows, "backends": status, "rejected": rejected}, indent=2))
         return 0
-    print(f"models in {config.inference.models_dir}:")
+    echo(f"models in {config.inference.models_dir}:")
     if not rows:
-        print("  (none)")
+        echo("  (none)")
     for row in rows:
-        print(f"  {row['name']:<16} {row['version']:<8} {row['task']:<15} runs on: {row['backend'] or 'NONE'}")
+        echo(f"  {row['name']:<16} {row['version']:<8} {row['task']:<15} runs on: {row['backend'] or 'NONE'}")
         for other in row["order"]:
             ok, why = backends[other]
             if other != row["backend"]:
-                print(f"      {other:<12} {'available, lower preference' if ok else 'unavailable: ' + why}")
-    print("backends:")
+                echo(f"      {other:<12} {'available, lower preference' if ok else 'unavailable: ' + why}")
+    echo("backends:")
     for name, (ok, why) in backends.items():
-        print(f"  {name:<12} {'available' if ok else 'unavailable'}: {why}")
+        echo(f"  {name:<12} {'available' if ok else 'unavailable'}: {why}")
     for path, msg in rejected.items():
-        print(f"rejected spec: {msg}")
+        echo(f"rejected spec: {msg}")
     return 0
 
 
@@ -109,7 +111,7 @@ def _show(args: argparse.Namespace, config: NodeConfig) -> int:
         "backends_unavailable": selection.passed_over,
         "spec": entry.spec.model_dump(mode="json"),
     }
-    print(json.dumps(out, indent=2))
+    echo(json.dumps(out, indent=2))
     return 0
 
 
@@ -118,5 +120,5 @@ def _build(args: argparse.Namespace, config: NodeConfig) -> int:
 
     entry = open_store(config).get(args.name)
     plan = tensorrt.build(entry, backend_options(config))
-    print(f"TensorRT engine for {entry.spec.name}: {plan}")
+    echo(f"TensorRT engine for {entry.spec.name}: {plan}")
     return 0

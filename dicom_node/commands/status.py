@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dicom_node.cli import echo
+
 import argparse
 import json
 
@@ -21,9 +23,9 @@ def run(args: argparse.Namespace, config: NodeConfig) -> int:
 
     counts = open_index(config).counts()
     if args.json:
-        print(json.dumps(counts))
+        echo(json.dumps(counts))
     else:
-        print(f"storage root: {config.storage.root.resolve()}")
+        echo(f"storage root: {config.storage.root.resolve()}")
         for key in ("studies", "series", "instances", "pending", "complete"):
-            print(f"{key + ':':<11}{counts[key]}")
+            echo(f"{key + ':':<11}{counts[key]}")
     return 0

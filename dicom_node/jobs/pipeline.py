@@ -79,6 +79,13 @@ class Pipeline:
                 self._pool.close()
                 self._pool = None
 
+    def forget_model(self, name: str) -> None:
+        """Close and drop the cached predictor of model ``name`` (its files changed or were removed)."""
+        with self._lock:
+            predictor = self._predictors.pop(name, None)
+        if predictor is not None:
+            predictor.close()
+
     def run(self, job: dict[str, Any]) -> None:
         """Run ``job`` from its current state to done, failed, dead-letter or a parked delivery."""
         jid = job["id"]
