@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from dicom_node.config import NodeConfig, load_config
+from dicom_node.config import NodeConfig
 from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, write_ct_series
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pydicom
-import pytest
 
 from dicom_node.synthetic import SeriesSpec, write_ct_series
 from models.reference import body_mask, dice

@@ -8,8 +8,6 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-import numpy as np
-import pydicom
 import pytest
 
 from dicom_node.node import Node

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 from pydicom.data import get_testdata_file
 
 from dicom_node.errors import DecodeError

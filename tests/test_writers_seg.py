@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +18,16 @@ from pydicom.sequence import Sequence
 from pydicom.uid import SegmentationStorage
 
 from dicom_node.errors import WriterError
-from dicom_node.pixels.volume import Volume, load_series
-from dicom_node.synthetic import SeriesSpec, ct_datasets, write_ct_series
+from dicom_node.pixels.volume import load_series
+from dicom_node.synthetic import SeriesSpec, ct_datasets
 from dicom_node.writers import WriterOptions, build_results, read_headers, result_uids, select_sources
 from dicom_node.writers.common import to_bytes
 from dicom_node.writers.readback import check_segmentation
 from dicom_node.writers.seg import build_segmentation, stack_segments
-from inference.backends import BackendOptions
-from inference.predictor import Prediction, open_predictor
+from inference.predictor import Prediction
 from inference.spec import Code, Label
-from inference.store import ModelEntry, ModelStore
-from tests.writer_fixtures import ROOT, STORE, Series, predicted_series
+from inference.store import ModelEntry
+from tests.writer_fixtures import STORE, Series, predicted_series
 from models.reference import body_mask, dice, lungs_mask
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -16,17 +14,13 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage
 
 from dicom_node.errors import WriterError
-from dicom_node.pixels.volume import Volume, load_series
-from dicom_node.synthetic import SeriesSpec, write_ct_series
-from dicom_node.writers import WriterOptions, build_results, derive_uid, read_headers, result_uids, select_sources
+from dicom_node.writers import WriterOptions, build_results, derive_uid, result_uids, select_sources
 from dicom_node.writers.common import to_bytes
 from dicom_node.writers.readback import check_report
 from dicom_node.writers.sr import build_classification_report
-from inference.backends import BackendOptions
-from inference.predictor import Prediction, open_predictor
+from inference.predictor import Prediction
 from inference.spec import Postprocessing
-from inference.store import ModelStore
-from tests.writer_fixtures import ROOT, STORE, Series, predicted_series
+from tests.writer_fixtures import STORE, Series, predicted_series
 
 @pytest.fixture(scope="module")
 def series(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Series]:

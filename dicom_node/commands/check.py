@@ -7,8 +7,6 @@ otherwise. ``--verbose`` adds the pixel decode path chosen (GPU or CPU, and why)
 
 from __future__ import annotations
 
-from dicom_node.cli import echo
-
 import argparse
 import json
 import os
@@ -16,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from dicom_node.cli import echo
 from dicom_node.config import NodeConfig
 
 

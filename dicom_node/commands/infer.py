@@ -16,8 +16,6 @@ postprocess, then write into ``--out``:
 
 from __future__ import annotations
 
-from dicom_node.cli import echo
-
 import argparse
 import json
 import sys
@@ -27,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from dicom_node.cli import echo
 from dicom_node.commands.models import backend_options, open_store
 from dicom_node.config import NodeConfig
 from dicom_node.errors import WriterError

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dicom_node.cli import echo
-
 import argparse
 import json
 import time
 from typing import Any
 
+from dicom_node.cli import echo
 from dicom_node.config import NodeConfig
 
 

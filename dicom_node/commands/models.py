@@ -7,15 +7,19 @@ prints one spec as JSON; ``build`` builds the TensorRT engine ahead of time.
 
 from __future__ import annotations
 
-from dicom_node.cli import echo
-
 import argparse
 import json
 import sys
 from typing import Any
 
+from dicom_node.cli import echo
 from dicom_node.config import NodeConfig
-from inference.backends import BackendOptions, availability, candidate_order, select_backend
+from inference.backends import (
+    BackendOptions,
+    availability,
+    candidate_order,
+    select_backend,
+)
 from inference.errors import InferenceError
 from inference.spec import BACKEND_NAMES
 from inference.store import ModelStore

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dicom_node.cli import echo
-
 import argparse
 import json
 
+from dicom_node.cli import echo
 from dicom_node.config import NodeConfig
 
 
