@@ -71,5 +71,6 @@ def setup_logging(config: LoggingConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.level)
-    # pynetdicom logs whole datasets at DEBUG; keep it at WARNING.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pynetdicom logs whole datasets at DEBUG, highdicom every module it copies at INFO.
+    for noisy in ("pynetdicom", "highdicom"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
