@@ -6,13 +6,24 @@ A custom collector (not module-global metrics) so several nodes in one process
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
+#: Jobs whose stage times feed the latency histograms (the most recently updated ones).
+RECENT_JOBS = 10000
+STAGES = ("validate", "decode", "infer", "write")
+STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 JOB_STATES = ("queued", "validating", "decoding", "inferring", "writing", "delivering", "done", "failed", "dead-letter")
 
 
@@ -53,6 +64,63 @@ class NodeCollector(Collector):
             dl.add_metric([state], deliveries.get(state, 0))
         yield dl
         yield CounterMetricFamily("dicom_node_delivery_retries", "Delivery attempts beyond the first", retries)
+        yield from self._stage_histograms()
+        yield self._batch_histogram()
+        yield from self._job_and_webhook_counters()
+
+    def _stage_histograms(self) -> Iterator[Metric]:
+        conn = self.node.index.reader()
+        try:
+            rows = conn.execute("SELECT stage_times FROM jobs WHERE stage_times != '{}' ORDER BY updated_at DESC LIMIT ?",
+                                (RECENT_JOBS,)).fetchall()
+        finally:
+            conn.close()
+        samples: dict[str, list[float]] = {stage: [] for stage in STAGES}
+        for (text,) in rows:
+            try:
+                times = json.loads(text)
+            except ValueError:
+                continue
+            for stage in STAGES:
+                if isinstance(times.get(stage), int | float):
+                    samples[stage].append(float(times[stage]))
+        hist = HistogramMetricFamily("dicom_node_job_stage_seconds",
+                                     f"Seconds per job stage, over the {RECENT_JOBS} most recently updated jobs",
+                                     labels=["stage"])
+        for stage in STAGES:
+            buckets, total = histogram(samples[stage], STAGE_BUCKETS)
+            hist.add_metric([stage], buckets, total)
+        yield hist
+
+    def _batch_histogram(self) -> Metric:
+        hist = HistogramMetricFamily("dicom_node_inference_batch_size",
+                                     "Items per inference batch of the job pipeline's models (since each was loaded)",
+                                     labels=["model"])
+        predictors = dict(getattr(self.node.pipeline, "_predictors", {}))
+        for name, predictor in sorted(predictors.items()):
+            buckets, total = histogram([float(n) for n in predictor.stats().sizes], BATCH_BUCKETS)
+            hist.add_metric([name], buckets, total)
+        return hist
+
+    def _job_and_webhook_counters(self) -> Iterator[Metric]:
+        conn = self.node.index.reader()
+        try:
+            job_retries = conn.execute("SELECT COALESCE(SUM(MAX(attempts - 1, 0)), 0) FROM jobs").fetchone()[0]
+            has_inv = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'invocations'").fetchone()
+            hooks = conn.execute("SELECT COUNT(*) FROM invocations WHERE webhook_state IN ('failed', 'refused')"
+                                 ).fetchone()[0] if has_inv else 0
+        finally:
+            conn.close()
+        yield CounterMetricFamily("dicom_node_job_retries", "Job attempts beyond the first", job_retries)
+        yield CounterMetricFamily("dicom_node_webhook_failures", "Invocation webhooks that finally failed or were refused",
+                                  hooks)
+
+
+def histogram(values: list[float], bounds: tuple[float, ...]) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative Prometheus buckets (with ``+Inf``) and the sum of ``values``."""
+    buckets = [(str(float(b)), float(sum(1 for v in values if v <= b))) for b in bounds]
+    buckets.append(("+Inf", float(len(values))))
+    return buckets, float(sum(values))
 
 
 def registry_for(node: Any) -> CollectorRegistry:

@@ -1,0 +1,278 @@
+"""DICOMweb: STOW-RS ingest (PS3.18 10.5) and WADO-RS retrieval of instances and series (PS3.18 10.4).
+
+STOW-RS parts take the same durable path as C-STORE: each is staged in the
+spool (:mod:`dicom_node.api.stow`) and stored by the node's Ingestor under a
+pseudo-association (calling AE ``STOW-RS``) that is released when the request
+ends, so series assembly and routing treat it like a DIMSE sender.
+WADO-RS answers result objects (SEG, SR) and received instances as
+``multipart/related; type="application/dicom"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydicom.filereader import read_file_meta_info
+
+from dicom_node.api.auth import require
+from dicom_node.api.errors import ApiError
+from dicom_node.api.schemas import UID_PATTERN, error_responses
+from dicom_node.api.stow import (
+    MISMATCH,
+    OUT_OF_RESOURCES,
+    MultipartError,
+    MultipartReader,
+    Part,
+    boundary_of,
+)
+from dicom_node.errors import IngestError, StorageError
+from dicom_node.index import ops
+from dicom_node.ingest import Arrival, read_header
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["dicomweb"])
+
+def uid_param() -> Any:
+    """A UID path parameter (a fresh FieldInfo each time: FastAPI binds one to one parameter)."""
+    return PathParam(min_length=1, max_length=64, pattern=UID_PATTERN)
+CALLING_AE = "STOW-RS"
+DICOM_JSON = "application/dicom+json"
+
+_STOW_BODY = {"requestBody": {"required": True, "content": {
+    'multipart/related; type="application/dicom"': {"schema": {"type": "string", "format": "binary"}}}}}
+_STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Every instance stored", "content": {DICOM_JSON: {"schema": {"type": "object"}}}},
+    202: {"description": "Some instances failed", "content": {DICOM_JSON: {"schema": {"type": "object"}}}},
+    409: {"description": "Every instance failed", "content": {DICOM_JSON: {"schema": {"type": "object"}}}},
+    **error_responses(401, 403, 413, 415),
+}
+_WADO_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The instances as PS3.10 parts",
+          "content": {"multipart/related": {"schema": {"type": "string", "format": "binary"}}}},
+    **error_responses(401, 403, 404, 406),
+}
+
+
+def _element(vr: str, *values: Any) -> dict[str, Any]:
+    return {"vr": vr, "Value": list(values)} if values else {"vr": vr}
+
+
+def _store_part(request: Request, part: Part, assoc_id: str, study: str | None) -> tuple[int, str | None]:
+    """Store one staged part; returns (PS3.4 status, reason). Runs in a worker thread."""
+    node = request.app.state.ctx.node
+    assert part.temp is not None and part.fd is not None
+    if study is not None:
+        try:
+            found = read_header(part.temp, part.data_offset, part.transfer_syntax, node.config.scp.max_inflated_bytes)
+        except IngestError as exc:
+            node.spool.discard(part.fd, part.temp)
+            return exc.status, str(exc)
+        if found.get("study_instance_uid") != study:
+            node.spool.discard(part.fd, part.temp)
+            return MISMATCH, "Study Instance UID differs from the one in the request URL"
+    arrival = Arrival(fd=part.fd, temp=part.temp, data_offset=part.data_offset, size=part.size,
+                      transfer_syntax=part.transfer_syntax, sop_class_uid=part.sop_class_uid,
+                      sop_instance_uid=part.sop_instance_uid, calling_ae=CALLING_AE,
+                      called_ae=node.config.scp.ae_title, association_id=assoc_id, source="stowrs")
+    part.fd, part.temp = None, None
+    try:
+        outcome = node.ingestor.store(arrival)
+    except IngestError as exc:
+        log.warning("STOW-RS instance refused status=0x%04X reason=%s", exc.status, exc)
+        return exc.status, str(exc)
+    except StorageError as exc:
+        log.error("STOW-RS instance failed to store error=%s", exc)
+        return OUT_OF_RESOURCES, "Out of resources: storage failure"
+    node.scp.ctx.metrics.count(outcome, arrival.size)
+    return 0, None
+
+
+def _study_url(request: Request, study: str) -> str:
+    return f"{str(request.base_url).rstrip('/')}/dicomweb/studies/{study}"
+
+
+def _response(request: Request, outcomes: list[tuple[Part, int, str | None, str | None]], study: str | None) -> JSONResponse:
+    stored, failed = [], []
+    for part, status, reason, instance_study in outcomes:
+        item = {"00081150": _element("UI", part.sop_class_uid) if part.sop_class_uid else _element("UI"),
+                "00081155": _element("UI", part.sop_instance_uid) if part.sop_instance_uid else _element("UI")}
+        if status == 0 and instance_study:
+            stored.append({**item, "00081190": _element("UR", f"{_study_url(request, instance_study)}/instances/"
+                                                               f"{part.sop_instance_uid}")})
+        else:
+            failed.append({**item, "00081197": _element("US", status)})
+            log.info("STOW-RS failure status=0x%04X reason=%s", status, reason)
+    body: dict[str, Any] = {}
+    if study:
+        body["00081190"] = _element("UR", _study_url(request, study))
+    if stored:
+        body["00081199"] = _element("SQ", *stored)
+    if failed:
+        body["00081198"] = _element("SQ", *failed)
+    code = 200 if not failed else (202 if stored else 409)
+    return JSONResponse(body, status_code=code, media_type=DICOM_JSON)
+
+
+async def _receive(request: Request, reader: MultipartReader, assoc_id: str, study: str | None) -> list[Any]:
+    limit = request.app.state.ctx.config.api.max_body_bytes
+    outcomes: list[Any] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise MultipartError(f"request body over the limit of {limit} bytes", 413)
+        reader.feed(chunk)
+        for part in reader.take():
+            outcomes.append(await _finish_part(request, part, assoc_id, study))
+    reader.close()
+    for part in reader.take():
+        outcomes.append(await _finish_part(request, part, assoc_id, study))
+    return outcomes
+
+
+async def _finish_part(request: Request, part: Part, assoc_id: str, study: str | None) -> tuple[Part, int, str | None, str | None]:
+    if part.failure is not None:
+        return part, part.failure[0], part.failure[1], None
+    status, reason = await run_in_threadpool(_store_part, request, part, assoc_id, study)
+    instance_study = study
+    if status == 0 and study is None:
+        instance_study = await run_in_threadpool(_study_of, request, part.sop_instance_uid)
+    return part, status, reason, instance_study
+
+
+def _study_of(request: Request, sop_uid: str) -> str | None:
+    conn = request.app.state.ctx.node.index.reader()
+    try:
+        row = conn.execute("SELECT study_instance_uid FROM instances WHERE sop_instance_uid = ?", (sop_uid,)).fetchone()
+    finally:
+        conn.close()
+    return row[0] if row else None
+
+
+async def _stow(request: Request, study: str | None) -> JSONResponse:
+    node = request.app.state.ctx.node
+    cfg = request.app.state.ctx.config
+    try:
+        boundary = boundary_of(request.headers.get("content-type", ""))
+    except MultipartError as exc:
+        raise ApiError(exc.status, "unsupported_media_type" if exc.status == 415 else "invalid_request", str(exc)) from exc
+    reader = MultipartReader(boundary, node.spool, cfg.api.max_multipart_parts, cfg.scp.max_dataset_bytes)
+    assoc_id = uuid.uuid4().hex
+    peer = request.client.host if request.client else ""
+    await run_in_threadpool(node.writer.run, lambda c: ops.begin_association(
+        c, assoc_id, CALLING_AE, cfg.scp.ae_title, peer, time.time()))
+    state, outcomes = "aborted", []
+    try:
+        outcomes = await _receive(request, reader, assoc_id, study)
+        state = "released"
+    except MultipartError as exc:
+        raise ApiError(exc.status, "too_large" if exc.status == 413 else "invalid_request", str(exc)) from exc
+    finally:
+        reader.abort()
+        stored = sum(1 for o in outcomes if o[1] == 0)
+        await run_in_threadpool(node.writer.run, lambda c: ops.end_association(c, assoc_id, state, time.time(), stored))
+    if not outcomes:
+        raise ApiError(400, "invalid_request", "the multipart body has no parts")
+    log.info("STOW-RS request assoc=%s parts=%d stored=%d", assoc_id, len(outcomes), stored)
+    return _response(request, outcomes, study)
+
+
+@router.post("/dicomweb/studies", responses=_STOW_RESPONSES, openapi_extra=_STOW_BODY, response_class=JSONResponse,
+             summary="STOW-RS: store instances (PS3.18 10.5)")
+async def stow(request: Request, _principal: Annotated[Any, Depends(require("submit"))]) -> JSONResponse:
+    """Store every ``application/dicom`` part; 200 all stored, 202 some failed, 409 all failed."""
+    return await _stow(request, None)
+
+
+@router.post("/dicomweb/studies/{study}", responses=_STOW_RESPONSES, openapi_extra=_STOW_BODY,
+             response_class=JSONResponse, summary="STOW-RS: store instances of one study (PS3.18 10.5)")
+async def stow_study(request: Request, study: Annotated[str, uid_param()], _principal: Annotated[Any, Depends(require("submit"))]) -> JSONResponse:
+    """As ``POST /dicomweb/studies``; an instance of another study fails with 0xA900."""
+    return await _stow(request, study)
+
+
+def _accepted_syntaxes(accept: str) -> set[str] | None:
+    """Transfer syntaxes acceptable per the Accept header (``{"*"}`` = any); None when nothing we send fits."""
+    if not accept.strip():
+        return {"*"}
+    syntaxes: set[str] = set()
+    for rng in accept.split(","):
+        main, *params = [p.strip() for p in rng.split(";")]
+        values = {k.strip().lower(): v.strip().strip('"') for k, _, v in (p.partition("=") for p in params)}
+        if values.get("q") in ("0", "0.0", "0.00", "0.000"):
+            continue
+        main = main.lower()
+        if main in ("*/*", "multipart/*"):
+            syntaxes.add("*")
+        elif main == "multipart/related" and values.get("type", "application/dicom").lower() == "application/dicom":
+            syntaxes.add(values.get("transfer-syntax", "*"))
+    return syntaxes or None
+
+
+def _files(request: Request, study: str, series: str, sop: str | None) -> list[Path]:
+    node = request.app.state.ctx.node
+    root = Path(node.config.storage.root).resolve()
+    extra, args = ("AND sop_instance_uid = ?", (study, series, sop)) if sop else ("", (study, series))
+    conn = node.index.reader()
+    try:
+        rows = conn.execute(f"SELECT path FROM results WHERE study_instance_uid = ? AND series_instance_uid = ? {extra} "
+                            "ORDER BY created_at", args).fetchall()
+        paths = [root / r["path"] for r in rows]
+        if not paths:
+            rows = conn.execute(f"SELECT path FROM instances WHERE study_instance_uid = ? AND series_instance_uid = ? "
+                                f"{extra} ORDER BY instance_number, sop_instance_uid", args).fetchall()
+            paths = [node.spool.path_for(r["path"]) for r in rows]
+    finally:
+        conn.close()
+    return [p for p in paths if p.is_file()]
+
+
+def _multipart(paths: list[Path], syntaxes: list[str], boundary: str) -> Iterator[bytes]:
+    for path, syntax in zip(paths, syntaxes):
+        yield (f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={syntax}\r\n"
+               f"Content-Length: {path.stat().st_size}\r\n\r\n").encode("ascii")
+        with open(path, "rb") as fh:
+            yield from iter(lambda: fh.read(1 << 20), b"")
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode("ascii")
+
+
+def _retrieve(request: Request, study: str, series: str, sop: str | None) -> StreamingResponse:
+    wanted = _accepted_syntaxes(request.headers.get("accept", ""))
+    if wanted is None:
+        raise ApiError(406, "not_acceptable", 'WADO-RS answers multipart/related; type="application/dicom"')
+    paths = _files(request, study, series, sop)
+    if not paths:
+        raise ApiError(404, "not_found", "no such instance" if sop else "no such series")
+    syntaxes = [str(read_file_meta_info(p).TransferSyntaxUID) for p in paths]
+    if "*" not in wanted and any(s not in wanted for s in syntaxes):
+        raise ApiError(406, "not_acceptable", "transcoding on retrieve is not supported; ask for transfer-syntax=*")
+    boundary = uuid.uuid4().hex
+    return StreamingResponse(_multipart(paths, syntaxes, boundary),
+                             media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
+
+
+@router.get("/dicomweb/studies/{study}/series/{series}", responses=_WADO_RESPONSES, response_class=StreamingResponse,
+            summary="WADO-RS: retrieve a series (PS3.18 10.4)")
+def retrieve_series(request: Request, study: Annotated[str, uid_param()], series: Annotated[str, uid_param()],
+                    _principal: Annotated[Any, Depends(require("read"))]) -> StreamingResponse:
+    """Every instance of the series (result objects, or received instances from the spool)."""
+    return _retrieve(request, study, series, None)
+
+
+@router.get("/dicomweb/studies/{study}/series/{series}/instances/{sop}", responses=_WADO_RESPONSES,
+            response_class=StreamingResponse, summary="WADO-RS: retrieve an instance (PS3.18 10.4)")
+def retrieve_instance(request: Request, study: Annotated[str, uid_param()], series: Annotated[str, uid_param()], sop: Annotated[str, uid_param()],
+                      _principal: Annotated[Any, Depends(require("read"))]) -> StreamingResponse:
+    """One instance as a single-part ``multipart/related`` message."""
+    return _retrieve(request, study, series, sop)

@@ -1,0 +1,236 @@
+"""Models (Clara AIAA style): list and describe the model store; admin upload, patch and delete.
+
+``GET /v1/models`` lists the models of ``[inference] models_dir`` with filters,
+``GET /v1/models/{name}`` shows one spec with the backend that would run it here
+and why each other backend cannot. The admin operations (scope ``admin``, source
+address in ``[api] admin_hosts``) change the store on disk; the job pipeline's
+cached predictor of the model is dropped so the next job loads the new files.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.datastructures import UploadFile
+
+from dicom_node.api import modelfiles
+from dicom_node.api.auth import require
+from dicom_node.api.errors import ApiError
+from dicom_node.api.schemas import error_responses
+from inference.errors import InferenceError
+from inference.spec import ModelSpec
+from inference.store import ModelEntry, ModelStore
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["models"])
+
+
+class ModelNameConvertor(Convertor[str]):
+    """Matches model names only, so ``GET /v1/models/x:predict`` reaches the predict route (405), not this one."""
+
+    regex = modelfiles.NAME_RE.pattern.strip("^$")
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("modelname", ModelNameConvertor())
+
+def name_param() -> Any:
+    """The model name path parameter (a fresh FieldInfo per endpoint)."""
+    return PathParam(min_length=1, max_length=64, pattern=modelfiles.NAME_RE.pattern, description="Model name")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,122}\.onnx$")  # the ONNX file a spec names
+_SPEC_MAX = 1024 * 1024
+
+
+class ModelSummary(BaseModel):
+    """One model of the store."""
+
+    name: str
+    version: str
+    task: str
+    description: str
+    labels: list[str]
+    backend: str | None = Field(description="Backend that would run the model here; null when none can")
+    state: str = Field(description="'ready' when a backend can run it, else 'unavailable'")
+
+
+class ModelList(BaseModel):
+    """``GET /v1/models``."""
+
+    models: list[ModelSummary]
+
+
+class ModelDetail(ModelSummary):
+    """``GET /v1/models/{name}``: the spec and where it would run."""
+
+    backend_detail: str
+    backends_unavailable: dict[str, str] = Field(description="Backend -> why it cannot run the model here")
+    onnx_sha256: str
+    spec: dict[str, Any]
+
+
+def _store(request: Request) -> ModelStore:
+    from dicom_node.commands.models import open_store
+
+    return open_store(request.app.state.ctx.config)
+
+
+def _selection(request: Request, spec: ModelSpec) -> Any:
+    from dicom_node.commands.models import backend_options
+    from inference.backends import select_backend
+
+    config = request.app.state.ctx.config
+    return select_backend(spec, list(config.inference.backends), backend_options(config))
+
+
+def _summary(request: Request, spec: ModelSpec) -> dict[str, Any]:
+    selection = _selection(request, spec)
+    return {
+        "name": spec.name, "version": spec.version, "task": spec.task, "description": spec.description,
+        "labels": [lab.name for lab in spec.labels], "backend": selection.name,
+        "state": "ready" if selection.name else "unavailable",
+    }
+
+
+def _entry(request: Request, name: str) -> ModelEntry:
+    try:
+        return _store(request).get(name)
+    except InferenceError as exc:
+        raise ApiError(404, "not_found", str(exc).replace(str(request.app.state.ctx.config.inference.models_dir), "<models_dir>")) from exc
+
+
+@router.get("/v1/models", response_model=ModelList, responses=error_responses(401, 403),
+            summary="List models, filtered by task, label or name")
+def list_models(
+    request: Request,
+    _principal: Annotated[Any, Depends(require("read"))],
+    task: Annotated[str | None, Query(max_length=64, description="segmentation, classification or embedding")] = None,
+    label: Annotated[str | None, Query(max_length=64, description="A label name (case-insensitive)")] = None,
+    name: Annotated[str | None, Query(max_length=64, description="Exact model name")] = None,
+) -> dict[str, Any]:
+    """The models of the store (hidden test models excluded), each with the backend that would run it."""
+    store = _store(request)
+    rows = []
+    for model in store.names():
+        spec = store.get(model).spec
+        if (task and spec.task != task) or (name and spec.name != name):
+            continue
+        if label and label.casefold() not in {lab.name.casefold() for lab in spec.labels}:
+            continue
+        rows.append(_summary(request, spec))
+    return {"models": rows}
+
+
+def _detail(request: Request, entry: ModelEntry) -> dict[str, Any]:
+    selection = _selection(request, entry.spec)
+    return {
+        **_summary(request, entry.spec), "backend_detail": selection.detail,
+        "backends_unavailable": dict(selection.passed_over), "onnx_sha256": entry.onnx_sha256(),
+        "spec": entry.spec.model_dump(mode="json"),
+    }
+
+
+@router.get("/v1/models/{name:modelname}", response_model=ModelDetail, responses=error_responses(401, 403, 404),
+            summary="One model: spec, version, backend and state")
+def get_model(request: Request, name: Annotated[str, name_param()], _principal: Annotated[Any, Depends(require("read"))]) -> dict[str, Any]:
+    """The spec as JSON, the backend that would run it here and why the others cannot."""
+    return _detail(request, _entry(request, name))
+
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["model.toml", "model.onnx"],
+            "properties": {
+                "model.toml": {"type": "string", "format": "binary", "description": "The spec"},
+                "model.onnx": {"type": "string", "format": "binary", "description": "The ONNX file the spec names"},
+                "model.plan": {"type": "string", "format": "binary", "description": "Optional TensorRT plan"},
+            },
+        }}},
+    }
+}
+
+
+async def _read_upload(request: Request, name: str) -> tuple[bytes, ModelSpec, list[tuple[str, Any]]]:
+    if request.headers.get("content-length") is None:
+        raise ApiError(411, "length_required", "uploads need a Content-Length within the body limit")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(415, "unsupported_media_type", "send multipart/form-data with model.toml and the ONNX file")
+    form = await request.form(max_files=4, max_fields=4)
+    spec_part = form.get("model.toml")
+    raw = await spec_part.read(_SPEC_MAX + 1) if isinstance(spec_part, UploadFile) else (spec_part or "").encode()
+    if not raw or len(raw) > _SPEC_MAX:
+        raise ApiError(400, "invalid_upload", "model.toml is missing, empty or over 1 MiB")
+    spec = modelfiles.validate_spec(modelfiles.parse_toml(raw), name)
+    if not _FILE_NAME.match(spec.onnx):
+        raise ApiError(400, "invalid_spec", "onnx: must be a plain file name inside the model folder")
+    onnx = form.get(spec.onnx) or form.get("model.onnx")
+    if not isinstance(onnx, UploadFile):
+        raise ApiError(400, "invalid_upload", f"the ONNX file ({spec.onnx}) is missing from the upload")
+    files: list[tuple[str, Any]] = [(spec.onnx, onnx.file)]
+    plan = form.get(modelfiles.PLAN_FILE)
+    if isinstance(plan, UploadFile):
+        files.append((modelfiles.PLAN_FILE, plan.file))
+    return raw, spec, files
+
+
+@router.put("/admin/models/{name}", response_model=ModelDetail, responses=error_responses(401, 403, 411, 413, 415),
+            summary="Upload or replace a model (model.toml + ONNX file, optional plan)", openapi_extra=_UPLOAD_BODY)
+async def put_model(request: Request, name: Annotated[str, name_param()], _principal: Annotated[Any, Depends(require("admin"))]) -> dict[str, Any]:
+    """Validate the spec, then write the folder atomically and make the store use it."""
+    modelfiles.check_name(name)
+    raw, spec, files = await _read_upload(request, name)
+    models_dir = request.app.state.ctx.config.inference.models_dir
+    await run_in_threadpool(modelfiles.install, models_dir, name, raw, files)
+    _forget(request, name)
+    log.info("model uploaded model=%s version=%s", name, spec.version)
+    return _detail(request, _entry(request, name))
+
+
+@router.patch("/admin/models/{name}", response_model=ModelDetail, responses=error_responses(401, 403, 404),
+              summary="Change spec fields (JSON merge patch); the model reloads without a re-upload")
+def patch_model(request: Request, patch: dict[str, Any], name: Annotated[str, name_param()],
+                _principal: Annotated[Any, Depends(require("admin"))]) -> dict[str, Any]:
+    """Merge ``patch`` (RFC 7396) into the spec, validate, persist ``model.toml``, reload."""
+    entry = _entry(request, name)
+    if "name" in patch and patch["name"] != name:
+        raise ApiError(400, "invalid_spec", "name: a model cannot be renamed by PATCH")
+    current = modelfiles.parse_toml((entry.directory / "model.toml").read_bytes())
+    merged = modelfiles.merge_patch(current, patch)
+    spec = modelfiles.validate_spec(merged, name)
+    if not (entry.directory / spec.onnx).is_file() or not _FILE_NAME.match(spec.onnx):
+        raise ApiError(400, "invalid_spec", f"onnx: file {spec.onnx!r} is not in the model folder")
+    modelfiles.write_spec(entry.directory, modelfiles.dump_toml(merged))
+    _forget(request, name)
+    log.info("model patched model=%s fields=%s", name, ",".join(sorted(patch)))
+    return _detail(request, _entry(request, name))
+
+
+@router.delete("/admin/models/{name}", status_code=204, response_model=None,
+               responses={204: {"description": "Removed"}, **error_responses(401, 403, 404)},
+               summary="Remove a model folder")
+def delete_model(request: Request, name: Annotated[str, name_param()], _principal: Annotated[Any, Depends(require("admin"))]) -> None:
+    """Remove ``<models_dir>/<name>/``; jobs queued for it fail with 'no model'."""
+    modelfiles.check_name(name)
+    if not modelfiles.remove(request.app.state.ctx.config.inference.models_dir, name):
+        raise ApiError(404, "not_found", f"no model folder named {name!r}")
+    _forget(request, name)
+
+
+def _forget(request: Request, name: str) -> None:
+    pipeline = getattr(request.app.state.ctx.node, "pipeline", None)
+    if pipeline is not None:
+        pipeline.forget_model(name)

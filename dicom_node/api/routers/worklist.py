@@ -1,0 +1,137 @@
+"""Worklist feed: recent studies, newest first, with their AI status and top finding.
+
+Priority of the top finding (highest first):
+
+1. any failed or dead-lettered job of the study (``kind = "failed"``), so a
+   reader never mistakes a failed analysis for a negative one;
+2. else the classification finding with the highest probability;
+3. else the segmentation finding with the largest volume in mL.
+
+Probabilities and volumes are not compared with each other: a classification
+finding outranks a segmentation finding.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from dicom_node.api.auth import require
+from dicom_node.api.routers.results import findings, result_path
+from dicom_node.api.schemas import error_responses
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["worklist"])
+
+_BUCKET = {"queued": "pending", "validating": "processing", "decoding": "processing", "inferring": "processing",
+           "writing": "processing", "delivering": "processing", "done": "done", "failed": "failed",
+           "dead-letter": "failed"}
+
+
+class ModelStatus(BaseModel):
+    """Job counts of one model on one study."""
+
+    model: str
+    pending: int = 0
+    processing: int = 0
+    done: int = 0
+    failed: int = 0
+
+
+class TopFinding(BaseModel):
+    """The highest-priority finding of a study (see the module docstring)."""
+
+    kind: str = Field(description="failed, classification or segmentation")
+    model: str
+    label: str | None = None
+    probability: float | None = None
+    volume_ml: float | None = None
+    reason: str | None = None
+
+
+class Study(BaseModel):
+    """One worklist entry."""
+
+    study_uid: str
+    last_received_at: float
+    series: int
+    instances: int
+    modalities: list[str]
+    status: str = Field(description="received (no job), pending, processing, failed or done")
+    models: list[ModelStatus]
+    top_finding: TopFinding | None
+
+
+class Worklist(BaseModel):
+    """``GET /v1/worklist``."""
+
+    studies: list[Study]
+
+
+def _status(models: list[dict[str, Any]]) -> str:
+    totals = {k: sum(m[k] for m in models) for k in ("pending", "processing", "done", "failed")}
+    for state in ("processing", "pending", "failed", "done"):
+        if totals[state]:
+            return state
+    return "received"
+
+
+def _jobs(conn: sqlite3.Connection, study: str) -> tuple[list[dict[str, Any]], sqlite3.Row | None]:
+    models: dict[str, dict[str, Any]] = {}
+    for row in conn.execute("SELECT model, state, COUNT(*) AS n FROM jobs WHERE study_instance_uid = ? "
+                            "GROUP BY model, state ORDER BY model", (study,)):
+        entry = models.setdefault(row["model"], {"model": row["model"], "pending": 0, "processing": 0, "done": 0,
+                                                 "failed": 0})
+        entry[_BUCKET.get(row["state"], "processing")] += row["n"]
+    failed = conn.execute("SELECT model, reason FROM jobs WHERE study_instance_uid = ? AND state IN "
+                          "('failed', 'dead-letter') ORDER BY updated_at DESC LIMIT 1", (study,)).fetchone()
+    return list(models.values()), failed
+
+
+def top_finding(request: Request, conn: sqlite3.Connection, study: str, failed: sqlite3.Row | None) -> dict[str, Any] | None:
+    """The study's highest-priority finding (module docstring), or None."""
+    if failed is not None:
+        return {"kind": "failed", "model": failed["model"], "reason": failed["reason"]}
+    best: tuple[tuple[int, float], dict[str, Any]] | None = None
+    for row in conn.execute("SELECT model, path FROM results WHERE study_instance_uid = ? AND kind = 'SR'", (study,)):
+        for f in findings(result_path(request, row["path"])):
+            if f["probability"] is not None:
+                key, item = (2, f["probability"]), {"kind": "classification", "probability": f["probability"]}
+            elif f["volume_ml"] is not None:
+                key, item = (1, f["volume_ml"]), {"kind": "segmentation", "volume_ml": f["volume_ml"]}
+            else:
+                continue
+            if best is None or key > best[0]:
+                best = (key, {**item, "model": row["model"], "label": f["label"]})
+    return best[1] if best else None
+
+
+@router.get("/v1/worklist", response_model=Worklist, responses=error_responses(401, 403),
+            summary="Recent studies with their AI status and top finding")
+def worklist(request: Request, _principal: Annotated[Any, Depends(require("read"))],
+             limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
+    """Studies by most recent arrival, newest first."""
+    conn = request.app.state.ctx.node.index.reader()
+    try:
+        rows = conn.execute(
+            """SELECT study_instance_uid AS study, MAX(last_received_at) AS last, COUNT(*) AS series,
+                      SUM(instance_count) AS instances, GROUP_CONCAT(DISTINCT modality) AS modalities
+               FROM series GROUP BY study_instance_uid ORDER BY last DESC LIMIT ?""", (limit,)).fetchall()
+        studies = []
+        for row in rows:
+            models, failed = _jobs(conn, row["study"])
+            studies.append({
+                "study_uid": row["study"], "last_received_at": row["last"], "series": row["series"],
+                "instances": row["instances"] or 0,
+                "modalities": sorted(m for m in (row["modalities"] or "").split(",") if m),
+                "status": _status(models), "models": models,
+                "top_finding": top_finding(request, conn, row["study"], failed),
+            })
+    finally:
+        conn.close()
+    return {"studies": studies}

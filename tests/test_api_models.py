@@ -1,0 +1,127 @@
+"""Model endpoints: listing and detail on a real uvicorn server; admin upload, patch and delete."""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from dicom_node.api.app import ApiContext, create_app
+from dicom_node.api.modelfiles import dump_toml, merge_patch
+from dicom_node.node import Node
+from tests.conftest import node_config
+
+ENGINES = Path(__file__).resolve().parents[1] / "engines"
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    target = tmp_path / "engines"
+    shutil.copytree(ENGINES, target, ignore=shutil.ignore_patterns("*.plan", "__pycache__"))
+    return target
+
+
+@pytest.fixture
+def client(tmp_path: Path, models_dir: Path) -> TestClient:
+    config = node_config(tmp_path / "node", api={"enabled": False}, inference={"models_dir": str(models_dir)})
+    return TestClient(create_app(ApiContext(config, Node(config))))
+
+
+def upload(name: str, toml: str, onnx: bytes | None) -> dict[str, Any]:
+    files = {"model.toml": ("model.toml", toml.encode(), "application/toml")}
+    if onnx is not None:
+        files["model.onnx"] = ("model.onnx", onnx, "application/octet-stream")
+    return {"files": files}
+
+
+def test_list_and_detail_on_the_real_server(start_node, models_dir: Path) -> None:
+    node: Node = start_node(inference={"models_dir": str(models_dir)})
+    base = f"http://127.0.0.1:{node.api.port}"
+    names = lambda **q: [m["name"] for m in httpx.get(f"{base}/v1/models", params=q).json()["models"]]
+    assert names() == ["ct-body", "ct-lungs"]
+    assert names(label="BODY") == ["ct-body"] and names(label="nothing") == []
+    assert names(task="segmentation") == ["ct-body", "ct-lungs"] and names(task="classification") == []
+    assert names(name="ct-lungs") == ["ct-lungs"]
+    detail = httpx.get(f"{base}/v1/models/ct-body").json()
+    assert detail["backend"] == "onnxruntime" and detail["state"] == "ready" and detail["version"] == "1.0.0"
+    assert "tensorrt" in detail["backends_unavailable"] and detail["spec"]["labels"][0]["name"] == "Body"
+    assert len(detail["onnx_sha256"]) == 64
+    missing = httpx.get(f"{base}/v1/models/absent")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_upload_validates_before_writing(client: TestClient, models_dir: Path) -> None:
+    spec = (models_dir / "ct-body" / "model.toml").read_text().replace('name = "ct-body"', 'name = "ct-new"')
+    onnx = (models_dir / "ct-body" / "model.onnx").read_bytes()
+    r = client.put("/admin/models/ct-new", **upload("ct-new", spec.replace("ct-new", "ct-other", 1), onnx))
+    assert r.status_code == 400 and "does not match" in r.json()["error"]["description"]
+    assert client.put("/admin/models/ct-new", **upload("ct-new", "name = [", onnx)).status_code == 400
+    bad_task = spec.replace('task = "segmentation"', 'task = "nonsense"')
+    r = client.put("/admin/models/ct-new", **upload("ct-new", bad_task, onnx))
+    assert r.status_code == 400 and r.json()["error"]["description"].startswith("task")
+    assert client.put("/admin/models/ct-new", **upload("ct-new", spec, None)).status_code == 400
+    assert client.put("/admin/models/Bad_Name", **upload("x", spec, onnx)).status_code == 400
+    assert not (models_dir / "ct-new").exists()
+    assert not any((models_dir / ".tmp").iterdir()) if (models_dir / ".tmp").exists() else True
+    r = client.put("/admin/models/ct-new", **upload("ct-new", spec, onnx))
+    assert r.status_code == 200, r.text
+    assert r.json()["name"] == "ct-new" and r.json()["state"] == "ready"
+    assert (models_dir / "ct-new" / "model.onnx").read_bytes() == onnx
+    assert client.get("/v1/models/ct-new").status_code == 200
+    again = client.put("/admin/models/ct-new", **upload("ct-new", spec.replace('"1.0.0"', '"1.1.0"'), onnx))
+    assert again.status_code == 200 and again.json()["version"] == "1.1.0"
+    assert list((models_dir / ".tmp").iterdir()) == []
+
+
+def test_upload_needs_content_length_and_multipart(client: TestClient) -> None:
+    r = client.put("/admin/models/ct-x", content=iter([b"abc"]), headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 411
+    r = client.put("/admin/models/ct-x", content=b"{}", headers={"content-type": "application/json"})
+    assert r.status_code == 415
+
+
+class FakePredictor:
+    """A stand-in for a cached predictor: records that it was closed."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_patch_persists_and_reloads(client: TestClient, models_dir: Path) -> None:
+    node = client.app.state.ctx.node  # type: ignore[attr-defined]
+    fake = FakePredictor()
+    node.pipeline._predictors["ct-body"] = fake
+    r = client.patch("/admin/models/ct-body", json={"description": "patched", "postprocessing": {"threshold": 0.4}})
+    assert r.status_code == 200, r.text
+    assert r.json()["spec"]["postprocessing"]["threshold"] == 0.4 and r.json()["description"] == "patched"
+    assert fake.closed and "ct-body" not in node.pipeline._predictors
+    on_disk = tomllib.loads((models_dir / "ct-body" / "model.toml").read_text())
+    assert on_disk["postprocessing"]["threshold"] == 0.4 and on_disk["labels"][0]["name"] == "Body"
+    before = (models_dir / "ct-body" / "model.toml").read_text()
+    assert client.patch("/admin/models/ct-body", json={"task": "nonsense"}).status_code == 400
+    assert client.patch("/admin/models/ct-body", json={"name": "other"}).status_code == 400
+    assert client.patch("/admin/models/ct-body", json={"onnx": "../x.onnx"}).status_code == 400
+    assert (models_dir / "ct-body" / "model.toml").read_text() == before
+    assert client.patch("/admin/models/absent", json={}).status_code == 404
+
+
+def test_delete(client: TestClient, models_dir: Path) -> None:
+    assert client.delete("/admin/models/ct-lungs").status_code == 204
+    assert not (models_dir / "ct-lungs").exists()
+    assert client.get("/v1/models/ct-lungs").status_code == 404
+    assert client.delete("/admin/models/ct-lungs").status_code == 404
+
+
+def test_merge_patch_and_toml_round_trip() -> None:
+    assert merge_patch({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": None, "e": [1]}, "d": "x"}) == {
+        "a": {"c": 2, "e": [1]}, "d": "x"}
+    data = {"name": "m", "x": 1.5, "flag": True, "t": {"k-1": "q\"uote\n", "nested": {"z": [1, 2]}},
+            "labels": [{"channel": 0, "color": [1, 2, 3]}], "key with space": "ü"}
+    assert tomllib.loads(dump_toml(data)) == data
