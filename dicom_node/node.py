@@ -94,6 +94,10 @@ class Node:
             from dicom_node.api.metrics import registry_for
             from dicom_node.api.server import ApiServer
 
+            # --- REST invocations: resume queued work and pending webhooks (dicom_node.api.webhooks) ---
+            from dicom_node.api.webhooks import InvocationService
+            self.invocations = InvocationService(self)
+            self.invocations.start()
             self.metrics_registry = registry_for(self)
             self.api = ApiServer(create_app(ApiContext(self.config, self)), self.config.api.host, self.config.api.port)
             self.api.start()
@@ -102,6 +106,8 @@ class Node:
         """Stop accepting, stop assembly, flush the index."""
         if self.api is not None:
             self.api.stop()
+        if getattr(self, "invocations", None) is not None:  # REST invocations (dicom_node.api.webhooks)
+            self.invocations.stop()
         self.scp.stop()
         self.assembler.stop()
         for worker in self.workers:
