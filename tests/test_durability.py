@@ -72,20 +72,24 @@ def test_restart_resumes_pending_quiet_period(tmp_path: Path) -> None:
     """A series received just before a clean stop completes after the restart, exactly once."""
     root = tmp_path / "node"
     port = free_port()
-    env = {"DICOM_NODE__ASSEMBLY__QUIET_PERIOD": "2.0", "DICOM_NODE__ASSEMBLY__POLL_INTERVAL": "0.1"}
+    import sqlite3
+
+    env = {"DICOM_NODE__ASSEMBLY__QUIET_PERIOD": "5.0", "DICOM_NODE__ASSEMBLY__POLL_INTERVAL": "0.1"}
     serve = ServeProcess(root, port, env).start()
     assoc = associate(port)
     for ds in ct_datasets(SeriesSpec(slices=3, rows=16, columns=16, seed="resume")):
         assert assoc.send_c_store(ds).Status == 0
     assoc.release()
     serve.stop(signal.SIGKILL)
+    conn = sqlite3.connect(root / "index.sqlite3")
+    # Killed inside the quiet period: the series is still pending, with no event.
+    assert conn.execute("SELECT state FROM series").fetchone()[0] == "receiving"
+    assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
+    conn.close()
     serve = ServeProcess(root, port, env).start()
     try:
-        assert serve.status()["pending"] == 1
-        assert wait_for(lambda: serve.status()["complete"] == 1, timeout=10)
+        assert wait_for(lambda: serve.status()["complete"] == 1, timeout=30)
         time.sleep(0.5)
-        import sqlite3
-
         conn = sqlite3.connect(root / "index.sqlite3")
         kinds = [r[0] for r in conn.execute("SELECT kind FROM events ORDER BY id")]
         conn.close()

@@ -86,6 +86,7 @@ class AssociationHandler:
         self._assoc: Negotiated | None = None
         self._cmd_buf = bytearray()
         self._incoming: _Incoming | None = None
+        self._ended = False
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -124,6 +125,9 @@ class AssociationHandler:
             self.sock.close()
 
     def _end(self, state: str) -> None:
+        if self._ended:
+            return
+        self._ended = True
         try:
             self.ctx.writer.run(lambda c: ops.end_association(c, self.id, state, time.time(), self.instances))
         except StorageError as exc:
@@ -187,6 +191,9 @@ class AssociationHandler:
             elif pdu_type == P.RELEASE_RQ:
                 if self._incoming is not None:
                     raise AssociationError("A-RELEASE-RQ in the middle of a message")
+                # Record the release before confirming it: a crash right after the
+                # A-RELEASE-RP must not turn a released association into an aborted one.
+                self._end("released")
                 self._send(P.release_rp())
                 return "released"
             elif pdu_type == P.ABORT:
