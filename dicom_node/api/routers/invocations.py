@@ -1,0 +1,277 @@
+"""``POST /v1/invocations`` (asynchronous, webhook) and ``GET /v1/invocations/{request_uuid}``.
+
+The request is ``multipart/form-data`` with one ``image`` part (DICOM Part 10,
+PNG, JPEG, TIFF or BMP, detected from its bytes) and headers:
+
+- ``Webhook-Url`` (optional): where the result is POSTed, signed (see
+  :mod:`dicom_node.api.webhooks`); checked against SSRF now (400) and before each attempt;
+- ``Examination-ID`` (optional): echoed back and stored, to find results by exam;
+- ``Inference-Parameters`` (optional): a JSON object of model parameters; the
+  single-quoted Python-literal form existing clients send (``{'threshold': 0.4}``)
+  is accepted too, parsed with :func:`ast.literal_eval` (literals only, never evaluated code);
+- ``Model-Name`` or the ``model`` query parameter (optional): default, the first
+  segmentation model of the store by name.
+
+The answer is 202 ``{"filename", "status": "sent", "request_uuid", "examination_id"}``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from dicom_node.api.auth import Principal, require
+from dicom_node.api.errors import ApiError
+from dicom_node.api.inputs import (
+    InputRejected,
+    decode_for_model,
+    sniff,
+    unsupported_reason,
+)
+from dicom_node.api.outbound import OutboundRefused, check_url
+from dicom_node.api.routers.predict import get_predictor, instance_error, run_decoded
+from dicom_node.api.schemas import error_responses
+from dicom_node.api.webhooks import InvocationService, upload_path
+from inference.errors import InferenceError, ParameterError
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["invocations"])
+
+Submitter = Annotated[Principal, Depends(require("submit"))]
+Reader = Annotated[Principal, Depends(require("read"))]
+
+class InvocationAccepted(BaseModel):
+    """202 answer of ``POST /v1/invocations``."""
+
+    filename: str
+    status: str
+    request_uuid: str
+    examination_id: str | None
+
+
+class WebhookStatus(BaseModel):
+    """Delivery of the result to the webhook."""
+
+    state: str
+    attempts: int
+    next_attempt_at: float | None
+    last_error: str | None
+
+
+class Invocation(BaseModel):
+    """One invocation: its state, its result (the webhook body once done) and its webhook."""
+
+    request_uuid: str
+    examination_id: str | None
+    model: str
+    filename: str | None
+    state: str
+    parameters: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: float
+    updated_at: float
+    webhook: WebhookStatus
+
+
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["image"],
+    "properties": {"image": {"type": "string", "format": "binary",
+                             "description": "DICOM Part 10, PNG, JPEG, TIFF or BMP (detected from the bytes)"}},
+}}}}}
+_ACCEPT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"model": InvocationAccepted, "description": "Queued; the result goes to the webhook"},
+    **error_responses(401, 403, 404, 413, 415, 503),
+}
+
+#: Longest ``Inference-Parameters`` header accepted (the literal parser must not see huge input).
+MAX_PARAMETERS_CHARS = 4096
+_SCALARS = (bool, int, float, str, type(None))
+
+
+async def service_for(node: Any) -> InvocationService:
+    """The node's invocation service, started on first use when the node did not start one."""
+    service = getattr(node, "invocations", None)
+    if service is None:  # created on the event loop thread: no race between requests
+        service = InvocationService(node)
+        node.invocations = service
+    await run_in_threadpool(service.start)
+    return service
+
+
+def _json_safe(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, _SCALARS):
+        return True
+    if depth < 4 and isinstance(value, list):
+        return all(_json_safe(v, depth + 1) for v in value)
+    if depth < 4 and isinstance(value, dict):
+        return all(isinstance(k, str) and _json_safe(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def parse_parameters(text: str | None) -> dict[str, Any]:
+    """Parse ``Inference-Parameters``: a JSON object, or the same with single quotes (Python literal).
+
+    Raises
+    ------
+    ApiError
+        400 when it is neither, too long, or not an object of plain values.
+    """
+    if not text or not text.strip():
+        return {}
+    if len(text) > MAX_PARAMETERS_CHARS:
+        raise ApiError(400, "invalid_parameters", f"Inference-Parameters is longer than {MAX_PARAMETERS_CHARS} characters")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
+            raise ApiError(400, "invalid_parameters", "Inference-Parameters must be a JSON object, "
+                           "e.g. {\"threshold\": 0.4} (single quotes are accepted)") from exc
+    if value is None:  # "null": no parameters, as clients that serialise an unset dict send
+        return {}
+    if not isinstance(value, dict) or not _json_safe(value):
+        raise ApiError(400, "invalid_parameters", "Inference-Parameters must be an object of numbers, strings, "
+                       "booleans or lists, e.g. {\"threshold\": 0.4}")
+    return value
+
+
+def default_model(node: Any) -> str:
+    """The first segmentation model of the store, by name.
+
+    Raises
+    ------
+    ApiError
+        404 when the store holds no segmentation model.
+    """
+    from dicom_node.commands.models import open_store
+
+    store = open_store(node.config)
+    for name in store.names():
+        if store.get(name).spec.task == "segmentation":
+            return name
+    raise ApiError(404, "model_not_found", "no segmentation model in the store; name one with Model-Name or ?model=")
+
+
+def execute(node: Any, row: dict[str, Any], upload: Path) -> dict[str, Any]:
+    """Run one stored invocation; returns ``{"prediction", "modelVersionId"}`` or ``{"error": {...}}``.
+
+    Called by the invocation worker thread; never raises for bad input or a model failure.
+    """
+    try:
+        predictor = node.pipeline.predictor_for(row["model"])
+        data = upload.read_bytes()
+        decoded = decode_for_model(data, predictor.spec, node.spool.tmp, node.config.api.max_pixels,
+                                   gpu=node.config.pixels.gpu_decode)
+    except InputRejected as exc:
+        return instance_error(exc.code, exc.description)
+    except InferenceError as exc:
+        return instance_error("model_unavailable", str(exc))
+    except OSError as exc:
+        log.error("invocation upload unreadable id=%s error=%s", row["id"], exc.strerror)
+        return instance_error("internal_error", "the stored upload could not be read")
+    outcome = run_decoded(predictor, decoded, json.loads(row["parameters"] or "{}"))
+    if "error" in outcome:
+        return outcome
+    return {"prediction": outcome, "modelVersionId": predictor.spec.version}
+
+
+def _store_upload(tmp_dir: Path, request_uuid: str, data: bytes) -> None:
+    path = upload_path(tmp_dir, request_uuid)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+async def _read_image(request: Request) -> tuple[str, bytes]:
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise ApiError(415, "unsupported_media_type", "send multipart/form-data with the file in a part named 'image'")
+    limit = request.app.state.ctx.config.api.max_multipart_parts
+    try:
+        form = await request.form(max_files=limit, max_fields=limit)
+    except (ValueError, KeyError) as exc:
+        raise ApiError(400, "invalid_request", f"the multipart body could not be parsed: {exc}") from exc
+    image = form.get("image")
+    if not isinstance(image, UploadFile):
+        raise ApiError(400, "invalid_request", "the multipart body needs a file part named 'image'")
+    return Path(image.filename or "image").name, await image.read()
+
+
+def _check_webhook(node: Any, url: str | None) -> None:
+    if url is None:
+        return
+    try:
+        check_url(url, node.config.api.outbound_allowlist)
+    except OutboundRefused as exc:
+        raise ApiError(400, "webhook_refused", f"Webhook-Url refused: {exc}") from exc
+
+
+@router.post("/v1/invocations", status_code=202, summary="Asynchronous inference on one upload; the result goes to a webhook",
+             responses=_ACCEPT_RESPONSES, response_class=JSONResponse, openapi_extra=_UPLOAD_BODY)
+async def invoke(
+    request: Request, _: Submitter, model: str | None = None,
+    webhook_url: Annotated[str | None, Header(alias="Webhook-Url", description="Where the signed result is POSTed")] = None,
+    examination_id: Annotated[str | None, Header(alias="Examination-ID", max_length=256)] = None,
+    inference_parameters: Annotated[str | None, Header(alias="Inference-Parameters",
+                                                       description="JSON object; single quotes accepted")] = None,
+    model_name: Annotated[str | None, Header(alias="Model-Name")] = None,
+) -> JSONResponse:
+    """Accept an upload, queue it durably, answer 202 with the request UUID."""
+    node = request.app.state.ctx.node
+    params = parse_parameters(inference_parameters)
+    name = model or model_name or await run_in_threadpool(default_model, node)
+    predictor = await run_in_threadpool(get_predictor, node, name)
+    try:
+        predictor.spec.resolve_parameters(params)
+    except ParameterError as exc:
+        raise ApiError(400, "invalid_parameters", str(exc)) from exc
+    webhook = webhook_url or None
+    await run_in_threadpool(_check_webhook, node, webhook)
+    filename, data = await _read_image(request)
+    if sniff(data) is None:
+        raise ApiError(415, "unsupported_media_type", unsupported_reason(data))
+    examination = examination_id
+    request_uuid = str(uuid.uuid4())
+    service = await service_for(node)
+    await run_in_threadpool(_store_upload, node.spool.tmp, request_uuid, data)
+    await run_in_threadpool(service.submit, {
+        "id": request_uuid, "examination_id": examination, "model": name, "parameters": json.dumps(params),
+        "webhook_url": webhook, "filename": filename,
+    })
+    log.info("invocation queued id=%s model=%s webhook=%s", request_uuid, name, webhook is not None)
+    return JSONResponse({"filename": filename, "status": "sent", "request_uuid": request_uuid,
+                         "examination_id": examination}, status_code=202)
+
+
+@router.get("/v1/invocations/{request_uuid}", summary="State and result of one invocation", response_model=Invocation,
+            responses=error_responses(401, 403, 404))
+async def get_invocation(request_uuid: str, request: Request, _: Reader) -> dict[str, Any]:
+    """The invocation's state, result (the webhook body once done) and webhook delivery state."""
+    service = await service_for(request.app.state.ctx.node)
+    row = await run_in_threadpool(service.get, request_uuid)
+    if row is None:
+        raise ApiError(404, "not_found", f"no invocation {request_uuid!r}")
+    return {
+        "request_uuid": row["id"], "examination_id": row["examination_id"], "model": row["model"],
+        "filename": row["filename"], "state": row["state"], "parameters": json.loads(row["parameters"] or "{}"),
+        "result": json.loads(row["result"]) if row["result"] else None, "error": row["error"],
+        "created_at": row["created_at"], "updated_at": row["updated_at"],
+        "webhook": {"state": row["webhook_state"], "attempts": row["webhook_attempts"],
+                    "next_attempt_at": row["next_webhook_at"] if row["webhook_state"] == "pending" else None,
+                    "last_error": row["webhook_error"]},
+    }

@@ -1,0 +1,288 @@
+"""``POST /v1/models/{name}:predict``: synchronous, micro-batched prediction (Vertex AI style).
+
+Body ``{"instances": [...], "parameters": {...}}``; each instance holds
+``input_bytes`` (base64 of a DICOM Part 10 file, PNG or JPEG; ``{"b64": ...}``
+is accepted too) or ``dicomweb_uri`` (a WADO-RS study, series or instance URL)
+with an optional ``bearer_token``. The answer lists one prediction or one
+``{"error": {"code", "description"}}`` per instance, in order; one failing
+instance never fails the others. Instances run concurrently on the model's one
+shared predictor (``Pipeline.predictor_for``), so they and other callers' work
+(REST and DICOM jobs alike) fill the same micro-batches.
+
+Output per task (see :func:`summarise`):
+
+- segmentation: per label ``voxels``, ``area_mm2`` (one slice) or ``volume_ml``
+  (when the input has a pixel spacing), ``bbox`` ``[slice0, row0, col0, slice1,
+  row1, col1]`` (end exclusive, null when empty) and ``rle``: run lengths over the
+  ``(slices, rows, cols)`` mask in C (row-major) order, starting with a background run;
+- classification: per label probability (``probabilities``) and the top ``label``;
+- embedding: the output vector (``embedding``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from dicom_node.api.auth import Principal, require
+from dicom_node.api.errors import ApiError
+from dicom_node.api.inputs import (
+    DecodedInput,
+    InputRejected,
+    decode_dicom,
+    decode_for_model,
+    sniff,
+    split_multipart,
+)
+from dicom_node.api.outbound import OutboundRefused, fetch
+from dicom_node.api.schemas import error_responses
+from inference.errors import (
+    BackendUnavailableError,
+    InferenceError,
+    InputError,
+    ModelNotFoundError,
+    ParameterError,
+)
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["predict"])
+
+#: The caller, who must hold the ``submit`` scope.
+Submitter = Annotated[Principal, Depends(require("submit"))]
+
+#: Run-length encodings longer than this are left out of answers (a noisy mask would bloat them).
+MAX_RLE_RUNS = 200_000
+
+_WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+class PredictRequest(BaseModel):
+    """The request body."""
+
+    instances: list[dict[str, Any]] = Field(min_length=1, description="Each: input_bytes, or dicomweb_uri (+ bearer_token)")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Model parameters, e.g. {\"threshold\": 0.4}")
+
+
+class PredictResponse(BaseModel):
+    """The answer: one prediction or ``{"error": {"code", "description"}}`` per instance, in order."""
+
+    predictions: list[dict[str, Any]]
+    model: str
+    modelVersionId: str
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": PredictResponse, "description": "One entry per instance, in order"},
+    **error_responses(401, 403, 404, 413, 503),
+}
+
+
+def instance_error(code: str, description: str) -> dict[str, Any]:
+    """The per-instance error entry."""
+    return {"error": {"code": code, "description": description}}
+
+
+def get_predictor(node: Any, name: str) -> Any:
+    """The node's shared predictor of ``name``, or an :class:`ApiError` (404 unknown, 503 no backend)."""
+    try:
+        return node.pipeline.predictor_for(name)
+    except ModelNotFoundError as exc:
+        raise ApiError(404, "model_not_found", str(exc)) from exc
+    except BackendUnavailableError as exc:
+        raise ApiError(503, "model_unavailable", str(exc)) from exc
+
+
+def _masks(spec: Any, result: np.ndarray) -> dict[int, np.ndarray]:
+    """Label channel -> boolean ``(slices, rows, cols)`` mask, for 2D and 3D, threshold and argmax."""
+    out: dict[int, np.ndarray] = {}
+    for label in spec.labels:
+        if spec.postprocessing.decision == "argmax":
+            mask = result == label.channel
+            mask = mask[0] if mask.ndim == 4 else mask
+        else:
+            mask = result[0, label.channel] if result.ndim == 5 else result[:, label.channel]
+        out[label.channel] = np.asarray(mask, dtype=bool).reshape((-1,) + mask.shape[-2:])
+    return out
+
+
+def run_lengths(mask: np.ndarray) -> list[int]:
+    """Run lengths of a boolean mask in C order, starting with a (possibly empty) background run."""
+    flat = mask.ravel()
+    if flat.size == 0:
+        return []
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate(([0], edges, [flat.size])))
+    return ([0] if flat[0] else []) + runs.tolist()
+
+
+def _segment(mask: np.ndarray, spacing: tuple[float, float, float] | None) -> dict[str, Any]:
+    voxels = int(mask.sum())
+    entry: dict[str, Any] = {"voxels": voxels}
+    if spacing is not None:
+        if mask.shape[0] == 1:
+            entry["area_mm2"] = round(voxels * spacing[1] * spacing[2], 3)
+        entry["volume_ml"] = round(voxels * float(np.prod(spacing)) / 1000.0, 4)
+    if voxels:
+        idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+        entry["bbox"] = [int(i[0]) for i in idx] + [int(i[-1]) + 1 for i in idx]
+    else:
+        entry["bbox"] = None
+    runs = run_lengths(mask)
+    entry["rle"] = {"shape": list(mask.shape), "order": "C", "counts": runs} if len(runs) <= MAX_RLE_RUNS else None
+    return entry
+
+
+def _per_slice(values: np.ndarray, make: Any) -> dict[str, Any]:
+    items = [make(v) for v in values]
+    return items[0] if len(items) == 1 else {"slices": items}
+
+
+def summarise(spec: Any, prediction: Any, decoded: DecodedInput) -> dict[str, Any]:
+    """The JSON prediction of one instance (see the module docstring)."""
+    if spec.task == "segmentation":
+        masks = _masks(spec, prediction.result)
+        return {"labels": [{"channel": lab.channel, "name": lab.name, **_segment(masks[lab.channel], decoded.spacing)}
+                           for lab in spec.labels],
+                "slice_indices": prediction.slice_indices}
+    if spec.task == "classification":
+        probs = np.asarray(prediction.probabilities).reshape(len(prediction.slice_indices), -1)
+        names = {lab.channel: lab.name for lab in spec.labels}
+
+        def one(row: np.ndarray) -> dict[str, Any]:
+            ranked = {names.get(c, str(c)): float(p) for c, p in enumerate(row)}
+            return {"probabilities": ranked, "label": names.get(int(row.argmax()), str(int(row.argmax())))}
+
+        return _per_slice(probs, one)
+    vectors = np.asarray(prediction.raw[spec.output_name]).reshape(len(prediction.slice_indices), -1)
+    return _per_slice(vectors, lambda v: {"embedding": [float(x) for x in v]})
+
+
+def _input_bytes(value: Any) -> bytes:
+    text = value.get("b64") if isinstance(value, dict) else value
+    if not isinstance(text, str):
+        raise InputRejected("invalid_instance", "input_bytes must be a base64 string (or {\"b64\": string})")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        try:
+            return base64.urlsafe_b64decode(text)
+        except (binascii.Error, ValueError) as exc:
+            raise InputRejected("invalid_instance", "input_bytes is not valid base64") from exc
+
+
+def fetch_dicomweb(node: Any, uri: str, token: str | None) -> list[bytes]:
+    """WADO-RS retrieve of a study, series or instance: the Part 10 payloads (PS3.18 10.4).
+
+    Raises
+    ------
+    InputRejected
+        ``fetch_failed`` (refused URL, HTTP error, size bound) or ``undecodable``.
+    """
+    api = node.config.api
+    headers = {"Accept": _WADO_ACCEPT + ", application/dicom"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        response = fetch(uri, api.outbound_allowlist, headers, api.max_body_bytes)
+    except OutboundRefused as exc:
+        raise InputRejected("fetch_failed", f"dicomweb_uri: {exc}") from exc
+    content_type = response.headers.get("content-type", "")
+    if content_type.lower().startswith("multipart/"):
+        parts = split_multipart(response.content, content_type)
+    else:
+        parts = [response.content]
+    if len(parts) > api.max_multipart_parts:
+        raise InputRejected("fetch_failed", f"dicomweb_uri returned {len(parts)} instances, more than "
+                            f"api.max_multipart_parts = {api.max_multipart_parts}")
+    bad = sum(1 for p in parts if sniff(p) != "dicom")
+    if bad or not parts:
+        raise InputRejected("undecodable", f"dicomweb_uri returned {bad or 'no'} part(s) that are not DICOM Part 10")
+    return parts
+
+
+def decode_instance(node: Any, spec: Any, instance: Any) -> DecodedInput:
+    """Decode one request instance (``input_bytes`` or ``dicomweb_uri``) for ``spec``.
+
+    Raises
+    ------
+    InputRejected
+        With a code and an actionable description.
+    """
+    config = node.config
+    if not isinstance(instance, dict):
+        raise InputRejected("invalid_instance", "an instance must be an object with input_bytes or dicomweb_uri")
+    if ("input_bytes" in instance) == ("dicomweb_uri" in instance):
+        raise InputRejected("invalid_instance", "an instance needs exactly one of input_bytes or dicomweb_uri")
+    if "input_bytes" in instance:
+        return decode_for_model(_input_bytes(instance["input_bytes"]), spec, node.spool.tmp,
+                                config.api.max_pixels, gpu=config.pixels.gpu_decode)
+    uri, token = instance["dicomweb_uri"], instance.get("bearer_token")
+    if not isinstance(uri, str) or (token is not None and not isinstance(token, str)):
+        raise InputRejected("invalid_instance", "dicomweb_uri and bearer_token must be strings")
+    parts = fetch_dicomweb(node, uri, token)
+    return decode_dicom(parts, spec, node.spool.tmp, config.api.max_pixels, gpu=config.pixels.gpu_decode)
+
+
+def run_decoded(predictor: Any, decoded: DecodedInput, params: dict[str, Any]) -> dict[str, Any]:
+    """Predict on a decoded input and summarise, mapping model errors to an instance error."""
+    try:
+        prediction = predictor.predict(decoded.array, params)
+    except (InputError, ParameterError) as exc:
+        return instance_error("model_input", f"the input does not fit model {predictor.spec.name!r}: {exc}")
+    except InferenceError as exc:
+        log.warning("prediction failed model=%s error=%s", predictor.spec.name, type(exc).__name__)
+        return instance_error("inference_failed", f"inference failed: {exc}")
+    return summarise(predictor.spec, prediction, decoded)
+
+
+def run_instance(node: Any, predictor: Any, instance: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """One instance from request to answer entry; never raises for a bad input."""
+    try:
+        decoded = decode_instance(node, predictor.spec, instance)
+    except InputRejected as exc:
+        return instance_error(exc.code, exc.description)
+    except (OSError, MemoryError) as exc:
+        log.exception("instance could not be read model=%s", predictor.spec.name)
+        return instance_error("internal_error", f"the input could not be processed ({type(exc).__name__})")
+    return run_decoded(predictor, decoded, params)
+
+
+@router.post("/v1/models/{name}:predict", summary="Synchronous micro-batched prediction (Vertex AI style)",
+             responses=_RESPONSES, response_class=JSONResponse)
+async def predict(name: str, body: PredictRequest, request: Request, _: Submitter) -> JSONResponse:
+    """Answer one prediction or error per instance, in order.
+
+    Raises
+    ------
+    ApiError
+        400 over ``api.max_instances`` or with invalid parameters, 404 unknown model,
+        503 when no backend can run it.
+    """
+    node = request.app.state.ctx.node
+    predictor = await run_in_threadpool(get_predictor, node, name)
+    cap = node.config.api.max_instances
+    if len(body.instances) > cap:
+        raise ApiError(400, "too_many_instances",
+                       f"{len(body.instances)} instances sent; at most {cap} per request (api.max_instances)")
+    try:
+        predictor.spec.resolve_parameters(body.parameters)  # checked once: shared by every instance
+    except ParameterError as exc:
+        raise ApiError(400, "invalid_parameters", str(exc)) from exc
+    predictions = await asyncio.gather(
+        *(run_in_threadpool(run_instance, node, predictor, inst, body.parameters) for inst in body.instances)
+    )
+    log.info("predict model=%s instances=%d errors=%d", name, len(predictions),
+             sum(1 for p in predictions if "error" in p))
+    # JSONResponse directly: the answer is plain JSON already, and FastAPI's encoder walks long RLE lists slowly.
+    return JSONResponse({"predictions": list(predictions), "model": predictor.spec.name,
+                         "modelVersionId": predictor.spec.version})
