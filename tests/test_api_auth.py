@@ -54,3 +54,35 @@ def test_admin_from_an_allowed_host(start_node, tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     assert call(node, "DELETE", "/admin/models/absent", "a-secret").status_code == 404
     assert call(node, "PATCH", "/admin/models/absent", "r-secret", json={}).status_code == 403
+
+
+def test_oauth2_bearer_jwts_checked_against_a_jwks_file(start_node, tmp_path: Path) -> None:
+    """RS256 tokens signed by the key in the JWKS file are accepted with their scopes; others are 401."""
+    import json
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    signing = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(signing.public_key()))
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{**public_jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}))
+    node: Node = start_node(api={"jwks_file": str(jwks), "jwt_audience": "dicom-node", "jwt_issuer": "https://idp"},
+                            inference={"models_dir": ENGINES})
+
+    def token(scope: str, key: object = signing, **claims: object) -> str:
+        body = {"sub": "svc", "scope": scope, "aud": "dicom-node", "iss": "https://idp", "exp": time.time() + 60, **claims}
+        return jwt.encode(body, key, algorithm="RS256", headers={"kid": "k1"})
+
+    def get(tok: str, path: str = "/v1/models") -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{node.api.port}{path}", headers={"authorization": f"Bearer {tok}"})
+
+    assert get(token("read")).status_code == 200
+    assert get(token("submit")).status_code == 403, "a token without the read scope cannot read"
+    assert get(token("read", key=other)).status_code == 401, "wrong signature"
+    assert get(token("read", exp=time.time() - 10)).status_code == 401, "expired"
+    assert get(token("read", aud="someone-else")).status_code == 401, "wrong audience"
+    assert get(token("read", iss="https://evil")).status_code == 401, "wrong issuer"
+    assert httpx.get(f"http://127.0.0.1:{node.api.port}/v1/models").status_code == 401
