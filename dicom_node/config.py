@@ -55,7 +55,7 @@ DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
 
 
 def _check_ae(value: str, what: str) -> str:
-    if not _AE_RE.match(value) or not value.strip():
+    if not _AE_RE.fullmatch(value) or not value.strip():
         raise ValueError(f"{what} {value!r} is not a valid AE title (1-16 characters, no backslash)")
     return value.strip()
 

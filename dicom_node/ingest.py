@@ -54,7 +54,7 @@ _DEFLATED_HEADER_BYTES = 4 * 1024 * 1024
 def clean_uid(value: str | None, what: str) -> str:
     """Return a validated UID, or raise :class:`UnreadableDatasetError` naming ``what``."""
     uid = (value or "").rstrip("\x00 ")
-    if not uid or len(uid) > 64 or not _UID_RE.match(uid):
+    if not uid or len(uid) > 64 or not _UID_RE.fullmatch(uid):
         raise UnreadableDatasetError(f"{what} is missing or not a valid UID")
     return uid
 

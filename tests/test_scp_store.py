@@ -213,3 +213,12 @@ def test_phi_filter_redacts_third_party_messages() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "stored sop_instance_uid=%s", ("1.2.3",), None)
     PhiFilter().filter(record)
     assert record.getMessage() == "stored sop_instance_uid=1.2.3"
+
+
+def test_uid_with_a_trailing_newline_is_refused() -> None:
+    from dicom_node.errors import UnreadableDatasetError
+    from dicom_node.ingest import clean_uid
+
+    assert clean_uid("1.2.3\x00", "x") == "1.2.3"
+    with pytest.raises(UnreadableDatasetError):
+        clean_uid("1.2.3\n", "x")

@@ -35,7 +35,7 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 def check_name(name: str) -> str:
     """Return ``name`` when it is a valid model folder name, else raise 400."""
-    if not NAME_RE.match(name) or name in (".", ".."):
+    if not NAME_RE.fullmatch(name) or name in (".", ".."):
         raise ApiError(400, "invalid_name", "model names are [a-z0-9][a-z0-9._-]{0,63}")
     return name
 
@@ -76,7 +76,7 @@ def _value(value: Any) -> str:
 
 
 def _key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else json.dumps(key)
+    return key if _BARE_KEY.fullmatch(key) else json.dumps(key)
 
 
 def dump_toml(data: dict[str, Any]) -> str:

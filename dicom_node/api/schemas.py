@@ -43,4 +43,4 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def is_uid(value: str) -> bool:
     """True when ``value`` is a syntactically valid UID of at most 64 characters."""
-    return len(value) <= 64 and _UID_RE.match(value) is not None
+    return len(value) <= 64 and _UID_RE.fullmatch(value) is not None

@@ -72,7 +72,7 @@ _METADATA_HOSTNAMES = frozenset({"metadata", "metadata.google.internal", "metada
 
 
 def _check_ae(value: str, what: str) -> str:
-    if not _AE_RE.match(value) or not value.strip():
+    if not _AE_RE.fullmatch(value) or not value.strip():
         raise ValueError(f"{what} {value!r} is not a valid AE title (1-16 characters, no backslash)")
     return value.strip()
 
@@ -250,7 +250,7 @@ class _NamedDestination(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
+        if not _NAME_RE.fullmatch(v):
             raise ValueError(f"destination name {v!r}: use 1-64 letters, digits, '_', '.', '-'")
         return v
 

@@ -175,7 +175,7 @@ async def _read_upload(request: Request, name: str) -> tuple[bytes, ModelSpec, l
     if not raw or len(raw) > _SPEC_MAX:
         raise ApiError(400, "invalid_upload", "model.toml is missing, empty or over 1 MiB")
     spec = modelfiles.validate_spec(modelfiles.parse_toml(raw), name)
-    if not _FILE_NAME.match(spec.onnx):
+    if not _FILE_NAME.fullmatch(spec.onnx):
         raise ApiError(400, "invalid_spec", "onnx: must be a plain file name inside the model folder")
     onnx = form.get(spec.onnx) or form.get("model.onnx")
     if not isinstance(onnx, UploadFile):
@@ -211,7 +211,7 @@ def patch_model(request: Request, patch: dict[str, Any], name: Annotated[str, na
     current = modelfiles.parse_toml((entry.directory / "model.toml").read_bytes())
     merged = modelfiles.merge_patch(current, patch)
     spec = modelfiles.validate_spec(merged, name)
-    if not (entry.directory / spec.onnx).is_file() or not _FILE_NAME.match(spec.onnx):
+    if not (entry.directory / spec.onnx).is_file() or not _FILE_NAME.fullmatch(spec.onnx):
         raise ApiError(400, "invalid_spec", f"onnx: file {spec.onnx!r} is not in the model folder")
     modelfiles.write_spec(entry.directory, modelfiles.dump_toml(merged))
     _forget(request, name)
