@@ -50,3 +50,17 @@ def test_errors_are_json(start_node) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     big = httpx.post(url(node, "/ping"), content=b"x" * (node.config.api.max_body_bytes + 1))
     assert big.status_code == 413 and big.json()["error"]["code"] == "too_large"
+
+
+def test_chunked_body_over_the_limit_is_cut_off(start_node) -> None:
+    """A body without Content-Length is counted as it arrives and refused at the limit."""
+    node: Node = start_node(api={"port": 0, "max_body_bytes": 4096})
+
+    def chunks():
+        for _ in range(64):
+            yield b"{" + b" " * 1023
+
+    r = httpx.post(url(node, "/v1/models/ct-body:predict"), content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    ok = httpx.post(url(node, "/v1/models/ct-body:predict"), json={"instances": []})
+    assert ok.status_code != 413

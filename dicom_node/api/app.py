@@ -7,11 +7,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from dicom_node import __version__
-from dicom_node.api.errors import error_body, install_error_handlers
+from dicom_node.api.errors import install_error_handlers
+from dicom_node.api.limits import BodyLimitMiddleware
 from dicom_node.config import NodeConfig
 
 log = logging.getLogger(__name__)
@@ -40,14 +40,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                   description="REST facade of a DICOM node: models, predict, invocations, jobs, results, DICOMweb.")
     app.state.ctx = ctx
     install_error_handlers(app)
-    limit = ctx.config.api.max_body_bytes
-
-    @app.middleware("http")
-    async def _body_limit(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return JSONResponse(error_body("too_large", f"request body over the limit of {limit} bytes"), status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyLimitMiddleware, limit=ctx.config.api.max_body_bytes)
 
     for name in ROUTERS:
         try:
