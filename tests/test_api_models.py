@@ -43,9 +43,9 @@ def test_list_and_detail_on_the_real_server(start_node, models_dir: Path) -> Non
     node: Node = start_node(inference={"models_dir": str(models_dir)})
     base = f"http://127.0.0.1:{node.api.port}"
     names = lambda **q: [m["name"] for m in httpx.get(f"{base}/v1/models", params=q).json()["models"]]
-    assert names() == ["ct-body", "ct-lungs"]
-    assert names(label="BODY") == ["ct-body"] and names(label="nothing") == []
-    assert names(task="segmentation") == ["ct-body", "ct-lungs"] and names(task="classification") == []
+    assert names() == ["ct-body", "ct-body-png", "ct-lungs"]
+    assert names(label="BODY") == ["ct-body", "ct-body-png"] and names(label="nothing") == []
+    assert names(task="segmentation") == ["ct-body", "ct-body-png", "ct-lungs"] and names(task="classification") == []
     assert names(name="ct-lungs") == ["ct-lungs"]
     detail = httpx.get(f"{base}/v1/models/ct-body").json()
     assert detail["backend"] == "onnxruntime" and detail["state"] == "ready" and detail["version"] == "1.0.0"

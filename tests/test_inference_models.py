@@ -21,7 +21,8 @@ from models.reference import body_mask, dice, lungs_mask, phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE = ModelStore([ROOT / "engines", ROOT / "tests" / "models"])
-SCRIPTS = [ROOT / "engines" / "ct-body" / "make_model.py", ROOT / "engines" / "ct-lungs" / "make_model.py", ROOT / "tests" / "models" / "random-cnn" / "make_model.py"]
+SCRIPTS = [ROOT / "engines" / "ct-body" / "make_model.py", ROOT / "engines" / "ct-lungs" / "make_model.py",
+           ROOT / "engines" / "ct-body-png" / "make_model.py", ROOT / "tests" / "models" / "random-cnn" / "make_model.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.parent.name)

@@ -25,8 +25,8 @@ def _copy_model(src: str, dst_root: Path, name: str | None = None) -> Path:
 def test_bundled_specs_load() -> None:
     store = ModelStore([ENGINES, TEST_MODELS])
     assert store.errors == {}
-    assert store.names() == ["ct-body", "ct-lungs"]
-    assert store.names(include_hidden=True) == ["ct-body", "ct-lungs", "random-cnn"]
+    assert store.names() == ["ct-body", "ct-body-png", "ct-lungs"]
+    assert store.names(include_hidden=True) == ["ct-body", "ct-body-png", "ct-lungs", "random-cnn"]
     body = store.get("ct-body").spec
     assert body.task == "segmentation"
     assert body.postprocessing.threshold == 0.25

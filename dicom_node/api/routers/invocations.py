@@ -149,8 +149,12 @@ def parse_parameters(text: str | None) -> dict[str, Any]:
     return value
 
 
-def default_model(node: Any) -> str:
-    """The first segmentation model of the store, by name.
+def default_model(node: Any, image: bool = False) -> str:
+    """The first segmentation model of the store, by name, that takes this kind of input.
+
+    Images (PNG, JPEG, ...) go to the first model with ``preprocessing.rescale = false``
+    (it takes gray values), DICOM to the first that takes modality values; when none
+    fits, the first segmentation model (which then answers why not).
 
     Raises
     ------
@@ -160,9 +164,12 @@ def default_model(node: Any) -> str:
     from dicom_node.commands.models import open_store
 
     store = open_store(node.config)
-    for name in store.names():
-        if store.get(name).spec.task == "segmentation":
-            return name
+    specs = [store.get(n).spec for n in store.names() if store.get(n).spec.task == "segmentation"]
+    for spec in specs:
+        if spec.preprocessing.rescale != image:
+            return str(spec.name)
+    if specs:
+        return str(specs[0].name)
     raise ApiError(404, "model_not_found", "no segmentation model in the store; name one with Model-Name or ?model=")
 
 
@@ -234,17 +241,18 @@ async def invoke(
     """Accept an upload, queue it durably, answer 202 with the request UUID."""
     node = request.app.state.ctx.node
     params = parse_parameters(inference_parameters)
-    name = model or model_name or await run_in_threadpool(default_model, node)
+    webhook = webhook_url or None
+    await run_in_threadpool(_check_webhook, node, webhook)
+    filename, data = await _read_image(request)
+    kind = sniff(data)
+    if kind is None:
+        raise ApiError(415, "unsupported_media_type", unsupported_reason(data))
+    name = model or model_name or await run_in_threadpool(default_model, node, kind != "dicom")
     predictor = await run_in_threadpool(get_predictor, node, name)
     try:
         predictor.spec.resolve_parameters(params)
     except ParameterError as exc:
         raise ApiError(400, "invalid_parameters", str(exc)) from exc
-    webhook = webhook_url or None
-    await run_in_threadpool(_check_webhook, node, webhook)
-    filename, data = await _read_image(request)
-    if sniff(data) is None:
-        raise ApiError(415, "unsupported_media_type", unsupported_reason(data))
     examination = examination_id
     request_uuid = str(uuid.uuid4())
     service = await service_for(node)
