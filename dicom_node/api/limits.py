@@ -8,10 +8,13 @@ cut off at the limit, so no handler ever buffers more than ``limit`` bytes.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from dicom_node.api.errors import ApiError, error_body
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -76,10 +79,11 @@ class BodyLimitMiddleware:
             await self.app(scope, counted, tracking)
         except BodyTooLarge:
             over = True
-        except Exception:
+        except Exception as exc:
             # Cutting the body off makes handlers fail on a "disconnected" client; that failure
             # is ours and is answered 413. Any other failure goes on to the error middleware.
             if not over:
                 raise
+            log.info("request body cut off at the limit bytes=%d handler_error=%s", self.limit, type(exc).__name__)
         if over and not started:
             await self._reject(send)
