@@ -147,19 +147,6 @@ def _accepted_syntaxes(assoc: Association, sop_class: str) -> list[str]:
     return [str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class]
 
 
-def _keep_identity(original: Dataset, out: Dataset) -> Dataset:
-    """Keep the SOP Instance UID through a lossless transcode.
-
-    pydicom 3's ``compress``/``decompress`` assign a new SOP Instance UID by
-    default; a lossless change of transfer syntax is the same instance
-    (PS3.5 8.2, PS3.4 B.4.1), and the ledger and the PACS key on that UID.
-    """
-    if out is not original and out.SOPInstanceUID != original.SOPInstanceUID:
-        out.SOPInstanceUID = original.SOPInstanceUID
-        out.file_meta.MediaStorageSOPInstanceUID = original.SOPInstanceUID
-    return out
-
-
 def _store_one(assoc: Association, dest: DimseDestination, ds: Dataset) -> Outcome:
     """Transcode when needed, C-STORE, and classify the response (PS3.4 B.2.3)."""
     uid = str(ds.SOPInstanceUID)
@@ -167,7 +154,7 @@ def _store_one(assoc: Association, dest: DimseDestination, ds: Dataset) -> Outco
     if not accepted:
         return Outcome(uid, Verdict.DEAD, f"{dest.ae_title} did not accept SOP class {ds.SOPClassUID}")
     try:
-        out = _keep_identity(ds, transcode(ds, accepted))
+        out = transcode(ds, accepted)
     except PixelError as exc:
         return Outcome(uid, Verdict.DEAD, f"cannot transcode to a syntax {dest.ae_title} accepted: {exc}")
     try:
