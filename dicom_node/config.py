@@ -18,18 +18,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dicom_node.api.config import ApiConfig
 from dicom_node.delivery.config import DeliveryConfig
 from dicom_node.errors import ConfigError
 from dicom_node.routing import RoutingConfig
+from dicom_node.validators import check_ae_title, is_loopback, is_uid
 
 ENV_PREFIX = "DICOM_NODE__"
 DEFAULT_CONFIG_NAME = Path("conf") / "node.toml"
 
-#: AE titles: 1-16 characters of the default character repertoire, no backslash (PS3.5 6.2).
-_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
 #: Transfer syntaxes the pixel decoder handles (PS3.5 Annex A / PS3.6 Table A-1).
 UNCOMPRESSED_SYNTAXES = [
@@ -54,12 +60,6 @@ COMPRESSED_SYNTAXES = [
 DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
 
 
-def _check_ae(value: str, what: str) -> str:
-    if not _AE_RE.fullmatch(value) or not value.strip():
-        raise ValueError(f"{what} {value!r} is not a valid AE title (1-16 characters, no backslash)")
-    return value.strip()
-
-
 class _Section(BaseModel):
     """Base for config sections: unknown keys are errors, not silently ignored."""
 
@@ -75,7 +75,7 @@ class AllowedPeer(_Section):
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:
-        return _check_ae(v, "ae_title")
+        return check_ae_title(v, "ae_title")
 
     @field_validator("hosts")
     @classmethod
@@ -111,7 +111,7 @@ class ScpConfig(_Section):
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:
-        return _check_ae(v, "ae_title")
+        return check_ae_title(v, "ae_title")
 
     @field_validator("transfer_syntaxes")
     @classmethod
@@ -119,13 +119,13 @@ class ScpConfig(_Section):
         if not v:
             raise ValueError("at least one transfer syntax must be accepted")
         for uid in v:
-            if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) or len(uid) > 64:
+            if not is_uid(uid):
                 raise ValueError(f"{uid!r} is not a UID")
         return v
 
     @model_validator(mode="after")
     def _open_needs_allowlist(self) -> "ScpConfig":
-        if not self.allowed_peers and not self.allow_any_calling_ae and not _is_loopback(self.host):
+        if not self.allowed_peers and not self.allow_any_calling_ae and not is_loopback(self.host):
             raise ValueError(
                 f"binding {self.host!r} (not loopback) with an empty allowed_peers list is refused; "
                 "list the calling AE titles in [[scp.allowed_peers]] or set allow_any_calling_ae = true"
@@ -133,13 +133,6 @@ class ScpConfig(_Section):
         return self
 
 
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost",):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class StorageConfig(_Section):

@@ -25,9 +25,9 @@ from pydicom.filereader import data_element_generator
 from pydicom.tag import BaseTag
 
 from dicom_node.errors import DatasetMismatchError, StorageError, UnreadableDatasetError
-from dicom_node.index import Index, IndexWriter, InstanceRecord
-from dicom_node.index import ops
+from dicom_node.index import Index, IndexWriter, InstanceRecord, ops
 from dicom_node.spool import Spool
+from dicom_node.validators import is_uid
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,6 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 
-#: UIDs: digits and dots, at most 64 characters (PS3.5 9.1). Leading zeros are tolerated,
-#: since real modalities send them; anything that could name a path is not.
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 _WANTED = {
     0x00080016: "sop_class_uid",
@@ -54,7 +51,7 @@ _DEFLATED_HEADER_BYTES = 4 * 1024 * 1024
 def clean_uid(value: str | None, what: str) -> str:
     """Return a validated UID, or raise :class:`UnreadableDatasetError` naming ``what``."""
     uid = (value or "").rstrip("\x00 ")
-    if not uid or len(uid) > 64 or not _UID_RE.fullmatch(uid):
+    if not is_uid(uid):
         raise UnreadableDatasetError(f"{what} is missing or not a valid UID")
     return uid
 

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dicom_node.validators import is_loopback
+
 Scope = Literal["read", "submit", "admin"]
 
 
@@ -67,15 +69,7 @@ class ApiConfig(BaseModel):
 
     @model_validator(mode="after")
     def _open_needs_auth(self) -> "ApiConfig":
-        if self.enabled and not self.auth_enabled and not _loopback(self.host):
+        if self.enabled and not self.auth_enabled and not is_loopback(self.host):
             raise ValueError(f"binding {self.host!r} (not loopback) without api_keys or jwks_file is refused")
         return self
 
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

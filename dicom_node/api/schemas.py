@@ -5,14 +5,11 @@ Every error is ``{"error": {"code", "description"}}`` (see :mod:`dicom_node.api.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import BaseModel
 
-#: A DICOM UID as a path or query parameter: digits and dots, at most 64 characters (PS3.5 9.1).
-UID_PATTERN = r"^[0-9]{1,64}(\.[0-9]{1,64}){0,63}$"
-_UID_RE = re.compile(UID_PATTERN)
+from dicom_node.validators import UID_PATTERN, is_uid  # noqa: F401 (re-exported for the routers)
 
 
 class ErrorDetail(BaseModel):
@@ -40,7 +37,3 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     codes = sorted({400, 500, *statuses})
     return {s: {"model": ErrorResponse, "description": _DESCRIPTIONS.get(s, "Error")} for s in codes}
 
-
-def is_uid(value: str) -> bool:
-    """True when ``value`` is a syntactically valid UID of at most 64 characters."""
-    return len(value) <= 64 and _UID_RE.fullmatch(value) is not None

@@ -45,17 +45,23 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from dicom_node.errors import DeliveryError
+from dicom_node.validators import check_ae_title, is_loopback
 
 __all__ = [
     "BasicAuth", "BearerAuth", "DeliveryConfig", "Destination", "DimseDestination", "KnownPeer", "NoAuth",
     "ReplyToCaller", "RetryPolicy", "StowDestination", "check_outbound_host", "check_outbound_url",
 ]
 
-#: AE titles: 1-16 characters of the default character repertoire, no backslash (PS3.5 6.2).
-_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 #: Networks never reached unless a destination sets ``allow_link_local``: link-local
@@ -69,12 +75,6 @@ _BLOCKED_NETWORKS = tuple(
     )
 )
 _METADATA_HOSTNAMES = frozenset({"metadata", "metadata.google.internal", "metadata.goog", "instance-data"})
-
-
-def _check_ae(value: str, what: str) -> str:
-    if not _AE_RE.fullmatch(value) or not value.strip():
-        raise ValueError(f"{what} {value!r} is not a valid AE title (1-16 characters, no backslash)")
-    return value.strip()
 
 
 def _blocked_reason(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
@@ -173,15 +173,6 @@ def check_outbound_url(url: str, *, allow_link_local: bool = False, resolve: boo
     return url.rstrip("/")
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _read_secret(inline: SecretStr | None, path: Path | None, what: str) -> str:
     if inline is not None:
         return inline.get_secret_value()
@@ -277,7 +268,7 @@ class DimseDestination(_NamedDestination):
     @field_validator("ae_title", "calling_ae")
     @classmethod
     def _ae(cls, v: str) -> str:
-        return _check_ae(v, "AE title")
+        return check_ae_title(v, "AE title")
 
     @model_validator(mode="after")
     def _checks(self) -> "DimseDestination":
@@ -319,7 +310,7 @@ class StowDestination(_NamedDestination):
         parts = urlsplit(url)
         if (
             parts.scheme == "http" and self.auth.type != "none" and not self.allow_insecure_http
-            and not _is_loopback(parts.hostname or "")
+            and not is_loopback(parts.hostname or "")
         ):
             raise ValueError("credentials over plain http are refused; use https or set allow_insecure_http = true")
         return self
@@ -345,7 +336,7 @@ class ReplyToCaller(_NamedDestination):
     @field_validator("ae_titles")
     @classmethod
     def _titles(cls, v: dict[str, str]) -> dict[str, str]:
-        return {_check_ae(k, "AE title"): _check_ae(t, "AE title") for k, t in v.items()}
+        return {check_ae_title(k, "AE title"): check_ae_title(t, "AE title") for k, t in v.items()}
 
 
 class KnownPeer(_Model):
@@ -358,7 +349,7 @@ class KnownPeer(_Model):
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:
-        return _check_ae(v, "AE title")
+        return check_ae_title(v, "AE title")
 
 
 class RetryPolicy(_Model):
