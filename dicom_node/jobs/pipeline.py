@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 class ResultWriter(Protocol):
     """Writes a job's result objects and returns their index rows."""
 
-    def write(self, job: dict[str, Any], entry: Any, volume: Any, prediction: Any, files: list[Path]) -> list[dict[str, Any]]:
-        """Write SEG/SR for one prediction; returns rows for the ``results`` table."""
+    def write(self, job: dict[str, Any], entry: Any, volume: Any, prediction: Any,
+              headers: dict[str, Any]) -> list[dict[str, Any]]:
+        """Write SEG/SR for one prediction (source headers by SOP Instance UID); returns ``results`` rows."""
         ...
 
 
@@ -130,11 +131,13 @@ class Pipeline:
         finally:
             conn.close()
         entry = open_store(self.config).get(job["model"])
-        self._stage(jid, "decoding", lambda: self._validate(entry, files), "validate")
+        # Headers are read once: the contract check and the SEG/SR writers share them.
+        headers: dict[str, Any] = {}
+        self._stage(jid, "decoding", lambda: self._validate(entry, self._headers(files, headers)), "validate")
         volume = self._stage(jid, "inferring", lambda: self._decode(files), "decode")
         prediction = self._stage(jid, "writing", lambda: self._predictor(entry).predict(volume.array, {}), "infer")
         rows = self._stage(
-            jid, "delivering", lambda: self._write(job, entry, volume, prediction, files), "write",
+            jid, "delivering", lambda: self._write(job, entry, volume, prediction, headers), "write",
             result=lambda rows: {"objects": [{k: r[k] for k in ("sop_instance_uid", "kind", "path")} for r in rows]},
         )
         job["state"] = "delivering"
@@ -145,18 +148,27 @@ class Pipeline:
         from dicom_node.commands.models import open_store
 
         try:
-            self._validate(open_store(self.config).get(model), files)
+            self._validate(open_store(self.config).get(model), self._headers(files, {}))
         except (ValidationError, InferenceError, PixelError) as exc:
             log.info("routing: contract of model=%s not satisfied: %s", model, exc)
             return False
         return True
 
-    def _validate(self, entry: Any, files: list[Path]) -> None:
+    def _headers(self, files: list[Path], into: dict[str, Any]) -> list[Any]:
+        """Read the headers (no pixel data) of ``files`` into ``into`` by SOP Instance UID; returns them."""
+        from dicom_node.pixels.decode import read_dataset
+
+        for path in files:
+            ds = read_dataset(str(path), stop_before_pixels=True, max_inflated_bytes=self.config.scp.max_inflated_bytes)
+            into[str(ds.SOPInstanceUID)] = ds
+        return list(into.values())
+
+    def _validate(self, entry: Any, headers: list[Any]) -> None:
         from dicom_node.validation.contract import Contract
         from dicom_node.validation.rules import validate_series
 
         contract = Contract.from_dict(entry.spec.contract_table())
-        report = validate_series([str(f) for f in files], contract, decode=False,
+        report = validate_series(headers, contract, decode=False,
                                  max_inflated_bytes=self.config.scp.max_inflated_bytes)
         if not report.passed:
             raise ContractViolation(
@@ -205,8 +217,9 @@ class Pipeline:
                 self._predictors[entry.spec.name] = predictor
             return predictor
 
-    def _write(self, job: dict[str, Any], entry: Any, volume: Any, prediction: Any, files: list[Path]) -> list[dict[str, Any]]:
-        rows = self.results.write(job, entry, volume, prediction, files)
+    def _write(self, job: dict[str, Any], entry: Any, volume: Any, prediction: Any,
+               headers: dict[str, Any]) -> list[dict[str, Any]]:
+        rows = self.results.write(job, entry, volume, prediction, headers)
         self.writer.run(lambda c: ops.record_results(c, rows))
         return rows
 

@@ -36,12 +36,16 @@ class FileResultWriter:
         """Absolute path of a result's storage-relative path."""
         return self.root / relpath
 
-    def write(self, job: dict[str, Any], entry: Any, volume: Any, prediction: Any, files: list[Path]) -> list[dict[str, Any]]:
-        """Build, check and store SEG/SR for one prediction; returns ``results`` rows."""
-        from dicom_node.writers.options import WriterOptions
-        from dicom_node.writers.results import build_results, read_headers
+    def write(self, job: dict[str, Any], entry: Any, volume: Any, prediction: Any,
+              headers: dict[str, Any]) -> list[dict[str, Any]]:
+        """Build, check and store SEG/SR for one prediction; returns ``results`` rows.
 
-        objects = build_results(read_headers(files), volume, entry.spec, prediction,
+        ``headers`` are the source headers by SOP Instance UID, read once by the pipeline.
+        """
+        from dicom_node.writers.options import WriterOptions
+        from dicom_node.writers.results import build_results
+
+        objects = build_results(headers, volume, entry.spec, prediction,
                                 WriterOptions.from_config(self.config.results), model_sha256=entry.onnx_sha256)
         rows = []
         for kind, data, sop_uid, series_uid, sop_class in (
