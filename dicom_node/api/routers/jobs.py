@@ -185,10 +185,8 @@ def job_key() -> Any:
     return PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$", description="Job id or request UUID")
 
 
-@router.get("/v1/jobs/{job_id}", response_model=Job, responses=error_responses(401, 403, 404),
-            summary="One job by id or request UUID")
-def get_job(request: Request, job_id: Annotated[str, job_key()], _principal: Annotated[Any, Depends(require("read"))]) -> dict[str, Any]:
-    """The job, its stage times, failure reason and result objects."""
+def _load_job(request: Request, job_id: str) -> Any:
+    """The job row by id or request UUID; 404 when there is none."""
     conn = request.app.state.ctx.node.index.reader()
     try:
         row = find_job(conn, job_id)
@@ -196,7 +194,14 @@ def get_job(request: Request, job_id: Annotated[str, job_key()], _principal: Ann
         conn.close()
     if row is None:
         raise ApiError(404, "not_found", "no job with this id or request UUID")
-    return to_job(row)
+    return row
+
+
+@router.get("/v1/jobs/{job_id}", response_model=Job, responses=error_responses(401, 403, 404),
+            summary="One job by id or request UUID")
+def get_job(request: Request, job_id: Annotated[str, job_key()], _principal: Annotated[Any, Depends(require("read"))]) -> dict[str, Any]:
+    """The job, its stage times, failure reason and result objects."""
+    return to_job(_load_job(request, job_id))
 
 
 @router.post("/v1/jobs/{job_id}/retry", response_model=Job, responses=error_responses(401, 403, 404, 409),
@@ -204,14 +209,7 @@ def get_job(request: Request, job_id: Annotated[str, job_key()], _principal: Ann
 def retry_job(request: Request, job_id: Annotated[str, job_key()], _principal: Annotated[Any, Depends(require("submit"))]) -> dict[str, Any]:
     """Re-queue the job (``dicom-node jobs retry``); 409 unless it is failed or dead-lettered."""
     node = request.app.state.ctx.node
-    conn = node.index.reader()
-    try:
-        row = find_job(conn, job_id)
-    finally:
-        conn.close()
-    if row is None:
-        raise ApiError(404, "not_found", "no job with this id or request UUID")
-    jid = row["id"]
+    jid = _load_job(request, job_id)["id"]
     if not node.writer.run(lambda c: ops.retry(c, jid, time.time())):
         raise ApiError(409, "not_retryable", f"job is {row['state']}; only failed or dead-letter jobs can be retried")
     log.info("job retried via the API job=%s", jid)
