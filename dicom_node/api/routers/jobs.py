@@ -209,7 +209,8 @@ def get_job(request: Request, job_id: Annotated[str, job_key()], _principal: Ann
 def retry_job(request: Request, job_id: Annotated[str, job_key()], _principal: Annotated[Any, Depends(require("submit"))]) -> dict[str, Any]:
     """Re-queue the job (``dicom-node jobs retry``); 409 unless it is failed or dead-lettered."""
     node = request.app.state.ctx.node
-    jid = _load_job(request, job_id)["id"]
+    row = _load_job(request, job_id)
+    jid = row["id"]
     if not node.writer.run(lambda c: ops.retry(c, jid, time.time())):
         raise ApiError(409, "not_retryable", f"job is {row['state']}; only failed or dead-letter jobs can be retried")
     log.info("job retried via the API job=%s", jid)
