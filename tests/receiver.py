@@ -1,48 +1,117 @@
-"""A recording Storage SCP (pynetdicom) used as a result destination by the end-to-end tests."""
+"""Recording peers shared by the tests: a pynetdicom Storage SCP and an HTTP webhook receiver.
+
+Both are real servers on loopback (not fakes): the node talks to them over
+DICOM and HTTP exactly as it would to a PACS or a RIS.
+"""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.transport import ThreadedAssociationServer
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
 
-from tests.conftest import free_port
+from dicom_node.delivery.config import DimseDestination
+
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+SR3D = "1.2.840.10008.5.1.4.1.1.88.34"
+SCP_AE = "RESULTS_SCP"
 
 
 @dataclass
-class Receiver:
-    """Records every C-STORE it accepts; ``status`` is what it answers."""
+class Received:
+    """One C-STORE the SCP got."""
 
-    port: int = 0
+    sop_instance_uid: str
+    transfer_syntax: str
+    calling_ae: str
+    dataset: Dataset
+
+
+@dataclass
+class RecordingSCP:
+    """A pynetdicom Storage SCP on a loopback port that records what it receives and answers ``status``."""
+
     status: int = 0x0000
-    received: list[Dataset] = field(default_factory=list)
-    _server: ThreadedAssociationServer | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    syntaxes: tuple[str, ...] = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
+    sop_classes: tuple[str, ...] = (SEG, SR3D, str(CTImageStorage))
+    require_calling: tuple[str, ...] = ()
+    max_associations: int = 10
+    received: list[Received] = field(default_factory=list)
+    port: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def start(self, port: int | None = None) -> "Receiver":
-        ae = AE(ae_title="RESULTS_SCP")
-        for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-        self.port = port or free_port()
-
-        def on_store(event: evt.Event) -> int:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
-            with self._lock:
-                self.received.append(ds)
-            return self.status
-
-        self._server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    def start(self, port: int = 0) -> "RecordingSCP":
+        """Listen on ``port`` (0: an ephemeral one, see :attr:`port`)."""
+        ae = AE(ae_title=SCP_AE)
+        ae.maximum_associations = self.max_associations
+        ae.require_called_aet = True
+        if self.require_calling:
+            ae.require_calling_aet = list(self.require_calling)
+        for sop_class in self.sop_classes:
+            ae.add_supported_context(sop_class, list(self.syntaxes))
+        self._server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self.port = int(self._server.server_address[1])
         return self
 
+    def _on_store(self, event: Any) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        with self._lock:
+            self.received.append(Received(str(ds.SOPInstanceUID), str(event.context.transfer_syntax),
+                                          event.assoc.requestor.ae_title, ds))
+        return self.status
+
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        """Shut the server down."""
+        self._server.shutdown()
+
+    def destination(self, **over: Any) -> DimseDestination:
+        """A delivery destination pointing at this SCP."""
+        values: dict[str, Any] = dict(name="pacs", ae_title=SCP_AE, host="127.0.0.1", port=self.port,
+                                      acse_timeout=5, dimse_timeout=10, network_timeout=10)
+        values.update(over)
+        return DimseDestination(**values)
+
+    def datasets(self) -> list[Dataset]:
+        """What arrived, in order."""
+        with self._lock:
+            return [r.dataset for r in self.received]
 
     def uids(self) -> list[str]:
+        """SOP Instance UIDs of what arrived, in order (duplicates kept)."""
         with self._lock:
-            return [str(ds.SOPInstanceUID) for ds in self.received]
+            return [r.sop_instance_uid for r in self.received]
+
+
+class WebhookReceiver:
+    """An HTTP server on loopback recording POSTs; answers 500 to the first ``fail`` of them."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.fail = fail
+        self.posts: list[tuple[dict[str, str], bytes]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server API)
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                owner.posts.append((dict(self.headers), body))
+                self.send_response(500 if len(owner.posts) <= owner.fail else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                """Quiet."""
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        """Shut the server down."""
+        self.server.shutdown()
+        self.server.server_close()

@@ -6,9 +6,7 @@ import hashlib
 import hmac
 import io
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,37 +16,9 @@ import pytest
 from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, ct_datasets
 from tests.conftest import wait_for
+from tests.receiver import WebhookReceiver as Receiver
 
 ENGINES = Path(__file__).resolve().parents[1] / "engines"
-
-
-class Receiver:
-    """A webhook receiver on loopback; answers 500 to the first ``fail`` posts."""
-
-    def __init__(self, fail: int = 0) -> None:
-        self.fail = fail
-        self.posts: list[tuple[dict[str, str], bytes]] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                owner.posts.append((dict(self.headers), body))
-                status = 500 if len(owner.posts) <= owner.fail else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                """Quiet."""
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -7,18 +7,17 @@ import hashlib
 import hmac
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import httpx
 import numpy as np
+from models.reference import body_mask, dice
 from PIL import Image
 
 from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, ct_datasets
-from models.reference import body_mask, dice
 from tests.conftest import wait_for
+from tests.receiver import WebhookReceiver
 
 ENGINES = str(Path(__file__).resolve().parents[1] / "engines")
 
@@ -54,30 +53,18 @@ def test_predict_png_matches_the_reference(start_node) -> None:
 
 
 def test_png_invocation_defaults_to_the_image_model_and_signs_the_webhook(start_node, tmp_path: Path) -> None:
-    received: list[tuple[bytes, str]] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server API)
-            body = self.rfile.read(int(self.headers["content-length"]))
-            received.append((body, self.headers["x-signature-sha256"]))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            return
-
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = WebhookReceiver()
     try:
         node: Node = start_node(inference={"models_dir": ENGINES}, api={"port": 0, "outbound_allowlist": ["127.0.0.1"]})
         png, hu = windowed_png()
         r = httpx.post(f"http://127.0.0.1:{node.api.port}/v1/invocations", files={"image": ("slice.png", png, "image/png")},
-                       headers={"Webhook-Url": f"http://127.0.0.1:{server.server_port}/hook", "Examination-ID": "EX-1"})
+                       headers={"Webhook-Url": hook.url, "Examination-ID": "EX-1"})
         assert r.status_code == 202, r.text
-        assert wait_for(lambda: len(received) == 1, timeout=60)
+        assert wait_for(lambda: len(hook.posts) == 1, timeout=60)
     finally:
-        server.shutdown()
-    body, signature = received[0]
+        hook.close()
+    headers, body = hook.posts[0]
+    signature = {k.lower(): v for k, v in headers.items()}["x-signature-sha256"]
     secret = (node.spool.root / "webhook.key").read_text().strip().encode()
     assert hmac.compare_digest(signature, "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest())
     result = json.loads(body)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +20,27 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
-from pynetdicom import AE, evt
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
+from pynetdicom import AE
 
 from dicom_node.delivery import ledger
-from dicom_node.delivery.config import DimseDestination, KnownPeer, ReplyToCaller, RetryPolicy
+from dicom_node.delivery.config import (
+    DimseDestination,
+    KnownPeer,
+    ReplyToCaller,
+    RetryPolicy,
+)
 from dicom_node.delivery.deliverer import Caller, Deliverer
 from dicom_node.delivery.dimse import plan_contexts
 from dicom_node.index.writer import IndexWriter
 from dicom_node.synthetic import SeriesSpec, ct_datasets, synthetic_uid
 from tests.conftest import free_port, require_tool, wait_for, wait_port
-
-SEG = "1.2.840.10008.5.1.4.1.1.66.4"
-SR3D = "1.2.840.10008.5.1.4.1.1.88.34"
-SCP_AE = "RESULTS_SCP"
-
+from tests.receiver import SCP_AE, SEG, SR3D, RecordingSCP
 
 # --- helpers -------------------------------------------------------------------------------------
 
@@ -69,56 +74,6 @@ def write_results(folder: Path, seed: str, *, compress_ct: bool = False) -> list
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
-
-
-@dataclass
-class Received:
-    """One C-STORE the SCP got."""
-
-    sop_instance_uid: str
-    transfer_syntax: str
-    calling_ae: str
-    dataset: Dataset
-
-
-@dataclass
-class RecordingSCP:
-    """A real pynetdicom Storage SCP on an ephemeral loopback port that records what it receives."""
-
-    status: int = 0x0000
-    syntaxes: tuple[str, ...] = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
-    sop_classes: tuple[str, ...] = (SEG, SR3D, str(CTImageStorage))
-    require_calling: tuple[str, ...] = ()
-    max_associations: int = 10
-    received: list[Received] = field(default_factory=list)
-    port: int = 0
-
-    def start(self) -> "RecordingSCP":
-        ae = AE(ae_title=SCP_AE)
-        ae.maximum_associations = self.max_associations
-        ae.require_called_aet = True
-        if self.require_calling:
-            ae.require_calling_aet = list(self.require_calling)
-        for sop_class in self.sop_classes:
-            ae.add_supported_context(sop_class, list(self.syntaxes))
-        self._server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
-        self.port = int(self._server.server_address[1])
-        return self
-
-    def _on_store(self, event: Any) -> int:
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        self.received.append(Received(str(ds.SOPInstanceUID), str(event.context.transfer_syntax), event.assoc.requestor.ae_title, ds))
-        return self.status
-
-    def stop(self) -> None:
-        self._server.shutdown()
-
-    def destination(self, **over: Any) -> DimseDestination:
-        values: dict[str, Any] = dict(name="pacs", ae_title=SCP_AE, host="127.0.0.1", port=self.port,
-                                      acse_timeout=5, dimse_timeout=10, network_timeout=10)
-        values.update(over)
-        return DimseDestination(**values)
 
 
 class Clock:

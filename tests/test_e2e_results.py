@@ -13,7 +13,7 @@ import pytest
 from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, ct_datasets
 from tests.conftest import ServeProcess, free_port, require_tool, wait_for
-from tests.receiver import Receiver
+from tests.receiver import RecordingSCP as Receiver
 from tests.scu import send_all
 
 CT_RULE = {"name": "ct", "models": ["ct-body"], "destinations": ["pacs"], "match": {"modality": "CT"}}
@@ -50,7 +50,7 @@ def test_series_to_seg_and_sr_at_the_destination(start_node, receiver: Receiver,
     datasets = list(ct_datasets(SeriesSpec(slices=8, rows=64, columns=64, seed="e2e")))
     assert send_all(node.scp.port, datasets) == [0] * 8
     assert wait_for(lambda: [j["state"] for j in jobs(node)] == ["done"], timeout=60), jobs(node)
-    received = {str(ds.SOPClassUID): ds for ds in receiver.received}
+    received = {str(ds.SOPClassUID): ds for ds in receiver.datasets()}
     assert set(received) == {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34"}
     seg = received["1.2.840.10008.5.1.4.1.1.66.4"]
     assert seg.StudyInstanceUID == datasets[0].StudyInstanceUID
@@ -73,7 +73,7 @@ def test_received_results_pass_dciodvfy(start_node, receiver: Receiver, tmp_path
                             inference={"models_dir": engines()})
     send_all(node.scp.port, list(ct_datasets(SeriesSpec(slices=4, rows=32, columns=32, seed="iod"))))
     assert wait_for(lambda: len(receiver.received) == 2, timeout=60)
-    for n, ds in enumerate(receiver.received):
+    for n, ds in enumerate(receiver.datasets()):
         path = tmp_path / f"{n}.dcm"
         ds.save_as(path, enforce_file_format=True)
         out = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
@@ -95,7 +95,7 @@ def test_input_failing_the_contract_ends_failed_with_the_issues(start_node, rece
     issues = json.loads(job["details"])
     assert {(i["keyword"], i["rule"]) for i in issues} >= {("Modality", "accepted-values"), ("RescaleSlope", "required")}
     assert all(i["tag"] for i in issues)
-    assert receiver.received == []
+    assert receiver.datasets() == []
 
 
 def test_unrouted_series_is_kept_and_reported(start_node) -> None:
@@ -178,8 +178,9 @@ def test_kill9_mid_pipeline_loses_no_job_and_delivers_once(tmp_path: Path, recei
 
 
 def test_jobs_cli_lists_shows_and_retries_a_dead_letter(start_node, receiver: Receiver, tmp_path: Path) -> None:
-    from tests.conftest import dicom_node_exe
     import os
+
+    from tests.conftest import dicom_node_exe
 
     receiver.status = 0xA900
     root = tmp_path / "cli-node"
@@ -202,7 +203,7 @@ def test_jobs_cli_lists_shows_and_retries_a_dead_letter(start_node, receiver: Re
     assert cli("retry", jid).returncode == 0
     assert wait_for(lambda: [j["state"] for j in jobs(node)] == ["done"], timeout=30), jobs(node)
     assert cli("retry", jid).returncode == 1, "a done job is not retried"
-    assert len([ds for ds in receiver.received]) == 4  # two refused, then two stored
+    assert len(receiver.received) == 4  # two refused, then two stored
 
 
 def test_rule_matching_on_the_model_contract_leaves_failing_series_unrouted(start_node) -> None:
