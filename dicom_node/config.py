@@ -31,6 +31,7 @@ from dicom_node.api.config import ApiConfig
 from dicom_node.delivery.config import DeliveryConfig
 from dicom_node.errors import ConfigError
 from dicom_node.routing import RoutingConfig
+from dicom_node.sources.config import SourcesConfig
 from dicom_node.validators import check_ae_title, is_loopback, is_uid
 
 ENV_PREFIX = "DICOM_NODE__"
@@ -229,6 +230,7 @@ class NodeConfig(_Section):
     jobs: JobsConfig = Field(default_factory=JobsConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    sources: SourcesConfig = Field(default_factory=SourcesConfig)
 
 
 def _parse_env_value(raw: str) -> Any:

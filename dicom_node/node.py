@@ -56,6 +56,9 @@ class Node:
         self.pipeline = Pipeline(config, self.index, self.writer, self.spool, results,
                                  JobDelivery(config, self.index, self.writer, results))
         self.api: Any = None
+        # Pull-based ingest (dicom_node.sources): set in start() when configured.
+        self.pollers: Any = None  # dicom_node.sources.poller.PollerService
+        self.sessions: Any = None  # dicom_node.sources.sessions.SessionService
         self.metrics_registry: Any = None
         self.workers = [
             JobWorker(config.routing, self.index, self.writer, self.spool, self.pipeline, config.jobs.poll_interval)

@@ -17,7 +17,7 @@ from dicom_node.config import NodeConfig
 log = logging.getLogger(__name__)
 
 #: Router modules under dicom_node.api.routers, each exposing ``router``; missing ones are skipped.
-ROUTERS = ["health", "models", "predict", "invocations", "jobs", "results", "worklist", "dicomweb"]
+ROUTERS = ["health", "models", "predict", "invocations", "jobs", "results", "worklist", "dicomweb", "sessions"]
 
 
 @dataclass

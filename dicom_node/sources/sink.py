@@ -1,0 +1,159 @@
+"""Store retrieved instances through the durable C-STORE path.
+
+Everything pulled (WADO-RS parts, C-GET sub-operations, session uploads) goes
+through :class:`RetrievalSink`: bytes are staged in a spool temporary file,
+checked and fsynced by :class:`~dicom_node.ingest.Ingestor`, and indexed
+before :meth:`RetrievalSink.store_part10` returns. One retrieval is one
+pseudo-association (calling AE = the source's name): released when the
+retrieval finished, aborted when it failed, so the assembler completes a
+pulled series exactly as it completes a pushed one.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from dicom_node.api.stow import PartWriter
+from dicom_node.errors import IngestError, StorageError
+from dicom_node.index import ops
+from dicom_node.ingest import Arrival
+
+log = logging.getLogger(__name__)
+
+OUT_OF_RESOURCES = 0xA700
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Outcome of one instance: PS3.4 status (0 = stored), reason, UIDs."""
+
+    status: int
+    reason: str | None
+    sop_instance_uid: str
+    outcome: str = ""  # "stored" | "replaced" | "duplicate" on success
+
+
+class RetrievalSink:
+    """A pseudo-association that stores retrieved instances durably.
+
+    Parameters
+    ----------
+    node : object
+        Anything with ``spool``, ``writer``, ``ingestor`` and ``config`` (the :class:`~dicom_node.node.Node`).
+    calling_ae : str
+        Recorded as the calling AE of the instances (the source's name, at most 16 characters).
+    source : str
+        Recorded in ``instances.source``, e.g. ``"dicomweb:orthanc"`` or ``"qr:pacs"``.
+    peer_host : str
+        Host the data came from (for the association row only).
+
+    Use as a context manager::
+
+        with RetrievalSink(node, "orthanc", "dicomweb:orthanc") as sink:
+            sink.store_part10(chunks)
+    """
+
+    def __init__(self, node: Any, calling_ae: str, source: str, peer_host: str = "") -> None:
+        self.node = node
+        self.calling_ae = calling_ae[:16]
+        self.source = source
+        self.peer_host = peer_host
+        self.association_id = uuid.uuid4().hex
+        self.stored: list[Stored] = []
+        self._open = False
+
+    def __enter__(self) -> "RetrievalSink":
+        cfg = self.node.config
+        self.node.writer.run(lambda c: ops.begin_association(
+            c, self.association_id, self.calling_ae, cfg.scp.ae_title, self.peer_host, time.time()))
+        self._open = True
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close("released" if exc_type is None else "aborted")
+
+    def close(self, state: str) -> None:
+        """End the pseudo-association (``"released"`` lets its series complete)."""
+        if not self._open:
+            return
+        self._open = False
+        count = sum(1 for s in self.stored if s.status == 0)
+        try:
+            self.node.writer.run(lambda c: ops.end_association(c, self.association_id, state, time.time(), count))
+        except StorageError as exc:
+            log.error("could not record the end of retrieval assoc=%s error=%s", self.association_id, exc)
+
+    def store_part10(self, chunks: Iterable[bytes] | bytes) -> Stored:
+        """Store one PS3.10 file given as bytes or as an iterable of byte chunks.
+
+        Returns the outcome; never raises for bad data (the status says why).
+        """
+        if not self._open:
+            raise StorageError("the retrieval sink is not open")
+        cfg = self.node.config
+        writer = PartWriter(self.node.spool, cfg.scp.max_dataset_bytes, "application/dicom")
+        try:
+            for chunk in ([chunks] if isinstance(chunks, (bytes, bytearray, memoryview)) else chunks):
+                writer.feed(bytes(chunk))
+        except BaseException:
+            writer.discard()
+            raise
+        part = writer.finish()
+        if part.failure is not None:
+            result = Stored(part.failure[0], part.failure[1], part.sop_instance_uid)
+            self.stored.append(result)
+            return result
+        return self._ingest(part)
+
+    def store_dataset(self, dataset: Any, transfer_syntax: str | None = None) -> Stored:
+        """Store a pydicom Dataset (C-GET sub-operations), encoded in ``transfer_syntax``.
+
+        ``dataset.file_meta.TransferSyntaxUID`` is used when ``transfer_syntax`` is None.
+        """
+        from pydicom.dataset import FileMetaDataset
+        from pydicom.filewriter import dcmwrite
+
+        ts = transfer_syntax or str(dataset.file_meta.TransferSyntaxUID)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        meta.TransferSyntaxUID = ts
+        dataset.file_meta = meta
+        buf = io.BytesIO()
+        try:
+            dcmwrite(buf, dataset, enforce_file_format=True)
+        except (ValueError, TypeError, AttributeError) as exc:
+            result = Stored(0xC000, f"cannot encode the dataset: {exc}", str(getattr(dataset, "SOPInstanceUID", "")))
+            self.stored.append(result)
+            return result
+        return self.store_part10(buf.getvalue())
+
+    def _ingest(self, part: Any) -> Stored:
+        node = self.node
+        arrival = Arrival(fd=part.fd, temp=part.temp, data_offset=part.data_offset, size=part.size,
+                          transfer_syntax=part.transfer_syntax, sop_class_uid=part.sop_class_uid,
+                          sop_instance_uid=part.sop_instance_uid, calling_ae=self.calling_ae,
+                          called_ae=node.config.scp.ae_title, association_id=self.association_id,
+                          source=self.source)
+        part.fd, part.temp = None, None
+        try:
+            outcome = node.ingestor.store(arrival)
+        except IngestError as exc:
+            log.warning("retrieved instance refused source=%s status=0x%04X reason=%s", self.source, exc.status, exc)
+            result = Stored(exc.status, str(exc), part.sop_instance_uid)
+        except StorageError as exc:
+            log.error("retrieved instance failed to store source=%s error=%s", self.source, exc)
+            result = Stored(OUT_OF_RESOURCES, "Out of resources: storage failure", part.sop_instance_uid)
+        else:
+            node.scp.ctx.metrics.count(outcome, arrival.size)
+            result = Stored(0, None, part.sop_instance_uid, outcome)
+        self.stored.append(result)
+        return result

@@ -1,0 +1,46 @@
+"""RetrievalSink: pulled instances take the durable C-STORE path and complete their series."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+
+from tests.conftest import wait_for
+
+
+def test_part10_bytes_are_stored_indexed_and_complete_the_series(start_node, ct_series: list[Path]) -> None:
+    from dicom_node.sources.sink import RetrievalSink
+
+    node = start_node(api={"enabled": False})
+    with RetrievalSink(node, "orthanc", "dicomweb:orthanc", "127.0.0.1") as sink:
+        for path in ct_series[:-1]:
+            data = path.read_bytes()
+            # Chunked, as a streamed WADO-RS part arrives.
+            outcome = sink.store_part10(data[i:i + 1000] for i in range(0, len(data), 1000))
+            assert outcome.status == 0 and outcome.outcome == "stored"
+        # The last one as a dataset, as a C-GET sub-operation delivers it.
+        ds = pydicom.dcmread(ct_series[-1])
+        assert sink.store_dataset(ds).status == 0
+        again = sink.store_part10(ct_series[0].read_bytes())
+        assert again.status == 0 and again.outcome == "duplicate"
+    reader = node.index.reader()
+    rows = reader.execute("SELECT sop_instance_uid, source, calling_ae, path FROM instances").fetchall()
+    assert len(rows) == len(ct_series)
+    assert {r["source"] for r in rows} == {"dicomweb:orthanc"}
+    assert {r["calling_ae"] for r in rows} == {"orthanc"}
+    for row in rows:
+        stored = pydicom.dcmread(node.spool.path_for(row["path"]))
+        assert stored.SOPInstanceUID == row["sop_instance_uid"]
+    assert wait_for(lambda: node.index.counts()["complete"] == 1, timeout=10)
+
+
+def test_bad_bytes_get_a_status_and_leave_nothing_behind(start_node, tmp_path: Path) -> None:
+    from dicom_node.sources.sink import RetrievalSink
+
+    node = start_node(api={"enabled": False})
+    with RetrievalSink(node, "orthanc", "dicomweb:orthanc") as sink:
+        outcome = sink.store_part10(b"not a dicom file at all" * 10)
+    assert outcome.status != 0 and outcome.reason
+    assert node.index.counts()["instances"] == 0
+    assert not list((node.spool.tmp).iterdir())
