@@ -89,7 +89,7 @@ class OrthancPeer:
 
 def write_config(
     folder: Path, http_port: int, dicom_port: int, aet: str,
-    users: Mapping[str, str] | None, plugins: Sequence[str],
+    users: Mapping[str, str] | None, plugins: Sequence[str], extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the Orthanc JSON configuration and return its path."""
     config = {
@@ -108,6 +108,7 @@ def write_config(
         "StableAge": 1,
         "SaveJobs": False,
         "HttpsVerifyPeers": False,
+        **dict(extra or {}),
     }
     path = folder / "orthanc.json"
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -139,11 +140,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
-def _start(binary: str, folder: Path, aet: str, users: Mapping[str, str] | None, plugins: Sequence[str], timeout: float
+def _start(binary: str, folder: Path, aet: str, users: Mapping[str, str] | None, plugins: Sequence[str], timeout: float,
+           ports: tuple[int | None, int | None] = (None, None), extra: Mapping[str, Any] | None = None,
            ) -> tuple[subprocess.Popen[bytes], OrthancPeer] | None:
-    """One start attempt on fresh ports; None when the process exited early (port race)."""
-    http_port, dicom_port = _free_port(), _free_port()
-    config = write_config(folder, http_port, dicom_port, aet, users, plugins)
+    """One start attempt (fresh ports unless given); None when the process exited early (port race)."""
+    http_port, dicom_port = ports[0] or _free_port(), ports[1] or _free_port()
+    config = write_config(folder, http_port, dicom_port, aet, users, plugins, extra)
     log_file = folder / "orthanc.log"
     with log_file.open("ab") as out:
         proc = subprocess.Popen([binary, str(config)], stdout=out, stderr=subprocess.STDOUT, cwd=folder)
@@ -165,6 +167,7 @@ def _start(binary: str, folder: Path, aet: str, users: Mapping[str, str] | None,
 def run_orthanc(
     folder: Path, *, aet: str = "ORTHANC", users: Mapping[str, str] | None = None,
     plugins: Sequence[str] | None = None, timeout: float = 30.0, binary: str | None = None,
+    http_port: int | None = None, dicom_port: int | None = None, extra: Mapping[str, Any] | None = None,
 ) -> Iterator[OrthancPeer]:
     """Run Orthanc with the DICOMweb plugin on loopback for the duration of the ``with`` block.
 
@@ -182,6 +185,11 @@ def run_orthanc(
         Seconds to wait for readiness.
     binary : str, optional
         The Orthanc executable (default: ``Orthanc`` on PATH).
+    http_port, dicom_port : int, optional
+        Fixed ports, to restart Orthanc where a client expects it (same ``folder`` keeps its data).
+    extra : mapping, optional
+        More configuration keys, e.g. ``{"DicomModalities": {"node": ["DICOM_NODE", "127.0.0.1", 11112]}}``
+        so Orthanc accepts C-FIND/C-GET from the node and knows it as a C-MOVE destination.
 
     Yields
     ------
@@ -199,7 +207,7 @@ def run_orthanc(
     folder.mkdir(parents=True, exist_ok=True)
     started = None
     for _ in range(3):
-        started = _start(binary, folder, aet, users, plugins, timeout)
+        started = _start(binary, folder, aet, users, plugins, timeout, (http_port, dicom_port), extra)
         if started is not None:
             break
     if started is None:
