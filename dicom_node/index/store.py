@@ -122,6 +122,33 @@ CREATE TABLE IF NOT EXISTS unrouted (
     facts               TEXT NOT NULL,
     created_at          REAL NOT NULL
 );
+
+-- Retrieval sessions (dicom_node.sources.sessions): files under <storage.root>/sessions/<id>/, outside the spool.
+CREATE TABLE IF NOT EXISTS sessions (
+    id          TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL CHECK (kind IN ('upload', 'dicom', 'dicomweb')),
+    source      TEXT NOT NULL,
+    request     TEXT NOT NULL DEFAULT '{}',
+    status      TEXT NOT NULL CHECK (status IN ('retrieving', 'ready', 'failed')),
+    reason      TEXT,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions(expires_at);
+CREATE TABLE IF NOT EXISTS session_instances (
+    session_id          TEXT NOT NULL,
+    sop_instance_uid    TEXT NOT NULL,
+    sop_class_uid       TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    study_instance_uid  TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    modality            TEXT,
+    instance_number     INTEGER,
+    path                TEXT NOT NULL,
+    size                INTEGER NOT NULL,
+    PRIMARY KEY (session_id, sop_instance_uid)
+) WITHOUT ROWID;
 """
 
 
