@@ -21,6 +21,7 @@ for peers)::
     │   └── GeometryError           slices do not form one volume
     ├── WriterError                 a result object (SEG, SR) cannot be built or fails its read-back
     ├── DeliveryError               a result cannot be sent to a destination (``retryable`` says if a retry may help)
+    ├── SourceError                 a pull source (DICOMweb server, DIMSE Q/R SCP) cannot answer (``retryable``)
     └── InferenceError              (re-exported from ``inference.errors``)
 """
 
@@ -31,7 +32,7 @@ from inference.errors import InferenceError
 __all__ = [
     "AssociationError", "ConfigError", "ContractViolation", "DatasetMismatchError", "DecodeError", "DeliveryError",
     "DicomNodeError", "GeometryError",
-    "InferenceError", "IngestError", "InsufficientSpaceError", "PixelError", "StorageError",
+    "InferenceError", "IngestError", "InsufficientSpaceError", "PixelError", "SourceError", "StorageError",
     "UnreadableDatasetError", "UnsupportedTransferSyntaxError", "ValidationError", "WriterError",
 ]
 
@@ -113,6 +114,22 @@ class DeliveryError(DicomNodeError):
     ``retryable`` is True for transient failures (connection refused, timeouts,
     0xA7xx, HTTP 5xx/408/429) and False for ones a retry cannot fix (bad URL,
     0xA9xx/0xCxxx, HTTP 4xx); the delivery ledger dead-letters the latter at once.
+    """
+
+    retryable: bool = False
+
+    def __init__(self, message: str, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class SourceError(DicomNodeError):
+    """A pull source could not answer a query or a retrieval (QIDO/WADO-RS, PS3.18; C-FIND/C-GET/C-MOVE, PS3.4 C).
+
+    ``retryable`` is True for transient failures (connection refused, timeouts,
+    aborts, A-ASSOCIATE-RJ transient, 0xA7xx, HTTP 429/503/504) and False for
+    ones a retry cannot fix (permanent rejection, 0xA9xx/0xCxxx, HTTP 401/403).
     """
 
     retryable: bool = False
