@@ -101,6 +101,10 @@ class Node:
             from dicom_node.api.webhooks import InvocationService
             self.invocations = InvocationService(self)
             self.invocations.start()
+            # --- Retrieval sessions (dicom_node.sources.sessions): resume sweeping what a previous run kept ---
+            from dicom_node.sources.sessions import SessionService
+            self.sessions = SessionService(self)
+            self.sessions.start()
             self.metrics_registry = registry_for(self)
             self.api = ApiServer(create_app(ApiContext(self.config, self)), self.config.api.host, self.config.api.port)
             self.api.start()
@@ -111,6 +115,8 @@ class Node:
             self.api.stop()
         if getattr(self, "invocations", None) is not None:  # REST invocations (dicom_node.api.webhooks)
             self.invocations.stop()
+        if self.sessions is not None:  # retrieval sessions (dicom_node.sources.sessions)
+            self.sessions.stop()
         self.scp.stop()
         self.assembler.stop()
         for worker in self.workers:

@@ -210,6 +210,38 @@ def decode_dicom(parts: Sequence[bytes], spec: Any, tmp_dir: Path, max_pixels: i
     return DecodedInput(volume.array, tuple(float(s) for s in volume.spacing), "dicom")  # type: ignore[arg-type]
 
 
+def decode_dicom_files(paths: Sequence[Path], spec: Any, max_pixels: int, max_inflated: int = 2 * 1024**3,
+                       gpu: str = "cpu") -> DecodedInput:
+    """As :func:`decode_dicom` for Part 10 files already on disk (a retrieval session's series).
+
+    Raises
+    ------
+    InputRejected
+        ``undecodable``, ``too_many_pixels`` or ``contract``.
+    """
+    from dicom_node.pixels.decode import read_dataset
+    from dicom_node.pixels.volume import load_series
+
+    if not paths:
+        raise InputRejected("undecodable", "the session holds no DICOM instance for this series")
+    try:
+        headers = [read_dataset(p, max_inflated_bytes=max_inflated, stop_before_pixels=True) for p in paths]
+    except DicomNodeError as exc:
+        raise InputRejected("undecodable", f"not a readable DICOM Part 10 file: {exc}") from exc
+    pixels = sum(_pixel_count(h) for h in headers)
+    if pixels > max_pixels:
+        raise InputRejected("too_many_pixels", f"the input holds {pixels} pixels (from Rows x Columns x frames), "
+                            f"more than api.max_pixels = {max_pixels}; send fewer slices or instances")
+    if len(paths) == 1 and int(headers[0].get("NumberOfFrames", 1) or 1) == 1:
+        return _decode_single(Path(paths[0]).read_bytes(), spec, max_inflated)
+    check_contract(headers, spec)
+    try:
+        volume = load_series(list(paths), workers=0, gpu=gpu, max_inflated_bytes=max_inflated)
+    except DicomNodeError as exc:
+        raise InputRejected("undecodable", f"the DICOM input could not be decoded into a volume: {exc}") from exc
+    return DecodedInput(volume.array, tuple(float(s) for s in volume.spacing), "dicom")  # type: ignore[arg-type]
+
+
 def _decode_single(data: bytes, spec: Any, max_inflated: int) -> DecodedInput:
     """One single-frame instance: read once, check the contract, decode in-process (no temp file).
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from dicom_node.validators import UID_PATTERN, is_uid  # noqa: F401 (re-exported for the routers)
 
@@ -37,3 +37,72 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     codes = sorted({400, 500, *statuses})
     return {s: {"model": ErrorResponse, "description": _DESCRIPTIONS.get(s, "Error")} for s in codes}
 
+
+
+# --- Retrieval sessions (dicom_node.api.routers.sessions) ---------------------------------------------------------
+
+class _SessionBody(BaseModel):
+    model_config = {"extra": "forbid"}
+
+
+class DicomSessionSource(_SessionBody):
+    """``{"dicom": ...}``: retrieve by C-GET/C-MOVE from a configured remote node (by key or by its exact address)."""
+
+    node: str | None = Field(None, max_length=64, description="Name of a [[sources.remotes]] entry")
+    server_address: str | None = Field(None, max_length=255)
+    server_port: int | None = Field(None, ge=1, le=65535)
+    ae_title: str | None = Field(None, max_length=16)
+    query_level: str | None = Field(None, description="PATIENT, STUDY or SERIES (default from the UIDs given)")
+    patient_id: str | None = Field(None, max_length=64)
+    study_uid: str | None = Field(None, max_length=64)
+    series_uid: str | None = Field(None, max_length=64)
+
+
+class DicomwebSessionSource(_SessionBody):
+    """``{"dicomweb": ...}``: retrieve by WADO-RS from a configured DICOMweb source."""
+
+    node: str = Field(max_length=64, description="Name of a [[sources.pollers]] entry of kind \"dicomweb\"")
+    query_level: str | None = None
+    patient_id: str | None = Field(None, max_length=64)
+    study_uid: str | None = Field(None, max_length=64)
+    series_uid: str | None = Field(None, max_length=64)
+
+
+class SessionCreate(_SessionBody):
+    """JSON body of ``PUT /v1/sessions``: exactly one of ``dicom`` or ``dicomweb``."""
+
+    dicom: DicomSessionSource | None = None
+    dicomweb: DicomwebSessionSource | None = None
+
+
+class SessionCreated(BaseModel):
+    """Answer of ``PUT /v1/sessions``."""
+
+    session_id: str
+    status: str = Field(description="retrieving, ready or failed")
+    reason: str | None = None
+    expires_at: float
+    expiry: float = Field(description="Seconds from creation to expiry")
+
+
+class SessionSeries(BaseModel):
+    """One series held by a session."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str | None
+    instances: int
+
+
+class SessionInfo(BaseModel):
+    """Answer of ``GET /v1/sessions/{id}``."""
+
+    session_id: str
+    kind: str = Field(description="upload, dicom or dicomweb")
+    source: str
+    status: str = Field(description="retrieving, ready or failed")
+    reason: str | None
+    created_at: float
+    expires_at: float
+    instances: int
+    series: list[SessionSeries]

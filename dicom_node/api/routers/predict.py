@@ -39,6 +39,7 @@ from dicom_node.api.inputs import (
     DecodedInput,
     InputRejected,
     decode_dicom,
+    decode_dicom_files,
     decode_for_model,
     sniff,
     split_multipart,
@@ -69,7 +70,7 @@ _WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 class PredictRequest(BaseModel):
     """The request body."""
 
-    instances: list[dict[str, Any]] = Field(min_length=1, description="Each: input_bytes, or dicomweb_uri (+ bearer_token)")
+    instances: list[dict[str, Any]] = Field(min_length=1, description="Each: input_bytes, dicomweb_uri (+ bearer_token), or session_id (+ series_uid)")
     parameters: dict[str, Any] = Field(default_factory=dict, description="Model parameters, e.g. {\"threshold\": 0.4}")
 
 
@@ -210,8 +211,30 @@ def fetch_dicomweb(node: Any, uri: str, token: str | None) -> list[bytes]:
     return parts
 
 
+def decode_session(node: Any, spec: Any, instance: dict[str, Any]) -> DecodedInput:
+    """Decode one series of a ready retrieval session (``{"session_id", "series_uid"?}``).
+
+    Raises
+    ------
+    InputRejected
+        ``session_unavailable`` (unknown, expired, not ready, ambiguous series) or any code of the decoders.
+    """
+    from dicom_node.sources.sessions import SessionService, SessionUnavailable
+
+    session_id, series_uid = instance["session_id"], instance.get("series_uid")
+    if not isinstance(session_id, str) or (series_uid is not None and not isinstance(series_uid, str)):
+        raise InputRejected("invalid_instance", "session_id and series_uid must be strings")
+    service = getattr(node, "sessions", None) or SessionService(node)  # reads the index; needs no thread
+    try:
+        paths = service.series_files(session_id, series_uid)
+    except SessionUnavailable as exc:
+        raise InputRejected("session_unavailable", str(exc)) from exc
+    config = node.config
+    return decode_dicom_files(paths, spec, config.api.max_pixels, gpu=config.pixels.gpu_decode)
+
+
 def decode_instance(node: Any, spec: Any, instance: Any) -> DecodedInput:
-    """Decode one request instance (``input_bytes`` or ``dicomweb_uri``) for ``spec``.
+    """Decode one request instance (``input_bytes``, ``dicomweb_uri`` or ``session_id``) for ``spec``.
 
     Raises
     ------
@@ -220,9 +243,11 @@ def decode_instance(node: Any, spec: Any, instance: Any) -> DecodedInput:
     """
     config = node.config
     if not isinstance(instance, dict):
-        raise InputRejected("invalid_instance", "an instance must be an object with input_bytes or dicomweb_uri")
-    if ("input_bytes" in instance) == ("dicomweb_uri" in instance):
-        raise InputRejected("invalid_instance", "an instance needs exactly one of input_bytes or dicomweb_uri")
+        raise InputRejected("invalid_instance", "an instance must be an object with input_bytes, dicomweb_uri or session_id")
+    if sum(k in instance for k in ("input_bytes", "dicomweb_uri", "session_id")) != 1:
+        raise InputRejected("invalid_instance", "an instance needs exactly one of input_bytes, dicomweb_uri or session_id")
+    if "session_id" in instance:
+        return decode_session(node, spec, instance)
     if "input_bytes" in instance:
         return decode_for_model(_input_bytes(instance["input_bytes"]), spec, node.spool.tmp,
                                 config.api.max_pixels, gpu=config.pixels.gpu_decode)

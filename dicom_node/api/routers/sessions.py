@@ -1,0 +1,265 @@
+"""Retrieval sessions (Clara AIAA style): ``PUT /v1/sessions``, ``GET|DELETE /v1/sessions/{session_id}``.
+
+``PUT /v1/sessions?expiry=SECONDS`` opens a session from
+
+- a JSON body ``{"dicom": {"server_address", "server_port", "ae_title", "query_level",
+  "patient_id", "study_uid", "series_uid"}}`` (or ``"node": "<remote name>"``): C-GET/C-MOVE
+  from a configured ``[[sources.remotes]]`` entry; anything else is refused (403) unconnected;
+- a JSON body ``{"dicomweb": {"node", "study_uid", "series_uid"}}``: WADO-RS from a configured
+  ``[[sources.pollers]]`` entry of kind ``dicomweb``;
+- a ``multipart/related; type="application/dicom"`` or ``multipart/form-data`` upload of Part 10
+  files (bounded by ``api.max_body_bytes``, ``api.max_multipart_parts``, ``scp.max_dataset_bytes``).
+
+Uploads answer 200 with status ``ready``; retrievals answer 202 with status
+``retrieving`` and go on in the background (``GET`` shows ``ready`` or ``failed``
+with the reason). ``expiry`` defaults to ``sources.session_expiry`` and may not
+exceed ``sources.max_session_expiry``. ``POST /v1/models/{name}:predict`` takes
+``{"session_id": ..., "series_uid": ...}`` as an instance.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from dicom_node.api.auth import Principal, require
+from dicom_node.api.errors import ApiError
+from dicom_node.api.schemas import (
+    SessionCreate,
+    SessionCreated,
+    SessionInfo,
+    error_responses,
+)
+from dicom_node.api.stow import MultipartError, MultipartReader, boundary_of
+from dicom_node.errors import StorageError
+from dicom_node.sources.sessions import SessionRefused, SessionService
+from dicom_node.sources.sessions_request import (
+    make_source,
+    plan_of,
+    resolve_poller,
+    resolve_remote,
+)
+from dicom_node.sources.sessions_sink import SessionSink
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["sessions"])
+
+Submitter = Annotated[Principal, Depends(require("submit"))]
+Reader = Annotated[Principal, Depends(require("read"))]
+
+_CHUNK = 1 << 20
+_PUT_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "description": "Exactly one of dicom or dicomweb", "properties": {
+        "dicom": {"type": "object", "properties": {
+            "node": {"type": "string"}, "server_address": {"type": "string"}, "server_port": {"type": "integer"},
+            "ae_title": {"type": "string"}, "query_level": {"type": "string", "enum": ["PATIENT", "STUDY", "SERIES"]},
+            "patient_id": {"type": "string"}, "study_uid": {"type": "string"}, "series_uid": {"type": "string"}}},
+        "dicomweb": {"type": "object", "required": ["node"], "properties": {
+            "node": {"type": "string"}, "study_uid": {"type": "string"}, "series_uid": {"type": "string"}}}}}},
+    'multipart/related; type="application/dicom"': {"schema": {"type": "string", "format": "binary"}},
+    "multipart/form-data": {"schema": {"type": "object", "additionalProperties": {"type": "string", "format": "binary"}}},
+}}}
+_PUT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": SessionCreated, "description": "Upload stored; the session is ready"},
+    202: {"model": SessionCreated, "description": "Retrieval started in the background"},
+    **error_responses(401, 403, 413, 415, 503),
+}
+
+
+async def service_for(node: Any) -> SessionService:
+    """The node's session service, started on first use when the node did not start one."""
+    service = getattr(node, "sessions", None)
+    if service is None:  # created on the event loop thread: no race between requests
+        service = SessionService(node)
+        node.sessions = service
+    await run_in_threadpool(service.start)
+    return service
+
+
+def _refused(exc: SessionRefused) -> ApiError:
+    return ApiError(exc.status, exc.code, str(exc))
+
+
+def _created(row: dict[str, Any], expiry: float, status_code: int) -> JSONResponse:
+    return JSONResponse({"session_id": row["id"], "status": row["status"], "reason": row.get("reason"),
+                         "expires_at": row["expires_at"], "expiry": expiry}, status_code=status_code)
+
+
+async def _json_body(request: Request) -> SessionCreate:
+    try:
+        data = json.loads(await request.body() or b"null")
+        body = SessionCreate.model_validate(data)
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_request", f"the body is not valid JSON: {exc.msg}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        raise ApiError(400, "invalid_request", f"{where}: {first.get('msg')}") from exc
+    if (body.dicom is None) == (body.dicomweb is None):
+        raise ApiError(400, "invalid_request", "the body needs exactly one of \"dicom\" or \"dicomweb\"")
+    return body
+
+
+async def _retrieve(request: Request, service: SessionService, expiry: float) -> JSONResponse:
+    node = request.app.state.ctx.node
+    body = await _json_body(request)
+    try:
+        if body.dicom is not None:
+            fields = body.dicom.model_dump()
+            kind, entry = "dicom", resolve_remote(node.config, fields)
+        else:
+            assert body.dicomweb is not None
+            fields = body.dicomweb.model_dump()
+            kind, entry = "dicomweb", resolve_poller(node.config, fields)
+        plan = plan_of(fields)
+        source = make_source(kind, entry, node)
+    except SessionRefused as exc:
+        log.info("session refused kind=%s code=%s", "dicom" if body.dicom else "dicomweb", exc.code)
+        raise _refused(exc) from exc
+    row = await run_in_threadpool(service.start_retrieval, kind, source, entry.name, plan, expiry)
+    return _created(row, expiry, 202)
+
+
+async def _receive_related(request: Request, sink: SessionSink, content_type: str) -> int:
+    cfg = request.app.state.ctx.config
+    try:
+        boundary = boundary_of(content_type)
+    except MultipartError as exc:
+        raise ApiError(exc.status, "unsupported_media_type" if exc.status == 415 else "invalid_request", str(exc)) from exc
+    node = request.app.state.ctx.node
+    reader = MultipartReader(boundary, node.spool, cfg.api.max_multipart_parts, cfg.scp.max_dataset_bytes)
+    parts, received = 0, 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > cfg.api.max_body_bytes:
+                raise MultipartError(f"request body over the limit of {cfg.api.max_body_bytes} bytes", 413)
+            reader.feed(chunk)
+            for part in reader.take():
+                parts += 1
+                await run_in_threadpool(sink.store_part, part)
+        reader.close()
+        for part in reader.take():
+            parts += 1
+            await run_in_threadpool(sink.store_part, part)
+    except MultipartError as exc:
+        raise ApiError(exc.status, "too_large" if exc.status == 413 else "invalid_request", str(exc)) from exc
+    finally:
+        reader.abort()
+    return parts
+
+
+def _chunks(upload: UploadFile) -> Any:
+    return iter(lambda: upload.file.read(_CHUNK), b"")
+
+
+async def _receive_form(request: Request, sink: SessionSink) -> int:
+    limit = request.app.state.ctx.config.api.max_multipart_parts
+    try:
+        form = await request.form(max_files=limit, max_fields=limit)
+    except (ValueError, KeyError) as exc:
+        raise ApiError(400, "invalid_request", f"the multipart body could not be parsed: {exc}") from exc
+    parts = 0
+    try:
+        for _, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                parts += 1
+                await run_in_threadpool(sink.store_part10, _chunks(value))
+    finally:
+        await form.close()
+    return parts
+
+
+async def _upload(request: Request, service: SessionService, expiry: float, content_type: str) -> JSONResponse:
+    row = await run_in_threadpool(service.open, "upload", "upload", {}, expiry)
+    sink = service.sink(row["id"])
+    done = False
+    try:
+        if content_type.lower().startswith("multipart/form-data"):
+            parts = await _receive_form(request, sink)
+        else:
+            parts = await _receive_related(request, sink, content_type)
+        if not parts:
+            raise ApiError(400, "invalid_request", "the multipart body holds no file")
+        if not sink.ok_count:
+            first = next((s.reason for s in sink.stored if s.reason), "unknown reason")
+            raise ApiError(400, "no_dicom_stored", f"none of the {parts} uploaded part(s) could be stored; first: {first}")
+        final = await run_in_threadpool(service.finish, row["id"], sink)
+        done = True
+    finally:
+        if not done:
+            await run_in_threadpool(service.delete, row["id"])
+    if final is None:  # expired or deleted while the upload arrived
+        raise ApiError(404, "not_found", f"session {row['id']} expired while the upload arrived")
+    log.info("session upload id=%s parts=%d stored=%d", row["id"], parts, sink.ok_count)
+    return _created(final, expiry, 200)
+
+
+@router.put("/v1/sessions", summary="Open a retrieval session (DICOM C-GET/C-MOVE, DICOMweb WADO-RS, or an upload)",
+            responses=_PUT_RESPONSES, response_class=JSONResponse, openapi_extra=_PUT_BODY)
+async def create_session(
+    request: Request, _: Submitter,
+    expiry: Annotated[float | None, Query(description="Seconds until the session and its files are removed")] = None,
+) -> JSONResponse:
+    """Open a session; uploads answer 200 (ready), retrievals 202 (retrieving in the background).
+
+    Raises
+    ------
+    ApiError
+        400 invalid body or expiry, 403 a node that is not configured, 413 over a limit,
+        415 another media type, 503 a source kind this build lacks.
+    """
+    node = request.app.state.ctx.node
+    service = await service_for(node)
+    try:
+        seconds = service.expiry_for(expiry)
+    except SessionRefused as exc:
+        raise _refused(exc) from exc
+    content_type = request.headers.get("content-type", "")
+    main = content_type.split(";")[0].strip().lower()
+    try:
+        if main == "application/json":
+            return await _retrieve(request, service, seconds)
+        if main in ("multipart/related", "multipart/form-data"):
+            return await _upload(request, service, seconds, content_type)
+    except StorageError as exc:
+        log.error("session could not be stored error=%s", exc)
+        raise ApiError(503, "storage_unavailable", "the session could not be stored; try again later") from exc
+    raise ApiError(415, "unsupported_media_type", "send application/json ({\"dicom\": ...} or {\"dicomweb\": ...}), "
+                   "multipart/related; type=\"application/dicom\", or multipart/form-data with DICOM files")
+
+
+def _info(session: dict[str, Any]) -> dict[str, Any]:
+    return {"session_id": session["id"], "kind": session["kind"], "source": session["source"],
+            "status": session["status"], "reason": session["reason"], "created_at": session["created_at"],
+            "expires_at": session["expires_at"], "instances": session["instances"], "series": session["series"]}
+
+
+@router.get("/v1/sessions/{session_id}", summary="Status and series of a retrieval session", response_model=SessionInfo,
+            responses=error_responses(401, 403, 404))
+async def get_session(session_id: str, request: Request, _: Reader) -> dict[str, Any]:
+    """The session's status (retrieving, ready, failed), reason, expiry and series."""
+    service = await service_for(request.app.state.ctx.node)
+    session = await run_in_threadpool(service.get, session_id)
+    if session is None:
+        raise ApiError(404, "not_found", f"no session {session_id[:64]!r} (unknown, deleted or expired)")
+    return _info(session)
+
+
+@router.delete("/v1/sessions/{session_id}", summary="Close a retrieval session and remove its files",
+               responses={200: {"description": "Closed"}, **error_responses(401, 403, 404)},
+               response_class=JSONResponse)
+async def delete_session(session_id: str, request: Request, _: Submitter) -> JSONResponse:
+    """Cancel any retrieval, remove the session and its files."""
+    service = await service_for(request.app.state.ctx.node)
+    if not await run_in_threadpool(service.delete, session_id):
+        raise ApiError(404, "not_found", f"no session {session_id[:64]!r} (unknown, deleted or expired)")
+    return JSONResponse({"session_id": session_id, "status": "closed"})

@@ -1,0 +1,392 @@
+"""Retrieval sessions (Clara AIAA style): series fetched or uploaded once, predicted on by session id.
+
+A session is a row of the index (``sessions``, with its instances in
+``session_instances``) and a folder ``<storage.root>/sessions/<session id>/``
+holding its Part 10 files (see :mod:`dicom_node.sources.sessions_sink`). The id
+is generated here (128 random bits, hex); nothing a peer sends becomes a path.
+
+Kinds:
+
+- ``upload``: the caller uploaded the files (``PUT /v1/sessions`` with a multipart body);
+- ``dicom``: C-GET/C-MOVE from a configured ``[[sources.remotes]]`` entry (:class:`DimseSource`);
+- ``dicomweb``: WADO-RS from a configured ``[[sources.pollers]]`` entry of kind ``dicomweb``
+  (:class:`DicomwebSource`).
+
+Only configured nodes are ever contacted: a request naming an address, port and
+AE title that match no configured remote is refused before any connection
+(:class:`SessionRefused`). Retrieval runs in a background thread: status
+``retrieving``, then ``ready`` or ``failed`` with the reason. The sweeper thread
+removes expired sessions with their files, waking at the next expiry. A restart
+keeps ready sessions (rows and files are durable), marks the retrievals it
+interrupted as failed, and removes folders that no session row owns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dicom_node.errors import DicomNodeError, StorageError
+from dicom_node.sources.sessions_sink import SessionSink
+
+log = logging.getLogger(__name__)
+
+SESSION_ID_RE = re.compile(r"[0-9a-f]{32}")
+#: Longest wait of the sweeper between two looks at the index (new sessions also wake it).
+MAX_SWEEP_WAIT = 30.0
+#: Most studies a PATIENT-level session retrieves.
+MAX_PATIENT_STUDIES = 100
+
+
+class SessionRefused(DicomNodeError):
+    """A session request names something the node will not contact or cannot serve.
+
+    ``status`` is the HTTP status the API answers, ``code`` the machine-readable code.
+    """
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class SessionUnavailable(DicomNodeError):
+    """A session cannot be used (unknown, expired, not ready, or the series is ambiguous)."""
+
+
+@dataclass(frozen=True)
+class RetrievalPlan:
+    """What a background retrieval fetches: a study, a series, or the studies of a patient."""
+
+    level: str  # "PATIENT" | "STUDY" | "SERIES"
+    study_uid: str | None = None
+    series_uid: str | None = None
+    patient_id: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """What the index keeps of the request (no patient attribute)."""
+        return {"query_level": self.level, "study_uid": self.study_uid, "series_uid": self.series_uid}
+
+
+class SessionService:
+    """Session store, background retrievals and the expiry sweeper of one node.
+
+    Parameters
+    ----------
+    node : object
+        The :class:`~dicom_node.node.Node` (``config``, ``index``, ``writer``, ``spool``).
+    """
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.root = Path(node.config.storage.root).resolve() / "sessions"
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._sweeper: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._started = False
+        #: session id -> (cancel event, retrieval thread) of running retrievals.
+        self._active: dict[str, tuple[threading.Event, threading.Thread]] = {}
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the folder, recover from a previous run, start the sweeper (idempotent)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the sessions folder {self.root}: {exc.strerror}") from exc
+        now = time.time()
+        interrupted = self.node.writer.run(lambda c: c.execute(
+            "UPDATE sessions SET status = 'failed', reason = 'the retrieval was interrupted by a restart of the node',"
+            " updated_at = ? WHERE status = 'retrieving'", (now,)).rowcount)
+        if interrupted:
+            log.warning("retrieval sessions interrupted by a restart marked failed count=%d", interrupted)
+        self._remove_orphans()
+        self._stop.clear()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="session-sweeper", daemon=True)
+        self._sweeper.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the sweeper and cancel running retrievals (their sessions are failed at the next start)."""
+        self._stop.set()
+        self._wake.set()
+        with self._lock:
+            active = list(self._active.values())
+            self._started = False
+        for cancel, _ in active:
+            cancel.set()
+        deadline = time.monotonic() + timeout
+        for _, thread in active:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._sweeper is not None and self._sweeper.is_alive():
+            self._sweeper.join(max(0.1, deadline - time.monotonic()))
+
+    def folder(self, session_id: str) -> Path:
+        """The folder of a session (``session_id`` must be a server-generated id)."""
+        if not SESSION_ID_RE.fullmatch(session_id):
+            raise ValueError("not a session id")
+        return self.root / session_id
+
+    # --- creation ------------------------------------------------------------------------------------------
+
+    def expiry_for(self, requested: float | None) -> float:
+        """The expiry in seconds for a request: default ``sources.session_expiry``, at most ``max_session_expiry``.
+
+        Raises
+        ------
+        SessionRefused
+            400 ``invalid_expiry`` when ``requested`` is not a number of seconds in range.
+        """
+        cfg = self.node.config.sources
+        if requested is None:
+            return float(min(cfg.session_expiry, cfg.max_session_expiry))
+        if not (math.isfinite(requested) and 0 < requested <= cfg.max_session_expiry):
+            raise SessionRefused(400, "invalid_expiry", f"expiry must be more than 0 and at most "
+                                 f"{cfg.max_session_expiry:g} seconds (sources.max_session_expiry); got {requested!r}")
+        return float(requested)
+
+    def open(self, kind: str, source: str, request: dict[str, Any], expiry: float) -> dict[str, Any]:
+        """Create a session row (status ``retrieving``) and its folder; return the row."""
+        session_id = uuid.uuid4().hex
+        now = time.time()
+        folder = self.folder(session_id)
+        try:
+            folder.mkdir(mode=0o750)
+            self.node.spool.sync_dirs({self.root})
+        except OSError as exc:
+            raise StorageError(f"cannot create a session folder: {exc.strerror}") from exc
+        row = {"id": session_id, "kind": kind, "source": source, "request": json.dumps(request),
+               "status": "retrieving", "reason": None, "created_at": now, "updated_at": now,
+               "expires_at": now + expiry}
+        try:
+            self.node.writer.run(lambda c: c.execute(
+                "INSERT INTO sessions(id, kind, source, request, status, reason, created_at, updated_at, expires_at)"
+                " VALUES (:id, :kind, :source, :request, :status, :reason, :created_at, :updated_at, :expires_at)", row))
+        except StorageError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self._wake.set()
+        log.info("session opened id=%s kind=%s source=%s expiry=%.0f", session_id, kind, source, expiry)
+        return row
+
+    def sink(self, session_id: str) -> SessionSink:
+        """A sink storing into the session's folder (uploads)."""
+        return SessionSink(self.node, session_id, self.folder(session_id), self._cancel_event(session_id))
+
+    def _cancel_event(self, session_id: str) -> threading.Event:
+        with self._lock:
+            entry = self._active.get(session_id)
+        return entry[0] if entry else threading.Event()
+
+    def finish(self, session_id: str, sink: SessionSink, failures: dict[str, str] | None = None,
+               empty_reason: str = "no instance was stored") -> dict[str, Any] | None:
+        """Mark the session ``ready`` when something was stored, else ``failed``; return the row."""
+        failed = [s for s in sink.stored if s.status != 0]
+        reasons = dict(failures or {})
+        reasons.update({s.sop_instance_uid: s.reason or f"status 0x{s.status:04X}" for s in failed})
+        if sink.ok_count:
+            status = "ready"
+            reason = (f"{len(reasons)} instance(s) not stored; first: {next(iter(reasons.values()))}"
+                      if reasons else None)
+        else:
+            status = "failed"
+            reason = f"{empty_reason}; first failure: {next(iter(reasons.values()))}" if reasons else empty_reason
+        self._set_status(session_id, status, reason)
+        log.info("session %s id=%s instances=%d failed=%d", status, session_id, sink.ok_count, len(reasons))
+        return self.get(session_id)
+
+    def _set_status(self, session_id: str, status: str, reason: str | None) -> None:
+        self.node.writer.run(lambda c: c.execute(
+            "UPDATE sessions SET status = ?, reason = ?, updated_at = ? WHERE id = ?",
+            (status, reason, time.time(), session_id)))
+
+    def start_retrieval(self, kind: str, source: Any, source_name: str, plan: RetrievalPlan,
+                        expiry: float) -> dict[str, Any]:
+        """Open a session and retrieve ``plan`` from ``source`` in a background thread; return the row."""
+        row = self.open(kind, source_name, {**plan.describe(), "node": source_name}, expiry)
+        cancel = threading.Event()
+        thread = threading.Thread(target=self._retrieve, args=(row["id"], source, plan, cancel),
+                                  name=f"session-{row['id'][:8]}", daemon=True)
+        with self._lock:
+            self._active[row["id"]] = (cancel, thread)
+        thread.start()
+        return row
+
+    def _retrieve(self, session_id: str, source: Any, plan: RetrievalPlan, cancel: threading.Event) -> None:
+        sink = SessionSink(self.node, session_id, self.folder(session_id), cancel)
+        failures: dict[str, str] = {}
+        finished = False
+        try:
+            if plan.level == "PATIENT":
+                studies = [s.study_instance_uid for s in
+                           source.find_studies({"PatientID": plan.patient_id or ""}, MAX_PATIENT_STUDIES)]
+                targets: list[tuple[str, str | None]] = [(s, None) for s in studies]
+            else:
+                targets = [(str(plan.study_uid), plan.series_uid if plan.level == "SERIES" else None)]
+            for study, series in targets:
+                if cancel.is_set():
+                    break
+                result = source.retrieve(study, series, sink)
+                failures.update(getattr(result, "failed", {}) or {})
+            what = f"the source returned no instance for this {plan.level.lower()}"
+            self.finish(session_id, sink, failures, empty_reason=what)
+            finished = True
+        except (DicomNodeError, OSError) as exc:
+            log.warning("session retrieval failed id=%s source=%s error=%s", session_id,
+                        getattr(source, "name", "?"), type(exc).__name__)
+            self._fail_quietly(session_id, f"retrieval failed: {exc}")
+            finished = True
+        finally:
+            if not finished:  # an unexpected error: never leave the session "retrieving" for ever
+                self._fail_quietly(session_id, "retrieval stopped by an internal error (see the node's log)")
+            with self._lock:
+                self._active.pop(session_id, None)
+
+    def _fail_quietly(self, session_id: str, reason: str) -> None:
+        try:
+            self._set_status(session_id, "failed", reason[:1000])
+        except StorageError as exc:
+            log.error("could not record a failed session id=%s error=%s", session_id, exc)
+
+    # --- reading ---------------------------------------------------------------------------------------------
+
+    def _read(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
+        conn = self.node.index.reader()
+        try:
+            return list(conn.execute(sql, args))
+        finally:
+            conn.close()
+
+    def get(self, session_id: str, now: float | None = None) -> dict[str, Any] | None:
+        """The session with its series (UIDs, modality, instance count); None when unknown or expired."""
+        if not SESSION_ID_RE.fullmatch(session_id):
+            return None
+        rows = self._read("SELECT * FROM sessions WHERE id = ?", (session_id,))
+        if not rows or rows[0]["expires_at"] <= (now or time.time()):
+            return None
+        session = dict(rows[0])
+        series = self._read(
+            "SELECT study_instance_uid, series_instance_uid, MAX(modality) AS modality, COUNT(*) AS instances"
+            " FROM session_instances WHERE session_id = ? GROUP BY study_instance_uid, series_instance_uid"
+            " ORDER BY study_instance_uid, series_instance_uid", (session_id,))
+        session["series"] = [dict(r) for r in series]
+        session["instances"] = sum(r["instances"] for r in series)
+        return session
+
+    def series_files(self, session_id: str, series_uid: str | None = None) -> list[Path]:
+        """The files of one series of a ready session, for ``predict``.
+
+        Raises
+        ------
+        SessionUnavailable
+            Unknown or expired session, not ready, or ``series_uid`` missing while it holds several series.
+        """
+        session = self.get(session_id) if isinstance(session_id, str) else None
+        if session is None:
+            raise SessionUnavailable(f"no session {str(session_id)[:64]!r} (unknown, deleted or expired)")
+        if session["status"] != "ready":
+            why = f": {session['reason']}" if session["reason"] else ""
+            raise SessionUnavailable(f"session {session_id} is {session['status']}{why}; predict once it is ready")
+        uids = [s["series_instance_uid"] for s in session["series"]]
+        if series_uid is None:
+            if len(uids) != 1:
+                raise SessionUnavailable(f"session {session_id} holds {len(uids)} series; name one with series_uid "
+                                         f"({', '.join(uids[:10])})")
+            series_uid = uids[0]
+        elif series_uid not in uids:
+            raise SessionUnavailable(f"session {session_id} holds no series {series_uid[:64]!r}")
+        rows = self._read("SELECT path FROM session_instances WHERE session_id = ? AND series_instance_uid = ?"
+                          " ORDER BY instance_number, sop_instance_uid", (session_id, series_uid))
+        folder = self.folder(session_id)
+        return [folder / r["path"] for r in rows]
+
+    # --- removal ---------------------------------------------------------------------------------------------
+
+    def delete(self, session_id: str) -> bool:
+        """Close a session: cancel its retrieval, remove its rows, then its files. False when unknown."""
+        if not SESSION_ID_RE.fullmatch(session_id):
+            return False
+        with self._lock:
+            entry = self._active.get(session_id)
+        if entry is not None:
+            entry[0].set()
+        existed = self.node.writer.run(lambda c: _delete_rows(c, [session_id]))
+        self._remove_folder(session_id)
+        if existed:
+            log.info("session closed id=%s", session_id)
+        return bool(existed)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Remove expired sessions with their files; returns how many."""
+        now = time.time() if now is None else now
+        expired = [r["id"] for r in self._read("SELECT id FROM sessions WHERE expires_at <= ?", (now,))]
+        if not expired:
+            return 0
+        with self._lock:
+            for session_id in expired:
+                if session_id in self._active:
+                    self._active[session_id][0].set()
+        self.node.writer.run(lambda c: _delete_rows(c, expired))
+        for session_id in expired:
+            self._remove_folder(session_id)
+        log.info("expired sessions removed count=%d", len(expired))
+        return len(expired)
+
+    def _next_expiry(self) -> float | None:
+        rows = self._read("SELECT MIN(expires_at) AS t FROM sessions", ())
+        return rows[0]["t"] if rows and rows[0]["t"] is not None else None
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            wait = MAX_SWEEP_WAIT
+            try:
+                self.sweep()
+                nxt = self._next_expiry()
+                if nxt is not None:
+                    wait = min(MAX_SWEEP_WAIT, max(0.05, nxt - time.time() + 0.01))
+            except (StorageError, sqlite3.Error, OSError) as exc:
+                log.error("session sweep failed error=%s", exc)
+            self._wake.wait(wait)
+
+    def _remove_folder(self, session_id: str) -> None:
+        folder = self.folder(session_id)
+        try:
+            shutil.rmtree(folder)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.error("could not remove a session folder id=%s error=%s", session_id, exc.strerror)
+
+    def _remove_orphans(self) -> None:
+        """Remove folders no session row owns (a crash between the row delete and the folder removal)."""
+        known = {r["id"] for r in self._read("SELECT id FROM sessions", ())}
+        removed = 0
+        for entry in os.scandir(self.root):
+            if entry.is_dir(follow_symlinks=False) and SESSION_ID_RE.fullmatch(entry.name) and entry.name not in known:
+                self._remove_folder(entry.name)
+                removed += 1
+        if removed:
+            log.warning("removed session folders without a session count=%d", removed)
+
+
+def _delete_rows(conn: sqlite3.Connection, ids: list[str]) -> int:
+    marks = ",".join("?" * len(ids))
+    conn.execute(f"DELETE FROM session_instances WHERE session_id IN ({marks})", ids)
+    return int(conn.execute(f"DELETE FROM sessions WHERE id IN ({marks})", ids).rowcount)

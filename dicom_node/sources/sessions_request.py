@@ -1,0 +1,120 @@
+"""Resolve a session request to a configured source, or refuse it (before any connection).
+
+``{"dicom": {...}}`` names a ``[[sources.remotes]]`` entry either by key
+(``"node"``) or by the exact (``server_address``, ``server_port``,
+``ae_title``) triple of one; ``{"dicomweb": {...}}`` names a
+``[[sources.pollers]]`` entry of kind ``dicomweb``. An address the
+configuration does not hold is refused with 403 and never contacted: a REST
+caller must not be able to make the node open connections to hosts of its
+choosing (SSRF).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dicom_node.sources.sessions import RetrievalPlan, SessionRefused
+from dicom_node.validators import is_uid
+
+_LEVELS = ("PATIENT", "STUDY", "SERIES")
+
+
+def plan_of(body: dict[str, Any], allow_patient: bool = True) -> RetrievalPlan:
+    """The retrieval plan of a ``dicom`` or ``dicomweb`` body (query level from the UIDs when absent).
+
+    Raises
+    ------
+    SessionRefused
+        400 when the UIDs or the level do not fit together.
+    """
+    study, series, patient = body.get("study_uid") or None, body.get("series_uid") or None, body.get("patient_id") or None
+    for name, uid in (("study_uid", study), ("series_uid", series)):
+        if uid is not None and not is_uid(uid):
+            raise SessionRefused(400, "invalid_request", f"{name} is not a valid DICOM UID")
+    level = str(body.get("query_level") or ("SERIES" if series else "STUDY" if study else "PATIENT")).upper()
+    if level not in _LEVELS:
+        raise SessionRefused(400, "invalid_request", f"query_level must be one of {', '.join(_LEVELS)}")
+    if level == "SERIES" and not (study and series):
+        raise SessionRefused(400, "invalid_request", "query_level SERIES needs study_uid and series_uid")
+    if level == "STUDY" and not study:
+        raise SessionRefused(400, "invalid_request", "query_level STUDY needs study_uid")
+    if level == "PATIENT":
+        if not allow_patient:
+            raise SessionRefused(400, "invalid_request", "name study_uid (and series_uid) to retrieve")
+        if not patient:
+            raise SessionRefused(400, "invalid_request", "query_level PATIENT needs patient_id (or give study_uid)")
+    return RetrievalPlan(level, study, series if level == "SERIES" else None, patient if level == "PATIENT" else None)
+
+
+def resolve_remote(config: Any, body: dict[str, Any]) -> Any:
+    """The ``[[sources.remotes]]`` entry a ``dicom`` body names.
+
+    Raises
+    ------
+    SessionRefused
+        403 ``not_configured`` for an unknown name or an (address, port, AE title) matching no entry;
+        400 when neither is given or they disagree.
+    """
+    sources = config.sources
+    name = body.get("node")
+    triple = (body.get("server_address"), body.get("server_port"), body.get("ae_title"))
+    given = [v is not None and v != "" for v in triple]
+    if name:
+        remote = sources.remote(name)
+        if remote is None:
+            raise SessionRefused(403, "not_configured", f"node {str(name)[:64]!r} is not a configured "
+                                 "[[sources.remotes]] entry")
+        if any(given) and triple != (remote.host, remote.port, remote.ae_title):
+            raise SessionRefused(400, "invalid_request", f"server_address/server_port/ae_title disagree with "
+                                 f"node {remote.name!r}; give the node name alone")
+        return remote
+    if not all(given):
+        raise SessionRefused(400, "invalid_request", "a dicom session needs node, or server_address, server_port "
+                             "and ae_title of a configured remote node")
+    for remote in sources.remotes:
+        if (remote.host, remote.port, remote.ae_title) == triple:
+            return remote
+    raise SessionRefused(403, "not_configured", f"{str(triple[0])[:255]}:{triple[1]} AE {str(triple[2])[:16]!r} is "
+                         "not a configured remote node ([[sources.remotes]]); only configured nodes are contacted")
+
+
+def resolve_poller(config: Any, body: dict[str, Any]) -> Any:
+    """The ``[[sources.pollers]]`` entry of kind ``dicomweb`` a ``dicomweb`` body names.
+
+    Raises
+    ------
+    SessionRefused
+        403 ``not_configured`` for an unknown name, 400 for a DIMSE poller or a missing name.
+    """
+    name = body.get("node")
+    if not name:
+        raise SessionRefused(400, "invalid_request", "a dicomweb session needs node (a configured [[sources.pollers]] "
+                             "entry of kind \"dicomweb\")")
+    poller = config.sources.poller(name)
+    if poller is None:
+        raise SessionRefused(403, "not_configured", f"node {str(name)[:64]!r} is not a configured [[sources.pollers]] entry")
+    if poller.kind != "dicomweb":
+        raise SessionRefused(400, "invalid_request", f"source {poller.name!r} is a {poller.kind} source; use "
+                             "{\"dicom\": {\"node\": ...}} with its remote, or name a dicomweb source")
+    return poller
+
+
+def make_source(kind: str, entry: Any, node: Any) -> Any:
+    """The :class:`~dicom_node.sources.base.Source` for a resolved entry (imported lazily).
+
+    Raises
+    ------
+    SessionRefused
+        503 ``source_unavailable`` when this build lacks the source implementation.
+    """
+    try:
+        if kind == "dicom":
+            from dicom_node.sources.dimse import DimseSource
+
+            return DimseSource(entry, node)
+        from dicom_node.sources.dicomweb import DicomwebSource
+
+        return DicomwebSource(entry, node)
+    except ImportError as exc:
+        raise SessionRefused(503, "source_unavailable", f"{kind} retrieval is not available in this build "
+                             f"({exc.name or exc})") from exc

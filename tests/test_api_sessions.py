@@ -1,0 +1,273 @@
+"""Retrieval sessions (``PUT|GET|DELETE /v1/sessions``, predict by ``session_id``) on a real uvicorn server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+import pytest
+
+from dicom_node.node import Node
+from dicom_node.synthetic import SeriesSpec, ct_datasets
+from tests.conftest import node_config, wait_for
+from tests.models.image_store import build_models_dir
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    return build_models_dir(tmp_path / "models")
+
+
+def dicom_files(slices: int = 4, size: int = 48, seed: str = "session", modality: str = "CT") -> list[bytes]:
+    out = []
+    for ds in ct_datasets(SeriesSpec(slices=slices, rows=size, columns=size, seed=seed, modality=modality)):
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        out.append(buf.getvalue())
+    return out
+
+
+def related(parts: list[bytes], boundary: str = "s3ss10n") -> tuple[bytes, str]:
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n"
+                    for p in parts) + b"--" + boundary.encode() + b"--\r\n"
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def url(node: Node, path: str) -> str:
+    return f"http://127.0.0.1:{node.api.port}{path}"
+
+
+def put_upload(node: Node, parts: list[bytes], expiry: float | None = None) -> httpx.Response:
+    body, ctype = related(parts)
+    params = {"expiry": expiry} if expiry is not None else {}
+    return httpx.put(url(node, "/v1/sessions"), content=body, headers={"Content-Type": ctype}, params=params, timeout=60)
+
+
+def predict(node: Node, instances: list[dict[str, Any]], model: str = "ct-body") -> list[dict[str, Any]]:
+    r = httpx.post(url(node, f"/v1/models/{model}:predict"), json={"instances": instances}, timeout=120)
+    assert r.status_code == 200, r.text
+    return list(r.json()["predictions"])
+
+
+def session_dir(node: Node, session_id: str) -> Path:
+    return Path(node.config.storage.root).resolve() / "sessions" / session_id
+
+
+def start(start_node: Any, models_dir: Path, root: Path | None = None, **sections: Any) -> Node:
+    api = {"outbound_allowlist": ["127.0.0.1"], **sections.pop("api", {})}
+    return start_node(root, inference={"models_dir": str(models_dir), "backends": ["onnxruntime"]}, api=api, **sections)
+
+
+class _Wado(BaseHTTPRequestHandler):
+    """Serves ``files`` as one WADO-RS series (multipart/related): the direct path to compare with."""
+
+    files: ClassVar[list[bytes]] = []
+
+    def do_GET(self) -> None:
+        body, ctype = related(self.files, "XyZ")
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def series_files() -> list[bytes]:
+    return dicom_files(slices=4, seed="lifecycle")
+
+
+@pytest.fixture
+def wado(series_files: list[bytes]) -> Iterator[str]:
+    class Handler(_Wado):
+        files = series_files
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/studies/1/series/2"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_upload_session_lifecycle(start_node: Any, models_dir: Path, series_files: list[bytes], wado: str) -> None:
+    node = start(start_node, models_dir)
+    r = put_upload(node, series_files)
+    assert r.status_code == 200, r.text
+    created = r.json()
+    sid = created["session_id"]
+    assert created["status"] == "ready" and created["reason"] is None
+    assert created["expiry"] == node.config.sources.session_expiry
+    folder = session_dir(node, sid)
+    assert len(list(folder.glob("*.dcm"))) == 4
+    info = httpx.get(url(node, f"/v1/sessions/{sid}")).json()
+    import pydicom
+
+    first = pydicom.dcmread(io.BytesIO(series_files[0]))
+    assert info["status"] == "ready" and info["kind"] == "upload" and info["instances"] == 4
+    assert info["series"] == [{"study_instance_uid": first.StudyInstanceUID, "series_instance_uid": first.SeriesInstanceUID,
+                               "modality": "CT", "instances": 4}]
+    # Nothing of the session reached the routed spool or the instance index.
+    assert node.index.counts()["instances"] == 0
+
+    by_session, by_series, by_uid = predict(node, [
+        {"session_id": sid}, {"dicomweb_uri": wado}, {"session_id": sid, "series_uid": first.SeriesInstanceUID}])
+    assert "labels" in by_session, by_session
+    assert by_session == by_series == by_uid
+    assert by_session["labels"][0]["voxels"] > 0 and by_session["labels"][0]["rle"]["shape"] == [4, 48, 48]
+
+    r = httpx.delete(url(node, f"/v1/sessions/{sid}"))
+    assert r.status_code == 200 and r.json()["status"] == "closed"
+    assert not folder.exists()
+    r = httpx.get(url(node, f"/v1/sessions/{sid}"))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert httpx.delete(url(node, f"/v1/sessions/{sid}")).status_code == 404
+    (gone,) = predict(node, [{"session_id": sid}])
+    assert gone["error"]["code"] == "session_unavailable" and "unknown, deleted or expired" in gone["error"]["description"]
+
+
+def test_form_upload_bad_parts_and_series_choice(start_node: Any, models_dir: Path) -> None:
+    node = start(start_node, models_dir)
+    a, b = dicom_files(slices=2, seed="form-a"), dicom_files(slices=1, seed="form-b")
+    files = [("file", (f"{i}.dcm", data, "application/dicom")) for i, data in enumerate(a + b)]
+    files.append(("notes", ("notes.txt", b"not DICOM at all", "text/plain")))
+    r = httpx.put(url(node, "/v1/sessions"), files=files, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "ready" and body["reason"].startswith("1 instance(s) not stored")
+    sid = body["session_id"]
+    info = httpx.get(url(node, f"/v1/sessions/{sid}")).json()
+    assert info["instances"] == 3 and sorted(s["instances"] for s in info["series"]) == [1, 2]
+    (ambiguous, unknown_series) = predict(node, [{"session_id": sid}, {"session_id": sid, "series_uid": "1.2.3"}])
+    assert ambiguous["error"]["code"] == "session_unavailable" and "holds 2 series" in ambiguous["error"]["description"]
+    assert "holds no series" in unknown_series["error"]["description"]
+    one = next(s for s in info["series"] if s["instances"] == 1)["series_instance_uid"]
+    (single, direct) = predict(node, [{"session_id": sid, "series_uid": one},
+                                      {"input_bytes": base64.b64encode(b[0]).decode()}])
+    assert "labels" in single and single == direct
+
+    # Nothing storable: refused, and no session (or folder) is left behind.
+    before = set((Path(node.config.storage.root).resolve() / "sessions").iterdir())
+    r = httpx.put(url(node, "/v1/sessions"), files=[("f", ("x.dcm", b"\0" * 300, "application/dicom"))])
+    assert r.status_code == 400 and r.json()["error"]["code"] == "no_dicom_stored", r.text
+    r = put_upload(node, [])
+    assert r.status_code == 400, r.text
+    assert set((Path(node.config.storage.root).resolve() / "sessions").iterdir()) == before
+
+
+def test_expiry_sweeps_and_restart_keeps_sessions(tmp_path: Path, start_node: Any, models_dir: Path) -> None:
+    root = tmp_path / "restart"
+    config = node_config(root, inference={"models_dir": str(models_dir), "backends": ["onnxruntime"]})
+    first = Node(config)
+    first.start()
+    try:
+        files = dicom_files(slices=2, seed="restart")
+        keep = put_upload(first, files, expiry=600).json()
+        short = put_upload(first, files, expiry=1.5).json()
+        soon = put_upload(first, files[:1], expiry=4).json()
+        assert keep["status"] == short["status"] == soon["status"] == "ready"
+        # The sweeper of a running node removes the expired session and its files.
+        assert wait_for(lambda: not session_dir(first, short["session_id"]).exists(), timeout=6)
+        assert httpx.get(url(first, f"/v1/sessions/{short['session_id']}")).status_code == 404
+        before = predict(first, [{"session_id": keep["session_id"]}])[0]
+    finally:
+        first.stop()
+    assert session_dir(first, soon["session_id"]).exists()
+    second = start(start_node, models_dir, root=root)
+    info = httpx.get(url(second, f"/v1/sessions/{keep['session_id']}")).json()
+    assert info["status"] == "ready" and info["instances"] == 2
+    assert predict(second, [{"session_id": keep["session_id"]}])[0] == before
+    # Sweeping resumes after the restart: the session that expires later goes too.
+    assert wait_for(lambda: not session_dir(second, soon["session_id"]).exists(), timeout=8)
+    assert session_dir(second, keep["session_id"]).exists()
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A loopback socket that records whether anyone connected."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)
+    sock.settimeout(0.5)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def test_refusals(start_node: Any, models_dir: Path, listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    node = start(start_node, models_dir, sources={
+        "remotes": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": port}],
+        "pollers": [{"name": "old", "kind": "dimse", "remote": "pacs"}],
+        "max_session_expiry": 100.0,
+    })
+    put = url(node, "/v1/sessions")
+    for expiry in ("0", "-5", "101", "nan", "abc"):
+        r = httpx.put(put, params={"expiry": expiry}, json={"dicom": {"node": "pacs", "study_uid": "1.2.3"}})
+        assert r.status_code == 400 and "expiry" in r.json()["error"]["description"], (expiry, r.text)
+    study = {"study_uid": "1.2.840.1", "series_uid": "1.2.840.1.2"}
+    refused = [
+        ({"dicom": {"server_address": "127.0.0.1", "server_port": port, "ae_title": "OTHER", **study}}, 403, "not a configured"),
+        ({"dicom": {"server_address": "10.9.8.7", "server_port": 104, "ae_title": "PACS", **study}}, 403, "not a configured"),
+        ({"dicom": {"server_address": "127.0.0.1", "server_port": port + 1, "ae_title": "PACS", **study}}, 403, "not a configured"),
+        ({"dicom": {"node": "nope", **study}}, 403, "not a configured"),
+        ({"dicom": {"node": "pacs", "server_address": "10.9.8.7", "server_port": 104, "ae_title": "PACS", **study}}, 400, "disagree"),
+        ({"dicom": {"server_address": "127.0.0.1", **study}}, 400, "server_port"),
+        ({"dicom": {"node": "pacs", "study_uid": "not-a-uid"}}, 400, "study_uid"),
+        ({"dicom": {"node": "pacs", "query_level": "SERIES", "study_uid": "1.2.3"}}, 400, "series_uid"),
+        ({"dicom": {"node": "pacs"}}, 400, "patient_id"),
+        ({"dicomweb": {"node": "nope", **study}}, 403, "not a configured"),
+        ({"dicomweb": {"node": "old", **study}}, 400, "dimse source"),
+        ({"dicom": {"node": "pacs", **study}, "dicomweb": {"node": "old"}}, 400, "exactly one"),
+        ({}, 400, "exactly one"),
+        ({"dicom": {"node": "pacs", "colour": "red"}}, 400, "colour"),
+    ]
+    for body, status, words in refused:
+        r = httpx.put(put, json=body)
+        assert r.status_code == status and words in r.json()["error"]["description"], (body, r.text)
+    with pytest.raises(socket.timeout):
+        listener.accept()  # no refused request opened a connection to the remote's port
+    r = httpx.put(put, content=b"hello", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+    r = httpx.put(put, content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["description"]
+    for sid in ("0" * 32, "../../etc", "x" * 200):
+        r = httpx.get(url(node, f"/v1/sessions/{sid}"))
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", sid
+    (unknown, wrong, both) = predict(node, [{"session_id": "0" * 32}, {"session_id": 5},
+                                            {"session_id": "0" * 32, "input_bytes": "AAAA"}])
+    assert unknown["error"]["code"] == "session_unavailable"
+    assert wrong["error"]["code"] == both["error"]["code"] == "invalid_instance"
+
+
+def test_scopes(start_node: Any, models_dir: Path) -> None:
+    import hashlib
+
+    def key(name: str, secret: str, scopes: list[str]) -> dict[str, Any]:
+        return {"name": name, "sha256": hashlib.sha256(secret.encode()).hexdigest(), "scopes": scopes}
+
+    node = start(start_node, models_dir, api={"api_keys": [key("reader", "r" * 32, ["read"]),
+                                                           key("submitter", "s" * 32, ["submit", "read"])]})
+    body, ctype = related(dicom_files(slices=1, seed="scopes"))
+    put = url(node, "/v1/sessions")
+    assert httpx.put(put, content=body, headers={"Content-Type": ctype}).status_code == 401
+    r = httpx.put(put, content=body, headers={"Content-Type": ctype, "X-API-Key": "r" * 32})
+    assert r.status_code == 403 and "submit" in r.json()["error"]["description"]
+    r = httpx.put(put, content=body, headers={"Content-Type": ctype, "X-API-Key": "s" * 32})
+    assert r.status_code == 200, r.text
+    sid = r.json()["session_id"]
+    assert httpx.get(url(node, f"/v1/sessions/{sid}"), headers={"X-API-Key": "r" * 32}).status_code == 200
+    assert httpx.delete(url(node, f"/v1/sessions/{sid}"), headers={"X-API-Key": "r" * 32}).status_code == 403
+    assert httpx.delete(url(node, f"/v1/sessions/{sid}"), headers={"X-API-Key": "s" * 32}).status_code == 200
