@@ -1,0 +1,136 @@
+"""Retrieval by C-MOVE to the node's own Storage SCP (PS3.4 C.4.2).
+
+The remote opens its own association to ``move_destination`` (our SCP, which
+must be listening where the remote's configuration says) and C-STOREs the
+instances there; our SCP acknowledges each one only after it is durable in the
+spool and index. So once the final C-MOVE response arrives the index can say
+which requested instances arrived: the expected SOP Instance UIDs come from a
+C-FIND at IMAGE level on the same association, and those already indexed
+before the move count as duplicates.
+
+When the caller's sink does not write into the node's own index (a retrieval
+session keeps its own), the moved files are handed to that sink from the spool.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pynetdicom.association import Association
+from pynetdicom.presentation import build_context
+
+from dicom_node.errors import DicomNodeError, SourceError
+from dicom_node.sources.base import RetrieveResult
+from dicom_node.sources.dimse_net import (
+    FIND_MODEL,
+    MOVE_MODEL,
+    associate,
+    require_context,
+    responses,
+    where,
+)
+
+if TYPE_CHECKING:
+    from dicom_node.sources.dimse import DimseSource
+
+__all__ = ["indexed", "retrieve_by_move"]
+
+log = logging.getLogger(__name__)
+
+_SQL_PARAMS = 500
+
+
+def indexed(node: Any, uids: Sequence[str]) -> dict[str, str]:
+    """SOP Instance UID -> spool-relative path, for those of ``uids`` the index holds."""
+    found: dict[str, str] = {}
+    conn = node.index.reader()
+    try:
+        for i in range(0, len(uids), _SQL_PARAMS):
+            batch = list(uids[i:i + _SQL_PARAMS])
+            marks = ",".join("?" * len(batch))
+            for row in conn.execute(
+                    f"SELECT sop_instance_uid, path FROM instances WHERE sop_instance_uid IN ({marks})", batch):
+                found[str(row[0])] = str(row[1])
+    finally:
+        conn.close()
+    return found
+
+
+def _expected(source: DimseSource, assoc: Association, study_uid: str, series_uid: str | None) -> list[str]:
+    """SOP Instance UIDs the move should bring: C-FIND at SERIES then IMAGE level."""
+    series = [series_uid] if series_uid else [
+        s.series_instance_uid for s in source._series(source._find(assoc, source._series_query(study_uid)), study_uid)]
+    uids: list[str] = []
+    for uid in series:
+        uids.extend(source._instances(source._find(assoc, source._instance_query(study_uid, uid))))
+    return uids
+
+
+def retrieve_by_move(source: DimseSource, study_uid: str, series_uid: str | None, sink: Any,
+                     instances: Sequence[str] | None) -> RetrieveResult:
+    """C-MOVE a study, series or instances to our SCP and report what arrived.
+
+    Raises
+    ------
+    SourceError
+        The association failed, the remote lacks C-FIND or C-MOVE, or it refused the
+        move outright (0xA801 move destination unknown, 0xC000 ...).
+    """
+    remote = source.remote
+    destination = remote.move_destination or str(source.node.config.scp.ae_title)
+    result = RetrieveResult()
+    with associate(remote, source.calling_ae, [build_context(FIND_MODEL), build_context(MOVE_MODEL)]) as assoc:
+        require_context(assoc, remote, MOVE_MODEL, "C-MOVE")
+        require_context(assoc, remote, FIND_MODEL, "C-FIND (needed to check what a C-MOVE brought)")
+        expected = list(instances) if instances is not None else _expected(source, assoc, study_uid, series_uid)
+        if not expected:
+            what = source.missing(assoc, study_uid, series_uid)
+            if what is not None:
+                raise SourceError(f"{what} not found at {where(remote)} (C-FIND found nothing to move)",
+                                  retryable=False)
+            return result
+        before = indexed(source.node, expected)
+        for identifier in source.identifiers(study_uid, series_uid, instances):
+            code, status, ident = responses(assoc, assoc.send_c_move(identifier, destination, MOVE_MODEL), remote, "C-MOVE")
+            try:
+                source.account(result, f"C-MOVE to {destination}", code, status, ident)
+            except SourceError as exc:
+                source.explain_unknown(assoc, study_uid, series_uid, exc)
+                raise
+    after = indexed(source.node, expected)
+    for uid in expected:
+        if uid in before:
+            result.failed.pop(uid, None)
+            result.duplicates.append(uid)
+        elif uid in after:
+            result.failed.pop(uid, None)
+            result.stored.append(uid)
+        else:
+            result.failed.setdefault(uid, f"not received: {remote.ae_title} did not C-STORE it to {destination}")
+    if getattr(sink, "node", None) is not source.node:
+        result = _hand_over(source, sink, result, after)
+    log.info("c-move remote=%s destination=%s study=%s series=%s stored=%d duplicates=%d failed=%d", remote.name,
+             destination, study_uid, series_uid or "*", len(result.stored), len(result.duplicates), len(result.failed))
+    return result
+
+
+def _hand_over(source: DimseSource, sink: Any, moved: RetrieveResult, paths: dict[str, str]) -> RetrieveResult:
+    """Give the moved files to a sink that keeps its own store (a retrieval session)."""
+    from dicom_node.sources.dimse import part10_chunks
+
+    result = RetrieveResult(failed=dict(moved.failed))
+    for uid in moved.stored + moved.duplicates:
+        try:
+            stored = sink.store_part10(part10_chunks(source.node.spool.path_for(paths[uid])))
+        except (DicomNodeError, OSError) as exc:
+            result.failed[uid] = f"moved but not stored by the sink: {exc}"
+            continue
+        if stored.status != 0:
+            result.failed[uid] = stored.reason or f"refused with status 0x{stored.status:04X}"
+        elif stored.outcome == "duplicate":
+            result.duplicates.append(uid)
+        else:
+            result.stored.append(uid)
+    return result
