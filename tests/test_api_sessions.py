@@ -6,7 +6,9 @@ import base64
 import io
 import socket
 import threading
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,7 +18,7 @@ import pytest
 
 from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, ct_datasets
-from tests.conftest import node_config, wait_for
+from tests.conftest import free_port, node_config, require_tool, wait_for
 from tests.models.image_store import build_models_dir
 
 
@@ -210,7 +212,7 @@ def test_refusals(start_node: Any, models_dir: Path, listener: socket.socket) ->
     port = listener.getsockname()[1]
     node = start(start_node, models_dir, sources={
         "remotes": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": port}],
-        "pollers": [{"name": "old", "kind": "dimse", "remote": "pacs"}],
+        "pollers": [{"name": "old", "kind": "dimse", "remote": "pacs", "enabled": False}],  # no poll connects
         "max_session_expiry": 100.0,
     })
     put = url(node, "/v1/sessions")
@@ -271,3 +273,117 @@ def test_scopes(start_node: Any, models_dir: Path) -> None:
     assert httpx.get(url(node, f"/v1/sessions/{sid}"), headers={"X-API-Key": "r" * 32}).status_code == 200
     assert httpx.delete(url(node, f"/v1/sessions/{sid}"), headers={"X-API-Key": "r" * 32}).status_code == 403
     assert httpx.delete(url(node, f"/v1/sessions/{sid}"), headers={"X-API-Key": "s" * 32}).status_code == 200
+
+
+# --- Retrieval from real peers: Orthanc over DICOMweb (WADO-RS) and DIMSE (C-GET, C-MOVE) ---------------------------
+
+SCP_PORT = free_port()
+
+
+def _datasets(seed: str, slices: int, study_of: Any = None, number: int = 1) -> list[Any]:
+    dss = list(ct_datasets(SeriesSpec(slices=slices, rows=48, columns=48, seed=seed)))
+    for ds in dss:
+        if study_of is not None:  # a second series of the same study and patient
+            ds.StudyInstanceUID, ds.PatientID = study_of.StudyInstanceUID, study_of.PatientID
+        ds.SeriesNumber = number
+    return dss
+
+
+@dataclass
+class Pacs:
+    """The module's Orthanc and what it holds: one study with a 4-slice and a 2-slice CT series."""
+
+    peer: Any
+    study: str
+    series: list[str]
+    patient_id: str
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
+    require_tool("Orthanc", "apt-get install orthanc orthanc-dicomweb")
+    from tests.peers.orthanc import run_orthanc
+
+    one = _datasets("pacs-1", 4)
+    two = _datasets("pacs-2", 2, study_of=one[0], number=2)
+    extra = {"DicomModalities": {"node": {"AET": "DICOM_NODE", "Host": "127.0.0.1", "Port": SCP_PORT}}}
+    with run_orthanc(tmp_path_factory.mktemp("orthanc"), extra=extra) as peer:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        for ds in one + two:
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            request = urllib.request.Request(peer.http_url + "/instances", data=buf.getvalue(), method="POST",
+                                             headers={"Content-Type": "application/dicom"})
+            with opener.open(request, timeout=10) as response:
+                assert response.status == 200
+        yield Pacs(peer, str(one[0].StudyInstanceUID), [str(one[0].SeriesInstanceUID), str(two[0].SeriesInstanceUID)],
+                   str(one[0].PatientID))
+
+
+def pacs_node(start_node: Any, models_dir: Path, pacs: Pacs) -> Node:
+    port = pacs.peer.dicom_port
+    remote = {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": port, "acse_timeout": 10, "dimse_timeout": 30}
+    return start(start_node, models_dir, scp={"port": SCP_PORT}, sources={
+        "remotes": [{"name": "orthanc", **remote}, {"name": "orthanc-move", "retrieve": "c-move", **remote},
+                    {"name": "down", "ae_title": "DOWN", "host": "127.0.0.1", "port": free_port(), "acse_timeout": 3}],
+        "pollers": [{"name": "web", "kind": "dicomweb", "url": pacs.peer.dicomweb_url, "enabled": False}],
+    })
+
+
+def settled(node: Node, created: httpx.Response, timeout: float = 30) -> dict[str, Any]:
+    assert created.status_code == 202, created.text
+    assert created.json()["status"] == "retrieving"
+    sid = created.json()["session_id"]
+    info: dict[str, Any] = {}
+
+    def done() -> bool:
+        info.update(httpx.get(url(node, f"/v1/sessions/{sid}")).json())
+        return info["status"] != "retrieving"
+
+    assert wait_for(done, timeout=timeout, interval=0.1), info
+    return info
+
+
+def test_dicomweb_session_from_orthanc(start_node: Any, models_dir: Path, pacs: Pacs) -> None:
+    node = pacs_node(start_node, models_dir, pacs)
+    put = url(node, "/v1/sessions")
+    series = settled(node, httpx.put(put, json={"dicomweb": {"node": "web", "study_uid": pacs.study,
+                                                             "series_uid": pacs.series[0]}}))
+    assert series["status"] == "ready" and series["kind"] == "dicomweb" and series["source"] == "web", series
+    assert [(s["series_instance_uid"], s["instances"]) for s in series["series"]] == [(pacs.series[0], 4)]
+    study = settled(node, httpx.put(put, json={"dicomweb": {"node": "web", "study_uid": pacs.study}}))
+    assert sorted((s["series_instance_uid"], s["instances"]) for s in study["series"]) == sorted(
+        [(pacs.series[0], 4), (pacs.series[1], 2)])
+    direct = f"{pacs.peer.dicomweb_url}/studies/{pacs.study}/series/{pacs.series[0]}"
+    a, b, c = predict(node, [{"session_id": series["session_id"]}, {"dicomweb_uri": direct},
+                             {"session_id": study["session_id"], "series_uid": pacs.series[0]}])
+    assert "labels" in a and a == b == c
+    missing = settled(node, httpx.put(put, json={"dicomweb": {"node": "web", "study_uid": "1.2.3.4.5"}}))
+    assert missing["status"] == "failed" and missing["reason"], missing
+    (not_ready,) = predict(node, [{"session_id": missing["session_id"]}])
+    assert "is failed" in not_ready["error"]["description"]
+    assert node.index.counts()["instances"] == 0  # sessions stay out of the routed spool
+
+
+def test_dicom_session_from_orthanc(start_node: Any, models_dir: Path, pacs: Pacs) -> None:
+    node = pacs_node(start_node, models_dir, pacs)
+    put = url(node, "/v1/sessions")
+    by_address = settled(node, httpx.put(put, params={"expiry": 120}, json={"dicom": {
+        "server_address": "127.0.0.1", "server_port": pacs.peer.dicom_port, "ae_title": "ORTHANC",
+        "query_level": "series", "study_uid": pacs.study, "series_uid": pacs.series[0]}}))
+    assert by_address["status"] == "ready" and by_address["source"] == "orthanc", by_address
+    assert [(s["series_instance_uid"], s["instances"], s["modality"]) for s in by_address["series"]] == [
+        (pacs.series[0], 4, "CT")]
+    patient = settled(node, httpx.put(put, json={"dicom": {"node": "orthanc", "patient_id": pacs.patient_id}}))
+    assert patient["status"] == "ready" and patient["instances"] == 6, patient
+    moved = settled(node, httpx.put(put, json={"dicom": {"node": "orthanc-move", "study_uid": pacs.study,
+                                                         "series_uid": pacs.series[1]}}))
+    assert moved["status"] == "ready" and moved["instances"] == 2, moved
+    direct = f"{pacs.peer.dicomweb_url}/studies/{pacs.study}/series/{pacs.series[0]}"
+    a, b, c = predict(node, [{"session_id": by_address["session_id"]}, {"dicomweb_uri": direct},
+                             {"session_id": patient["session_id"], "series_uid": pacs.series[0]}])
+    assert "labels" in a and a == b == c
+    down = settled(node, httpx.put(put, json={"dicom": {"node": "down", "study_uid": pacs.study}}))
+    assert down["status"] == "failed" and "retrieval failed" in down["reason"], down
+    assert httpx.delete(url(node, f"/v1/sessions/{by_address['session_id']}")).status_code == 200
+    assert not session_dir(node, by_address["session_id"]).exists()

@@ -75,7 +75,7 @@ class SessionSink:
     """
 
     def __init__(self, node: Any, session_id: str, folder: Path, cancelled: threading.Event | None = None) -> None:
-        self.node = node
+        self._node = node
         self.session_id = session_id
         self.folder = folder
         self.cancelled = cancelled or threading.Event()
@@ -97,15 +97,15 @@ class SessionSink:
 
         Returns the outcome (PS3.4 status 0 = stored); never raises for bad data.
         """
-        cfg = self.node.config
-        writer = PartWriter(self.node.spool, cfg.scp.max_dataset_bytes, "application/dicom")
+        cfg = self._node.config
+        writer = PartWriter(self._node.spool, cfg.scp.max_dataset_bytes, "application/dicom")
         try:
             for chunk in ([chunks] if isinstance(chunks, (bytes, bytearray, memoryview)) else chunks):
                 writer.feed(bytes(chunk))
         except BaseException:
             writer.discard()
             raise
-        return self.store_part(writer.finish())
+        return self.store_staged(writer.finish())
 
     def store_dataset(self, dataset: Any, transfer_syntax: str | None = None) -> Stored:
         """Store a pydicom Dataset (C-GET sub-operations), encoded in ``transfer_syntax``."""
@@ -126,14 +126,14 @@ class SessionSink:
                                        str(getattr(dataset, "SOPInstanceUID", ""))))
         return self.store_part10(buf.getvalue())
 
-    def store_part(self, part: Part) -> Stored:
+    def store_staged(self, part: Part) -> Stored:
         """Store a part staged by :class:`~dicom_node.api.stow.PartWriter` (uploads use this directly).
 
         The temporary file is consumed (moved or deleted) whatever happens.
         """
         if part.failure is not None:
             return self._record(Stored(part.failure[0], part.failure[1], part.sop_instance_uid))
-        spool = self.node.spool
+        spool = self._node.spool
         assert part.temp is not None and part.fd is not None
         fd, temp = part.fd, part.temp
         part.fd, part.temp = None, None
@@ -153,7 +153,7 @@ class SessionSink:
             fd = None
             os.replace(temp, final)
             spool.sync_dirs({self.folder})
-            outcome = self.node.writer.run(_insert_op(self.session_id, row))
+            outcome = self._node.writer.run(_insert_op(self.session_id, row))
         except (OSError, StorageError) as exc:
             log.error("session instance not stored session=%s error=%s", self.session_id,
                       getattr(exc, "strerror", None) or exc)
@@ -166,7 +166,7 @@ class SessionSink:
         return self._record(Stored(0, None, row["sop_instance_uid"], outcome))
 
     def _check(self, temp: Path, part: Part) -> dict[str, Any]:
-        header = read_header(temp, part.data_offset, part.transfer_syntax, self.node.config.scp.max_inflated_bytes)
+        header = read_header(temp, part.data_offset, part.transfer_syntax, self._node.config.scp.max_inflated_bytes)
         sop_class = clean_uid(str(header.get("sop_class_uid") or ""), "SOP Class UID (0008,0016)")
         sop_instance = clean_uid(str(header.get("sop_instance_uid") or ""), "SOP Instance UID (0008,0018)")
         if sop_instance != part.sop_instance_uid or sop_class != part.sop_class_uid:

@@ -190,7 +190,9 @@ def fetch_dicomweb(node: Any, uri: str, token: str | None) -> list[bytes]:
         ``fetch_failed`` (refused URL, HTTP error, size bound) or ``undecodable``.
     """
     api = node.config.api
-    headers = {"Accept": _WADO_ACCEPT + ", application/dicom"}
+    # One media range: Orthanc's DICOMweb plugin (1.7) reads everything after "transfer-syntax=" as the
+    # syntax and answers 400 to a list; a server answering application/dicom anyway is still read below.
+    headers = {"Accept": _WADO_ACCEPT}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:

@@ -145,11 +145,11 @@ async def _receive_related(request: Request, sink: SessionSink, content_type: st
             reader.feed(chunk)
             for part in reader.take():
                 parts += 1
-                await run_in_threadpool(sink.store_part, part)
+                await run_in_threadpool(sink.store_staged, part)
         reader.close()
         for part in reader.take():
             parts += 1
-            await run_in_threadpool(sink.store_part, part)
+            await run_in_threadpool(sink.store_staged, part)
     except MultipartError as exc:
         raise ApiError(exc.status, "too_large" if exc.status == 413 else "invalid_request", str(exc)) from exc
     finally:
