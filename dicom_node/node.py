@@ -18,6 +18,7 @@ from dicom_node.jobs.worker import JobWorker
 from dicom_node.scp.context import ScpContext
 from dicom_node.scp.negotiation import supported_contexts
 from dicom_node.scp.server import StorageServer
+from dicom_node.sources.factory import source_rules
 from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ class Node:
         self.sessions: Any = None  # dicom_node.sources.sessions.SessionService
         self.metrics_registry: Any = None
         self.workers = [
-            JobWorker(config.routing, self.index, self.writer, self.spool, self.pipeline, config.jobs.poll_interval)
+            JobWorker(config.routing, self.index, self.writer, self.spool, self.pipeline, config.jobs.poll_interval,
+                      source_rules(config.sources))
             for _ in range(config.jobs.workers)
         ]
 
@@ -92,6 +94,10 @@ class Node:
         self.assembler.start()
         for worker in self.workers:
             worker.start()
+        if any(p.enabled for p in self.config.sources.pollers):  # DICOMweb/DIMSE pollers (dicom_node.sources.poller)
+            from dicom_node.sources.poller import PollerService
+            self.pollers = PollerService(self)
+            self.pollers.start()
         if self.config.api.enabled:
             from dicom_node.api.app import ApiContext, create_app
             from dicom_node.api.metrics import registry_for
@@ -117,6 +123,8 @@ class Node:
             self.invocations.stop()
         if self.sessions is not None:  # retrieval sessions (dicom_node.sources.sessions)
             self.sessions.stop()
+        if self.pollers is not None:  # before the SCP and the writer: a running retrieval is aborted cleanly
+            self.pollers.stop()
         self.scp.stop()
         self.assembler.stop()
         for worker in self.workers:

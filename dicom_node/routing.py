@@ -10,7 +10,7 @@ reported as unrouted, not an error.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,8 @@ class SeriesFacts:
     body_part_examined: str
     series_description: str
     instances: int
+    #: Where the series came from (``instances.source``: "dimse", "stow", "dicomweb:<poller>", "qr:<remote>").
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,8 @@ def rule_matches(match: RuleMatch, facts: SeriesFacts) -> bool:
     return match.instances is None or match.instances.contains(facts.instances)
 
 
-def route(config: RoutingConfig, facts: SeriesFacts, contract_ok: Callable[[str], bool] | None = None) -> list[Route]:
+def route(config: RoutingConfig, facts: SeriesFacts, contract_ok: Callable[[str], bool] | None = None,
+          only_rules: Collection[str] | None = None) -> list[Route]:
     """Return the routes for a series: one per (model), destinations merged across matching rules.
 
     Parameters
@@ -120,9 +123,13 @@ def route(config: RoutingConfig, facts: SeriesFacts, contract_ok: Callable[[str]
     contract_ok : callable, optional
         ``contract_ok(model)``: does the series satisfy the model's input contract?
         Consulted only by rules with ``model_contract = true``.
+    only_rules : collection of str, optional
+        Names of the only rules that may apply (a poller's ``rules`` for the series it brought in).
     """
     merged: dict[str, tuple[str, list[str]]] = {}
     for rule in config.rules:
+        if only_rules is not None and rule.name not in only_rules:
+            continue
         if not rule_matches(rule.match, facts):
             continue
         for model in rule.models:

@@ -123,6 +123,38 @@ CREATE TABLE IF NOT EXISTS unrouted (
     created_at          REAL NOT NULL
 );
 
+-- Pull-based ingest: poll state and seen instances per source (dicom_node.sources.state).
+CREATE TABLE IF NOT EXISTS source_state (
+    source          TEXT PRIMARY KEY,
+    kind            TEXT NOT NULL,
+    state           TEXT NOT NULL DEFAULT 'idle' CHECK (state IN ('idle', 'polling', 'backoff', 'stopped')),
+    reason          TEXT,
+    watermark       TEXT,
+    next_poll_at    REAL NOT NULL DEFAULT 0,
+    backoff_until   REAL,
+    failures        INTEGER NOT NULL DEFAULT 0,
+    polls           INTEGER NOT NULL DEFAULT 0,
+    retrieved       INTEGER NOT NULL DEFAULT 0,
+    last_retrieved  INTEGER NOT NULL DEFAULT 0,
+    last_poll_at    REAL,
+    last_success_at REAL,
+    last_error      TEXT,
+    last_error_at   REAL,
+    lease_owner     TEXT,
+    lease_until     REAL,
+    updated_at      REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS source_seen (
+    source              TEXT NOT NULL,
+    sop_instance_uid    TEXT NOT NULL,
+    study_instance_uid  TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    outcome             TEXT NOT NULL,
+    seen_at             REAL NOT NULL,
+    PRIMARY KEY (source, sop_instance_uid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS source_seen_study ON source_seen(source, study_instance_uid, series_instance_uid);
+
 -- Retrieval sessions (dicom_node.sources.sessions): files under <storage.root>/sessions/<id>/, outside the spool.
 CREATE TABLE IF NOT EXISTS sessions (
     id          TEXT PRIMARY KEY,

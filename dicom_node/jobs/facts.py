@@ -29,7 +29,7 @@ def series_files(conn: sqlite3.Connection, spool: Spool, series_uid: str) -> lis
 def series_facts(conn: sqlite3.Connection, spool: Spool, series_uid: str) -> SeriesFacts:
     """Routing facts of a series: index columns plus a few header attributes of one instance."""
     row = conn.execute(
-        """SELECT s.modality, s.instance_count, i.calling_ae, i.called_ae, i.sop_class_uid, i.path
+        """SELECT s.modality, s.instance_count, i.calling_ae, i.called_ae, i.sop_class_uid, i.path, i.source
            FROM series s JOIN instances i ON i.series_instance_uid = s.series_instance_uid
            WHERE s.series_instance_uid = ? LIMIT 1""",
         (series_uid,),
@@ -47,5 +47,5 @@ def series_facts(conn: sqlite3.Connection, spool: Spool, series_uid: str) -> Ser
     return SeriesFacts(
         calling_ae=row["calling_ae"], called_ae=row["called_ae"], modality=row["modality"] or "",
         sop_class_uid=row["sop_class_uid"], body_part_examined=body_part, series_description=description,
-        instances=int(row["instance_count"]),
+        instances=int(row["instance_count"]), source=row["source"] or "",
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from dicom_node.background import BackgroundLoop
@@ -32,12 +32,16 @@ class JobWorker(BackgroundLoop):
         Runs one job's stages.
     poll_interval : float
         Sleep when there is nothing to do.
+    source_rules : mapping, optional
+        Recorded source -> the only rules that may route its series (pollers' ``rules``,
+        see :func:`dicom_node.sources.factory.source_rules`).
     """
 
     def __init__(self, routing: RoutingConfig, index: Index, writer: IndexWriter, spool: Spool, pipeline: Pipeline,
-                 poll_interval: float = 0.2) -> None:
+                 poll_interval: float = 0.2, source_rules: Mapping[str, Sequence[str]] | None = None) -> None:
         super().__init__("job-worker", poll_interval)
         self.routing = routing
+        self.source_rules = dict(source_rules or {})
         self.index = index
         self.writer = writer
         self.spool = spool
@@ -51,7 +55,8 @@ class JobWorker(BackgroundLoop):
             created: list[str] = []
             for event in events:
                 facts = series_facts(conn, self.spool, event["series_instance_uid"])
-                routes = route(self.routing, facts, self._contract_check(conn, event["series_instance_uid"]))
+                routes = route(self.routing, facts, self._contract_check(conn, event["series_instance_uid"]),
+                               self.source_rules.get(facts.source))
                 ids = self.writer.run(lambda c, e=event, r=routes, f=facts: ops.consume_event(c, e, r, facts_dict(f), time.time()))
                 if not routes:
                     log.info("series matched no routing rule series_uid=%s modality=%s calling_ae=%s",

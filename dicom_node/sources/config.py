@@ -143,6 +143,10 @@ class Poller(_Model):
     #: Routing rules (by name) applied to what this source brings in; empty = all rules.
     rules: list[str] = Field(default_factory=list)
     enabled: bool = True
+    #: Backoff after a failed poll (HTTP 429/503/504, connection errors): first wait, doubling up to backoff_max;
+    #: a longer Retry-After from the server wins (capped at backoff_max).
+    backoff_initial: float = Field(5.0, gt=0, le=3600)
+    backoff_max: float = Field(900.0, gt=0, le=86400)
 
     @field_validator("name")
     @classmethod
@@ -180,6 +184,8 @@ class Poller(_Model):
                 raise ValueError("credentials over plain http are refused; use https or set allow_insecure_http = true")
         elif not self.remote:
             raise ValueError("a dimse poller needs remote (the name of a [[sources.remotes]] entry)")
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError("backoff_max must not be smaller than backoff_initial")
         return self
 
 

@@ -15,7 +15,7 @@ import io
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -53,6 +53,9 @@ class RetrievalSink:
         Recorded in ``instances.source``, e.g. ``"dicomweb:orthanc"`` or ``"qr:pacs"``.
     peer_host : str
         Host the data came from (for the association row only).
+    on_stored : callable, optional
+        Called with each :class:`Stored` outcome once the instance is durable (or refused);
+        a poller records its seen set there. An exception it raises ends the retrieval.
 
     Use as a context manager::
 
@@ -60,8 +63,10 @@ class RetrievalSink:
             sink.store_part10(chunks)
     """
 
-    def __init__(self, node: Any, calling_ae: str, source: str, peer_host: str = "") -> None:
+    def __init__(self, node: Any, calling_ae: str, source: str, peer_host: str = "",
+                 on_stored: Callable[[Stored], None] | None = None) -> None:
         self.node = node
+        self.on_stored = on_stored
         self.calling_ae = calling_ae[:16]
         self.source = source
         self.peer_host = peer_host
@@ -106,11 +111,20 @@ class RetrievalSink:
         except BaseException:
             writer.discard()
             raise
-        part = writer.finish()
+        return self.store_staged(writer.finish())
+
+    def store_staged(self, part: Any) -> Stored:
+        """Store a part already staged in the spool by :class:`~dicom_node.api.stow.MultipartReader`.
+
+        The part's temporary file is consumed (moved into the spool or removed) whatever happens.
+        """
+        if not self._open:
+            if part.temp is not None:
+                self.node.spool.discard(part.fd, part.temp)
+                part.fd, part.temp = None, None
+            raise StorageError("the retrieval sink is not open")
         if part.failure is not None:
-            result = Stored(part.failure[0], part.failure[1], part.sop_instance_uid)
-            self.stored.append(result)
-            return result
+            return self._record(Stored(part.failure[0], part.failure[1], part.sop_instance_uid))
         return self._ingest(part)
 
     def store_dataset(self, dataset: Any, transfer_syntax: str | None = None) -> Stored:
@@ -131,9 +145,8 @@ class RetrievalSink:
         try:
             dcmwrite(buf, dataset, enforce_file_format=True)
         except (ValueError, TypeError, AttributeError) as exc:
-            result = Stored(0xC000, f"cannot encode the dataset: {exc}", str(getattr(dataset, "SOPInstanceUID", "")))
-            self.stored.append(result)
-            return result
+            return self._record(Stored(0xC000, f"cannot encode the dataset: {exc}",
+                                       str(getattr(dataset, "SOPInstanceUID", ""))))
         return self.store_part10(buf.getvalue())
 
     def _ingest(self, part: Any) -> Stored:
@@ -155,5 +168,10 @@ class RetrievalSink:
         else:
             node.scp.ctx.metrics.count(outcome, arrival.size)
             result = Stored(0, None, part.sop_instance_uid, outcome)
+        return self._record(result)
+
+    def _record(self, result: Stored) -> Stored:
         self.stored.append(result)
+        if self.on_stored is not None:
+            self.on_stored(result)
         return result

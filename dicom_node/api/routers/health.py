@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from dicom_node.errors import StorageError
 
 router = APIRouter(tags=["health"])
 
@@ -38,14 +41,22 @@ def _checks(request: Request) -> dict[str, Any]:
     for name, error in node.model_status().items():
         models[name] = "ok" if error is None else error
     checks["models"] = models
+    if node.pollers is not None:
+        # A source in backoff is reported but the node still serves; a stopped one (401/403) needs an operator.
+        try:
+            checks["sources"] = node.pollers.readiness()
+        except (StorageError, sqlite3.Error) as exc:
+            checks["sources"] = {"*": f"unavailable: {type(exc).__name__}"}
     return checks
 
 
-@router.get("/readyz", summary="Readiness: index open, spool writable, SCP listening, each model loadable")
+@router.get("/readyz", summary="Readiness: index open, spool writable, SCP listening, each model loadable, no source stopped")
 def readyz(request: Request) -> JSONResponse:
     """200 with the checks when all pass, else 503 naming what is not ready."""
     checks = _checks(request)
-    ready = all(v == "ok" for k, v in checks.items() if k != "models") and all(v == "ok" for v in checks["models"].values())
+    ready = (all(v == "ok" for k, v in checks.items() if k not in ("models", "sources"))
+             and all(v == "ok" for v in checks["models"].values())
+             and not any(v.startswith("stopped") for v in checks.get("sources", {}).values()))
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
 
 

@@ -1,0 +1,60 @@
+"""Build the :class:`~dicom_node.sources.base.Source` a poller talks to, and what its series are recorded as."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dicom_node.errors import ConfigError
+from dicom_node.sources.config import Poller, SourcesConfig
+
+
+def make_source(config: Any, poller: Poller, node: Any) -> Any:
+    """The source of ``poller``: a DICOMweb server, or a DIMSE remote (imported only when used).
+
+    Parameters
+    ----------
+    config : NodeConfig
+        The node configuration (``config.sources.remotes`` resolves a DIMSE poller's remote).
+    poller : Poller
+        The ``[[sources.pollers]]`` entry.
+    node : Node
+        Storage the source stages into.
+
+    Raises
+    ------
+    ConfigError
+        A DIMSE poller names a remote that is not configured.
+    """
+    if poller.kind == "dicomweb":
+        from dicom_node.sources.dicomweb import DicomwebSource
+
+        return DicomwebSource(poller, node)
+    remote = config.sources.remote(poller.remote)
+    if remote is None:
+        raise ConfigError(f"sources.pollers {poller.name!r}: remote {poller.remote!r} is not in [[sources.remotes]]")
+    from dicom_node.sources.dimse import DimseSource
+
+    return DimseSource(remote, node)
+
+
+def source_label(poller: Poller) -> str:
+    """What ``instances.source`` records for what ``poller`` brings in (``dicomweb:<name>``, ``qr:<remote>``)."""
+    return f"dicomweb:{poller.name}" if poller.kind == "dicomweb" else f"qr:{poller.remote}"
+
+
+def source_rules(sources: SourcesConfig) -> dict[str, list[str]]:
+    """Recorded source -> the routing rules allowed for its series, for pollers that restrict them.
+
+    Pollers recording the same source (two DIMSE pollers of one remote) share one
+    entry holding the union of their rules; a poller without ``rules`` lifts the
+    restriction for its source altogether.
+    """
+    allowed: dict[str, list[str] | None] = {}
+    for poller in sources.pollers:
+        label = source_label(poller)
+        if not poller.rules or allowed.get(label, []) is None:
+            allowed[label] = None
+            continue
+        merged = allowed.setdefault(label, [])
+        merged.extend(r for r in poller.rules if r not in merged)
+    return {label: rules for label, rules in allowed.items() if rules is not None}

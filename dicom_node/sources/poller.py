@@ -1,0 +1,423 @@
+"""The poller service: one thread polls every enabled ``[[sources.pollers]]`` entry on its interval.
+
+A poll cycle of one source (:class:`PollCycle`):
+
+1. Query studies page by page (``limit = page_size``, ``offset`` growing) with
+   ModalitiesInStudy, a StudyDate window (``study_date_days`` before today, but
+   starting no later than the persisted watermark, see
+   :mod:`dicom_node.sources.state`) and the poller's other filters.
+2. Skip a study when this source already brought in as many instances as its
+   NumberOfStudyRelatedInstances says; else list its series and retrieve each
+   series whose NumberOfSeriesRelatedInstances exceeds what was brought in:
+   the whole series when nothing of it was, else only the SOP Instance UIDs not
+   in the seen set (a series that grew gets its new instances only).
+3. Each retrieval runs in its own :class:`~dicom_node.sources.sink.RetrievalSink`
+   (a pseudo-association with the poller's name as calling AE): released when it
+   succeeded, aborted when it failed, so assembly waits for the retry instead of
+   completing half a series. An instance enters the seen set only after the sink
+   stored it durably (or refused it for good, so a broken object is not fetched
+   on every poll).
+4. At most ``max_studies`` studies with something new are retrieved per cycle;
+   when that cap (or an error) ends the scan early the watermark stays where it
+   was, so nothing is missed, and the next cycle continues.
+
+Scheduling: ``next_poll_at`` is persisted. HTTP 429/503/504/5xx, connection
+errors and other retryable source errors put the source in ``backoff`` for
+``backoff_initial * 2**(failures-1)`` seconds (capped at ``backoff_max``), or
+longer when the server's Retry-After asks for it. HTTP 401/403, and any
+non-retryable failure of the study query itself (a bad filter, a refused
+association), put it in ``stopped``: it is not polled again until the service
+restarts or ``dicom-node sources poll-now`` succeeds; /readyz reports it.
+
+A lease in the state row lets only one process poll a source at a time, so the
+service and ``poll-now`` in another process never fetch the same study twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from dicom_node.errors import DicomNodeError, SourceError, StorageError
+from dicom_node.sources import state
+from dicom_node.sources.config import Poller
+from dicom_node.sources.factory import make_source, source_label
+from dicom_node.sources.sink import RetrievalSink, Stored
+
+log = logging.getLogger(__name__)
+
+_LEASE = 120.0
+
+
+class PollCancelled(DicomNodeError):
+    """The poll was cancelled (service stopping, lease lost); nothing is judged failed."""
+
+
+@dataclass(frozen=True)
+class Arrived:
+    """What one retrieval of a series brought in."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    stored: int
+    duplicates: int
+    failed: int
+
+
+@dataclass
+class CycleReport:
+    """Outcome of one poll cycle of one source."""
+
+    source: str
+    ok: bool = True
+    state: str = state.IDLE
+    error: str | None = None
+    studies: int = 0
+    complete: bool = True
+    arrived: list[Arrived] = field(default_factory=list)
+    retry_in: float | None = None
+
+    @property
+    def retrieved(self) -> int:
+        """Instances newly stored by this cycle."""
+        return sum(a.stored for a in self.arrived)
+
+
+def study_filters(poller: Poller, watermark: str | None, today: dt.date) -> tuple[dict[str, str], str | None]:
+    """Matching keys of the study query, and the window start the watermark advances to after a full scan."""
+    filters: dict[str, str] = {}
+    if poller.modalities:
+        filters["ModalitiesInStudy"] = ",".join(poller.modalities)
+    start = None
+    if poller.study_date_days:
+        start = (today - dt.timedelta(days=poller.study_date_days)).strftime("%Y%m%d")
+        begin = min(start, watermark) if watermark else start
+        filters["StudyDate"] = f"{begin}-{today:%Y%m%d}"
+    filters.update(poller.filters)
+    return filters, start
+
+
+def _transient(status: int) -> bool:
+    """PS3.4 0xA7xx (out of resources): the same instance may store fine later."""
+    return status & 0xFF00 == 0xA700
+
+
+class PollCycle:
+    """One poll of one source (see the module docstring); :meth:`run` raises on failure."""
+
+    def __init__(self, node: Any, poller: Poller, source: Any, owner: str, cancel: threading.Event,
+                 today: dt.date | None = None) -> None:
+        self.node = node
+        self.poller = poller
+        self.source = source
+        self.owner = owner
+        self.cancel = cancel
+        self.today = today or dt.date.today()
+        self.name = poller.name
+        self.report = CycleReport(poller.name)
+        self._renew_at = time.monotonic() + _LEASE / 4
+        self._conn: Any = None
+
+    def run(self, watermark: str | None) -> str | None:
+        """Scan and retrieve; returns the new watermark when the scan was complete."""
+        filters, start = study_filters(self.poller, watermark, self.today)
+        self._conn = self.node.index.reader()
+        try:
+            complete = self._scan(filters)
+        finally:
+            self._conn.close()
+        self.report.complete = complete
+        return start if complete else None
+
+    def _scan(self, filters: dict[str, str]) -> bool:
+        limit, offset, worked = self.poller.page_size, 0, 0
+        looked: set[str] = set()
+        while True:
+            self._check()
+            page = self.source.find_studies(filters, limit, offset)
+            fresh = [s for s in page if s.study_instance_uid not in looked]
+            for study in fresh:
+                looked.add(study.study_instance_uid)
+                self.report.studies += 1
+                seen = state.study_seen(self._conn, self.name, study.study_instance_uid)
+                if study.instances is not None and seen >= study.instances:
+                    continue
+                if worked >= self.poller.max_studies:
+                    log.info("poll reached max_studies source=%s max_studies=%d", self.name, self.poller.max_studies)
+                    return False
+                worked += 1
+                self._study(study.study_instance_uid)
+            # A short page ends the scan; a page with nothing new means the server ignores offset.
+            if len(page) < limit or not fresh:
+                return True
+            offset += len(page)
+
+    def _study(self, study_uid: str) -> None:
+        try:
+            series = self.source.find_series(study_uid)
+            have = state.series_seen(self._conn, self.name, study_uid)
+            for s in series:
+                count = have.get(s.series_instance_uid, 0)
+                if s.instances is not None and count >= s.instances:
+                    continue
+                wanted = None
+                if count:
+                    seen = state.seen_uids(self._conn, self.name, study_uid, s.series_instance_uid)
+                    wanted = [u for u in self.source.find_instances(study_uid, s.series_instance_uid) if u not in seen]
+                    if not wanted:
+                        continue
+                self._retrieve(study_uid, s.series_instance_uid, wanted)
+        except SourceError as exc:
+            if exc.retryable or getattr(exc, "status", 0) in (401, 403):
+                raise
+            # One study the source cannot serve must not hold back the others.
+            log.warning("study skipped source=%s study_uid=%s error=%s", self.name, study_uid, exc)
+            message = str(exc)
+            self.node.writer.run(lambda c: state.note_error(c, self.name, message, time.time()))
+
+    def _sink(self, on_stored: Any) -> RetrievalSink:
+        if hasattr(self.source, "peer_host"):
+            host = self.source.peer_host
+        else:
+            remote = self.node.config.sources.remote(self.poller.remote)
+            host = remote.host if remote is not None else ""
+        return RetrievalSink(self.node, self.name, source_label(self.poller), host, on_stored)
+
+    def _retrieve(self, study_uid: str, series_uid: str, wanted: list[str] | None) -> None:
+        """Retrieve one series (or ``wanted`` of it) in one pseudo-association."""
+        pending: list[Any] = []
+
+        def on_stored(result: Stored) -> None:
+            if result.sop_instance_uid and (result.status == 0 or not _transient(result.status)):
+                seen = state.Seen(result.sop_instance_uid, study_uid, series_uid,
+                                  result.outcome if result.status == 0 else "refused")
+                pending.append(self.node.writer.submit(lambda c: state.mark_seen(c, self.name, [seen], time.time())))
+            self._check()
+
+        with self._sink(on_stored) as sink:
+            result = self.source.retrieve(study_uid, series_uid, sink, wanted)
+            for future in pending:
+                future.result(timeout=60)
+            transient = [s for s in sink.stored if s.status and _transient(s.status)]
+            if transient:
+                raise SourceError(f"{len(transient)} instance(s) could not be stored now: {transient[0].reason}",
+                                  retryable=True)
+        arrived = Arrived(study_uid, series_uid, len(result.stored), len(result.duplicates), len(result.failed))
+        self.report.arrived.append(arrived)
+        log.info("series retrieved source=%s series_uid=%s stored=%d duplicates=%d failed=%d", self.name,
+                 series_uid, arrived.stored, arrived.duplicates, arrived.failed)
+
+    def _check(self) -> None:
+        """Stop promptly when cancelled; keep the lease alive during long retrievals."""
+        if self.cancel.is_set():
+            raise PollCancelled("poll cancelled")
+        if time.monotonic() >= self._renew_at:
+            until = time.time() + _LEASE
+            if not self.node.writer.run(lambda c: state.renew(c, self.name, self.owner, until)):
+                raise PollCancelled("poll lease lost")
+            self._renew_at = time.monotonic() + _LEASE / 4
+
+
+class PollerService:
+    """Runs the poll cycles of the enabled pollers in one thread, with backoff and persisted status.
+
+    Parameters
+    ----------
+    node : Node
+        The running node (``config``, ``index``, ``writer``, ``spool``, ``ingestor``).
+    tick : float
+        How often the thread looks for a due source.
+    """
+
+    def __init__(self, node: Any, tick: float = 0.25) -> None:
+        self.node = node
+        self.tick = tick
+        self.pollers = {p.name: p for p in node.config.sources.pollers if p.enabled}
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._sources: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Reset stopped sources (their configuration may be fixed now), free dead leases, start the thread."""
+        now = time.time()
+        for poller in self.pollers.values():
+            self.node.writer.run(lambda c, p=poller: state.reset_for_start(c, p.name, p.kind, now))
+        dead = [o for o in self._lease_owners() if _owner_dead(o)]
+        if dead:
+            self.node.writer.run(lambda c: state.release_dead(c, dead))
+        rules = {r.name for r in self.node.config.routing.rules}
+        for poller in self.pollers.values():
+            unknown = [r for r in poller.rules if r not in rules]
+            if unknown:
+                log.error("poller names routing rules that do not exist source=%s rules=%s", poller.name, unknown)
+        self._thread = threading.Thread(target=self._loop, name="poller", daemon=True)
+        self._thread.start()
+        log.info("poller started sources=%s", ",".join(self.pollers))
+
+    def stop(self) -> None:
+        """Cancel the running cycle (its retrieval is aborted, nothing is lost) and wait for the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        for source in self._sources.values():
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    def _lease_owners(self) -> list[str]:
+        conn = self.node.index.reader()
+        try:
+            return [r[0] for r in conn.execute("SELECT DISTINCT lease_owner FROM source_state WHERE lease_owner IS NOT NULL")]
+        finally:
+            conn.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ran = self.step()
+            except StorageError as exc:
+                log.error("poller step failed error=%s", exc)
+                ran = False
+            if not ran:
+                self._stop.wait(self.tick)
+
+    def step(self) -> bool:
+        """Run the most overdue source, if any is due; True when one ran."""
+        rows = self.status()
+        now = time.time()
+        due = [(r["next_poll_at"] or 0.0, name) for name, r in rows.items()
+               if name in self.pollers and r["state"] != state.STOPPED and (r["next_poll_at"] or 0.0) <= now]
+        if not due:
+            return False
+        self.run_cycle(min(due)[1])
+        return True
+
+    # -- one cycle ---------------------------------------------------------------------------------------------
+
+    def source(self, poller: Poller) -> Any:
+        """The (cached) source object of ``poller``."""
+        if poller.name not in self._sources:
+            self._sources[poller.name] = make_source(self.node.config, poller, self.node)
+        return self._sources[poller.name]
+
+    def run_cycle(self, name: str, *, poller: Poller | None = None, wait_lease: float = 0.0) -> CycleReport:
+        """Poll ``name`` once now, whatever its state; the outcome is persisted and returned.
+
+        Parameters
+        ----------
+        name : str
+            The poller.
+        poller : Poller, optional
+            Its configuration when it is not an enabled poller of this service (``poll-now`` of a disabled one).
+        wait_lease : float
+            Seconds to wait while another process polls the same source.
+        """
+        poller = poller or self.pollers[name]
+        writer = self.node.writer
+        writer.run(lambda c: state.ensure(c, name, poller.kind, time.time()))
+        deadline = time.monotonic() + wait_lease
+        while not writer.run(lambda c: state.acquire(c, name, self.owner, time.time(), time.time() + _LEASE)):
+            if time.monotonic() >= deadline or self._stop.wait(0.2):
+                holder = self.status().get(name, {}).get("lease_owner")
+                return CycleReport(name, ok=False, state=state.POLLING, error=f"being polled by {holder}")
+        watermark = self.status().get(name, {}).get("watermark")
+        cycle = PollCycle(self.node, poller, None, self.owner, self._stop)
+        try:
+            cycle.source = self.source(poller)
+            new_watermark = cycle.run(watermark)
+        except PollCancelled as exc:
+            writer.run(lambda c: state.release(c, name, self.owner, time.time()))
+            cycle.report.ok, cycle.report.error = False, str(exc)
+            return cycle.report
+        except (SourceError, StorageError, DicomNodeError) as exc:
+            return self._failed(poller, cycle.report, exc)
+        report = cycle.report
+        now = time.time()
+        writer.run(lambda c: state.succeeded(c, name, self.owner, now, now + poller.interval, report.retrieved,
+                                             new_watermark))
+        log.info("poll done source=%s studies=%d retrieved=%d complete=%s", name, report.studies, report.retrieved,
+                 report.complete)
+        return report
+
+    def _failed(self, poller: Poller, report: CycleReport, exc: DicomNodeError) -> CycleReport:
+        status = getattr(exc, "status", 0)
+        retryable = bool(getattr(exc, "retryable", isinstance(exc, StorageError)))
+        query_failed = report.studies == 0 and not report.arrived
+        stop = status in (401, 403) or (not retryable and query_failed and isinstance(exc, SourceError))
+        now = time.time()
+        report.ok, report.error = False, str(exc)
+        if stop:
+            report.state = state.STOPPED
+            self.node.writer.run(lambda c: state.failed(c, poller.name, self.owner, now, state.STOPPED, str(exc), None,
+                                                        report.retrieved))
+            log.error("source stopped source=%s reason=%s", poller.name, exc)
+            return report
+        conn = self.node.index.reader()
+        try:
+            failures = state.failures(conn, poller.name) + 1
+        finally:
+            conn.close()
+        delay = min(poller.backoff_max, poller.backoff_initial * 2 ** (failures - 1))
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            delay = max(delay, min(float(retry_after), poller.backoff_max))
+        report.state, report.retry_in = state.BACKOFF, delay
+        self.node.writer.run(lambda c: state.failed(c, poller.name, self.owner, now, state.BACKOFF, str(exc),
+                                                    now + delay, report.retrieved))
+        log.warning("source backing off source=%s failures=%d delay=%.1fs error=%s", poller.name, failures, delay, exc)
+        return report
+
+    # -- status ------------------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Persisted state rows by source name (see :mod:`dicom_node.sources.state`)."""
+        conn = self.node.index.reader()
+        try:
+            return state.rows(conn)
+        finally:
+            conn.close()
+
+    def readiness(self) -> dict[str, str]:
+        """For /readyz: ``"ok"``, ``"backoff until ...: error"`` or ``"stopped: reason"`` per enabled source."""
+        return readiness(self.status(), list(self.pollers))
+
+
+def readiness(rows: dict[str, dict[str, Any]], names: list[str]) -> dict[str, str]:
+    """Readiness text per source from persisted rows (a stopped source makes the node not ready)."""
+    out: dict[str, str] = {}
+    for name in names:
+        row = rows.get(name) or {}
+        if row.get("state") == state.STOPPED:
+            out[name] = f"stopped: {row.get('reason') or row.get('last_error') or 'unknown'}"
+        elif row.get("state") == state.BACKOFF:
+            until = dt.datetime.fromtimestamp(row.get("backoff_until") or 0, dt.timezone.utc).strftime("%H:%M:%SZ")
+            out[name] = f"backoff until {until}: {row.get('last_error') or ''}"
+        else:
+            out[name] = "ok"
+    return out
+
+
+def _owner_dead(owner: str) -> bool:
+    """True when a lease owner ``host:pid:nonce`` is a process of this host that no longer runs."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
