@@ -56,21 +56,35 @@ Submitter = Annotated[Principal, Depends(require("submit"))]
 Reader = Annotated[Principal, Depends(require("read"))]
 
 _CHUNK = 1 << 20
+
+
+def _inline(value: Any, defs: dict[str, Any]) -> Any:
+    """A JSON schema with its ``$ref`` s to ``$defs`` replaced by the definitions (OpenAPI has no ``$defs`` here)."""
+    if isinstance(value, dict):
+        ref = value.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(defs[ref.rsplit("/", 1)[1]], defs)
+        return {k: _inline(v, defs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_inline(v, defs) for v in value]
+    return value
+
+
+def _json_body_schema() -> dict[str, Any]:
+    raw = SessionCreate.model_json_schema()
+    schema = _inline(raw, raw.pop("$defs", {}))
+    return {**schema, "minProperties": 1, "maxProperties": 1}
+
+
 _PUT_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object", "description": "Exactly one of dicom or dicomweb", "properties": {
-        "dicom": {"type": "object", "properties": {
-            "node": {"type": "string"}, "server_address": {"type": "string"}, "server_port": {"type": "integer"},
-            "ae_title": {"type": "string"}, "query_level": {"type": "string", "enum": ["PATIENT", "STUDY", "SERIES"]},
-            "patient_id": {"type": "string"}, "study_uid": {"type": "string"}, "series_uid": {"type": "string"}}},
-        "dicomweb": {"type": "object", "required": ["node"], "properties": {
-            "node": {"type": "string"}, "study_uid": {"type": "string"}, "series_uid": {"type": "string"}}}}}},
+    "application/json": {"schema": _json_body_schema()},
     'multipart/related; type="application/dicom"': {"schema": {"type": "string", "format": "binary"}},
     "multipart/form-data": {"schema": {"type": "object", "additionalProperties": {"type": "string", "format": "binary"}}},
 }}}
 _PUT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": SessionCreated, "description": "Upload stored; the session is ready"},
     202: {"model": SessionCreated, "description": "Retrieval started in the background"},
-    **error_responses(401, 403, 413, 415, 503),
+    **error_responses(401, 403, 404, 413, 415, 503),
 }
 
 
@@ -99,6 +113,8 @@ async def _json_body(request: Request) -> SessionCreate:
         body = SessionCreate.model_validate(data)
     except json.JSONDecodeError as exc:
         raise ApiError(400, "invalid_request", f"the body is not valid JSON: {exc.msg}") from exc
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "invalid_request", "the body is not valid JSON: not UTF-8 text") from exc
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "body"
@@ -207,7 +223,8 @@ async def _upload(request: Request, service: SessionService, expiry: float, cont
             responses=_PUT_RESPONSES, response_class=JSONResponse, openapi_extra=_PUT_BODY)
 async def create_session(
     request: Request, _: Submitter,
-    expiry: Annotated[float | None, Query(description="Seconds until the session and its files are removed")] = None,
+    expiry: Annotated[float | None, Query(gt=0, description="Seconds until the session and its files are removed "
+                                                  "(default sources.session_expiry, at most sources.max_session_expiry)")] = None,
 ) -> JSONResponse:
     """Open a session; uploads answer 200 (ready), retrievals 202 (retrieving in the background).
 
