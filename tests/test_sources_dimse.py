@@ -22,7 +22,7 @@ import pytest
 from dicom_node.errors import SourceError
 from dicom_node.sources.config import RemoteNode
 from dicom_node.sources.dimse import DimseSource
-from dicom_node.sources.sink import Stored
+from dicom_node.sources.sink import RetrievalSink, Stored
 from dicom_node.synthetic import SeriesSpec, ct_datasets
 from tests.conftest import free_port, require_tool, wait_for
 
@@ -180,13 +180,16 @@ def test_c_move_to_the_node_scp(orthanc: Loaded, node: Any) -> None:
         result = source.retrieve(a, None, sink)
     assert set(result.stored) == orthanc.uids(a) and result.ok
     rows = _rows(node)
-    # Moved instances arrive over Orthanc's own association to our SCP.
+    # Moved instances arrive over Orthanc's own association to our SCP, then get the remote's label.
     assert {r["sop_instance_uid"] for r in rows} == orthanc.uids(a)
-    assert {r["calling_ae"] for r in rows} == {"ORTHANC"} and {r["source"] for r in rows} == {"dimse"}
+    assert {r["calling_ae"] for r in rows} == {"ORTHANC"} and {r["source"] for r in rows} == {"qr:orthanc"}
     assert wait_for(lambda: node.index.counts()["complete"] == 2, timeout=10)
-    with source.sink() as sink:
+    heard: list[Stored] = []
+    with RetrievalSink(node, "orthanc", "qr:orthanc", on_stored=heard.append) as sink:
         again = source.retrieve(a, orthanc.series(a)[1], sink)
     assert not again.stored and set(again.duplicates) == orthanc.uids(a, orthanc.series(a)[1])
+    # The sink's callback (a poller's seen set) hears of moved instances too.
+    assert {(s.sop_instance_uid, s.outcome) for s in heard} == {(u, "duplicate") for u in again.duplicates}
 
 
 class ListSink:
@@ -264,3 +267,23 @@ def test_bad_filters_and_uids_are_refused_before_any_network(node: Any) -> None:
         source.find_series("../../etc/passwd")
     with pytest.raises(SourceError, match="needs their series UID"):
         source.retrieve("1.2.3", None, object(), instances=["1.2.3.4"])
+
+
+@pytest.mark.parametrize("method", ["c-get", "c-move"])
+def test_a_dimse_poller_retrieves_everything_once(orthanc: Loaded, start_node: Any, tmp_path: Path, method: str) -> None:
+    entry = {"name": "orthanc", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port,
+             "retrieve": method, "dimse_timeout": 20}
+    sources = {"remotes": [entry], "pollers": [{"name": "pacs", "kind": "dimse", "remote": "orthanc",
+                                                "interval": 3600.0, "page_size": 1}]}
+    node = start_node(tmp_path / "polled", scp={"port": SCP_PORT}, api={"enabled": False}, sources=sources)
+    assert wait_for(lambda: node.pollers.status().get("pacs", {}).get("polls", 0) >= 1, timeout=30)
+    assert node.pollers.status()["pacs"]["state"] == "idle", node.pollers.status()["pacs"]
+    every = set().union(*(orthanc.uids(s) for s in orthanc.studies))
+    rows = _rows(node)
+    assert {r["sop_instance_uid"] for r in rows} == every
+    assert {r["source"] for r in rows} == {"qr:orthanc"}
+    assert wait_for(lambda: node.index.counts()["complete"] == 3, timeout=10)
+    # The seen set holds every instance, so the next poll asks C-FIND only and retrieves nothing.
+    report = node.pollers.run_cycle("pacs")
+    assert report.ok and report.studies == 2 and report.arrived == []
+    assert node.index.counts()["instances"] == len(every)

@@ -8,13 +8,17 @@ which requested instances arrived: the expected SOP Instance UIDs come from a
 C-FIND at IMAGE level on the same association, and those already indexed
 before the move count as duplicates.
 
-When the caller's sink does not write into the node's own index (a retrieval
-session keeps its own), the moved files are handed to that sink from the spool.
+Moved instances are then relabelled ``qr:<remote>`` in the index (our SCP
+recorded them as pushed) and reported to the sink's ``on_stored`` callback, as
+C-GET ones are. When the caller's sink does not write into the node's own index
+(a retrieval session keeps its own), the moved files are also handed to that
+sink from the spool; they stay in the node's spool and index as well.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +35,7 @@ from dicom_node.sources.dimse_net import (
     responses,
     where,
 )
+from dicom_node.sources.sink import Stored
 
 if TYPE_CHECKING:
     from dicom_node.sources.dimse import DimseSource
@@ -109,11 +114,39 @@ def retrieve_by_move(source: DimseSource, study_uid: str, series_uid: str | None
             result.stored.append(uid)
         else:
             result.failed.setdefault(uid, f"not received: {remote.ae_title} did not C-STORE it to {destination}")
+    _confirm(source, sink, result)
     if getattr(sink, "node", None) is not source.node:
         result = _hand_over(source, sink, result, after)
     log.info("c-move remote=%s destination=%s study=%s series=%s stored=%d duplicates=%d failed=%d", remote.name,
              destination, study_uid, series_uid or "*", len(result.stored), len(result.duplicates), len(result.failed))
     return result
+
+
+def _confirm(source: DimseSource, sink: Any, result: RetrieveResult) -> None:
+    """Record moved instances as retrieved from the remote.
+
+    They arrived through our SCP, which recorded them as pushed (source ``dimse``);
+    the move proves they came from this remote, so they get its label
+    (``qr:<remote>``, which routing restrictions of a poller key on), and the sink's
+    ``on_stored`` callback (a poller's seen set) hears of each, as for C-GET.
+    """
+    uids = list(result.stored)
+    label = source.source_label
+
+    def relabel(conn: sqlite3.Connection) -> None:
+        for i in range(0, len(uids), _SQL_PARAMS):
+            batch = uids[i:i + _SQL_PARAMS]
+            conn.execute(f"UPDATE instances SET source = ? WHERE source = 'dimse' AND sop_instance_uid IN "
+                         f"({','.join('?' * len(batch))})", [label, *batch])
+
+    if uids:
+        source.node.writer.run(relabel)
+    notify = getattr(sink, "on_stored", None)
+    if callable(notify):
+        for uid in result.stored:
+            notify(Stored(0, None, uid, "stored"))
+        for uid in result.duplicates:
+            notify(Stored(0, None, uid, "duplicate"))
 
 
 def _hand_over(source: DimseSource, sink: Any, moved: RetrieveResult, paths: dict[str, str]) -> RetrieveResult:
