@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
@@ -260,3 +261,22 @@ def test_503_and_429_back_off_exponentially_and_honour_retry_after(start_node) -
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_pollers_rules_restrict_routing_of_what_it_brought_in(start_node, orthanc, ct_series: list[Path]) -> None:
+    from tests.scu import send_all
+
+    load(orthanc, series("route", 3))
+    routing = {"rules": [
+        {"name": "ct-all", "models": ["model-a"], "match": {"modality": "CT"}},
+        {"name": "ct-pulled", "models": ["model-b"], "match": {"modality": "CT"}},
+    ]}
+    node = start_node(api={"enabled": False}, routing=routing,
+                      sources={"pollers": [poller(orthanc.dicomweb_url, rules=["ct-pulled"])]})
+    # The same kind of series pushed by C-STORE is routed by every rule.
+    assert set(send_all(node.scp.port, [dcmread(p) for p in ct_series])) == {0}
+    assert wait_for(lambda: len(rows(node, "SELECT id FROM jobs")) == 3, timeout=20)
+    jobs = rows(node, "SELECT j.rule, j.model, i.source FROM jobs j JOIN instances i "
+                      "ON i.series_instance_uid = j.series_instance_uid GROUP BY j.id")
+    assert sorted(jobs) == sorted([("ct-all", "model-a", "dimse"), ("ct-pulled", "model-b", "dimse"),
+                                   ("ct-pulled", "model-b", SOURCE)])

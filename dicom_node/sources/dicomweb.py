@@ -66,7 +66,6 @@ _RETRYABLE = {408, 429, 500, 502, 503, 504}
 _SYNTAX_REFUSED = {400, 406, 415, 500}
 _CHUNK = 1 << 20
 _MAX_PARTS = 1_000_000
-_URL_CHECK_TTL = 60.0
 
 # QIDO-RS attribute tags (PS3.18 Table 10.6.3-3..5), in the DICOM JSON model's 8-hex-digit form.
 _STUDY_UID, _SERIES_UID, _SOP_UID = "0020000D", "0020000E", "00080018"
@@ -149,8 +148,6 @@ class DicomwebSource:
         self.peer_host = urlsplit(poller.url).hostname or ""
         self.requests = 0  # HTTP requests sent (for logs and tests)
         self._session: requests.Session | None = None
-        self._root = ""
-        self._checked_at = float("-inf")
 
     def sink(self, on_stored: Any = None) -> RetrievalSink:
         """A sink recording ``dicomweb:<name>`` with the poller's name as calling AE."""
@@ -165,15 +162,11 @@ class DicomwebSource:
     # -- HTTP ------------------------------------------------------------------------------------------------
 
     def _base(self) -> str:
-        """The service root, re-checked against SSRF rules (with DNS) at most once a minute."""
-        now = time.monotonic()
-        if now - self._checked_at > _URL_CHECK_TTL:
-            try:
-                self._root = check_url(self.poller)
-            except DeliveryError as exc:
-                raise HttpSourceError(f"DICOMweb {self.name}: {exc}", retryable=exc.retryable) from exc
-            self._checked_at = now
-        return self._root
+        """The service root, checked against SSRF rules (resolving its host) before every request."""
+        try:
+            return check_url(self.poller)
+        except DeliveryError as exc:
+            raise HttpSourceError(f"DICOMweb {self.name}: {exc}", retryable=exc.retryable) from exc
 
     def _headers(self, accept: str) -> dict[str, str]:
         headers = {"Accept": accept}
