@@ -183,6 +183,8 @@ def test_expiry_sweeps_and_restart_keeps_sessions(tmp_path: Path, start_node: An
         assert wait_for(lambda: not session_dir(first, short["session_id"]).exists(), timeout=6)
         assert httpx.get(url(first, f"/v1/sessions/{short['session_id']}")).status_code == 404
         before = predict(first, [{"session_id": keep["session_id"]}])[0]
+        # A retrieval the node never finished (as after a crash): the row says "retrieving", no thread runs it.
+        cut = first.sessions.open("dicomweb", "web", {}, 600)
     finally:
         first.stop()
     assert session_dir(first, soon["session_id"]).exists()
@@ -190,9 +192,63 @@ def test_expiry_sweeps_and_restart_keeps_sessions(tmp_path: Path, start_node: An
     info = httpx.get(url(second, f"/v1/sessions/{keep['session_id']}")).json()
     assert info["status"] == "ready" and info["instances"] == 2
     assert predict(second, [{"session_id": keep["session_id"]}])[0] == before
+    cut_info = httpx.get(url(second, f"/v1/sessions/{cut['id']}")).json()
+    assert cut_info["status"] == "failed" and "interrupted by a restart" in cut_info["reason"]
     # Sweeping resumes after the restart: the session that expires later goes too.
     assert wait_for(lambda: not session_dir(second, soon["session_id"]).exists(), timeout=8)
     assert session_dir(second, keep["session_id"]).exists()
+
+
+class _SlowWado(BaseHTTPRequestHandler):
+    """A WADO-RS server that sends all but the last part of a series, then holds the rest until ``release`` is set.
+
+    The parts are large (the client reads 1 MiB chunks) so the first ones reach the session before the hold.
+    """
+
+    files: ClassVar[list[bytes]] = []
+    release: ClassVar[threading.Event] = threading.Event()
+
+    def do_GET(self) -> None:
+        body, ctype = related(self.files, "SlOw")
+        hold = body.rindex(b"--SlOw", 0, len(body) - 10) + len(b"--SlOw")
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[:hold])
+        self.wfile.flush()
+        self.release.wait(30)
+        self.wfile.write(body[hold:])
+
+    def log_message(self, *args: Any) -> None:
+        """Quiet."""
+
+
+def test_delete_during_retrieval_stops_it(start_node: Any, models_dir: Path) -> None:
+    class Handler(_SlowWado):
+        files = dicom_files(slices=4, size=512, seed="slow")
+        release = threading.Event()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        node = start(start_node, models_dir, sources={"pollers": [
+            {"name": "slow", "kind": "dicomweb", "url": f"http://127.0.0.1:{server.server_address[1]}", "enabled": False}]})
+        r = httpx.put(url(node, "/v1/sessions"), json={"dicomweb": {"node": "slow", "study_uid": "1.2.3"}})
+        assert r.status_code == 202, r.text
+        sid = r.json()["session_id"]
+        assert wait_for(lambda: httpx.get(url(node, f"/v1/sessions/{sid}")).json()["instances"] >= 1, timeout=10)
+        assert httpx.get(url(node, f"/v1/sessions/{sid}")).json()["status"] == "retrieving"
+        assert httpx.delete(url(node, f"/v1/sessions/{sid}")).status_code == 200
+        assert not session_dir(node, sid).exists()
+        Handler.release.set()
+        assert wait_for(lambda: not node.sessions._active, timeout=10)  # the retrieval ended
+        assert not session_dir(node, sid).exists()
+        assert httpx.get(url(node, f"/v1/sessions/{sid}")).status_code == 404
+    finally:
+        Handler.release.set()
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture

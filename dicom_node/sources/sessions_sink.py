@@ -95,7 +95,8 @@ class SessionSink:
     def store_part10(self, chunks: Iterable[bytes] | bytes) -> Stored:
         """Store one PS3.10 file given as bytes or as an iterable of byte chunks.
 
-        Returns the outcome (PS3.4 status 0 = stored); never raises for bad data.
+        Returns the outcome (PS3.4 status 0 = stored); never raises for bad data
+        (:class:`StorageError` once the session is closed).
         """
         cfg = self._node.config
         writer = PartWriter(self._node.spool, cfg.scp.max_dataset_bytes, "application/dicom")
@@ -130,10 +131,20 @@ class SessionSink:
         """Store a part staged by :class:`~dicom_node.api.stow.PartWriter` (uploads use this directly).
 
         The temporary file is consumed (moved or deleted) whatever happens.
+
+        Raises
+        ------
+        StorageError
+            The session was closed (deleted, expired, node stopping): the source should stop retrieving.
         """
+        spool = self._node.spool
+        if self.cancelled.is_set():
+            if part.temp is not None:
+                spool.discard(part.fd, part.temp)
+                part.fd, part.temp = None, None
+            raise StorageError("the session was closed")
         if part.failure is not None:
             return self._record(Stored(part.failure[0], part.failure[1], part.sop_instance_uid))
-        spool = self._node.spool
         assert part.temp is not None and part.fd is not None
         fd, temp = part.fd, part.temp
         part.fd, part.temp = None, None
@@ -142,9 +153,6 @@ class SessionSink:
         except IngestError as exc:
             spool.discard(fd, temp)
             return self._record(Stored(exc.status, str(exc), part.sop_instance_uid))
-        if self.cancelled.is_set():
-            spool.discard(fd, temp)
-            return self._record(Stored(OUT_OF_RESOURCES, "the session was closed", row["sop_instance_uid"]))
         final = self.folder / row["path"]
         try:
             if spool.fsync:
