@@ -15,7 +15,7 @@ from dicom_node.jobs import ops as job_ops
 from dicom_node.jobs.pipeline import Pipeline
 from dicom_node.jobs.stages import FileResultWriter, JobDelivery
 from dicom_node.jobs.worker import JobWorker
-from dicom_node.scp.context import ScpContext
+from dicom_node.scp.context import ResultArchive, ScpContext
 from dicom_node.scp.negotiation import supported_contexts
 from dicom_node.scp.server import StorageServer
 from dicom_node.sources.factory import source_rules
@@ -50,7 +50,8 @@ class Node:
             self.spool, self.index, self.writer, st.duplicate_policy == "replace", config.scp.max_inflated_bytes
         )
         self.scp = StorageServer(
-            ScpContext(config.scp, self.spool, self.writer, self.ingestor, supported_contexts(config.scp))
+            ScpContext(config.scp, self.spool, self.writer, self.ingestor, supported_contexts(config.scp),
+                       archive=ResultArchive.from_config(config, self.index))
         )
         self.assembler = Assembler(config.assembly, self.writer)
         results = FileResultWriter(config)

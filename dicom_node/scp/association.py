@@ -1,9 +1,14 @@
-"""One accepted connection: negotiation, then C-ECHO / C-STORE until release or abort.
+"""One accepted connection: negotiation, then C-ECHO / C-STORE / C-FIND / C-GET / C-MOVE until release or abort.
 
 Runs in its own thread with a blocking socket. P-DATA dataset fragments are
 written from the receive buffer straight into the temporary spool file, so a
 1 GB instance never sits in memory. Every failure becomes a DIMSE status or an
 A-ABORT; nothing raised here reaches the peer as anything else.
+
+A Query/Retrieve request is not spooled: it takes the refusal path of the
+dataset loop (no per-fragment cost for C-STORE), which keeps its identifier in
+memory, and once complete :class:`~dicom_node.scp.qr.QueryRetrieveService`
+runs the operation to its final response, driving the socket meanwhile.
 """
 
 from __future__ import annotations
@@ -16,9 +21,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_node.errors import AssociationError, IngestError, InsufficientSpaceError, StorageError
-from dicom_node.ingest import Arrival
+from dicom_node.errors import (
+    AssociationError,
+    IngestError,
+    InsufficientSpaceError,
+    StorageError,
+)
 from dicom_node.index import ops
+from dicom_node.ingest import Arrival
 from dicom_node.scp import pdu as P
 from dicom_node.scp.context import ScpContext
 from dicom_node.scp.filemeta import file_meta
@@ -37,6 +47,7 @@ from dicom_node.scp.negotiation import (
     negotiate,
     reject_pdu,
 )
+from dicom_node.scp.qr import QR_COMMANDS, QueryRetrieveService
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +55,10 @@ log = logging.getLogger(__name__)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 UNRECOGNISED_OPERATION = 0x0211
+#: Q/R identifiers are small; a long list of UIDs still fits.
+MAX_IDENTIFIER = 1 << 20
+#: The "refusal" of a Q/R request: not spooled; its identifier is kept (see :meth:`AssociationHandler._write`).
+_NOT_SPOOLED = (SUCCESS, "")
 
 
 @dataclass
@@ -58,6 +73,8 @@ class _Incoming:
     size: int = 0
     written: int = 0
     refusal: tuple[int, str] | None = None
+    #: The identifier of a C-FIND / C-GET / C-MOVE request (None for C-STORE).
+    identifier: bytearray | None = None
 
 
 class AssociationHandler:
@@ -87,6 +104,7 @@ class AssociationHandler:
         self._cmd_buf = bytearray()
         self._incoming: _Incoming | None = None
         self._ended = False
+        self._qr: QueryRetrieveService | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -229,14 +247,19 @@ class AssociationHandler:
         if not command.has_dataset:
             if field_ == P.C_ECHO_RQ:
                 self._respond(context_id, command, SUCCESS)
+            elif field_ == P.C_CANCEL_RQ:
+                pass  # for an operation already answered: nothing to cancel, and C-CANCEL has no response
             else:
                 self._respond(context_id, command, UNRECOGNISED_OPERATION, "operation not supported")
             return
         incoming = _Incoming(command, context_id)
-        if field_ != P.C_STORE_RQ:
-            incoming.refusal = (UNRECOGNISED_OPERATION, "operation not supported")
-        else:
+        if field_ == P.C_STORE_RQ:
             self._open(incoming)
+        elif field_ in QR_COMMANDS:
+            incoming.refusal = _NOT_SPOOLED
+            incoming.identifier = bytearray()
+        else:
+            incoming.refusal = (UNRECOGNISED_OPERATION, "operation not supported")
         self._incoming = incoming
 
     def _open(self, incoming: _Incoming) -> None:
@@ -265,12 +288,22 @@ class AssociationHandler:
     def _write(self, incoming: _Incoming, fragment: memoryview) -> None:
         incoming.size += len(fragment)
         if incoming.refusal is not None:
+            if incoming.identifier is not None:
+                self._keep_identifier(incoming, fragment)
             return
         if incoming.size > self.ctx.config.max_dataset_bytes:
             incoming.refusal = (OUT_OF_RESOURCES, "Out of resources: dataset larger than the configured limit")
             self._drop(incoming)
             return
         self._write_fd(incoming, fragment)
+
+    def _keep_identifier(self, incoming: _Incoming, fragment: memoryview) -> None:
+        assert incoming.identifier is not None
+        if incoming.size > MAX_IDENTIFIER:
+            incoming.identifier = None
+            incoming.refusal = (0xC000, "Unable to process: identifier larger than 1 MiB")
+            return
+        incoming.identifier += fragment
 
     def _write_fd(self, incoming: _Incoming, data: memoryview) -> None:
         try:
@@ -297,6 +330,12 @@ class AssociationHandler:
             self._incoming = None
 
     def _finish(self, incoming: _Incoming) -> None:
+        if incoming.identifier is not None:
+            if self._qr is None:
+                assert self._assoc is not None
+                self._qr = QueryRetrieveService(self.sock, self._assoc, self.ctx, self.id)
+            self._qr.serve(incoming.context_id, incoming.command, bytes(incoming.identifier))
+            return
         status, comment = self._store(incoming)
         self._respond(incoming.context_id, incoming.command, status, comment)
 

@@ -2,12 +2,19 @@
 
 Access control decides before any presentation context is looked at; every
 refusal uses the standard A-ASSOCIATE-RJ result/source/reason (PS3.8 Table 9-21).
+
+Besides Verification and the storage SOP classes, the Study Root Query/Retrieve
+FIND, MOVE and GET SOP classes are accepted (PS3.4 C.6.2). A C-GET requestor
+proposes its storage contexts with the SCP role (SCP/SCU Role Selection, PS3.7
+D.3.3.4); the role is granted and answered in the A-ASSOCIATE-AC, and such
+contexts are listed in :attr:`Negotiated.scu_contexts`: those on which this node
+may send C-STORE-RQ sub-operations.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
@@ -15,6 +22,7 @@ from pynetdicom.pdu_primitives import (
     ImplementationClassUIDNotification,
     ImplementationVersionNameNotification,
     MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 from pynetdicom.sop_class import Verification
@@ -35,6 +43,14 @@ REASON_APP_CONTEXT = 0x02
 REASON_CALLING_AE = 0x03
 REASON_CALLED_AE = 0x07
 REASON_LOCAL_LIMIT = 0x02
+
+# Study Root Query/Retrieve Information Model (PS3.4 C.6.2.1).
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+QUERY_RETRIEVE_CLASSES = (STUDY_ROOT_FIND, STUDY_ROOT_MOVE, STUDY_ROOT_GET)
+#: Identifiers are small: the native little endian syntaxes are enough (PS3.5 A.1, A.2).
+_NATIVE_LE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 
 
 @dataclass(frozen=True)
@@ -57,18 +73,29 @@ class Negotiated:
     contexts: dict[int, tuple[str, str]]
     peer_max_pdu: int
     ac_pdu: bytes
+    #: Accepted contexts on which the requestor took the SCP role (PS3.7 D.3.3.4):
+    #: this node may send C-STORE-RQ on them (C-GET sub-operations).
+    scu_contexts: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
 def supported_contexts(config: ScpConfig) -> list[PresentationContext]:
-    """Verification plus every storage SOP class, each with the configured transfer syntaxes."""
+    """Verification, Study Root Q/R and every storage SOP class with the configured transfer syntaxes.
+
+    Storage contexts accept a proposed SCU/SCP role selection (PS3.7 D.3.3.4),
+    so a C-GET requestor acting as Storage SCP gets its role.
+    """
     contexts = []
-    for abstract in [Verification] + [cx.abstract_syntax for cx in StoragePresentationContexts]:
+    for abstract in (Verification, *QUERY_RETRIEVE_CLASSES):
         cx = PresentationContext()
         cx.abstract_syntax = UID(abstract)
-        cx.transfer_syntax = [UID(ts) for ts in config.transfer_syntaxes] if abstract != Verification else [
-            UID("1.2.840.10008.1.2"),
-            UID("1.2.840.10008.1.2.1"),
-        ]
+        cx.transfer_syntax = [UID(ts) for ts in _NATIVE_LE]
+        contexts.append(cx)
+    for storage in StoragePresentationContexts:
+        cx = PresentationContext()
+        cx.abstract_syntax = UID(storage.abstract_syntax)
+        cx.transfer_syntax = [UID(ts) for ts in config.transfer_syntaxes]
+        cx.scu_role = True
+        cx.scp_role = True
         contexts.append(cx)
     return contexts
 
@@ -138,11 +165,24 @@ def negotiate(config: ScpConfig, request: A_ASSOCIATE, supported: list[Presentat
     supported : list of PresentationContext
         What we accept, from :func:`supported_contexts`.
     """
-    results, _roles = negotiate_as_acceptor(request.presentation_context_definition_list, supported, None)
+    proposed_roles = {
+        str(item.sop_class_uid): (item.scu_role, item.scp_role)
+        for item in request.user_information
+        if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid
+    }
+    results, roles = negotiate_as_acceptor(
+        request.presentation_context_definition_list, supported, proposed_roles or None
+    )
     accepted = {
         int(cx.context_id): (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
         for cx in results
         if cx.result == 0x00 and cx.context_id is not None
+    }
+    # pynetdicom's as_scu is the acceptor's role: True where the requestor will be the Storage SCP.
+    scu_contexts = {
+        int(cx.context_id): accepted[int(cx.context_id)]
+        for cx in results
+        if cx.result == 0x00 and cx.context_id is not None and cx.as_scu
     }
     peer_max = 0
     for item in request.user_information:
@@ -161,7 +201,7 @@ def negotiate(config: ScpConfig, request: A_ASSOCIATE, supported: list[Presentat
     impl_uid.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)
     impl_name = ImplementationVersionNameNotification()
     impl_name.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    primitive.user_information = [max_length, impl_uid, impl_name]
+    primitive.user_information = [max_length, impl_uid, impl_name, *roles]
     pdu = A_ASSOCIATE_AC()
     pdu.from_primitive(primitive)
     return Negotiated(
@@ -170,4 +210,5 @@ def negotiate(config: ScpConfig, request: A_ASSOCIATE, supported: list[Presentat
         contexts=accepted,
         peer_max_pdu=peer_max,
         ac_pdu=bytes(pdu.encode()),
+        scu_contexts=scu_contexts,
     )

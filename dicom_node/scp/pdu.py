@@ -23,8 +23,14 @@ ABORT = 0x07
 
 # DIMSE command fields (PS3.7 Table E.1-1).
 C_STORE_RQ = 0x0001
+C_GET_RQ = 0x0010
+C_FIND_RQ = 0x0020
+C_MOVE_RQ = 0x0021
 C_ECHO_RQ = 0x0030
+C_CANCEL_RQ = 0x0FFF
+C_STORE_RSP = 0x8001
 NO_DATASET = 0x0101
+DATASET_PRESENT = 0x0001
 
 # Command set tags (group 0000).
 TAG_GROUP_LENGTH = 0x00000000
@@ -32,10 +38,18 @@ TAG_AFFECTED_SOP_CLASS = 0x00000002
 TAG_COMMAND_FIELD = 0x00000100
 TAG_MESSAGE_ID = 0x00000110
 TAG_MESSAGE_ID_RESPONDED = 0x00000120
+TAG_MOVE_DESTINATION = 0x00000600
+TAG_PRIORITY = 0x00000700
 TAG_DATASET_TYPE = 0x00000800
 TAG_STATUS = 0x00000900
 TAG_ERROR_COMMENT = 0x00000902
 TAG_AFFECTED_SOP_INSTANCE = 0x00001000
+TAG_REMAINING = 0x00001020
+TAG_COMPLETED = 0x00001021
+TAG_FAILED = 0x00001022
+TAG_WARNING = 0x00001023
+TAG_MOVE_ORIGINATOR_AE = 0x00001030
+TAG_MOVE_ORIGINATOR_ID = 0x00001031
 
 _U16 = struct.Struct("<H")
 _ELEM = struct.Struct("<HHI")
@@ -212,6 +226,113 @@ def encode_response(
     if sop_instance_uid:
         body += _uid_element(0x1000, sop_instance_uid)
     return _GROUP_LENGTH.pack(0, 0, 4, len(body)) + body
+
+
+@dataclass
+class SubOperations:
+    """Sub-operation counts of a C-GET or C-MOVE (PS3.7 9.1.3.1, 9.1.4.1)."""
+
+    remaining: int = 0
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+
+
+def _us(element: int, value: int) -> bytes:
+    return _ELEM.pack(0, element, 2) + _U16.pack(value)
+
+
+def _text_element(element: int, text: str, limit: int) -> bytes:
+    value = _pad(text[:limit].encode("ascii", "replace"), b" ")
+    return _ELEM.pack(0, element, len(value)) + value
+
+
+def _command(elements: dict[int, bytes]) -> bytes:
+    # Elements in ascending tag order (PS3.5 7.1), after the group length.
+    body = b"".join(elements[tag] for tag in sorted(elements))
+    return _GROUP_LENGTH.pack(0, 0, 4, len(body)) + body
+
+
+def encode_qr_response(
+    command_field: int,
+    message_id: int,
+    status: int,
+    sop_class_uid: str,
+    *,
+    has_dataset: bool = False,
+    counts: SubOperations | None = None,
+    final: bool = False,
+    error_comment: str | None = None,
+) -> bytes:
+    """Build a C-FIND, C-GET or C-MOVE response command set (PS3.7 9.3.2.2, 9.3.3.2, 9.3.4.2).
+
+    Parameters
+    ----------
+    command_field : int
+        The request's command field; the response sets bit 15.
+    message_id : int
+        Message ID of the request being responded to.
+    status : int
+        PS3.4 C.4 status (0xFF00 pending, 0x0000, 0xB000, 0xFE00, 0xA702 ...).
+    sop_class_uid : str
+        Affected SOP Class UID (the Q/R information model).
+    has_dataset : bool
+        True when an identifier follows (a match, or a Failed SOP Instance UID List).
+    counts : SubOperations, optional
+        C-GET/C-MOVE sub-operation counts; Remaining is left out of a final
+        response other than Cancel (PS3.7 C.4.2.1.3).
+    final : bool
+        True for the last response of the operation.
+    error_comment : str, optional
+        Error Comment (0000,0902), at most 64 characters, never PHI.
+    """
+    elements = {
+        0x0002: _uid_element(0x0002, sop_class_uid),
+        0x0100: _us(0x0100, command_field | 0x8000),
+        0x0120: _us(0x0120, message_id),
+        0x0800: _us(0x0800, DATASET_PRESENT if has_dataset else NO_DATASET),
+        0x0900: _us(0x0900, status),
+    }
+    if error_comment:
+        elements[0x0902] = _text_element(0x0902, error_comment, 64)
+    if counts is not None:
+        if not final or status == 0xFE00:
+            elements[0x1020] = _us(0x1020, counts.remaining)
+        elements[0x1021] = _us(0x1021, counts.completed)
+        elements[0x1022] = _us(0x1022, counts.failed)
+        elements[0x1023] = _us(0x1023, counts.warning)
+    return _command(elements)
+
+
+def encode_store_rq(
+    message_id: int,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    move_originator: tuple[str, int] | None = None,
+) -> bytes:
+    """Build a C-STORE-RQ command set, medium priority (PS3.7 9.3.1.1).
+
+    Parameters
+    ----------
+    message_id : int
+        Our Message ID for this sub-operation.
+    sop_class_uid, sop_instance_uid : str
+        Affected SOP Class / Instance UID of the dataset that follows.
+    move_originator : (str, int), optional
+        AE title and Message ID of the C-MOVE this sub-operation serves.
+    """
+    elements = {
+        0x0002: _uid_element(0x0002, sop_class_uid),
+        0x0100: _us(0x0100, C_STORE_RQ),
+        0x0110: _us(0x0110, message_id),
+        0x0700: _us(0x0700, 0x0000),
+        0x0800: _us(0x0800, DATASET_PRESENT),
+        0x1000: _uid_element(0x1000, sop_instance_uid),
+    }
+    if move_originator is not None:
+        elements[0x1030] = _text_element(0x1030, move_originator[0], 16)
+        elements[0x1031] = _us(0x1031, move_originator[1])
+    return _command(elements)
 
 
 def p_data_pdu(context_id: int, control: int, payload: bytes) -> bytes:
