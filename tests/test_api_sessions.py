@@ -224,7 +224,7 @@ class _SlowWado(BaseHTTPRequestHandler):
         """Quiet."""
 
 
-def test_delete_during_retrieval_stops_it(start_node: Any, models_dir: Path) -> None:
+def test_delete_during_retrieval_stops_it(start_node: Any, models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     class Handler(_SlowWado):
         files = dicom_files(slices=4, size=512, seed="slow")
         release = threading.Event()
@@ -239,6 +239,9 @@ def test_delete_during_retrieval_stops_it(start_node: Any, models_dir: Path) -> 
         sid = r.json()["session_id"]
         assert wait_for(lambda: httpx.get(url(node, f"/v1/sessions/{sid}")).json()["instances"] >= 1, timeout=10)
         assert httpx.get(url(node, f"/v1/sessions/{sid}")).json()["status"] == "retrieving"
+        monkeypatch.setattr("dicom_node.sources.sessions.MAX_ACTIVE_RETRIEVALS", 1)
+        busy = httpx.put(url(node, "/v1/sessions"), json={"dicomweb": {"node": "slow", "study_uid": "1.2.4"}})
+        assert busy.status_code == 429 and busy.json()["error"]["code"] == "busy", busy.text
         assert httpx.delete(url(node, f"/v1/sessions/{sid}")).status_code == 200
         assert not session_dir(node, sid).exists()
         Handler.release.set()

@@ -47,6 +47,8 @@ SESSION_ID_RE = re.compile(r"[0-9a-f]{32}")
 MAX_SWEEP_WAIT = 30.0
 #: Most studies a PATIENT-level session retrieves.
 MAX_PATIENT_STUDIES = 100
+#: Most retrievals running at once (each holds an association or an HTTP connection to a PACS).
+MAX_ACTIVE_RETRIEVALS = 8
 
 
 class SessionRefused(DicomNodeError):
@@ -218,7 +220,18 @@ class SessionService:
 
     def start_retrieval(self, kind: str, source: Any, source_name: str, plan: RetrievalPlan,
                         expiry: float) -> dict[str, Any]:
-        """Open a session and retrieve ``plan`` from ``source`` in a background thread; return the row."""
+        """Open a session and retrieve ``plan`` from ``source`` in a background thread; return the row.
+
+        Raises
+        ------
+        SessionRefused
+            429 ``busy`` while :data:`MAX_ACTIVE_RETRIEVALS` retrievals run.
+        """
+        with self._lock:
+            busy = len(self._active) >= MAX_ACTIVE_RETRIEVALS
+        if busy:
+            raise SessionRefused(429, "busy", f"{MAX_ACTIVE_RETRIEVALS} session retrievals are running; "
+                                 "try again when one has finished")
         row = self.open(kind, source_name, {**plan.describe(), "node": source_name}, expiry)
         cancel = threading.Event()
         thread = threading.Thread(target=self._retrieve, args=(row["id"], source, plan, cancel),
@@ -255,6 +268,9 @@ class SessionService:
         finally:
             if not finished:  # an unexpected error: never leave the session "retrieving" for ever
                 self._fail_quietly(session_id, "retrieval stopped by an internal error (see the node's log)")
+            close = getattr(source, "close", None)
+            if callable(close):  # pooled HTTP connections of a DICOMweb source
+                close()
             with self._lock:
                 self._active.pop(session_id, None)
 

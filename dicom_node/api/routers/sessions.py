@@ -84,7 +84,7 @@ _PUT_BODY = {"requestBody": {"required": True, "content": {
 _PUT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": SessionCreated, "description": "Upload stored; the session is ready"},
     202: {"model": SessionCreated, "description": "Retrieval started in the background"},
-    **error_responses(401, 403, 404, 413, 415, 503),
+    **error_responses(401, 403, 404, 413, 415, 429, 503),
 }
 
 
@@ -140,7 +140,10 @@ async def _retrieve(request: Request, service: SessionService, expiry: float) ->
     except SessionRefused as exc:
         log.info("session refused kind=%s code=%s", "dicom" if body.dicom else "dicomweb", exc.code)
         raise _refused(exc) from exc
-    row = await run_in_threadpool(service.start_retrieval, kind, source, entry.name, plan, expiry)
+    try:
+        row = await run_in_threadpool(service.start_retrieval, kind, source, entry.name, plan, expiry)
+    except SessionRefused as exc:
+        raise _refused(exc) from exc
     return _created(row, expiry, 202)
 
 
@@ -232,7 +235,7 @@ async def create_session(
     ------
     ApiError
         400 invalid body or expiry, 403 a node that is not configured, 413 over a limit,
-        415 another media type, 503 a source kind this build lacks.
+        415 another media type, 429 too many retrievals running, 503 a source kind this build lacks.
     """
     node = request.app.state.ctx.node
     service = await service_for(node)
