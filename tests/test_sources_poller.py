@@ -280,3 +280,24 @@ def test_a_pollers_rules_restrict_routing_of_what_it_brought_in(start_node, orth
                       "ON i.series_instance_uid = j.series_instance_uid GROUP BY j.id")
     assert sorted(jobs) == sorted([("ct-all", "model-a", "dimse"), ("ct-pulled", "model-b", "dimse"),
                                    ("ct-pulled", "model-b", SOURCE)])
+
+
+def test_the_same_cycle_polls_a_dimse_source_by_c_find_and_c_get(start_node, tmp_path: Path) -> None:
+    orthanc_available()
+    from tests.peers.orthanc import run_orthanc
+
+    first, grown = series("dq", 4), series("dq", 6, start=4)
+    extra = {"DicomModalities": {"node": {"AET": "DICOM_NODE", "Host": "127.0.0.1", "Port": free_port()}}}
+    with run_orthanc(tmp_path / "orthanc", extra=extra) as peer:
+        load(peer, first)
+        remote = {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": peer.dicom_port,
+                  "retrieve": "c-get", "acse_timeout": 10, "dimse_timeout": 20, "network_timeout": 20}
+        entry = {"name": NAME, "kind": "dimse", "remote": "pacs", "interval": 3600.0, "study_date_days": 3}
+        node = start_node(api={"enabled": False}, sources={"remotes": [remote], "pollers": [entry]})
+        assert wait_for(lambda: source_row(node).get("polls", 0) >= 1, timeout=30), source_row(node)
+        assert source_row(node)["state"] == "idle", source_row(node)
+        assert rows(node, "SELECT COUNT(*), MIN(source), MIN(calling_ae) FROM instances") == [(4, "qr:pacs", NAME)]
+        load(peer, grown)
+        report = node.pollers.run_cycle(NAME)
+        assert report.ok and [(a.stored, a.duplicates) for a in report.arrived] == [(2, 0)]
+        assert node.index.counts()["instances"] == 6

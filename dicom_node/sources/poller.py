@@ -39,6 +39,7 @@ import datetime as dt
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -244,6 +245,8 @@ class PollerService:
         self._sources: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # The lease is per process (owner); this lock keeps two threads of this process off one cycle at a time.
+        self._cycle_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -286,7 +289,7 @@ class PollerService:
         while not self._stop.is_set():
             try:
                 ran = self.step()
-            except StorageError as exc:
+            except (StorageError, sqlite3.Error) as exc:  # the index is unavailable: try again at the next tick
                 log.error("poller step failed error=%s", exc)
                 ran = False
             if not ran:
@@ -300,8 +303,8 @@ class PollerService:
                if name in self.pollers and r["state"] != state.STOPPED and (r["next_poll_at"] or 0.0) <= now]
         if not due:
             return False
-        self.run_cycle(min(due)[1])
-        return True
+        report = self.run_cycle(min(due)[1], wait_lease=0.0)
+        return report.state != state.POLLING or report.ok
 
     # -- one cycle ---------------------------------------------------------------------------------------------
 
@@ -311,7 +314,7 @@ class PollerService:
             self._sources[poller.name] = make_source(self.node.config, poller, self.node)
         return self._sources[poller.name]
 
-    def run_cycle(self, name: str, *, poller: Poller | None = None, wait_lease: float = 0.0) -> CycleReport:
+    def run_cycle(self, name: str, *, poller: Poller | None = None, wait_lease: float = 60.0) -> CycleReport:
         """Poll ``name`` once now, whatever its state; the outcome is persisted and returned.
 
         Parameters
@@ -321,9 +324,18 @@ class PollerService:
         poller : Poller, optional
             Its configuration when it is not an enabled poller of this service (``poll-now`` of a disabled one).
         wait_lease : float
-            Seconds to wait while another process polls the same source.
+            Seconds to wait while another cycle (this process or another) polls; 0 = do not wait.
         """
         poller = poller or self.pollers[name]
+        locked = self._cycle_lock.acquire(timeout=wait_lease) if wait_lease > 0 else self._cycle_lock.acquire(False)
+        if not locked:
+            return CycleReport(name, ok=False, state=state.POLLING, error="another poll of this process is running")
+        try:
+            return self._run_cycle(name, poller, wait_lease)
+        finally:
+            self._cycle_lock.release()
+
+    def _run_cycle(self, name: str, poller: Poller, wait_lease: float) -> CycleReport:
         writer = self.node.writer
         writer.run(lambda c: state.ensure(c, name, poller.kind, time.time()))
         deadline = time.monotonic() + wait_lease
@@ -342,6 +354,8 @@ class PollerService:
             return cycle.report
         except (SourceError, StorageError, DicomNodeError) as exc:
             return self._failed(poller, cycle.report, exc)
+        except (sqlite3.Error, OSError) as exc:  # reading the seen set, or the spool: transient, back off
+            return self._failed(poller, cycle.report, StorageError(f"{type(exc).__name__}: {exc}"))
         report = cycle.report
         now = time.time()
         writer.run(lambda c: state.succeeded(c, name, self.owner, now, now + poller.interval, report.retrieved,
