@@ -66,12 +66,13 @@ def test_fetch_by_c_get_prints_each_series_and_fills_the_spool(orthanc, tmp_path
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["method"] == "c-get" and doc["remote"] == "orthanc" and doc["study"] == _study(series)
-    assert [(r["series_instance_uid"], r["modality"], r["stored"], r["duplicates"], r["failed"]) for r in doc["series"]] \
-        == [(uid, "CT", len(dss), 0, 0) for uid, dss in series.items()]
+    got = [(r["series_instance_uid"], r["modality"], r["stored"], r["duplicates"], r["failed"]) for r in doc["series"]]
+    assert got == [(uid, "CT", len(dss), 0, 0) for uid, dss in series.items()]
     rows = instances(config)
     assert len(rows) == 6 and {r["source"] for r in rows} == {"qr:orthanc"}
     for row in rows:
-        assert pydicom.dcmread(config.parent / "state" / "spool" / row["path"]).SOPInstanceUID == row["sop_instance_uid"]
+        stored = pydicom.dcmread(config.parent / "state" / "spool" / row["path"])
+        assert stored.SOPInstanceUID == row["sop_instance_uid"]
     # Again, one series, as text: everything is already held.
     first = next(iter(series))
     again = fetch(config, "--study", _study(series), "--series", first)
@@ -119,6 +120,6 @@ def test_fetch_from_a_remote_that_is_down_or_unknown(tmp_path: Path) -> None:
     out = fetch(config, "--study", "1.2.3")
     assert out.returncode == 1 and out.stderr.strip().count("\n") == 0
     assert "cannot connect to ORTHANC@127.0.0.1" in out.stderr
-    other = subprocess.run([dicom_node_exe(), "--config", str(config), "fetch", "--from", "nowhere", "--study", "1.2.3"],
-                           capture_output=True, text=True, timeout=60, check=False)
+    other = subprocess.run([dicom_node_exe(), "--config", str(config), "fetch", "--from", "nowhere",
+                            "--study", "1.2.3"], capture_output=True, text=True, timeout=60, check=False)
     assert other.returncode == 2 and "no such [[sources.remotes]] entry" in other.stderr

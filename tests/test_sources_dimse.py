@@ -270,7 +270,8 @@ def test_bad_filters_and_uids_are_refused_before_any_network(node: Any) -> None:
 
 
 @pytest.mark.parametrize("method", ["c-get", "c-move"])
-def test_a_dimse_poller_retrieves_everything_once(orthanc: Loaded, start_node: Any, tmp_path: Path, method: str) -> None:
+def test_a_dimse_poller_retrieves_everything_once(orthanc: Loaded, start_node: Any, tmp_path: Path,
+                                                  method: str) -> None:
     entry = {"name": "orthanc", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port,
              "retrieve": method, "dimse_timeout": 20}
     sources = {"remotes": [entry], "pollers": [{"name": "pacs", "kind": "dimse", "remote": "orthanc",

@@ -26,7 +26,7 @@ and try again. Instances refused one by one are reported in
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -49,7 +49,7 @@ from dicom_node.sources.dimse_net import (
     responses,
     where,
 )
-from dicom_node.sources.sink import RetrievalSink
+from dicom_node.sources.sink import RetrievalSink, Stored
 from dicom_node.validators import is_uid
 
 __all__ = ["DimseSource", "part10_chunks"]
@@ -133,12 +133,18 @@ class DimseSource:
         """What the index records as the source of instances retrieved from this remote."""
         return f"qr:{self.remote.name}"
 
-    def sink(self) -> RetrievalSink:
+    def sink(self, on_stored: Callable[[Stored], None] | None = None) -> RetrievalSink:
         """A :class:`RetrievalSink` recording ``qr:<name>`` with the remote's name as calling AE."""
-        return RetrievalSink(self.node, self.remote.name, self.source_label, self.remote.host)
+        return RetrievalSink(self.node, self.remote.name, self.source_label, self.remote.host, on_stored)
 
-    def _find(self, assoc: Association, identifier: Dataset) -> list[Dataset]:
-        """One C-FIND on an open association; the matches (PS3.4 C.4.1.1.4 statuses)."""
+    def find_on(self, assoc: Association, identifier: Dataset) -> list[Dataset]:
+        """One C-FIND on an open association; the matches (PS3.4 C.4.1.1.4 statuses).
+
+        Raises
+        ------
+        SourceError
+            A failure status (0xA700 retryable; 0xA900, 0xCxxx not) or a missing response.
+        """
         matches: list[Dataset] = []
         code, status, _ = responses(assoc, assoc.send_c_find(identifier, FIND_MODEL), self.remote, "C-FIND",
                                     lambda ds: matches.append(ds) if ds is not None else None)
@@ -152,10 +158,11 @@ class DimseSource:
     def _query(self, identifier: Dataset) -> list[Dataset]:
         with associate(self.remote, self.calling_ae, [build_context(FIND_MODEL)]) as assoc:
             require_context(assoc, self.remote, FIND_MODEL, "C-FIND")
-            return self._find(assoc, identifier)
+            return self.find_on(assoc, identifier)
 
     @staticmethod
-    def _series_query(study_uid: str) -> Dataset:
+    def series_query(study_uid: str) -> Dataset:
+        """SERIES-level identifier: the series of a study with Modality and NumberOfSeriesRelatedInstances."""
         ds = Dataset()
         ds.QueryRetrieveLevel = "SERIES"
         ds.StudyInstanceUID = study_uid
@@ -166,7 +173,8 @@ class DimseSource:
         return ds
 
     @staticmethod
-    def _instance_query(study_uid: str, series_uid: str) -> Dataset:
+    def instance_query(study_uid: str, series_uid: str) -> Dataset:
+        """IMAGE-level identifier: SOP Instance UIDs and InstanceNumber of one series."""
         ds = Dataset()
         ds.QueryRetrieveLevel = "IMAGE"
         ds.StudyInstanceUID = study_uid
@@ -206,10 +214,11 @@ class DimseSource:
     def find_series(self, study_uid: str) -> list[SeriesSummary]:
         """C-FIND at SERIES level: the series of one study with NumberOfSeriesRelatedInstances."""
         _check_uid(study_uid, "study UID")
-        return self._series(self._query(self._series_query(study_uid)), study_uid)
+        return self.series_from(self._query(self.series_query(study_uid)), study_uid)
 
     @staticmethod
-    def _series(matches: list[Dataset], study_uid: str) -> list[SeriesSummary]:
+    def series_from(matches: list[Dataset], study_uid: str) -> list[SeriesSummary]:
+        """Summaries of SERIES-level matches, by SeriesNumber then UID."""
         found = [(_count(m, "SeriesNumber") or 0, SeriesSummary(study_uid, _text(m, "SeriesInstanceUID"),
                                                                 _count(m, "NumberOfSeriesRelatedInstances"),
                                                                 _text(m, "Modality")))
@@ -221,10 +230,11 @@ class DimseSource:
         """C-FIND at IMAGE level: SOP Instance UIDs of one series, by InstanceNumber."""
         _check_uid(study_uid, "study UID")
         _check_uid(series_uid, "series UID")
-        return self._instances(self._query(self._instance_query(study_uid, series_uid)))
+        return self.instances_from(self._query(self.instance_query(study_uid, series_uid)))
 
     @staticmethod
-    def _instances(matches: list[Dataset]) -> list[str]:
+    def instances_from(matches: list[Dataset]) -> list[str]:
+        """SOP Instance UIDs of IMAGE-level matches, by InstanceNumber."""
         found = [(_count(m, "InstanceNumber") or 0, _text(m, "SOPInstanceUID")) for m in matches]
         return [uid for _, uid in sorted(found) if uid]
 
@@ -336,7 +346,8 @@ class DimseSource:
 
     def missing(self, assoc: Association, study_uid: str, series_uid: str | None) -> str | None:
         """What the remote does not hold (``"study ..."`` / ``"series ..."``), by a C-FIND; None when it does."""
-        series = {s.series_instance_uid for s in self._series(self._find(assoc, self._series_query(study_uid)), study_uid)}
+        matches = self.find_on(assoc, self.series_query(study_uid))
+        series = {s.series_instance_uid for s in self.series_from(matches, study_uid)}
         if not series:
             return f"study {study_uid}"
         if series_uid and series_uid not in series:
@@ -371,7 +382,7 @@ class DimseSource:
         if code in (0x0000, 0xB000):
             return
         comment = _text(status, "ErrorComment")
-        message = (f"{op} failed at {where(self.remote)}: status {describe(code)}" + (f" - {comment}" if comment else ""))
+        message = f"{op} failed at {where(self.remote)}: status {describe(code)}" + (f" - {comment}" if comment else "")
         moved = _count(status, "NumberOfCompletedSuboperations") or 0
         if not (result.stored or result.duplicates or moved):
             raise SourceError(message, retryable=code & 0xFF00 == _OUT_OF_RESOURCES)

@@ -65,11 +65,11 @@ def indexed(node: Any, uids: Sequence[str]) -> dict[str, str]:
 
 def _expected(source: DimseSource, assoc: Association, study_uid: str, series_uid: str | None) -> list[str]:
     """SOP Instance UIDs the move should bring: C-FIND at SERIES then IMAGE level."""
-    series = [series_uid] if series_uid else [
-        s.series_instance_uid for s in source._series(source._find(assoc, source._series_query(study_uid)), study_uid)]
+    series = [series_uid] if series_uid else [s.series_instance_uid for s in source.series_from(
+        source.find_on(assoc, source.series_query(study_uid)), study_uid)]
     uids: list[str] = []
     for uid in series:
-        uids.extend(source._instances(source._find(assoc, source._instance_query(study_uid, uid))))
+        uids.extend(source.instances_from(source.find_on(assoc, source.instance_query(study_uid, uid))))
     return uids
 
 
@@ -98,7 +98,8 @@ def retrieve_by_move(source: DimseSource, study_uid: str, series_uid: str | None
             return result
         before = indexed(source.node, expected)
         for identifier in source.identifiers(study_uid, series_uid, instances):
-            code, status, ident = responses(assoc, assoc.send_c_move(identifier, destination, MOVE_MODEL), remote, "C-MOVE")
+            replies = assoc.send_c_move(identifier, destination, MOVE_MODEL)
+            code, status, ident = responses(assoc, replies, remote, "C-MOVE")
             try:
                 source.account(result, f"C-MOVE to {destination}", code, status, ident)
             except SourceError as exc:
