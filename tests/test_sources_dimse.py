@@ -10,6 +10,7 @@ study B with one 2-slice "MR"-labelled series.
 from __future__ import annotations
 
 import io
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -288,3 +289,34 @@ def test_a_dimse_poller_retrieves_everything_once(orthanc: Loaded, start_node: A
     report = node.pollers.run_cycle("pacs")
     assert report.ok and report.studies == 2 and report.arrived == []
     assert node.index.counts()["instances"] == len(every)
+
+
+def test_c_find_and_c_get_over_tls(node: Any, tmp_path: Path) -> None:
+    require_tool("Orthanc", "apt-get install orthanc")
+    openssl = require_tool("openssl", "apt-get install openssl")
+    from tests.peers.orthanc import run_orthanc
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    # One self-signed pair for both sides; Orthanc requires and checks our client certificate.
+    extra = {"DicomTlsEnabled": True, "DicomTlsCertificate": str(cert), "DicomTlsPrivateKey": str(key),
+             "DicomTlsTrustedCertificates": str(cert), "DicomTlsRemoteCertificateRequired": True,
+             "DicomAlwaysAllowFind": True, "DicomAlwaysAllowGet": True}
+    dss = _datasets("dimse-tls", 2)
+    study, series = str(dss[0].StudyInstanceUID), str(dss[0].SeriesInstanceUID)
+    with run_orthanc(tmp_path / "orthanc-tls", extra=extra) as peer:
+        post_instances(peer.http_url, dss)
+        source = DimseSource(remote(peer.dicom_port, ca_file=cert, cert_file=cert, key_file=key), node)
+        assert [s.instances for s in source.find_series(study)] == [2]
+        with source.sink() as sink:
+            assert len(source.retrieve(study, series, sink).stored) == 2
+        untrusted = DimseSource(remote(peer.dicom_port, tls=True), node)
+        with pytest.raises(SourceError) as err:
+            untrusted.find_series(study)
+        assert "cannot connect" in str(err.value) and "TLS" in str(err.value)
+        plain = DimseSource(remote(peer.dicom_port), node)
+        with pytest.raises(SourceError, match="aborted or timed out"):
+            plain.find_series(study)  # plain DICOM to a TLS port: the handshake never comes
+    assert node.index.counts()["instances"] == 2
