@@ -155,6 +155,8 @@ def test_findscu_study_level_returns_both_studies_with_counts(archive: Archive, 
     assert wild == [], "LO matching is case-sensitive"
     _, wild = findscu(archive, tmp_path / "wild2", "QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientID=SYN?H-qr*")
     assert len(wild) == 2
+    _, names = findscu(archive, tmp_path / "pn", "QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientName=synthetic^*")
+    assert len(names) == 2, "PN matching ignores case"
     _, listed = findscu(archive, tmp_path / "list", "QueryRetrieveLevel=STUDY",
                         f"StudyInstanceUID={archive.study('qra')}\\9.9.9")
     assert [str(ds.StudyInstanceUID) for ds in listed] == [archive.study("qra")]

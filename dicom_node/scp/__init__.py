@@ -1,4 +1,5 @@
-"""DIMSE service class provider: association handling, C-ECHO and C-STORE.
+"""DIMSE service class provider: association handling, C-ECHO, C-STORE, and Study Root
+C-FIND / C-GET / C-MOVE for the node's own result objects (:mod:`dicom_node.scp.qr`).
 
 The upper layer here is a lean, blocking, thread-per-association implementation
 of the DICOM Upper Layer protocol (PS3.8) for the receive path. It reuses

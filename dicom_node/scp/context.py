@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
 from pynetdicom.presentation import PresentationContext
 
 from dicom_node.config import NodeConfig, ScpConfig
@@ -79,9 +80,9 @@ class ResultArchive:
                 destinations[peer.ae_title] = DimseDestination(
                     name="c-move", ae_title=peer.ae_title, host=peer.host, port=peer.port, calling_ae=calling,
                 )
-            except ValueError as exc:  # pydantic's ValidationError: e.g. a link-local host
+            except ValidationError as exc:  # e.g. a link-local host, refused as an outbound destination
                 log.warning("known peer is not a C-MOVE destination ae_title=%s reason=%s", peer.ae_title,
-                            str(exc).splitlines()[-1].strip())
+                            exc.errors()[0]["msg"].removeprefix("Value error, "))
         return cls(index, Path(config.storage.root).resolve(), destinations, calling)
 
 

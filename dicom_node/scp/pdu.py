@@ -335,7 +335,7 @@ def encode_store_rq(
     return _command(elements)
 
 
-def p_data_pdu(context_id: int, control: int, payload: bytes) -> bytes:
+def p_data_pdu(context_id: int, control: int, payload: bytes | memoryview) -> bytes:
     """Wrap one fragment in a single-PDV P-DATA-TF PDU (PS3.8 9.3.5)."""
     pdv = _PDV_HEADER.pack(len(payload) + 2, context_id, control) + payload
     return _PDU_HEADER.pack(P_DATA_TF, len(pdv)) + pdv

@@ -360,7 +360,7 @@ class QueryRetrieveService:
         view = memoryview(dataset)
         for start in range(0, len(view), self._fragment):
             last = start + self._fragment >= len(view)
-            self._send(P.p_data_pdu(context_id, 0x02 if last else 0x00, bytes(view[start : start + self._fragment])))
+            self._send(P.p_data_pdu(context_id, 0x02 if last else 0x00, view[start : start + self._fragment]))
 
     def _cancel_requested(self, op: _Operation) -> bool:
         """Read whatever the peer sent meanwhile, without blocking; True once a C-CANCEL-RQ arrived."""

@@ -312,7 +312,7 @@ def element_matches(key: DataElement, entity: DataElement | None) -> bool:
 def _read_header(path: Path) -> Dataset | None:
     try:
         return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    except (OSError, InvalidDicomError, ValueError, TypeError, EOFError) as exc:
+    except (OSError, InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, EOFError) as exc:
         log.warning("result header unreadable file=%s error=%s", path.name, type(exc).__name__)
         return None
 
