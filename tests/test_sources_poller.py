@@ -301,3 +301,26 @@ def test_the_same_cycle_polls_a_dimse_source_by_c_find_and_c_get(start_node, tmp
         report = node.pollers.run_cycle(NAME)
         assert report.ok and [(a.stored, a.duplicates) for a in report.arrived] == [(2, 0)]
         assert node.index.counts()["instances"] == 6
+
+
+def test_max_studies_defers_the_rest_and_the_watermark_moves_only_after_a_full_scan(start_node, orthanc) -> None:
+    from dicom_node.sources.poller import study_filters
+
+    load(orthanc, series("m1", 2) + series("m2", 2) + series("m3", 2))
+    node = start_node(api={"enabled": False},
+                      sources={"pollers": [poller(orthanc.dicomweb_url, max_studies=1, page_size=10)]})
+    assert wait_for(lambda: source_row(node).get("polls", 0) >= 1, timeout=20)
+    assert source_row(node)["last_retrieved"] == 2 and source_row(node)["watermark"] is None
+    second = node.pollers.run_cycle(NAME)
+    assert second.retrieved == 2 and not second.complete and source_row(node)["watermark"] is None
+    third = node.pollers.run_cycle(NAME)
+    today = dt.date.today()
+    assert third.retrieved == 2 and third.complete
+    watermark = source_row(node)["watermark"]
+    assert watermark == (today - dt.timedelta(days=3)).strftime("%Y%m%d")
+    assert node.index.counts()["instances"] == 6
+    # After ten days down, the next window still starts at the watermark: nothing that arrived meanwhile is missed.
+    later = today + dt.timedelta(days=10)
+    filters, start = study_filters(node.config.sources.pollers[0], watermark, later)
+    assert filters["StudyDate"] == f"{watermark}-{later:%Y%m%d}"
+    assert start == (later - dt.timedelta(days=3)).strftime("%Y%m%d")
