@@ -324,3 +324,18 @@ def test_max_studies_defers_the_rest_and_the_watermark_moves_only_after_a_full_s
     filters, start = study_filters(node.config.sources.pollers[0], watermark, later)
     assert filters["StudyDate"] == f"{watermark}-{later:%Y%m%d}"
     assert start == (later - dt.timedelta(days=3)).strftime("%Y%m%d")
+
+
+def test_retry_after_forms_and_the_accept_header_order() -> None:
+    import email.utils
+
+    from dicom_node.sources.dicomweb import ACCEPTED_SYNTAXES, accept_header, retry_after_seconds
+
+    now = time.time()
+    assert retry_after_seconds("120") == 120.0
+    assert 25 <= (retry_after_seconds(email.utils.formatdate(now + 30, usegmt=True), now) or 0) <= 31
+    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+    # Orthanc 1.10 honours only the last media range: Explicit VR Little Endian, which any server produces.
+    header = accept_header(ACCEPTED_SYNTAXES)
+    assert header.endswith('type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1')
+    assert "1.2.840.10008.1.2.4.90" in header and header.count("multipart/related") == len(ACCEPTED_SYNTAXES)
