@@ -7,8 +7,10 @@ and one SR written by the node's writers and recorded in the ``results`` table.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from pynetdicom.dsutils import split_dataset
 
 from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, ct_datasets
-from tests.conftest import node_config, require_tool, wait_for
+from tests.conftest import free_port, node_config, require_tool, wait_for
 from tests.receiver import SCP_AE, RecordingSCP
 from tests.scu import send_all
 
@@ -35,15 +37,17 @@ GET = "1.2.840.10008.5.1.4.1.2.2.3"
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 SR = "1.2.840.10008.5.1.4.1.1.88.34"
 CT = "1.2.840.10008.5.1.4.1.1.2"
-PEERS = ["TEST_SCU", "FINDSCU", "GETSCU", "MOVESCU", "VIEWER"]
+PEERS = ["TEST_SCU", "FINDSCU", "GETSCU", "MOVESCU", "VIEWER", "ORTHANC"]
 
 
 class Archive:
     """The running node, its receiver peer, and what the index says the results are."""
 
-    def __init__(self, node: Node, receiver: RecordingSCP, studies: dict[str, Dataset]) -> None:
+    def __init__(self, node: Node, receiver: RecordingSCP, studies: dict[str, Dataset], orthanc_port: int) -> None:
         self.node = node
         self.receiver = receiver
+        #: Where a test may start Orthanc: registered with the node as known peer ORTHANC.
+        self.orthanc_port = orthanc_port
         self.port = str(node.scp.port)
         #: seed -> first source CT dataset of that study
         self.studies = studies
@@ -66,11 +70,13 @@ class Archive:
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
     receiver = RecordingSCP().start()
+    orthanc_port = free_port()
     config = node_config(
         tmp_path_factory.mktemp("qr") / "node",
         routing={"rules": [RULE]}, inference={"models_dir": ENGINES}, api={"enabled": False},
         scp={"allowed_peers": [{"ae_title": ae} for ae in PEERS]},
-        delivery={"known_peers": [{"ae_title": SCP_AE, "host": "127.0.0.1", "port": receiver.port}]},
+        delivery={"known_peers": [{"ae_title": SCP_AE, "host": "127.0.0.1", "port": receiver.port},
+                                  {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc_port}]},
     )
     node = Node(config)
     node.start()
@@ -89,7 +95,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
                 conn.close()
 
         assert wait_for(lambda: results() == 4, timeout=90), "the jobs did not write SEG and SR for both studies"
-        yield Archive(node, receiver, studies)
+        yield Archive(node, receiver, studies, orthanc_port)
     finally:
         node.stop()
         receiver.stop()
@@ -122,6 +128,14 @@ def identifier(level: str, **keys: Any) -> Dataset:
     for keyword, value in keys.items():
         setattr(ds, keyword, value)
     return ds
+
+
+def post_json(url: str, body: dict[str, Any]) -> Any:
+    """POST JSON to a loopback REST API (no proxy) and decode the answer."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=60) as response:
+        return json.loads(response.read() or b"null")
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -417,3 +431,24 @@ def test_c_move_counts_and_unknown_destination(archive: Archive) -> None:
     assert archive.receiver.uids()[before:] == [seg["sop_instance_uid"]]
     assert [int(s.Status) for s, _ in unknown] == [0xA801]
     assert len(archive.receiver.received) == before + 1
+
+
+def test_orthanc_queries_the_node_and_pulls_the_results_by_c_move(archive: Archive, tmp_path: Path) -> None:
+    """A real PACS (Orthanc) finds the node's results with C-FIND and pulls them with C-MOVE to itself."""
+    require_tool("Orthanc", "apt-get install orthanc")
+    from tests.peers.orthanc import run_orthanc
+
+    study = archive.study("qrb")
+    modalities = {"node": ["DICOM_NODE", "127.0.0.1", int(archive.port)]}
+    with run_orthanc(tmp_path / "orthanc", aet="ORTHANC", dicom_port=archive.orthanc_port,
+                     extra={"DicomModalities": modalities}) as orthanc:
+        query = post_json(f"{orthanc.http_url}/modalities/node/query",
+                          {"Level": "Series", "Query": {"StudyInstanceUID": study, "Modality": ""}})["ID"]
+        answers = [orthanc.get(f"/queries/{query}/answers/{n}/content?simplify")
+                   for n in range(len(orthanc.get(f"/queries/{query}/answers")))]
+        assert sorted(a["Modality"] for a in answers) == ["SEG", "SR"]
+        assert {a["SeriesInstanceUID"] for a in answers} == {archive.result("qrb", k)["series_instance_uid"]
+                                                               for k in ("SEG", "SR")}
+        post_json(f"{orthanc.http_url}/queries/{query}/retrieve", {"TargetAet": "ORTHANC", "Synchronous": True})
+        for kind in ("SEG", "SR"):
+            assert orthanc.has_instance(archive.result("qrb", kind)["sop_instance_uid"]), kind
