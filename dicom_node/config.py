@@ -232,6 +232,15 @@ class NodeConfig(_Section):
     api: ApiConfig = Field(default_factory=ApiConfig)
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
 
+    @model_validator(mode="after")
+    def _poller_rules_exist(self) -> "NodeConfig":
+        known = {rule.name for rule in self.routing.rules}
+        for poller in self.sources.pollers:
+            unknown = [name for name in poller.rules if name not in known]
+            if unknown:
+                raise ValueError(f"sources.pollers {poller.name!r}: rules {unknown} are not in [[routing.rules]]")
+        return self
+
 
 def _parse_env_value(raw: str) -> Any:
     """Parse an environment value as a TOML literal when it is one, else keep the string."""

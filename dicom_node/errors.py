@@ -13,6 +13,7 @@ for peers)::
     │   ├── DatasetMismatchError    dataset disagrees with the request (PS3.4 0xA900)
     │   └── UnreadableDatasetError  cannot be parsed / bounds exceeded (PS3.4 0xC000 family)
     ├── AssociationError            DICOM upper layer protocol violation
+    ├── IdentifierError             a Q/R identifier is malformed or does not fit (``status``, PS3.4 C.4)
     ├── PixelError                  pixel data cannot be decoded or encoded
     │   ├── UnsupportedTransferSyntaxError
     │   └── DecodeError
@@ -31,7 +32,7 @@ from inference.errors import InferenceError
 
 __all__ = [
     "AssociationError", "ConfigError", "ContractViolation", "DatasetMismatchError", "DecodeError", "DeliveryError",
-    "DicomNodeError", "GeometryError",
+    "DicomNodeError", "GeometryError", "IdentifierError",
     "InferenceError", "IngestError", "InsufficientSpaceError", "PixelError", "SourceError", "StorageError",
     "UnreadableDatasetError", "UnsupportedTransferSyntaxError", "ValidationError", "WriterError",
 ]
@@ -142,3 +143,11 @@ class SourceError(DicomNodeError):
 
 class WriterError(DicomNodeError):
     """A result object (SEG, PS3.3 A.51; SR, PS3.16 TID 1500) cannot be built, or its read-back check fails."""
+
+
+class IdentifierError(DicomNodeError):
+    """A Q/R identifier cannot be decoded or does not fit the SOP class; ``status`` is the PS3.4 status."""
+
+    def __init__(self, message: str, status: int = 0xA900) -> None:
+        super().__init__(message)
+        self.status = status

@@ -86,3 +86,27 @@ def test_cli_refuses_bad_config_with_one_line(tmp_path: Path) -> None:
 def test_missing_config_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml", {})
+
+
+def test_sources_config_names_its_problems() -> None:
+    """Pollers must name existing routing rules and remotes; names never become paths."""
+    from pydantic import ValidationError
+
+    from dicom_node.config import NodeConfig
+
+    remote = {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}
+    poller = {"name": "old-pacs", "kind": "dimse", "remote": "pacs", "rules": ["nope"]}
+    with pytest.raises(ValidationError, match="rules \\['nope'\\] are not in"):
+        NodeConfig.model_validate({"sources": {"remotes": [remote], "pollers": [poller]}})
+    with pytest.raises(ValidationError, match="not in \\[\\[sources.remotes\\]\\]"):
+        NodeConfig.model_validate({"sources": {"pollers": [dict(poller, rules=[])]}})
+    with pytest.raises(ValidationError, match="name '../x'"):
+        NodeConfig.model_validate({"sources": {"remotes": [dict(remote, name="../x")]}})
+    with pytest.raises(ValidationError, match="169.254"):
+        NodeConfig.model_validate({"sources": {"pollers": [
+            {"name": "w", "kind": "dicomweb", "url": "http://169.254.169.254/dicom-web"}]}})
+    ok = NodeConfig.model_validate({
+        "routing": {"rules": [{"name": "ct", "models": ["ct-body"]}]},
+        "sources": {"remotes": [remote], "pollers": [dict(poller, rules=["ct"])]},
+    })
+    assert ok.sources.poller("old-pacs").remote == "pacs"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from tests.conftest import wait_for
 
@@ -32,6 +33,8 @@ def test_part10_bytes_are_stored_indexed_and_complete_the_series(start_node, ct_
     for row in rows:
         stored = pydicom.dcmread(node.spool.path_for(row["path"]))
         assert stored.SOPInstanceUID == row["sop_instance_uid"]
+        # The file meta names where the instance came from, not the STOW-RS default.
+        assert stored.file_meta.SourceApplicationEntityTitle == "orthanc"
     assert wait_for(lambda: node.index.counts()["complete"] == 1, timeout=10)
 
 
@@ -44,3 +47,39 @@ def test_bad_bytes_get_a_status_and_leave_nothing_behind(start_node, tmp_path: P
     assert outcome.status != 0 and outcome.reason
     assert node.index.counts()["instances"] == 0
     assert not list((node.spool.tmp).iterdir())
+
+
+def test_parts_left_when_the_sink_gives_up_are_discarded(start_node, ct_series: list[Path]) -> None:
+    """A sink that fails mid-response (closed session, stopping poller) leaves no staged .part files."""
+    from dicom_node.api.stow import MultipartReader
+    from dicom_node.errors import StorageError
+    from dicom_node.sources.base import RetrieveResult
+    from dicom_node.sources.dicomweb import _store_taken
+    from dicom_node.sources.sink import RetrievalSink
+
+    node = start_node(api={"enabled": False})
+    boundary = "b0undary"
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + p.read_bytes() + b"\r\n"
+                    for p in ct_series[:3]) + b"--" + boundary.encode() + b"--\r\n"
+    reader = MultipartReader(boundary, node.spool, 10, 1 << 30, "orthanc")
+    reader.feed(body)
+    reader.close()
+    parts = reader.take()
+    assert len(parts) == 3 and len(list(node.spool.tmp.iterdir())) == 3
+    sink = RetrievalSink(node, "orthanc", "dicomweb:orthanc")
+    with sink:
+        result = RetrieveResult()
+        calls = []
+        real = sink.store_staged
+
+        def closing(part):  # the session is deleted while the second part is handed over
+            calls.append(part)
+            if len(calls) == 2:
+                sink.close("aborted")
+            return real(part)
+
+        sink.store_staged = closing  # type: ignore[method-assign]
+        with pytest.raises(StorageError):
+            _store_taken(parts, sink, result, node.spool)
+    assert len(result.stored) == 1
+    assert not list(node.spool.tmp.iterdir())

@@ -93,9 +93,10 @@ def parse_meta(buf: bytes | bytearray) -> tuple[dict[str, str], int] | None:
 class PartWriter:
     """Writes one part into the spool as it arrives (see the module docstring)."""
 
-    def __init__(self, spool: Spool, max_dataset_bytes: int, content_type: str) -> None:
+    def __init__(self, spool: Spool, max_dataset_bytes: int, content_type: str, source_ae: str = "STOW-RS") -> None:
         self.spool = spool
         self.max = max_dataset_bytes
+        self.source_ae = source_ae
         self.part = Part()
         if content_type and not content_type.lower().startswith("application/dicom"):
             self.part.failure = (CANNOT_UNDERSTAND, f"part media type {content_type.split(';')[0]!r} is not application/dicom")
@@ -137,7 +138,7 @@ class PartWriter:
         except StorageError:
             self._fail(OUT_OF_RESOURCES, "Out of resources: cannot write")
             return
-        header = file_meta(p.sop_class_uid, p.sop_instance_uid, p.transfer_syntax, "STOW-RS")
+        header = file_meta(p.sop_class_uid, p.sop_instance_uid, p.transfer_syntax, self.source_ae)
         p.data_offset = len(header)
         rest = bytes(p.buffer[offset:])
         p.buffer = bytearray()
@@ -210,9 +211,12 @@ class MultipartReader:
     per part, 64 KiB of preamble.
     """
 
-    def __init__(self, boundary: str, spool: Spool, max_parts: int, max_dataset_bytes: int) -> None:
+    def __init__(self, boundary: str, spool: Spool, max_parts: int, max_dataset_bytes: int,
+                 source_ae: str = "STOW-RS") -> None:
         self.delim = b"--" + boundary.encode("latin-1")
         self.spool = spool
+        #: Kept as Source Application Entity Title (0002,0016) of every stored part.
+        self.source_ae = source_ae
         self.max_parts = max_parts
         self.max_dataset = max_dataset_bytes
         self.buf = bytearray()
@@ -285,7 +289,7 @@ class MultipartReader:
             raise MultipartError(f"more than {self.max_parts} parts", 413)
         headers = {k.strip().lower(): v.strip() for k, _, v in
                    (line.partition(":") for line in raw.decode("latin-1").split("\r\n")) if k.strip()}
-        self.current = PartWriter(self.spool, self.max_dataset, headers.get("content-type", ""))
+        self.current = PartWriter(self.spool, self.max_dataset, headers.get("content-type", ""), self.source_ae)
         self.state = "body"
         return True
 

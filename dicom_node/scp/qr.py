@@ -36,6 +36,7 @@ from dicom_node.errors import (
     AssociationError,
     DeliveryError,
     DicomNodeError,
+    IdentifierError,
     PixelError,
     StorageError,
 )
@@ -49,7 +50,6 @@ from dicom_node.scp.negotiation import (
     Negotiated,
 )
 from dicom_node.scp.qr_match import (
-    IdentifierError,
     Query,
     ResultFile,
     decode_dataset,

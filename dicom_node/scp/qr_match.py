@@ -32,7 +32,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-from dicom_node.errors import DicomNodeError
+from dicom_node.errors import IdentifierError
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,6 @@ COMPUTED_KEYS = {
 _ANY_LEVEL = ("RetrieveAETitle", "InstanceAvailability", "SpecificCharacterSet", "QueryRetrieveLevel")
 _HEADER_TAGS = [Tag(k) for keys in HEADER_KEYS.values() for k in keys] + [Tag("SpecificCharacterSet")]
 _STRING_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
-
-
-class IdentifierError(DicomNodeError):
-    """A Q/R identifier cannot be decoded or does not fit the SOP class; ``status`` is the PS3.4 status."""
-
-    def __init__(self, message: str, status: int = 0xA900) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)

@@ -47,13 +47,14 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from dicom_node.api.stow import MultipartError, MultipartReader, boundary_of
+from dicom_node.api.stow import MultipartError, MultipartReader, Part, boundary_of
 from dicom_node.config import COMPRESSED_SYNTAXES, UNCOMPRESSED_SYNTAXES
 from dicom_node.delivery.config import check_outbound_url
 from dicom_node.errors import DeliveryError, SourceError
 from dicom_node.sources.base import RetrieveResult, SeriesSummary, StudySummary
 from dicom_node.sources.config import Poller
 from dicom_node.sources.sink import RetrievalSink
+from dicom_node.spool import Spool
 from dicom_node.validators import is_uid
 
 log = logging.getLogger(__name__)
@@ -320,14 +321,12 @@ class DicomwebSource:
             except MultipartError as exc:
                 raise HttpSourceError(f"DICOMweb {self.name}: WADO-RS answer is not multipart/related DICOM: {exc}",
                                       retryable=False) from exc
-            reader = MultipartReader(boundary, spool, _MAX_PARTS, cfg.scp.max_dataset_bytes)
+            reader = MultipartReader(boundary, spool, _MAX_PARTS, cfg.scp.max_dataset_bytes, self.name[:16])
             for chunk in response.iter_content(_CHUNK):
                 reader.feed(chunk)
-                for part in reader.take():
-                    _tally(result, sink.store_staged(part))
+                _store_taken(reader.take(), sink, result, spool)
             reader.close()
-            for part in reader.take():
-                _tally(result, sink.store_staged(part))
+            _store_taken(reader.take(), sink, result, spool)
         except MultipartError as exc:
             truncated = "ended before" in str(exc)
             raise HttpSourceError(f"DICOMweb {self.name}: WADO-RS body {'cut short' if truncated else 'malformed'}: {exc}",
@@ -365,3 +364,16 @@ def _tally(result: RetrieveResult, stored: Any) -> None:
         (result.duplicates if stored.outcome == "duplicate" else result.stored).append(stored.sop_instance_uid)
     else:
         result.failed[stored.sop_instance_uid] = stored.reason or f"status 0x{stored.status:04X}"
+
+
+def _store_taken(parts: list[Part], sink: RetrievalSink, result: RetrieveResult, spool: Spool) -> None:
+    """Store staged parts in order; if the sink gives up (closed, failing), discard the rest of them."""
+    pending = list(parts)
+    try:
+        while pending:
+            _tally(result, sink.store_staged(pending.pop(0)))
+    finally:
+        for part in pending:
+            if part.temp is not None:
+                spool.discard(part.fd, part.temp)
+                part.fd, part.temp = None, None

@@ -35,7 +35,7 @@ from dicom_node.sources.dimse_net import (
     responses,
     where,
 )
-from dicom_node.sources.sink import Stored
+from dicom_node.sources.sink import RetrievalSink, Stored
 
 if TYPE_CHECKING:
     from dicom_node.sources.dimse import DimseSource
@@ -116,7 +116,7 @@ def retrieve_by_move(source: DimseSource, study_uid: str, series_uid: str | None
         else:
             result.failed.setdefault(uid, f"not received: {remote.ae_title} did not C-STORE it to {destination}")
     _confirm(source, sink, result)
-    if getattr(sink, "node", None) is not source.node:
+    if not (isinstance(sink, RetrievalSink) and sink.node is source.node):
         result = _hand_over(source, sink, result, after)
     log.info("c-move remote=%s destination=%s study=%s series=%s stored=%d duplicates=%d failed=%d", remote.name,
              destination, study_uid, series_uid or "*", len(result.stored), len(result.duplicates), len(result.failed))

@@ -258,11 +258,6 @@ class PollerService:
         dead = [o for o in self._lease_owners() if _owner_dead(o)]
         if dead:
             self.node.writer.run(lambda c: state.release_dead(c, dead))
-        rules = {r.name for r in self.node.config.routing.rules}
-        for poller in self.pollers.values():
-            unknown = [r for r in poller.rules if r not in rules]
-            if unknown:
-                log.error("poller names routing rules that do not exist source=%s rules=%s", poller.name, unknown)
         self._thread = threading.Thread(target=self._loop, name="poller", daemon=True)
         self._thread.start()
         log.info("poller started sources=%s", ",".join(self.pollers))

@@ -104,7 +104,7 @@ class RetrievalSink:
         if not self._open:
             raise StorageError("the retrieval sink is not open")
         cfg = self.node.config
-        writer = PartWriter(self.node.spool, cfg.scp.max_dataset_bytes, "application/dicom")
+        writer = PartWriter(self.node.spool, cfg.scp.max_dataset_bytes, "application/dicom", self.calling_ae)
         try:
             for chunk in ([chunks] if isinstance(chunks, (bytes, bytearray, memoryview)) else chunks):
                 writer.feed(bytes(chunk))
