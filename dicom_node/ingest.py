@@ -197,7 +197,7 @@ class Ingestor:
         """
         fd: int | None = arrival.fd
         try:
-            record = self._check(arrival)
+            record = self.check(arrival)
             exists = self.index.has_instance(self._reader(), record.sop_instance_uid)
             if exists and not self.replace:
                 self.spool.discard(fd, arrival.temp)
@@ -217,7 +217,14 @@ class Ingestor:
         log.debug("stored sop_instance_uid=%s outcome=%s", record.sop_instance_uid, outcome)
         return str(outcome)
 
-    def _check(self, arrival: Arrival) -> InstanceRecord:
+    def check(self, arrival: Arrival) -> InstanceRecord:
+        """Read the identifying header of ``arrival`` and check it against the request.
+
+        Raises
+        ------
+        UnreadableDatasetError, DatasetMismatchError
+            With the PS3.4 status to answer.
+        """
         header = read_header(arrival.temp, arrival.data_offset, arrival.transfer_syntax, self.max_inflated)
         sop_class = clean_uid(header.get("sop_class_uid"), "SOP Class UID (0008,0016)")
         sop_instance = clean_uid(header.get("sop_instance_uid"), "SOP Instance UID (0008,0018)")

@@ -14,26 +14,22 @@ from a peer's value.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
-import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dicom_node.api.stow import Part, PartWriter
+from dicom_node.api.stow import Part
 from dicom_node.errors import IngestError, StorageError
-from dicom_node.ingest import clean_uid, read_header
-from dicom_node.sources.sink import Stored
+from dicom_node.ingest import Arrival
+from dicom_node.sources.sink import StagingSink, Stored
 
 log = logging.getLogger(__name__)
 
 OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC000
-MISMATCH = 0xA900
 
 
 def session_file_name(sop_instance_uid: str) -> str:
@@ -59,7 +55,7 @@ def _insert_op(session_id: str, row: dict[str, Any]) -> Callable[[sqlite3.Connec
     return op
 
 
-class SessionSink:
+class SessionSink(StagingSink):
     """Stores instances into one session's folder (see the module docstring).
 
     Parameters
@@ -73,6 +69,8 @@ class SessionSink:
     cancelled : threading.Event, optional
         Set when the session is deleted or the node stops: later instances are refused.
     """
+
+    source_ae = "SESSION"
 
     def __init__(self, node: Any, session_id: str, folder: Path, cancelled: threading.Event | None = None) -> None:
         self._node = node
@@ -92,40 +90,8 @@ class SessionSink:
             self.stored.append(result)
         return result
 
-    def store_part10(self, chunks: Iterable[bytes] | bytes) -> Stored:
-        """Store one PS3.10 file given as bytes or as an iterable of byte chunks.
-
-        Returns the outcome (PS3.4 status 0 = stored); never raises for bad data
-        (:class:`StorageError` once the session is closed).
-        """
-        cfg = self._node.config
-        writer = PartWriter(self._node.spool, cfg.scp.max_dataset_bytes, "application/dicom")
-        try:
-            for chunk in ([chunks] if isinstance(chunks, (bytes, bytearray, memoryview)) else chunks):
-                writer.feed(bytes(chunk))
-        except BaseException:
-            writer.discard()
-            raise
-        return self.store_staged(writer.finish())
-
-    def store_dataset(self, dataset: Any, transfer_syntax: str | None = None) -> Stored:
-        """Store a pydicom Dataset (C-GET sub-operations), encoded in ``transfer_syntax``."""
-        from pydicom.dataset import FileMetaDataset
-        from pydicom.filewriter import dcmwrite
-
-        ts = transfer_syntax or str(dataset.file_meta.TransferSyntaxUID)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = dataset.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-        meta.TransferSyntaxUID = ts
-        dataset.file_meta = meta
-        buf = io.BytesIO()
-        try:
-            dcmwrite(buf, dataset, enforce_file_format=True)
-        except (ValueError, TypeError, AttributeError) as exc:
-            return self._record(Stored(CANNOT_UNDERSTAND, f"cannot encode the dataset: {exc}",
-                                       str(getattr(dataset, "SOPInstanceUID", ""))))
-        return self.store_part10(buf.getvalue())
+    def _staging(self) -> tuple[Any, int]:
+        return self._node.spool, self._node.config.scp.max_dataset_bytes
 
     def store_staged(self, part: Part) -> Stored:
         """Store a part staged by :class:`~dicom_node.api.stow.PartWriter` (uploads use this directly).
@@ -174,20 +140,20 @@ class SessionSink:
         return self._record(Stored(0, None, row["sop_instance_uid"], outcome))
 
     def _check(self, temp: Path, part: Part) -> dict[str, Any]:
-        header = read_header(temp, part.data_offset, part.transfer_syntax, self._node.config.scp.max_inflated_bytes)
-        sop_class = clean_uid(str(header.get("sop_class_uid") or ""), "SOP Class UID (0008,0016)")
-        sop_instance = clean_uid(str(header.get("sop_instance_uid") or ""), "SOP Instance UID (0008,0018)")
-        if sop_instance != part.sop_instance_uid or sop_class != part.sop_class_uid:
-            raise IngestError("SOP Class/Instance UID in the dataset differs from the File Meta Information", MISMATCH)
-        number = str(header.get("instance_number") or "").strip()
+        """The session row of a staged part, from the header checks C-STORE uses."""
+        arrival = Arrival(fd=-1, temp=temp, data_offset=part.data_offset, size=part.size,
+                          transfer_syntax=part.transfer_syntax, sop_class_uid=part.sop_class_uid,
+                          sop_instance_uid=part.sop_instance_uid, calling_ae=self.source_ae, called_ae="",
+                          association_id="", source="session")
+        record = self._node.ingestor.check(arrival)
         return {
-            "sop_instance_uid": sop_instance,
-            "sop_class_uid": sop_class,
-            "series_instance_uid": clean_uid(str(header.get("series_instance_uid") or ""), "Series Instance UID (0020,000E)"),
-            "study_instance_uid": clean_uid(str(header.get("study_instance_uid") or ""), "Study Instance UID (0020,000D)"),
-            "transfer_syntax_uid": part.transfer_syntax,
-            "modality": str(header.get("modality") or "")[:16] or None,
-            "instance_number": int(number) if re.fullmatch(r"-?\d{1,11}", number) else None,
-            "path": session_file_name(sop_instance),
-            "size": part.size,
+            "sop_instance_uid": record.sop_instance_uid,
+            "sop_class_uid": record.sop_class_uid,
+            "series_instance_uid": record.series_instance_uid,
+            "study_instance_uid": record.study_instance_uid,
+            "transfer_syntax_uid": record.transfer_syntax_uid,
+            "modality": record.modality,
+            "instance_number": record.instance_number,
+            "path": session_file_name(record.sop_instance_uid),
+            "size": record.size,
         }

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from dicom_node.api.stow import PartWriter
+from dicom_node.api.stow import Part, PartWriter
 from dicom_node.errors import IngestError, StorageError
 from dicom_node.index import ops
 from dicom_node.ingest import Arrival
@@ -28,6 +28,7 @@ from dicom_node.ingest import Arrival
 log = logging.getLogger(__name__)
 
 OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,66 @@ class Stored:
     outcome: str = ""  # "stored" | "replaced" | "duplicate" on success
 
 
-class RetrievalSink:
+class StagingSink:
+    """What every sink shares: PS3.10 bytes or a Dataset are staged in a spool temporary file.
+
+    Subclasses decide where a staged part goes (:meth:`store_staged`): the routed
+    spool (:class:`RetrievalSink`) or a session's folder. ``source_ae`` is written
+    as Source Application Entity Title (0002,0016) of the staged file.
+    """
+
+    source_ae = ""
+
+    def _staging(self) -> tuple[Any, int]:
+        """The spool that stages parts and the largest dataset it takes."""
+        raise NotImplementedError
+
+    def store_staged(self, part: Part) -> Stored:
+        """Store a part staged by :class:`~dicom_node.api.stow.PartWriter`; consumes its temporary file."""
+        raise NotImplementedError
+
+    def store_part10(self, chunks: Iterable[bytes] | bytes) -> Stored:
+        """Store one PS3.10 file given as bytes or as an iterable of byte chunks.
+
+        Returns the outcome; never raises for bad data (the status says why).
+        """
+        spool, max_bytes = self._staging()
+        writer = PartWriter(spool, max_bytes, "application/dicom", self.source_ae)
+        try:
+            for chunk in ([chunks] if isinstance(chunks, (bytes, bytearray, memoryview)) else chunks):
+                writer.feed(bytes(chunk))
+        except BaseException:
+            writer.discard()
+            raise
+        return self.store_staged(writer.finish())
+
+    def store_dataset(self, dataset: Any, transfer_syntax: str | None = None) -> Stored:
+        """Store a pydicom Dataset (C-GET sub-operations), encoded in ``transfer_syntax``.
+
+        ``dataset.file_meta.TransferSyntaxUID`` is used when ``transfer_syntax`` is None.
+        """
+        from pydicom.dataset import FileMetaDataset
+        from pydicom.filewriter import dcmwrite
+
+        ts = transfer_syntax or str(dataset.file_meta.TransferSyntaxUID)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        meta.TransferSyntaxUID = ts
+        dataset.file_meta = meta
+        buf = io.BytesIO()
+        try:
+            dcmwrite(buf, dataset, enforce_file_format=True)
+        except (ValueError, TypeError, AttributeError) as exc:
+            return self._record(Stored(CANNOT_UNDERSTAND, f"cannot encode the dataset: {exc}",
+                                       str(getattr(dataset, "SOPInstanceUID", ""))))
+        return self.store_part10(buf.getvalue())
+
+    def _record(self, result: Stored) -> Stored:
+        raise NotImplementedError
+
+
+class RetrievalSink(StagingSink):
     """A pseudo-association that stores retrieved instances durably.
 
     Parameters
@@ -67,7 +127,7 @@ class RetrievalSink:
                  on_stored: Callable[[Stored], None] | None = None) -> None:
         self.node = node
         self.on_stored = on_stored
-        self.calling_ae = calling_ae[:16]
+        self.calling_ae = self.source_ae = calling_ae[:16]
         self.source = source
         self.peer_host = peer_host
         self.association_id = uuid.uuid4().hex
@@ -96,22 +156,10 @@ class RetrievalSink:
         except StorageError as exc:
             log.error("could not record the end of retrieval assoc=%s error=%s", self.association_id, exc)
 
-    def store_part10(self, chunks: Iterable[bytes] | bytes) -> Stored:
-        """Store one PS3.10 file given as bytes or as an iterable of byte chunks.
-
-        Returns the outcome; never raises for bad data (the status says why).
-        """
+    def _staging(self) -> tuple[Any, int]:
         if not self._open:
             raise StorageError("the retrieval sink is not open")
-        cfg = self.node.config
-        writer = PartWriter(self.node.spool, cfg.scp.max_dataset_bytes, "application/dicom", self.calling_ae)
-        try:
-            for chunk in ([chunks] if isinstance(chunks, (bytes, bytearray, memoryview)) else chunks):
-                writer.feed(bytes(chunk))
-        except BaseException:
-            writer.discard()
-            raise
-        return self.store_staged(writer.finish())
+        return self.node.spool, self.node.config.scp.max_dataset_bytes
 
     def store_staged(self, part: Any) -> Stored:
         """Store a part already staged in the spool by :class:`~dicom_node.api.stow.MultipartReader`.
@@ -126,28 +174,6 @@ class RetrievalSink:
         if part.failure is not None:
             return self._record(Stored(part.failure[0], part.failure[1], part.sop_instance_uid))
         return self._ingest(part)
-
-    def store_dataset(self, dataset: Any, transfer_syntax: str | None = None) -> Stored:
-        """Store a pydicom Dataset (C-GET sub-operations), encoded in ``transfer_syntax``.
-
-        ``dataset.file_meta.TransferSyntaxUID`` is used when ``transfer_syntax`` is None.
-        """
-        from pydicom.dataset import FileMetaDataset
-        from pydicom.filewriter import dcmwrite
-
-        ts = transfer_syntax or str(dataset.file_meta.TransferSyntaxUID)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = dataset.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-        meta.TransferSyntaxUID = ts
-        dataset.file_meta = meta
-        buf = io.BytesIO()
-        try:
-            dcmwrite(buf, dataset, enforce_file_format=True)
-        except (ValueError, TypeError, AttributeError) as exc:
-            return self._record(Stored(0xC000, f"cannot encode the dataset: {exc}",
-                                       str(getattr(dataset, "SOPInstanceUID", ""))))
-        return self.store_part10(buf.getvalue())
 
     def _ingest(self, part: Any) -> Stored:
         node = self.node
