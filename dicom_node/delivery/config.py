@@ -41,6 +41,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import ssl
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -58,7 +59,7 @@ from dicom_node.errors import DeliveryError
 from dicom_node.validators import check_ae_title, is_loopback
 
 __all__ = [
-    "BasicAuth", "BearerAuth", "DeliveryConfig", "Destination", "DimseDestination", "KnownPeer", "NoAuth",
+    "BasicAuth", "BearerAuth", "DeliveryConfig", "Destination", "DimseDestination", "DimsePeer", "KnownPeer", "NoAuth",
     "ReplyToCaller", "RetryPolicy", "StowDestination", "check_outbound_host", "check_outbound_url",
 ]
 
@@ -246,14 +247,16 @@ class _NamedDestination(_Model):
         return v
 
 
-class DimseDestination(_NamedDestination):
-    """A C-STORE SCP (PS3.4 Annex B), optionally over TLS (PS3.15 B.1)."""
+class DimsePeer(_Model):
+    """Where a DICOM association goes: AE title, address, optional TLS (PS3.15 B.1), limits.
 
-    kind: Literal["dimse"] = "dimse"
+    Shared by delivery destinations and query/retrieve remotes
+    (:class:`dicom_node.sources.config.RemoteNode`).
+    """
+
     ae_title: str
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
-    calling_ae: str = "DICOM_NODE"
     #: TLS is used when ``tls`` is true or any of the files is set; no ca_file = system CAs.
     tls: bool = False
     ca_file: Path | None = None
@@ -265,13 +268,13 @@ class DimseDestination(_NamedDestination):
     max_pdu: int = Field(131072, ge=4096, le=16 * 1024 * 1024)
     allow_link_local: bool = False
 
-    @field_validator("ae_title", "calling_ae")
+    @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:
         return check_ae_title(v, "AE title")
 
     @model_validator(mode="after")
-    def _checks(self) -> "DimseDestination":
+    def _peer_checks(self) -> "DimsePeer":
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together (TLS client certificate)")
         try:
@@ -284,6 +287,33 @@ class DimseDestination(_NamedDestination):
     def uses_tls(self) -> bool:
         """True when the association runs over TLS."""
         return self.tls or any(f is not None for f in (self.ca_file, self.cert_file, self.key_file))
+
+    def tls_args(self) -> tuple[ssl.SSLContext, str] | None:
+        """pynetdicom's ``tls_args`` (client context, server host name), or None without TLS.
+
+        Raises
+        ------
+        OSError, ssl.SSLError
+            A TLS file cannot be read or loaded (callers wrap it in their own error).
+        """
+        if not self.uses_tls:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file) if self.ca_file else None)
+        if self.cert_file is not None and self.key_file is not None:
+            context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        return context, self.host
+
+
+class DimseDestination(_NamedDestination, DimsePeer):
+    """A C-STORE SCP (PS3.4 Annex B), optionally over TLS (PS3.15 B.1)."""
+
+    kind: Literal["dimse"] = "dimse"
+    calling_ae: str = "DICOM_NODE"
+
+    @field_validator("calling_ae")
+    @classmethod
+    def _calling(cls, v: str) -> str:
+        return check_ae_title(v, "AE title")
 
 
 class StowDestination(_NamedDestination):

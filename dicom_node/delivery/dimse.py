@@ -104,15 +104,10 @@ def _batches(datasets: Sequence[Dataset]) -> list[list[Dataset]]:
 
 
 def _tls_args(dest: DimseDestination) -> tuple[ssl.SSLContext, str] | None:
-    if not dest.uses_tls:
-        return None
     try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(dest.ca_file) if dest.ca_file else None)
-        if dest.cert_file is not None and dest.key_file is not None:
-            context.load_cert_chain(str(dest.cert_file), str(dest.key_file))
+        return dest.tls_args()
     except (OSError, ssl.SSLError) as exc:
         raise DeliveryError(f"destination {dest.name}: cannot load TLS files: {exc}", retryable=False) from exc
-    return context, dest.host
 
 
 def _association_failure(dest: DimseDestination, probe: _Probe, assoc: Association) -> tuple[Verdict, str]:

@@ -38,9 +38,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dicom_node.delivery.config import (
+    DimsePeer,
     HttpAuth,
     NoAuth,
-    check_outbound_host,
     check_outbound_url,
 )
 from dicom_node.errors import DeliveryError
@@ -61,58 +61,26 @@ def _check_name(v: str) -> str:
     return v
 
 
-class RemoteNode(_Model):
+class RemoteNode(DimsePeer):
     """A DICOM node the node may query and retrieve from (PS3.4 Annex C)."""
 
     name: str
-    ae_title: str
-    host: str = Field(min_length=1)
-    port: int = Field(ge=1, le=65535)
     #: Our calling AE title towards this node; empty = ``scp.ae_title``.
     calling_ae: str = ""
     #: How instances come back: C-GET on the same association, or C-MOVE to our own SCP.
     retrieve: Literal["c-get", "c-move"] = "c-get"
     #: Move destination for C-MOVE (our AE title as configured on the remote); empty = ``scp.ae_title``.
     move_destination: str = ""
-    tls: bool = False
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    acse_timeout: float = Field(30.0, gt=0)
-    dimse_timeout: float = Field(120.0, gt=0)
-    network_timeout: float = Field(60.0, gt=0)
-    max_pdu: int = Field(131072, ge=4096, le=16 * 1024 * 1024)
-    allow_link_local: bool = False
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return _check_name(v)
 
-    @field_validator("ae_title")
-    @classmethod
-    def _ae(cls, v: str) -> str:
-        return check_ae_title(v, "ae_title")
-
     @field_validator("calling_ae", "move_destination")
     @classmethod
     def _optional_ae(cls, v: str) -> str:
         return check_ae_title(v, "AE title") if v else v
-
-    @model_validator(mode="after")
-    def _checks(self) -> "RemoteNode":
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together (TLS client certificate)")
-        try:
-            check_outbound_host(self.host, allow_link_local=self.allow_link_local)
-        except DeliveryError as exc:
-            raise ValueError(str(exc)) from exc
-        return self
-
-    @property
-    def uses_tls(self) -> bool:
-        """True when the association runs over TLS."""
-        return self.tls or any(f is not None for f in (self.ca_file, self.cert_file, self.key_file))
 
 
 class Poller(_Model):

@@ -112,16 +112,10 @@ def describe(status: int) -> str:
 
 
 def _tls_args(remote: RemoteNode) -> tuple[ssl.SSLContext, str] | None:
-    if not remote.uses_tls:
-        return None
     try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
-                                             cafile=str(remote.ca_file) if remote.ca_file else None)
-        if remote.cert_file is not None and remote.key_file is not None:
-            context.load_cert_chain(str(remote.cert_file), str(remote.key_file))
+        return remote.tls_args()
     except (OSError, ssl.SSLError) as exc:
         raise SourceError(f"remote {remote.name}: cannot load TLS files: {exc}", retryable=False) from exc
-    return context, remote.host
 
 
 def _failure(remote: RemoteNode, probe: _Probe, assoc: Association) -> SourceError:
