@@ -5,9 +5,8 @@ written from the receive buffer straight into the temporary spool file, so a
 1 GB instance never sits in memory. Every failure becomes a DIMSE status or an
 A-ABORT; nothing raised here reaches the peer as anything else.
 
-A Query/Retrieve request is not spooled: it takes the refusal path of the
-dataset loop (no per-fragment cost for C-STORE), which keeps its identifier in
-memory, and once complete :class:`~dicom_node.scp.qr.QueryRetrieveService`
+A Query/Retrieve request is not spooled: its identifier is kept in memory
+(bounded), and once complete :class:`~dicom_node.scp.qr.QueryRetrieveService`
 runs the operation to its final response, driving the socket meanwhile.
 """
 
@@ -57,8 +56,6 @@ OUT_OF_RESOURCES = 0xA700
 UNRECOGNISED_OPERATION = 0x0211
 #: Q/R identifiers are small; a long list of UIDs still fits.
 MAX_IDENTIFIER = 1 << 20
-#: The "refusal" of a Q/R request: not spooled; its identifier is kept (see :meth:`AssociationHandler._write`).
-_NOT_SPOOLED = (SUCCESS, "")
 
 
 @dataclass
@@ -256,7 +253,6 @@ class AssociationHandler:
         if field_ == P.C_STORE_RQ:
             self._open(incoming)
         elif field_ in QR_COMMANDS:
-            incoming.refusal = _NOT_SPOOLED
             incoming.identifier = bytearray()
         else:
             incoming.refusal = (UNRECOGNISED_OPERATION, "operation not supported")
@@ -287,9 +283,10 @@ class AssociationHandler:
 
     def _write(self, incoming: _Incoming, fragment: memoryview) -> None:
         incoming.size += len(fragment)
+        if incoming.identifier is not None:
+            self._keep_identifier(incoming, fragment)
+            return
         if incoming.refusal is not None:
-            if incoming.identifier is not None:
-                self._keep_identifier(incoming, fragment)
             return
         if incoming.size > self.ctx.config.max_dataset_bytes:
             incoming.refusal = (OUT_OF_RESOURCES, "Out of resources: dataset larger than the configured limit")
