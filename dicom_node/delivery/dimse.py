@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -31,7 +31,7 @@ from dicom_node.delivery.config import DimseDestination
 from dicom_node.errors import DeliveryError, PixelError
 from dicom_node.pixels.transcode import transcode
 
-__all__ = ["plan_contexts", "send_dimse"]
+__all__ = ["AssociationProbe", "plan_contexts", "send_dimse"]
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,15 @@ OnOutcome = Callable[[Outcome], None]
 
 
 @dataclass
-class _Probe:
-    """Captures what pynetdicom does not keep: whether TCP connected and the A-ASSOCIATE response."""
+class AssociationProbe:
+    """Captures what pynetdicom does not keep: whether TCP connected and the A-ASSOCIATE response.
+
+    Bind ``on_open`` to ``evt.EVT_CONN_OPEN`` and ``on_acse`` to ``evt.EVT_ACSE_RECV``; used by
+    delivery and by the query/retrieve sources to say why an association did not come up.
+    """
 
     connected: bool = False
     response: A_ASSOCIATE | None = None
-    errors: list[str] = field(default_factory=list)
 
     def on_open(self, event: Any) -> None:
         """EVT_CONN_OPEN: the TCP (and TLS) connection is up."""
@@ -110,7 +113,7 @@ def _tls_args(dest: DimseDestination) -> tuple[ssl.SSLContext, str] | None:
         raise DeliveryError(f"destination {dest.name}: cannot load TLS files: {exc}", retryable=False) from exc
 
 
-def _association_failure(dest: DimseDestination, probe: _Probe, assoc: Association) -> tuple[Verdict, str]:
+def _association_failure(dest: DimseDestination, probe: AssociationProbe, assoc: Association) -> tuple[Verdict, str]:
     """Why an association did not come up, and whether a retry can help."""
     where = f"{dest.ae_title}@{dest.host}:{dest.port}"
     rsp = probe.response
@@ -125,7 +128,7 @@ def _association_failure(dest: DimseDestination, probe: _Probe, assoc: Associati
     return Verdict.RETRY, f"association with {where} aborted or timed out"
 
 
-def _associate(dest: DimseDestination, contexts: list[PresentationContext], probe: _Probe) -> Association:
+def _associate(dest: DimseDestination, contexts: list[PresentationContext], probe: AssociationProbe) -> Association:
     ae = AE(ae_title=dest.calling_ae)
     ae.acse_timeout = dest.acse_timeout
     ae.dimse_timeout = dest.dimse_timeout
@@ -166,7 +169,7 @@ def _store_one(assoc: Association, dest: DimseDestination, ds: Dataset) -> Outco
 
 
 def _send_batch(dest: DimseDestination, datasets: list[Dataset], on_outcome: OnOutcome) -> list[Outcome]:
-    probe = _Probe()
+    probe = AssociationProbe()
     assoc = _associate(dest, plan_contexts(datasets), probe)
     if not assoc.is_established:
         verdict, detail = _association_failure(dest, probe, assoc)

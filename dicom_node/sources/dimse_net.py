@@ -21,11 +21,12 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt, sop_class
 from pynetdicom.association import Association
-from pynetdicom.pdu_primitives import A_ASSOCIATE, SCP_SCU_RoleSelectionNegotiation
+from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext, build_context
 
 from dicom_node.delivery.classify import classify_rejection, describe_status
 from dicom_node.delivery.config import check_outbound_host
+from dicom_node.delivery.dimse import AssociationProbe
 from dicom_node.errors import DeliveryError, SourceError
 from dicom_node.sources.config import RemoteNode
 
@@ -72,24 +73,6 @@ GET_STORAGE_CLASSES: tuple[str, ...] = tuple(str(getattr(sop_class, name)) for n
 
 
 @dataclass
-class _Probe:
-    """What pynetdicom does not keep: whether TCP connected, and the A-ASSOCIATE response."""
-
-    connected: bool = False
-    response: A_ASSOCIATE | None = None
-
-    def on_open(self, event: Any) -> None:
-        """EVT_CONN_OPEN: the TCP (and TLS) connection is up."""
-        self.connected = True
-
-    def on_acse(self, event: Any) -> None:
-        """EVT_ACSE_RECV: keep the A-ASSOCIATE-AC/RJ primitive (PS3.8 9.3.3, 9.3.4)."""
-        primitive = event.primitive
-        if isinstance(primitive, A_ASSOCIATE) and primitive.result is not None:
-            self.response = primitive
-
-
-@dataclass
 class Exchange:
     """Handlers to bind to one association (C-STORE sub-operations of a C-GET)."""
 
@@ -118,7 +101,7 @@ def _tls_args(remote: RemoteNode) -> tuple[ssl.SSLContext, str] | None:
         raise SourceError(f"remote {remote.name}: cannot load TLS files: {exc}", retryable=False) from exc
 
 
-def _failure(remote: RemoteNode, probe: _Probe, assoc: Association) -> SourceError:
+def _failure(remote: RemoteNode, probe: AssociationProbe, assoc: Association) -> SourceError:
     """Why the association did not come up, and whether a retry can help."""
     rsp = probe.response
     if assoc.is_rejected and rsp is not None:
@@ -173,7 +156,7 @@ def associate(remote: RemoteNode, calling_ae: str, contexts: list[PresentationCo
     ae.dimse_timeout = remote.dimse_timeout
     ae.network_timeout = remote.network_timeout
     ae.maximum_pdu_size = remote.max_pdu
-    probe = _Probe()
+    probe = AssociationProbe()
     assoc = ae.associate(
         remote.host, remote.port, contexts=contexts, ae_title=remote.ae_title, max_pdu=remote.max_pdu,
         ext_neg=list(exchange.roles) or None, tls_args=_tls_args(remote),
