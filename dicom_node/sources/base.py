@@ -10,11 +10,11 @@ C-GET/C-MOVE (PS3.4 C.4.3/C.4.2) the third.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dicom_node.sources.sink import RetrievalSink
+from dicom_node.sources.sink import RetrievalSink, Stored
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,17 @@ class RetrieveResult:
     def ok(self) -> bool:
         """True when nothing failed."""
         return not self.failed
+
+    def add(self, stored: Stored, uid: str = "", describe: Callable[[int], str] | None = None) -> None:
+        """Count one sink outcome; ``uid`` names it when the sink could not read its UID."""
+        uid = stored.sop_instance_uid or uid
+        if stored.status != 0:
+            status = describe(stored.status) if describe else f"0x{stored.status:04X}"
+            self.failed[uid] = stored.reason or f"refused with status {status}"
+        elif stored.outcome == "duplicate":
+            self.duplicates.append(uid)
+        else:
+            self.stored.append(uid)
 
 
 class Source(Protocol):

@@ -359,19 +359,12 @@ def _kind(path: str) -> str:
     return "WADO-RS " + {"studies": "study", "instances": "instance"}.get(parts[-2], parts[-2])
 
 
-def _tally(result: RetrieveResult, stored: Any) -> None:
-    if stored.status == 0:
-        (result.duplicates if stored.outcome == "duplicate" else result.stored).append(stored.sop_instance_uid)
-    else:
-        result.failed[stored.sop_instance_uid] = stored.reason or f"status 0x{stored.status:04X}"
-
-
 def _store_taken(parts: list[Part], sink: RetrievalSink, result: RetrieveResult, spool: Spool) -> None:
     """Store staged parts in order; if the sink gives up (closed, failing), discard the rest of them."""
     pending = list(parts)
     try:
         while pending:
-            _tally(result, sink.store_staged(pending.pop(0)))
+            result.add(sink.store_staged(pending.pop(0)))
     finally:
         for part in pending:
             if part.temp is not None:

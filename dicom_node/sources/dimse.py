@@ -335,13 +335,7 @@ class DimseSource:
             log.error("retrieved instance not stored remote=%s error=%s", self.remote.name, exc)
             result.failed[uid] = f"not stored: {exc}"
             return _OUT_OF_RESOURCES
-        uid = stored.sop_instance_uid or uid
-        if stored.status != 0:
-            result.failed[uid] = stored.reason or f"refused with status {describe(stored.status)}"
-        elif stored.outcome == "duplicate":
-            result.duplicates.append(uid)
-        else:
-            result.stored.append(uid)
+        result.add(stored, uid, describe)
         return int(stored.status)
 
     def missing(self, assoc: Association, study_uid: str, series_uid: str | None) -> str | None:

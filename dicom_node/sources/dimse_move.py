@@ -161,10 +161,5 @@ def _hand_over(source: DimseSource, sink: Any, moved: RetrieveResult, paths: dic
         except (DicomNodeError, OSError) as exc:
             result.failed[uid] = f"moved but not stored by the sink: {exc}"
             continue
-        if stored.status != 0:
-            result.failed[uid] = stored.reason or f"refused with status 0x{stored.status:04X}"
-        elif stored.outcome == "duplicate":
-            result.duplicates.append(uid)
-        else:
-            result.stored.append(uid)
+        result.add(stored, uid)
     return result
