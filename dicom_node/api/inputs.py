@@ -182,16 +182,11 @@ def decode_dicom(parts: Sequence[bytes], spec: Any, tmp_dir: Path, max_pixels: i
     InputRejected
         ``undecodable``, ``too_many_pixels`` or ``contract``.
     """
-    from dicom_node.pixels.volume import load_series
 
     if not parts:
         raise InputRejected("undecodable", "no DICOM instance was received")
     headers = [_header(p, max_inflated) for p in parts]
-    pixels = sum(_pixel_count(h) for h in headers)
-    if pixels > max_pixels:
-        raise InputRejected("too_many_pixels", f"the input holds {pixels} pixels (from Rows x Columns x frames), "
-                            f"more than api.max_pixels = {max_pixels}; send fewer slices or instances")
-    if len(parts) == 1 and int(headers[0].get("NumberOfFrames", 1) or 1) == 1:
+    if _single_frame(headers, max_pixels):
         return _decode_single(parts[0], spec, max_inflated)
     check_contract(headers, spec)
     paths: list[Path] = []
@@ -201,13 +196,10 @@ def decode_dicom(parts: Sequence[bytes], spec: Any, tmp_dir: Path, max_pixels: i
             paths.append(path)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-        volume = load_series(paths, workers=0, gpu=gpu, max_inflated_bytes=max_inflated)
-    except DicomNodeError as exc:
-        raise InputRejected("undecodable", f"the DICOM input could not be decoded into a volume: {exc}") from exc
+        return _volume(paths, gpu, max_inflated)
     finally:
         for path in paths:
             path.unlink(missing_ok=True)
-    return DecodedInput(volume.array, tuple(float(s) for s in volume.spacing), "dicom")  # type: ignore[arg-type]
 
 
 def decode_dicom_files(paths: Sequence[Path], spec: Any, max_pixels: int, max_inflated: int = 2 * 1024**3,
@@ -220,7 +212,6 @@ def decode_dicom_files(paths: Sequence[Path], spec: Any, max_pixels: int, max_in
         ``undecodable``, ``too_many_pixels`` or ``contract``.
     """
     from dicom_node.pixels.decode import read_dataset
-    from dicom_node.pixels.volume import load_series
 
     if not paths:
         raise InputRejected("undecodable", "the session holds no DICOM instance for this series")
@@ -228,15 +219,27 @@ def decode_dicom_files(paths: Sequence[Path], spec: Any, max_pixels: int, max_in
         headers = [read_dataset(p, max_inflated_bytes=max_inflated, stop_before_pixels=True) for p in paths]
     except DicomNodeError as exc:
         raise InputRejected("undecodable", f"not a readable DICOM Part 10 file: {exc}") from exc
+    if _single_frame(headers, max_pixels):
+        return _decode_single(Path(paths[0]).read_bytes(), spec, max_inflated)
+    check_contract(headers, spec)
+    return _volume(list(paths), gpu, max_inflated)
+
+
+def _single_frame(headers: Sequence[Any], max_pixels: int) -> bool:
+    """Check the pixel budget on the headers; True when the input is one single-frame instance."""
     pixels = sum(_pixel_count(h) for h in headers)
     if pixels > max_pixels:
         raise InputRejected("too_many_pixels", f"the input holds {pixels} pixels (from Rows x Columns x frames), "
                             f"more than api.max_pixels = {max_pixels}; send fewer slices or instances")
-    if len(paths) == 1 and int(headers[0].get("NumberOfFrames", 1) or 1) == 1:
-        return _decode_single(Path(paths[0]).read_bytes(), spec, max_inflated)
-    check_contract(headers, spec)
+    return len(headers) == 1 and int(headers[0].get("NumberOfFrames", 1) or 1) == 1
+
+
+def _volume(paths: list[Path], gpu: str, max_inflated: int) -> DecodedInput:
+    """Decode Part 10 files of one series into a volume (contract already checked)."""
+    from dicom_node.pixels.volume import load_series
+
     try:
-        volume = load_series(list(paths), workers=0, gpu=gpu, max_inflated_bytes=max_inflated)
+        volume = load_series(paths, workers=0, gpu=gpu, max_inflated_bytes=max_inflated)
     except DicomNodeError as exc:
         raise InputRejected("undecodable", f"the DICOM input could not be decoded into a volume: {exc}") from exc
     return DecodedInput(volume.array, tuple(float(s) for s in volume.spacing), "dicom")  # type: ignore[arg-type]
