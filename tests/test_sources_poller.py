@@ -212,6 +212,13 @@ def test_wrong_password_stops_the_source_and_readyz_says_so(start_node, tmp_path
             assert exc.code == 503
             body = json.loads(exc.read())
         assert body["checks"]["sources"][NAME].startswith("stopped: ") and "401" in body["checks"]["sources"][NAME]
+        # Prometheus sees it too: the stopped state, the polls and no instances retrieved.
+        with _OPENER.open(f"http://127.0.0.1:{node.api.port}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        assert f'dicom_node_source_state{{source="{NAME}",state="stopped"}} 1.0' in metrics
+        assert f'dicom_node_source_state{{source="{NAME}",state="idle"}} 0.0' in metrics
+        assert f'dicom_node_source_instances_retrieved_total{{source="{NAME}"}} 0.0' in metrics
+        assert 'dicom_node_sessions{status="ready"} 0.0' in metrics
         # A stopped source is not polled again by the service.
         polls = source_row(node)["polls"]
         time.sleep(1.0)

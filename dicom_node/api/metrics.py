@@ -24,6 +24,7 @@ RECENT_JOBS = 10000
 STAGES = ("validate", "decode", "infer", "write")
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+SOURCE_STATES = ("idle", "polling", "backoff", "stopped")
 JOB_STATES = ("queued", "validating", "decoding", "inferring", "writing", "delivering", "done", "failed", "dead-letter")
 
 
@@ -67,6 +68,7 @@ class NodeCollector(Collector):
         yield from self._stage_histograms()
         yield self._batch_histogram()
         yield from self._job_and_webhook_counters()
+        yield from self._source_metrics()
 
     def _stage_histograms(self) -> Iterator[Metric]:
         conn = self.node.index.reader()
@@ -114,6 +116,32 @@ class NodeCollector(Collector):
         yield CounterMetricFamily("dicom_node_job_retries", "Job attempts beyond the first", job_retries)
         yield CounterMetricFamily("dicom_node_webhook_failures", "Invocation webhooks that finally failed or were refused",
                                   hooks)
+
+
+    def _source_metrics(self) -> Iterator[Metric]:
+        """Pollers (state, polls, retrieved instances, consecutive failures) and retrieval sessions."""
+        conn = self.node.index.reader()
+        try:
+            sources = conn.execute("SELECT source, state, polls, retrieved, failures FROM source_state").fetchall()
+            sessions = dict(conn.execute("SELECT status, COUNT(*) FROM sessions GROUP BY status").fetchall())
+        finally:
+            conn.close()
+        state = GaugeMetricFamily("dicom_node_source_state", "1 for the state each poller is in", labels=["source", "state"])
+        polls = CounterMetricFamily("dicom_node_source_polls", "Poll cycles run per source", labels=["source"])
+        got = CounterMetricFamily("dicom_node_source_instances_retrieved", "Instances a source brought in",
+                                  labels=["source"])
+        fails = GaugeMetricFamily("dicom_node_source_failures", "Consecutive failed polls per source", labels=["source"])
+        for row in sources:
+            for name in SOURCE_STATES:
+                state.add_metric([row["source"], name], 1.0 if row["state"] == name else 0.0)
+            polls.add_metric([row["source"]], row["polls"])
+            got.add_metric([row["source"]], row["retrieved"])
+            fails.add_metric([row["source"]], row["failures"])
+        yield from (state, polls, got, fails)
+        sess = GaugeMetricFamily("dicom_node_sessions", "Retrieval sessions per status", labels=["status"])
+        for status in ("retrieving", "ready", "failed"):
+            sess.add_metric([status], sessions.get(status, 0))
+        yield sess
 
 
 def histogram(values: list[float], bounds: tuple[float, ...]) -> tuple[list[tuple[str, float]], float]:
