@@ -331,6 +331,17 @@ def test_max_studies_defers_the_rest_and_the_watermark_moves_only_after_a_full_s
     filters, start = study_filters(node.config.sources.pollers[0], watermark, later)
     assert filters["StudyDate"] == f"{watermark}-{later:%Y%m%d}"
     assert start == (later - dt.timedelta(days=3)).strftime("%Y%m%d")
+    # Seen rows keep the StudyDate; a complete scan at the watermark keeps them (still in the window),
+    # and once the window has moved past their date they go: no later query can list those studies.
+    from dicom_node.sources import state
+
+    dates = {r[0] for r in rows(node, "SELECT DISTINCT study_date FROM source_seen WHERE source = ?", NAME)}
+    assert dates == {today.strftime("%Y%m%d")}
+    node.writer.run(lambda c: state.succeeded(c, NAME, "test", time.time(), time.time() + 60, 0, watermark))
+    assert rows(node, "SELECT COUNT(*) FROM source_seen WHERE source = ?", NAME) == [(6,)]
+    node.writer.run(lambda c: state.mark_seen(c, NAME, [state.Seen("1.2.3.4", "1.2.3", "1.2.3.5", "stored")], 0.0))
+    node.writer.run(lambda c: state.succeeded(c, NAME, "test", time.time(), time.time() + 60, 0, start))
+    assert rows(node, "SELECT sop_instance_uid FROM source_seen WHERE source = ?", NAME) == [("1.2.3.4",)]
 
 
 def test_retry_after_forms_and_the_accept_header_order() -> None:

@@ -151,9 +151,11 @@ CREATE TABLE IF NOT EXISTS source_seen (
     series_instance_uid TEXT NOT NULL,
     outcome             TEXT NOT NULL,
     seen_at             REAL NOT NULL,
+    study_date          TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (source, sop_instance_uid)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS source_seen_study ON source_seen(source, study_instance_uid, series_instance_uid);
+CREATE INDEX IF NOT EXISTS source_seen_date ON source_seen(source, study_date);
 
 -- Retrieval sessions (dicom_node.sources.sessions): files under <storage.root>/sessions/<id>/, outside the spool.
 CREATE TABLE IF NOT EXISTS sessions (

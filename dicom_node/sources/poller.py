@@ -154,13 +154,13 @@ class PollCycle:
                     log.info("poll reached max_studies source=%s max_studies=%d", self.name, self.poller.max_studies)
                     return False
                 worked += 1
-                self._study(study.study_instance_uid)
+                self._study(study.study_instance_uid, study.study_date)
             # A short page ends the scan; a page with nothing new means the server ignores offset.
             if len(page) < limit or not fresh:
                 return True
             offset += len(page)
 
-    def _study(self, study_uid: str) -> None:
+    def _study(self, study_uid: str, study_date: str = "") -> None:
         try:
             series = self.source.find_series(study_uid)
             have = state.series_seen(self._conn, self.name, study_uid)
@@ -174,7 +174,7 @@ class PollCycle:
                     wanted = [u for u in self.source.find_instances(study_uid, s.series_instance_uid) if u not in seen]
                     if not wanted:
                         continue
-                self._retrieve(study_uid, s.series_instance_uid, wanted)
+                self._retrieve(study_uid, s.series_instance_uid, wanted, study_date)
         except SourceError as exc:
             if exc.retryable or getattr(exc, "status", 0) in (401, 403):
                 raise
@@ -191,14 +191,14 @@ class PollCycle:
             host = remote.host if remote is not None else ""
         return RetrievalSink(self.node, self.name, source_label(self.poller), host, on_stored)
 
-    def _retrieve(self, study_uid: str, series_uid: str, wanted: list[str] | None) -> None:
+    def _retrieve(self, study_uid: str, series_uid: str, wanted: list[str] | None, study_date: str = "") -> None:
         """Retrieve one series (or ``wanted`` of it) in one pseudo-association."""
         pending: list[Any] = []
 
         def on_stored(result: Stored) -> None:
             if result.sop_instance_uid and (result.status == 0 or not _transient(result.status)):
                 seen = state.Seen(result.sop_instance_uid, study_uid, series_uid,
-                                  result.outcome if result.status == 0 else "refused")
+                                  result.outcome if result.status == 0 else "refused", study_date)
                 pending.append(self.node.writer.submit(lambda c: state.mark_seen(c, self.name, [seen], time.time())))
             self._check()
 

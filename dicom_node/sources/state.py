@@ -14,6 +14,9 @@ Two tables of the index (created with the rest of the schema in
   brought in, written only after the instance itself is durably stored (or
   refused for good), with its study and series so counts compare with the
   source's NumberOfStudyRelatedInstances / NumberOfSeriesRelatedInstances.
+  Rows keep the study's StudyDate: when a complete scan moves the watermark, rows
+  of studies dated before it are dropped, because no later query can match them
+  (a poller without ``study_date_days`` keeps every row: each study stays in scope).
 
 Write functions take the :class:`~dicom_node.index.writer.IndexWriter`'s
 connection (inside its transaction); read functions take any connection.
@@ -37,6 +40,8 @@ class Seen:
     study_instance_uid: str
     series_instance_uid: str
     outcome: str
+    #: StudyDate (YYYYMMDD) as the source listed it; "" when it did not say (never pruned).
+    study_date: str = ""
 
 
 # -- writes (IndexWriter connection) --------------------------------------------------------------------------
@@ -98,6 +103,14 @@ def succeeded(conn: sqlite3.Connection, source: str, owner: str, now: float, nex
            WHERE source = ? AND (lease_owner = ? OR lease_owner IS NULL)""",
         (next_at, retrieved, retrieved, now, watermark, now, source, owner),
     )
+    if watermark:
+        prune_seen(conn, source, watermark)
+
+
+def prune_seen(conn: sqlite3.Connection, source: str, watermark: str) -> int:
+    """Drop seen rows of studies dated before ``watermark``: no later StudyDate window reaches them."""
+    return conn.execute("DELETE FROM source_seen WHERE source = ? AND study_date != '' AND study_date < ?",
+                        (source, watermark)).rowcount
 
 
 def failed(conn: sqlite3.Connection, source: str, owner: str, now: float, state: str, error: str,
@@ -124,8 +137,9 @@ def mark_seen(conn: sqlite3.Connection, source: str, seen: Iterable[Seen], now: 
     """Add instances to the seen set of ``source`` (after they were durably stored)."""
     conn.executemany(
         """INSERT OR REPLACE INTO source_seen(source, sop_instance_uid, study_instance_uid, series_instance_uid,
-                                              outcome, seen_at) VALUES (?, ?, ?, ?, ?, ?)""",
-        [(source, s.sop_instance_uid, s.study_instance_uid, s.series_instance_uid, s.outcome, now) for s in seen],
+                                              outcome, seen_at, study_date) VALUES (?, ?, ?, ?, ?, ?, ?)""",
+        [(source, s.sop_instance_uid, s.study_instance_uid, s.series_instance_uid, s.outcome, now, s.study_date)
+         for s in seen],
     )
 
 
