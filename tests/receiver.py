@@ -1,7 +1,8 @@
-"""Recording peers shared by the tests: a pynetdicom Storage SCP and an HTTP webhook receiver.
+"""Recording peers shared by the tests: a pynetdicom Storage SCP, an HTTP webhook receiver, a WADO-RS server.
 
-Both are real servers on loopback (not fakes): the node talks to them over
-DICOM and HTTP exactly as it would to a PACS or a RIS.
+All are real servers on loopback: the node talks to them over DICOM and HTTP
+exactly as it would to a PACS or a RIS. The WADO-RS server serves fixed files
+(for predict's ``dicomweb_uri``); pull tests use a real Orthanc instead.
 """
 
 from __future__ import annotations
@@ -109,6 +110,57 @@ class WebhookReceiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        """Shut the server down."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def multipart_related(parts: list[bytes], boundary: str = "b0undary") -> tuple[bytes, str]:
+    """A ``multipart/related; type="application/dicom"`` body of PS3.10 files and its Content-Type (PS3.18 8.6)."""
+    mark = b"--" + boundary.encode()
+    body = b"".join(mark + b"\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n" for p in parts) + mark + b"--\r\n"
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+class WadoServer:
+    """A WADO-RS server on loopback serving ``files``, recording each request's path and Authorization.
+
+    ``.../series`` answers the files as one multipart/related series, ``/moved``
+    redirects to a metadata address (for the no-redirects check), any other
+    path answers the first file as ``application/dicom``.
+    """
+
+    def __init__(self, files: list[bytes]) -> None:
+        self.files = files
+        self.seen: list[dict[str, str]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+                owner.seen.append({"path": self.path, "authorization": self.headers.get("Authorization", "")})
+                if self.path == "/moved":
+                    self.send_response(302)
+                    self.send_header("Location", "http://169.254.169.254/latest/meta-data")
+                    self.end_headers()
+                    return
+                if self.path.endswith("/series"):
+                    body, ctype = multipart_related(owner.files, "XyZ")
+                else:
+                    body, ctype = owner.files[0], "application/dicom"
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                """Quiet."""
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:

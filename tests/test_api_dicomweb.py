@@ -24,6 +24,7 @@ from dicom_node.node import Node
 from dicom_node.spool import Spool
 from dicom_node.synthetic import SeriesSpec, ct_datasets
 from tests.conftest import wait_for
+from tests.receiver import multipart_related
 
 ENGINES = str(Path(__file__).resolve().parents[1] / "engines")
 CT_RULE = {"name": "ct", "models": ["ct-body"], "destinations": [], "match": {"modality": "CT"}}
@@ -45,8 +46,7 @@ def encode(ds: Dataset) -> bytes:
 
 
 def multipart(parts: list[bytes], boundary: str = "b0undary") -> tuple[bytes, str]:
-    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n" for p in parts)
-    return body + b"--" + boundary.encode() + b"--\r\n", f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return multipart_related(parts, boundary)
 
 
 def jobs(node: Node) -> list[dict]:

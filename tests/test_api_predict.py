@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 import numpy as np
@@ -19,6 +17,7 @@ from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, ct_datasets
 from tests.models.image_store import build_models_dir
 from tests.models.reference import body_mask, dice
+from tests.receiver import WadoServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,52 +139,17 @@ def test_caps_and_unknown_models(start_node: Any, models_dir: Path) -> None:
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_parameters"
 
 
-class _Wado(BaseHTTPRequestHandler):
-    """A tiny WADO-RS server: /instance (application/dicom), /series (multipart/related), /moved (302)."""
-
-    files: ClassVar[list[bytes]] = []
-    seen: ClassVar[list[dict[str, str]]] = []
-
-    def do_GET(self) -> None:
-        self.seen.append({"path": self.path, "authorization": self.headers.get("Authorization", "")})
-        if self.path == "/moved":
-            self.send_response(302)
-            self.send_header("Location", "http://169.254.169.254/latest/meta-data")
-            self.end_headers()
-            return
-        if self.path.endswith("/series"):
-            parts = b"".join(b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + f + b"\r\n" for f in self.files)
-            body, ctype = parts + b"--XyZ--\r\n", 'multipart/related; type="application/dicom"; boundary=XyZ'
-        else:
-            body, ctype = self.files[0], "application/dicom"
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        """Quiet."""
-
-
 @pytest.fixture
-def wado() -> Iterator[tuple[str, type[_Wado]]]:
-    class Handler(_Wado):
-        files = dicom_files(slices=3, seed="wado")
-        seen: ClassVar[list[dict[str, str]]] = []
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def wado() -> Iterator[WadoServer]:
+    server = WadoServer(dicom_files(slices=3, seed="wado"))
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", Handler
+        yield server
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
 def test_dicomweb_uri_fetched_from_allowlisted_server(start_node: Any, models_dir: Path, wado: Any) -> None:
-    wado, handler = wado
+    handler, wado = wado, wado.url
     node = start(start_node, models_dir, outbound_allowlist=["127.0.0.1"])
     files = dicom_files(slices=3, seed="wado")
     r = predict(node, "ct-body", [
@@ -207,7 +171,7 @@ def test_dicomweb_uri_fetched_from_allowlisted_server(start_node: Any, models_di
 
 
 def test_dicomweb_loopback_refused_without_allowlist(start_node: Any, models_dir: Path, wado: Any) -> None:
-    wado, handler = wado
+    handler, wado = wado, wado.url
     node = start(start_node, models_dir)
     r = predict(node, "ct-body", [
         {"dicomweb_uri": f"{wado}/studies/1"}, {"dicomweb_uri": "http://169.254.169.254/latest/meta-data"},

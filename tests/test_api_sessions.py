@@ -20,6 +20,7 @@ from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, ct_datasets
 from tests.conftest import free_port, node_config, require_tool, wait_for
 from tests.models.image_store import build_models_dir
+from tests.receiver import WadoServer, multipart_related
 
 
 @pytest.fixture
@@ -37,9 +38,7 @@ def dicom_files(slices: int = 4, size: int = 48, seed: str = "session", modality
 
 
 def related(parts: list[bytes], boundary: str = "s3ss10n") -> tuple[bytes, str]:
-    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n"
-                    for p in parts) + b"--" + boundary.encode() + b"--\r\n"
-    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return multipart_related(parts, boundary)
 
 
 def url(node: Node, path: str) -> str:
@@ -67,23 +66,6 @@ def start(start_node: Any, models_dir: Path, root: Path | None = None, **section
     return start_node(root, inference={"models_dir": str(models_dir), "backends": ["onnxruntime"]}, api=api, **sections)
 
 
-class _Wado(BaseHTTPRequestHandler):
-    """Serves ``files`` as one WADO-RS series (multipart/related): the direct path to compare with."""
-
-    files: ClassVar[list[bytes]] = []
-
-    def do_GET(self) -> None:
-        body, ctype = related(self.files, "XyZ")
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        """Quiet."""
-
-
 @pytest.fixture
 def series_files() -> list[bytes]:
     return dicom_files(slices=4, seed="lifecycle")
@@ -91,16 +73,11 @@ def series_files() -> list[bytes]:
 
 @pytest.fixture
 def wado(series_files: list[bytes]) -> Iterator[str]:
-    class Handler(_Wado):
-        files = series_files
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = WadoServer(series_files)
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/studies/1/series/2"
+        yield f"{server.url}/studies/1/series"
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
 def test_upload_session_lifecycle(start_node: Any, models_dir: Path, series_files: list[bytes], wado: str) -> None:

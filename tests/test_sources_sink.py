@@ -8,6 +8,7 @@ import pydicom
 import pytest
 
 from tests.conftest import wait_for
+from tests.receiver import multipart_related
 
 
 def test_part10_bytes_are_stored_indexed_and_complete_the_series(start_node, ct_series: list[Path]) -> None:
@@ -59,8 +60,7 @@ def test_parts_left_when_the_sink_gives_up_are_discarded(start_node, ct_series: 
 
     node = start_node(api={"enabled": False})
     boundary = "b0undary"
-    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + p.read_bytes() + b"\r\n"
-                    for p in ct_series[:3]) + b"--" + boundary.encode() + b"--\r\n"
+    body, _ = multipart_related([p.read_bytes() for p in ct_series[:3]], boundary)
     reader = MultipartReader(boundary, node.spool, 10, 1 << 30, "orthanc")
     reader.feed(body)
     reader.close()
