@@ -69,6 +69,8 @@ class Source(Protocol):
     """A place studies are pulled from (a DICOMweb origin server or a DIMSE Q/R SCP)."""
 
     name: str
+    #: Host the instances come from (recorded on each retrieval's association row).
+    peer_host: str
 
     def find_studies(self, filters: dict[str, str], limit: int, offset: int = 0) -> list[StudySummary]:
         """Studies matching ``filters`` (DICOM keyword -> matching value), one page."""

@@ -120,6 +120,8 @@ class DimseSource:
         self.remote = remote
         self.node = node
         self.name = remote.name
+        #: Where retrieved instances come from (recorded on the retrieval's association row).
+        self.peer_host = remote.host
 
     # -- helpers -------------------------------------------------------------------------------------------
 
@@ -135,7 +137,7 @@ class DimseSource:
 
     def sink(self, on_stored: Callable[[Stored], None] | None = None) -> RetrievalSink:
         """A :class:`RetrievalSink` recording ``qr:<name>`` with the remote's name as calling AE."""
-        return RetrievalSink(self.node, self.remote.name, self.source_label, self.remote.host, on_stored)
+        return RetrievalSink(self.node, self.remote.name, self.source_label, self.peer_host, on_stored)
 
     def find_on(self, assoc: Association, identifier: Dataset) -> list[Dataset]:
         """One C-FIND on an open association; the matches (PS3.4 C.4.1.1.4 statuses).

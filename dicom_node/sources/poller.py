@@ -184,12 +184,7 @@ class PollCycle:
             self.node.writer.run(lambda c: state.note_error(c, self.name, message, time.time()))
 
     def _sink(self, on_stored: Any) -> RetrievalSink:
-        if hasattr(self.source, "peer_host"):
-            host = self.source.peer_host
-        else:
-            remote = self.node.config.sources.remote(self.poller.remote)
-            host = remote.host if remote is not None else ""
-        return RetrievalSink(self.node, self.name, source_label(self.poller), host, on_stored)
+        return RetrievalSink(self.node, self.name, source_label(self.poller), self.source.peer_host, on_stored)
 
     def _retrieve(self, study_uid: str, series_uid: str, wanted: list[str] | None, study_date: str = "") -> None:
         """Retrieve one series (or ``wanted`` of it) in one pseudo-association."""
