@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stderr.write(lines[-1] + "\n")
         lines += ["", "| model | backend | fill ratio, 8 concurrent jobs x 16 slices (max_batch 32, delay 5 ms) | median batch |", "|---|---|---|---|"]
         for model, size in MODELS.items():
-            for name, (ok, reason) in available.items():
+            for name, (ok, _reason) in available.items():
                 if not ok:
                     lines.append(f"| {model} | {name} | {NO_GPU if name == 'tensorrt' else 'not measured'} | |")
                     continue

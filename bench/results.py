@@ -99,7 +99,7 @@ class Arrivals:
             ae.add_supported_context(cx.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
         self._lock = threading.Lock()
 
-        def on_store(event: "evt.Event") -> int:
+        def on_store(event: evt.Event) -> int:
             with self._lock:
                 self.times.setdefault(str(event.request.AffectedSOPClassUID), time.time())
             return 0

@@ -13,8 +13,7 @@ import time
 from dicom_node.background import BackgroundLoop
 from dicom_node.config import AssemblyConfig
 from dicom_node.errors import StorageError
-from dicom_node.index import IndexWriter
-from dicom_node.index import ops
+from dicom_node.index import IndexWriter, ops
 
 log = logging.getLogger(__name__)
 

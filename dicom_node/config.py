@@ -125,7 +125,7 @@ class ScpConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _open_needs_allowlist(self) -> "ScpConfig":
+    def _open_needs_allowlist(self) -> ScpConfig:
         if not self.allowed_peers and not self.allow_any_calling_ae and not is_loopback(self.host):
             raise ValueError(
                 f"binding {self.host!r} (not loopback) with an empty allowed_peers list is refused; "
@@ -233,7 +233,7 @@ class NodeConfig(_Section):
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
 
     @model_validator(mode="after")
-    def _poller_rules_exist(self) -> "NodeConfig":
+    def _poller_rules_exist(self) -> NodeConfig:
         known = {rule.name for rule in self.routing.rules}
         for poller in self.sources.pollers:
             unknown = [name for name in poller.rules if name not in known]

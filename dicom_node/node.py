@@ -8,8 +8,7 @@ from typing import Any
 
 from dicom_node.assembler import Assembler
 from dicom_node.config import NodeConfig
-from dicom_node.index import Index, IndexWriter
-from dicom_node.index import ops
+from dicom_node.index import Index, IndexWriter, ops
 from dicom_node.ingest import Ingestor
 from dicom_node.jobs import ops as job_ops
 from dicom_node.jobs.pipeline import Pipeline

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def _load_sync_file_range() -> "ctypes._CFuncPtr | None":
+def _load_sync_file_range() -> ctypes._CFuncPtr | None:
     """Linux ``sync_file_range(2)``, used to start writeback while data still arrives."""
     try:
         func = ctypes.CDLL(None, use_errno=True).sync_file_range

@@ -87,7 +87,7 @@ class Predictor:
 
     def _validate_item(self, item: np.ndarray) -> None:
         dims = self._input.dims
-        if item.ndim != len(dims) or any(d != -1 and d != s for d, s in zip(dims, item.shape)):
+        if item.ndim != len(dims) or any(d != -1 and d != s for d, s in zip(dims, item.shape, strict=False)):
             raise InputError(f"model {self.spec.name!r}: item shape {item.shape} does not match input dims {dims}")
         if item.dtype != self._dtype:
             raise InputError(f"model {self.spec.name!r}: item dtype {item.dtype} is not {self._input.dtype}")

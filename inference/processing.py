@@ -105,7 +105,7 @@ def tile_volume(volume: np.ndarray, window: SlidingWindow) -> tuple[np.ndarray, 
     tuple
         The padded volume (edge values repeated) and the ``(z, y, x)`` origin of each tile.
     """
-    pads = [(0, max(0, r - s)) for s, r in zip(volume.shape, window.roi)]
+    pads = [(0, max(0, r - s)) for s, r in zip(volume.shape, window.roi, strict=False)]
     padded = np.pad(volume, pads, mode="edge") if any(p[1] for p in pads) else volume
     origins = [
         (z, y, x)
@@ -129,7 +129,7 @@ def blend_tiles(
     acc = np.zeros((channels, *padded_shape), dtype=np.float32)
     norm = np.zeros(padded_shape, dtype=np.float32)
     d, h, w = window.roi
-    for tile, (z, y, x) in zip(tiles, origins):
+    for tile, (z, y, x) in zip(tiles, origins, strict=False):
         acc[:, z : z + d, y : y + h, x : x + w] += tile * weights
         norm[z : z + d, y : y + h, x : x + w] += weights
     out = acc / norm

@@ -118,7 +118,7 @@ class Preprocessing(_Strict):
     sliding_window: SlidingWindow | None = None
 
     @model_validator(mode="after")
-    def _mode_fields(self) -> "Preprocessing":
+    def _mode_fields(self) -> Preprocessing:
         if self.mode == "3d" and self.sliding_window is None:
             raise ValueError("mode = '3d' needs a [preprocessing.sliding_window] table")
         if self.mode == "2d" and self.sliding_window is not None:
@@ -200,7 +200,7 @@ class Parameter(_Strict):
     description: str = ""
 
     @model_validator(mode="after")
-    def _default_ok(self) -> "Parameter":
+    def _default_ok(self) -> Parameter:
         coerce_parameter("default", self, self.default)
         return self
 
@@ -226,7 +226,7 @@ class ModelSpec(_Strict):
     parameters: dict[str, Parameter] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ModelSpec":
+    def _consistent(self) -> ModelSpec:
         out_names = [t.name for t in self.tensors.outputs]
         if self.postprocessing.output is not None and self.postprocessing.output not in out_names:
             raise ValueError(f"postprocessing.output {self.postprocessing.output!r} is not one of {out_names}")

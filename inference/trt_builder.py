@@ -85,7 +85,7 @@ def profile_from_spec(spec: ModelSpec) -> Profile:
         raise EngineBuildError(f"model {spec.name!r}: input dims {dims} are dynamic; TensorRT needs tensors.max_dims")
     max_dims = spec.tensors.max_dims or dims
     opt_dims = spec.tensors.opt_dims or max_dims
-    for d, mx, op in zip(dims, max_dims, opt_dims):
+    for d, mx, op in zip(dims, max_dims, opt_dims, strict=False):
         if d != -1 and (mx != d or op != d):
             raise EngineBuildError(f"model {spec.name!r}: max_dims/opt_dims must equal the fixed input dims {dims}")
     batch = spec.tensors.max_batch

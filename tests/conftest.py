@@ -116,7 +116,7 @@ class ServeProcess:
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "ServeProcess":
+    def start(self) -> ServeProcess:
         """Start and wait until the SCP accepts connections."""
         self.proc = subprocess.Popen(
             [dicom_node_exe(), "serve"], env=self.env, cwd=self.root.parent,

@@ -46,7 +46,7 @@ class RecordingSCP:
     port: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def start(self, port: int = 0) -> "RecordingSCP":
+    def start(self, port: int = 0) -> RecordingSCP:
         """Listen on ``port`` (0: an ephemeral one, see :attr:`port`)."""
         ae = AE(ae_title=SCP_AE)
         ae.maximum_associations = self.max_associations

@@ -159,7 +159,7 @@ def test_multipart_reader_splits_any_chunking(tmp_path: Path, chunk: int) -> Non
     reader.close()
     parts = reader.take()
     assert [p.sop_instance_uid for p in parts] == [str(d.SOPInstanceUID) for d in datasets]
-    for part, ds in zip(parts, datasets):
+    for part, ds in zip(parts, datasets, strict=False):
         assert part.failure is None and part.temp is not None
         back = pydicom.dcmread(part.temp)
         assert back.file_meta.SourceApplicationEntityTitle == "STOW-RS"

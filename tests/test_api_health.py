@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 
 from dicom_node.node import Node
-from tests.scu import send_all
 from dicom_node.synthetic import SeriesSpec, ct_datasets
+from tests.scu import send_all
 
 
 def url(node: Node, path: str) -> str:

@@ -42,7 +42,10 @@ def upload(name: str, toml: str, onnx: bytes | None) -> dict[str, Any]:
 def test_list_and_detail_on_the_real_server(start_node, models_dir: Path) -> None:
     node: Node = start_node(inference={"models_dir": str(models_dir)})
     base = f"http://127.0.0.1:{node.api.port}"
-    names = lambda **q: [m["name"] for m in httpx.get(f"{base}/v1/models", params=q).json()["models"]]
+
+    def names(**q: str) -> list[str]:
+        return [m["name"] for m in httpx.get(f"{base}/v1/models", params=q).json()["models"]]
+
     assert names() == ["ct-body", "ct-body-png", "ct-lungs"]
     assert names(label="BODY") == ["ct-body", "ct-body-png"] and names(label="nothing") == []
     assert names(task="segmentation") == ["ct-body", "ct-body-png", "ct-lungs"] and names(task="classification") == []

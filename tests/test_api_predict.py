@@ -93,7 +93,7 @@ def test_png_on_image_model_matches_onnxruntime(start_node: Any, models_dir: Pat
     r = predict(node, "image-cnn", [{"input_bytes": b64(png_bytes(image))}, {"input_bytes": {"b64": b64(png_bytes(255 - image))}}])
     assert r.status_code == 200, r.text
     session = ort.InferenceSession(str(ROOT / "tests/models/random-cnn/model.onnx"), providers=["CPUExecutionProvider"])
-    for pred, img in zip(r.json()["predictions"], (image, 255 - image)):
+    for pred, img in zip(r.json()["predictions"], (image, 255 - image), strict=False):
         x = ((img.astype(np.float32) - 127.5) / 127.5)[None, None]
         logits = session.run(None, {"image": x})[0][0]
         expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()

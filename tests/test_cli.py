@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 from dicom_node.cli import build_parser
+from dicom_node.synthetic import SeriesSpec, ct_datasets
 from tests.conftest import dicom_node_exe, free_port, require_tool, wait_for, wait_port
 from tests.scu import send_all
-from dicom_node.synthetic import SeriesSpec, ct_datasets
 
 
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,12 @@ import pytest
 from pydantic import ValidationError
 
 from dicom_node.delivery.classify import (
-    Verdict, backoff, classify_dimse_status, classify_exception, classify_http_status, classify_rejection,
+    Verdict,
+    backoff,
+    classify_dimse_status,
+    classify_exception,
+    classify_http_status,
+    classify_rejection,
 )
 from dicom_node.delivery.config import DeliveryConfig, RetryPolicy, StowDestination, check_outbound_url
 from dicom_node.errors import DeliveryError

@@ -15,6 +15,7 @@ import pydicom
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
+from peers.orthanc import OrthancPeer, find_dicomweb_plugin, run_orthanc
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -23,7 +24,6 @@ from dicom_node.delivery.deliverer import Deliverer
 from dicom_node.delivery.stowrs import build_session
 from dicom_node.index.writer import IndexWriter
 from dicom_node.synthetic import SeriesSpec, ct_datasets, synthetic_uid
-from peers.orthanc import OrthancPeer, find_dicomweb_plugin, run_orthanc
 from tests.conftest import free_port, peers_required, require_tool
 
 pytestmark = pytest.mark.peers

@@ -17,9 +17,9 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pydicom
+from models.reference import body_mask, dice
 
 from dicom_node.synthetic import SeriesSpec, write_ct_series
-from models.reference import body_mask, dice
 from tests.conftest import ServeProcess, free_port, require_tool, wait_for, wait_port
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.index import Index, IndexWriter, InstanceRecord
-from dicom_node.index import ops
+from dicom_node.index import Index, IndexWriter, InstanceRecord, ops
 
 
 @pytest.fixture
@@ -71,8 +70,8 @@ def test_aborted_association_waits_for_the_grace_period(db: tuple[Index, IndexWr
 def test_late_instance_reopens_the_series(db: tuple[Index, IndexWriter]) -> None:
     index, writer = db
     for assoc, n, at in (("a1", 1, 100.0), ("a2", 2, 300.0)):
-        writer.run(lambda c, a=assoc: ops.begin_association(c, a, "PACS", "DICOM_NODE", "127.0.0.1", at))
-        writer.run(lambda c, a=assoc, n=n, at=at: ops.store_instance(c, record(n, assoc=a, at=at), False))
+        writer.run(lambda c, a=assoc, t=at: ops.begin_association(c, a, "PACS", "DICOM_NODE", "127.0.0.1", t))
+        writer.run(lambda c, a=assoc, n=n, t=at: ops.store_instance(c, record(n, assoc=a, at=t), False))
         writer.run(lambda c, a=assoc, at=at: ops.end_association(c, a, "released", at + 1))
         writer.run(lambda c, at=at: ops.complete_due(c, at + 20, 10.0, 3600.0))
     series_events = [e for e in index.events() if e["kind"] == "series_complete"]

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from models.reference import body_mask, dice, lungs_mask
 
 from dicom_node.cli import main
 from dicom_node.synthetic import SeriesSpec, write_ct_series
-from models.reference import body_mask, dice, lungs_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 

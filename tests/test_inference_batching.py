@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from models.reference import body_mask, dice, phantom
 
 from inference.backends import BackendOptions
 from inference.batching import MicroBatcher
 from inference.errors import BackendError, InputError
 from inference.predictor import open_predictor
 from inference.store import ModelStore
-from models.reference import body_mask, dice, phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,7 +140,7 @@ def test_predictor_concurrent_jobs_on_onnxruntime() -> None:
         stats = predictor.stats()
     finally:
         predictor.close()
-    for vol, pred in zip(volumes, results):
+    for vol, pred in zip(volumes, results, strict=False):
         assert dice(pred.result[:, 0], body_mask(vol)) >= 0.99
     assert stats.items == 32
     assert stats.batches < 32, f"items from different jobs must share batches: {stats.sizes}"

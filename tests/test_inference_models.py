@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from models.reference import body_mask, dice, lungs_mask, phantom
 from onnx import TensorProto, helper
 
 from inference.backends import BackendOptions
@@ -17,7 +18,6 @@ from inference.predictor import Predictor, open_predictor
 from inference.processing import apply_intensity, resize_bilinear, window_starts
 from inference.spec import Window
 from inference.store import ModelEntry, ModelStore
-from models.reference import body_mask, dice, lungs_mask, phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE = ModelStore([ROOT / "engines", ROOT / "tests" / "models"])

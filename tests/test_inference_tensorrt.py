@@ -168,13 +168,13 @@ class FakeTensorRT:
                 fake.calls.append(("create_network", flags))
                 return {}
 
-            def create_builder_config(self) -> "FakeConfig":
+            def create_builder_config(self) -> FakeConfig:
                 return FakeConfig(fake)
 
-            def create_optimization_profile(self) -> "FakeProfile":
+            def create_optimization_profile(self) -> FakeProfile:
                 return FakeProfile(fake)
 
-            def build_serialized_network(self, network: dict[str, bytes], config: "FakeConfig") -> bytes:
+            def build_serialized_network(self, network: dict[str, bytes], config: FakeConfig) -> bytes:
                 fake.calls.append(("build_serialized_network",))
                 return b"FAKEPLAN" + network["onnx"]
 
@@ -191,7 +191,7 @@ class FakeTensorRT:
             def __init__(self, logger: object) -> None:
                 pass
 
-            def deserialize_cuda_engine(self, plan: bytes) -> "FakeEngine":
+            def deserialize_cuda_engine(self, plan: bytes) -> FakeEngine:
                 assert plan.startswith(b"FAKEPLAN")
                 return FakeEngine(plan[len(b"FAKEPLAN"):])
 
@@ -212,7 +212,7 @@ class FakeConfig:
     def set_flag(self, flag: str) -> None:
         self.fake.calls.append(("set_flag", flag))
 
-    def add_optimization_profile(self, profile: "FakeProfile") -> None:
+    def add_optimization_profile(self, profile: FakeProfile) -> None:
         self.fake.calls.append(("add_optimization_profile",))
 
     def create_timing_cache(self, blob: bytes) -> bytes:
@@ -222,7 +222,7 @@ class FakeConfig:
     def set_timing_cache(self, cache: bytes, ignore_mismatch: bool) -> None:
         self.cache = cache
 
-    def get_timing_cache(self) -> "FakeConfig":
+    def get_timing_cache(self) -> FakeConfig:
         return self
 
     def serialize(self) -> bytes:
@@ -260,7 +260,7 @@ class FakeEngine:
     def get_tensor_profile_shape(self, name: str, profile: int) -> list[tuple[int, ...]]:
         return [(1, 1, 64, 64), (32, 1, 64, 64), (32, 1, 64, 64)]
 
-    def create_execution_context(self) -> "FakeContext":
+    def create_execution_context(self) -> FakeContext:
         return FakeContext(self)
 
 
@@ -290,7 +290,7 @@ class FakeContext:
             n = int(np.prod(self.shapes[name]))
             feeds[name] = mem[self.addresses[name]][:n].reshape(self.shapes[name])
         outs = self.engine.session.run(None, feeds)
-        for name, arr in zip(self.engine.names[len(self.engine.inputs):], outs):
+        for name, arr in zip(self.engine.names[len(self.engine.inputs):], outs, strict=False):
             mem[self.addresses[name]][: arr.size] = arr.ravel()
         return True
 

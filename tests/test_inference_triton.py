@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from models.reference import body_mask, dice, phantom
+from peers.triton.launch import TritonServer, find_install, write_repository
 
 from inference.backends import BackendOptions, load_backend
 from inference.errors import BackendError
 from inference.predictor import open_predictor
 from inference.store import ModelEntry, ModelStore
-from models.reference import body_mask, dice, phantom
-from peers.triton.launch import TritonServer, find_install, write_repository
 
 pytestmark = pytest.mark.peers
 
@@ -82,7 +82,7 @@ def test_ct_body_on_triton_matches_reference_and_onnxruntime(triton: BackendOpti
     finally:
         remote.close()
         local.close()
-    for vol, got, want in zip(volumes, remote_results, local_results):
+    for vol, got, want in zip(volumes, remote_results, local_results, strict=False):
         assert np.array_equal(got.result, want.result)
         assert dice(got.result[:, 0], body_mask(vol)) >= 0.99
     assert stats.items == 20 and stats.failed_items == 0

@@ -260,7 +260,7 @@ def test_503_and_429_back_off_exponentially_and_honour_retry_after(start_node) -
         row = source_row(node)
         assert "HTTP 503" in row["last_error"] and row["backoff_until"] > time.time()
         assert wait_for(lambda: len(_Flaky.times) >= 4 and source_row(node).get("state") == "idle", timeout=15)
-        gaps = [b - a for a, b in zip(_Flaky.times, _Flaky.times[1:])]
+        gaps = [b - a for a, b in zip(_Flaky.times, _Flaky.times[1:], strict=False)]
         assert gaps[0] >= 0.2 and gaps[1] >= 0.4  # 0.2 s, then doubled
         assert gaps[2] >= 1.0 and gaps[2] < 1.0 + 1.5  # Retry-After 1 s beats the 0.8 s backoff
         row = source_row(node)

@@ -16,13 +16,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from tests.conftest import require_tool
 from dicom_node.pixels.volume import load_series
 from dicom_node.synthetic import SeriesSpec, write_ct_series
 from dicom_node.writers import ResultObjects, WriterOptions, build_results, read_headers
 from inference.backends import BackendOptions
 from inference.predictor import Prediction, open_predictor
 from inference.store import ModelStore
+from tests.conftest import require_tool
 
 pytestmark = pytest.mark.peers
 

@@ -13,6 +13,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from models.reference import body_mask, dice, lungs_mask
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import SegmentationStorage
@@ -28,7 +29,7 @@ from inference.predictor import Prediction
 from inference.spec import Code, Label
 from inference.store import ModelEntry
 from tests.writer_fixtures import STORE, Series, predicted_series
-from models.reference import body_mask, dice, lungs_mask
+
 
 @pytest.fixture(scope="module")
 def series(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Series]:

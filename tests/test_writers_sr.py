@@ -22,6 +22,7 @@ from inference.predictor import Prediction
 from inference.spec import Postprocessing
 from tests.writer_fixtures import STORE, Series, predicted_series
 
+
 @pytest.fixture(scope="module")
 def series(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Series]:
     yield predicted_series(tmp_path_factory.mktemp("ct"), "writers-sr", ("ct-lungs", "random-cnn"))
@@ -111,7 +112,7 @@ def test_classification_report_threshold_decision(series: Series) -> None:
     objects = build_results(series.headers, series.volume, spec, prediction)
     assert objects.sr is not None
     groups = _groups(_report(objects.sr)[1])
-    for group, present in zip(groups, (False, True, False)):
+    for group, present in zip(groups, (False, True, False), strict=False):
         (threshold,) = group.get_measurements(name=codes.DCM.ThresholdValue)
         assert threshold.value == pytest.approx(0.45)  # the caller's override, not the spec's 0.4
         assert _evaluation(group) == (codes.SCT.Present if present else codes.SCT.Absent)

@@ -68,7 +68,7 @@ class ApiConfig(BaseModel):
         return bool(self.api_keys) or self.jwks_file is not None
 
     @model_validator(mode="after")
-    def _open_needs_auth(self) -> "ApiConfig":
+    def _open_needs_auth(self) -> ApiConfig:
         if self.enabled and not self.auth_enabled and not is_loopback(self.host):
             raise ValueError(f"binding {self.host!r} (not loopback) without api_keys or jwks_file is refused")
         return self

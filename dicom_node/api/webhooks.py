@@ -107,7 +107,7 @@ def upload_path(tmp_dir: Path, request_uuid: str) -> Path:
 def _row(conn: sqlite3.Connection, request_uuid: str) -> dict[str, Any] | None:
     cur = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM invocations WHERE id = ?", (request_uuid,))
     found = cur.fetchone()
-    return dict(zip(_COLUMNS, found)) if found else None
+    return dict(zip(_COLUMNS, found, strict=False)) if found else None
 
 
 class InvocationService:

@@ -98,7 +98,7 @@ def _list(args: argparse.Namespace, config: NodeConfig) -> int:
     echo("backends:")
     for name, (ok, why) in backends.items():
         echo(f"  {name:<12} {'available' if ok else 'unavailable'}: {why}")
-    for path, msg in rejected.items():
+    for msg in rejected.values():
         echo(f"rejected spec: {msg}")
     return 0
 

@@ -67,7 +67,7 @@ def _rows(config: NodeConfig) -> list[dict[str, Any]]:
 def _when(ts: float | None) -> str:
     if not ts:
         return "-"
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def run_list(args: argparse.Namespace, config: NodeConfig) -> int:

@@ -204,7 +204,7 @@ class BearerAuth(_Model):
     token_file: Path | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "BearerAuth":
+    def _one_source(self) -> BearerAuth:
         if (self.token is None) == (self.token_file is None):
             raise ValueError("bearer auth needs exactly one of token or token_file")
         return self
@@ -223,7 +223,7 @@ class BasicAuth(_Model):
     password_file: Path | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "BasicAuth":
+    def _one_source(self) -> BasicAuth:
         if (self.password is None) == (self.password_file is None):
             raise ValueError("basic auth needs exactly one of password or password_file")
         return self
@@ -274,7 +274,7 @@ class DimsePeer(_Model):
         return check_ae_title(v, "AE title")
 
     @model_validator(mode="after")
-    def _peer_checks(self) -> "DimsePeer":
+    def _peer_checks(self) -> DimsePeer:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together (TLS client certificate)")
         try:
@@ -332,7 +332,7 @@ class StowDestination(_NamedDestination):
     allow_insecure_http: bool = False
 
     @model_validator(mode="after")
-    def _checks(self) -> "StowDestination":
+    def _checks(self) -> StowDestination:
         try:
             url = check_outbound_url(self.url, allow_link_local=self.allow_link_local)
         except DeliveryError as exc:
@@ -402,7 +402,7 @@ class DeliveryConfig(_Model):
     known_peers: list[KnownPeer] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _unique(self) -> "DeliveryConfig":
+    def _unique(self) -> DeliveryConfig:
         names = [d.name for d in self.destinations]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -31,7 +31,14 @@ from pydicom.errors import InvalidDicomError
 from dicom_node.delivery import ledger
 from dicom_node.delivery.classify import Outcome, Verdict, backoff
 from dicom_node.delivery.config import (
-    DeliveryConfig, Destination, DimseDestination, KnownPeer, ReplyToCaller, RetryPolicy, StowDestination, check_outbound_host,
+    DeliveryConfig,
+    Destination,
+    DimseDestination,
+    KnownPeer,
+    ReplyToCaller,
+    RetryPolicy,
+    StowDestination,
+    check_outbound_host,
 )
 from dicom_node.delivery.dimse import send_dimse
 from dicom_node.delivery.stowrs import send_stow
@@ -159,7 +166,7 @@ class Deliverer:
         self._schema_ready = False
 
     @classmethod
-    def from_config(cls, config: DeliveryConfig) -> "Deliverer":
+    def from_config(cls, config: DeliveryConfig) -> Deliverer:
         """Build from the ``[delivery]`` configuration section."""
         return cls(config.destinations, config.retry, config.known_peers)
 

@@ -62,7 +62,7 @@ class IndexWriter:
             self._thread.join()
             self._started = False
 
-    def submit(self, op: Callable[[sqlite3.Connection], T]) -> "Future[T]":
+    def submit(self, op: Callable[[sqlite3.Connection], T]) -> Future[T]:
         """Queue ``op``; the future resolves after its transaction committed."""
         future: Future[T] = Future()
         if not self._started:

@@ -61,7 +61,7 @@ class JobWorker(BackgroundLoop):
                 if not routes:
                     log.info("series matched no routing rule series_uid=%s modality=%s calling_ae=%s",
                              event["series_instance_uid"], facts.modality, facts.calling_ae)
-                for jid, r in zip(ids, routes):
+                for jid, r in zip(ids, routes, strict=False):
                     log.info("job queued job=%s model=%s rule=%s series_uid=%s", jid, r.model, r.rule,
                              event["series_instance_uid"])
                 created.extend(ids)

@@ -64,7 +64,7 @@ class DecodePool:
         self._executor: ProcessPoolExecutor | None = None
         self.rebuilds = 0
 
-    def __enter__(self) -> "DecodePool":
+    def __enter__(self) -> DecodePool:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -22,10 +22,10 @@ from dicom_node.errors import GeometryError, PixelError
 from dicom_node.pixels.decode import DEFAULT_MAX_INFLATED_BYTES, decode_instance, iter_frames, read_dataset, transfer_syntax_of
 from dicom_node.pixels.geometry import (
     SliceGeometry,
-    functional_group,
     affine_and_spacing,
     check_geometry,
     frame_geometries,
+    functional_group,
     is_enhanced,
     slice_distances,
     slice_geometry,

@@ -122,7 +122,7 @@ class AssociationHandler:
             registered = True
             self.sock.settimeout(self.ctx.config.network_timeout)
             state = self._serve(reader)
-        except socket.timeout:
+        except TimeoutError:
             log.warning("association timed out, aborting assoc=%s", self.id)
             self._send(P.abort_pdu(2, 0))
         except (ConnectionError, OSError) as exc:

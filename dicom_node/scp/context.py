@@ -63,7 +63,7 @@ class ResultArchive:
     ae_title: str
 
     @classmethod
-    def from_config(cls, config: NodeConfig, index: Index) -> "ResultArchive":
+    def from_config(cls, config: NodeConfig, index: Index) -> ResultArchive:
         """Collect the move destinations; a known peer wins over a remote node of the same AE title."""
         destinations: dict[str, DimseDestination] = {}
         calling = config.scp.ae_title

@@ -96,7 +96,7 @@ class StorageServer:
         while not self._stopping.is_set():
             try:
                 conn, addr = self._sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError as exc:
                 log.error("accept failed error=%s", exc)

@@ -138,7 +138,7 @@ class Poller(_Model):
         return v
 
     @model_validator(mode="after")
-    def _kind(self) -> "Poller":
+    def _kind(self) -> Poller:
         if self.kind == "dicomweb":
             if not self.url:
                 raise ValueError("a dicomweb poller needs url")
@@ -167,7 +167,7 @@ class SourcesConfig(_Model):
     max_session_expiry: float = Field(86400.0, gt=0)
 
     @model_validator(mode="after")
-    def _refs(self) -> "SourcesConfig":
+    def _refs(self) -> SourcesConfig:
         names = [r.name for r in self.remotes]
         if len(set(names)) != len(names):
             raise ValueError("remote names must be unique")

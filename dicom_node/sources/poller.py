@@ -405,7 +405,7 @@ def readiness(rows: dict[str, dict[str, Any]], names: list[str]) -> dict[str, st
         if row.get("state") == state.STOPPED:
             out[name] = f"stopped: {row.get('reason') or row.get('last_error') or 'unknown'}"
         elif row.get("state") == state.BACKOFF:
-            until = dt.datetime.fromtimestamp(row.get("backoff_until") or 0, dt.timezone.utc).strftime("%H:%M:%SZ")
+            until = dt.datetime.fromtimestamp(row.get("backoff_until") or 0, dt.UTC).strftime("%H:%M:%SZ")
             out[name] = f"backoff until {until}: {row.get('last_error') or ''}"
         else:
             out[name] = "ok"

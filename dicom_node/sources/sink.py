@@ -134,7 +134,7 @@ class RetrievalSink(StagingSink):
         self.stored: list[Stored] = []
         self._open = False
 
-    def __enter__(self) -> "RetrievalSink":
+    def __enter__(self) -> RetrievalSink:
         cfg = self.node.config
         self.node.writer.run(lambda c: ops.begin_association(
             c, self.association_id, self.calling_ae, cfg.scp.ae_title, self.peer_host, time.time()))

@@ -55,7 +55,7 @@ class Contract:
     geometry: GeometryRules = field(default_factory=GeometryRules)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "contract") -> "Contract":
+    def from_dict(cls, data: dict[str, Any], *, source: str = "contract") -> Contract:
         """Build and validate a contract from its TOML table.
 
         Raises

@@ -228,7 +228,7 @@ def validate_series(
         contract=contract.name if contract else None,
         transfer_syntaxes=sorted({transfer_syntax_of(h) for h in headers}),
     )
-    for ds, path in zip(headers, paths):
+    for ds, path in zip(headers, paths, strict=False):
         report.issues.extend(validate_instance(ds, contract))
         if decode:
             report.issues.extend(_decodability(ds, path, max_inflated_bytes))

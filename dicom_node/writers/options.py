@@ -67,7 +67,7 @@ class WriterOptions:
             raise WriterError(f"results.segmentation_type must be BINARY or FRACTIONAL, got {self.segmentation_type!r}")
 
     @classmethod
-    def from_config(cls, section: Any | None) -> "WriterOptions":
+    def from_config(cls, section: Any | None) -> WriterOptions:
         """Build options from a ``[results]`` config section (any object with matching attributes).
 
         Attributes the section does not have keep their defaults; ``None`` gives all defaults.
@@ -82,7 +82,7 @@ class WriterOptions:
         values = {f.name: getattr(section, f.name) for f in fields(cls) if getattr(section, f.name, None) is not None}
         return cls(**values)
 
-    def with_changes(self, **changes: Any) -> "WriterOptions":
+    def with_changes(self, **changes: Any) -> WriterOptions:
         """A copy with some fields replaced (validated again)."""
         return replace(self, **changes)
 

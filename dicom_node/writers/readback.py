@@ -115,7 +115,7 @@ def check_segmentation(
         _check_seg_header(ds, sources, segments.shape[-1], uids)
         fractional = ds.SegmentationType == "FRACTIONAL"
         expected = np.around(segments * FRACTIONAL_MAX).astype(np.uint8) if fractional else segments.astype(np.uint8)
-        nonempty = {(k, s + 1) for k, s in zip(*np.nonzero(expected.reshape(expected.shape[0], -1, expected.shape[-1]).any(axis=1)))}
+        nonempty = {(k, s + 1) for k, s in zip(*np.nonzero(expected.reshape(expected.shape[0], -1, expected.shape[-1]).any(axis=1)), strict=False)}
         # An all-empty result keeps every frame: a SEG needs at least one (highdicom reverts on its own).
         wanted = nonempty or {(k, s + 1) for k in range(expected.shape[0]) for s in range(expected.shape[-1])}
         _expect(int(ds.NumberOfFrames) == len(wanted), f"{ds.NumberOfFrames} frame(s), expected {len(wanted)} non-empty")

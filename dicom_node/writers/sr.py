@@ -164,7 +164,7 @@ def build_segmentation_report(
         algorithm = _algorithm(spec, model_sha256, parameters)
         series = hd.sr.SourceSeriesForSegmentation(str(sources[0].SeriesInstanceUID))
         groups = []
-        for number, (label, volume) in enumerate(zip(spec.labels, volumes_ml), start=1):
+        for number, (label, volume) in enumerate(zip(spec.labels, volumes_ml, strict=False), start=1):
             segment = hd.sr.ReferencedSegment(
                 sop_class_uid=segmentation.SOPClassUID,
                 sop_instance_uid=segmentation.SOPInstanceUID,

@@ -64,5 +64,5 @@ class Backend(ABC):
         """Short human-readable detail (device, providers), for logs and ``models list``."""
         return self.name
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing to release
         """Release the runtime's resources (sessions, device memory, connections)."""

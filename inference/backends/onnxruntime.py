@@ -95,7 +95,7 @@ class OnnxRuntimeBackend(Backend):
             results = self._session.run(self._outputs, dict(inputs))
         except Exception as exc:  # noqa: BLE001 - see __init__
             raise BackendError(f"onnxruntime failed: {exc}") from exc
-        return dict(zip(self._outputs, results))
+        return dict(zip(self._outputs, results, strict=False))
 
     def close(self) -> None:
         """Drop the session (ORT frees its memory when the last reference goes)."""

@@ -93,7 +93,7 @@ def check_metadata(spec: ModelSpec, metadata: Mapping[str, Any], max_batch_size:
                 raise BackendError(f"Triton model {spec.name!r}: {t.name!r} is {got['datatype']}, spec says {V2_TYPES[t.dtype]}")
             shape = [int(d) for d in got["shape"]]
             want = [-1, *t.dims] if max_batch_size > 0 else t.dims
-            if len(shape) != len(want) or any(w != -1 and s != -1 and s != w for s, w in zip(shape, want)):
+            if len(shape) != len(want) or any(w != -1 and s != -1 and s != w for s, w in zip(shape, want, strict=False)):
                 raise BackendError(f"Triton model {spec.name!r}: {t.name!r} has shape {shape}, spec says {want}")
 
 

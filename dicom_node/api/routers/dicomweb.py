@@ -238,7 +238,7 @@ def _files(request: Request, study: str, series: str, sop: str | None) -> list[P
 
 
 def _multipart(paths: list[Path], syntaxes: list[str], boundary: str) -> Iterator[bytes]:
-    for path, syntax in zip(paths, syntaxes):
+    for path, syntax in zip(paths, syntaxes, strict=False):
         yield (f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={syntax}\r\n"
                f"Content-Length: {path.stat().st_size}\r\n\r\n").encode("ascii")
         with open(path, "rb") as fh:

@@ -177,7 +177,7 @@ class TritonServer:
             self._log.close()
         self._proc = None
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         self.start()
         return self
 

@@ -50,7 +50,7 @@ class TritonPythonModel:
                 responses, start = [], 0
                 for b in batches:
                     size = b[self.inputs[0]].shape[0]
-                    tensors = [pb_utils.Tensor(n, o[start : start + size]) for n, o in zip(self.outputs, outs)]
+                    tensors = [pb_utils.Tensor(n, o[start : start + size]) for n, o in zip(self.outputs, outs, strict=False)]
                     responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
                     start += size
                 return responses
@@ -61,7 +61,7 @@ class TritonPythonModel:
             outs = self._run(feeds)
         except Exception as exc:  # noqa: BLE001 - reported to the client as this request's error
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"onnxruntime: {exc}"))
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, o) for n, o in zip(self.outputs, outs)])
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, o) for n, o in zip(self.outputs, outs, strict=False)])
 
     def finalize(self) -> None:
         """Drop the session."""
