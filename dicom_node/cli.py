@@ -18,7 +18,7 @@ from dicom_node.config import NodeConfig, load_config
 from dicom_node.errors import ConfigError, DicomNodeError, InferenceError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ["serve", "status", "check", "models", "infer", "jobs", "sources", "fetch"]
+COMMAND_MODULES = ["serve", "status", "check", "models", "infer", "jobs", "results", "sources", "fetch", "synthetic"]
 
 
 def echo(*values: object, file: TextIO | None = None, sep: str = " ", end: str = "\n") -> None:
