@@ -49,7 +49,7 @@ def status(node: Node, request_uuid: str) -> dict[str, Any]:
 
 
 def verify(node: Node, headers: dict[str, str], body: bytes) -> bool:
-    secret = (node.config.storage.root / "webhook.key").read_text().strip().encode()
+    secret = (node.config.storage.root / "webhook.key").read_bytes().strip()  # as the README says
     expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(headers["X-Signature-SHA256"], expected)
 

@@ -13,9 +13,13 @@ at their ``next_webhook_at``. The webhook body is fixed when the invocation
 ends (stored in ``result``), so every retry sends the same bytes.
 
 Signature: header ``X-Signature-SHA256: sha256=<hex>``, the HMAC-SHA256 of the raw
-body keyed with the secret. The secret is the content (whitespace stripped, as
-UTF-8 bytes) of ``api.webhook_secret_file`` or, when unset, of
-``<storage.root>/webhook.key``, generated (64 hex characters, mode 0600) at first start.
+body keyed with the secret. The secret is the bytes of ``api.webhook_secret_file``
+or, when unset, of ``<storage.root>/webhook.key``, with leading and trailing ASCII
+whitespace removed (``bytes.strip()``): a key file saved by an editor ends in a
+newline that the operator did not mean as part of the key, and a receiver
+configured with the key as typed must still verify. The generated file holds
+exactly 64 lowercase hex characters and nothing else (no newline, mode 0600), so
+for it "the file's content" and "the stripped content" are the same bytes.
 Retries: exponential backoff (1, 2, 4 ... s, capped), a bounded number of attempts;
 the URL is checked against SSRF before every attempt; redirects are not followed.
 """
@@ -76,7 +80,18 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
 
 
 def load_secret(config: Any) -> bytes:
-    """The webhook HMAC key: ``api.webhook_secret_file``, else ``<storage.root>/webhook.key`` (created 0600)."""
+    """The webhook HMAC key: ``api.webhook_secret_file``, else ``<storage.root>/webhook.key`` (created 0600).
+
+    Returns
+    -------
+    bytes
+        The file's bytes with leading and trailing ASCII whitespace removed (see the module docstring).
+
+    Raises
+    ------
+    ValueError
+        When nothing but whitespace is left.
+    """
     path: Path | None = config.api.webhook_secret_file
     if path is None:
         path = Path(config.storage.root) / "webhook.key"
@@ -86,9 +101,9 @@ def load_secret(config: Any) -> bytes:
             pass
         else:
             with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(secrets.token_hex(32) + "\n")
+                fh.write(secrets.token_hex(32))  # exactly the key: no newline a receiver would have to know about
             log.info("generated the webhook signing key file=%s", path)
-    secret = Path(path).read_text(encoding="utf-8").strip().encode("utf-8")
+    secret = Path(path).read_bytes().strip()
     if not secret:
         raise ValueError(f"webhook secret file {path} is empty")
     return secret
