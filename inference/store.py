@@ -11,6 +11,7 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from inference.errors import ModelNotFoundError, SpecError
@@ -23,7 +24,13 @@ SPEC_FILE = "model.toml"
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A loaded spec and where its files live."""
+    """A loaded spec and where its files live.
+
+    An entry is a snapshot: the ONNX digest is read once, on first use, and
+    kept for the entry's life. A changed model is a new entry (the store is
+    read again and the pipeline drops the predictor that held the old one), so
+    a result's recorded digest is that of the file its predictor loaded.
+    """
 
     spec: ModelSpec
     directory: Path
@@ -34,7 +41,18 @@ class ModelEntry:
         return self.directory / self.spec.onnx
 
     def onnx_sha256(self) -> str:
-        """SHA-256 of the ONNX file (part of the TensorRT plan cache key)."""
+        """SHA-256 of the ONNX file as 64 lower-case hex digits.
+
+        Part of the TensorRT plan cache key and the provenance recorded in every
+        result object. Computed once per entry: hashing reads the whole file,
+        and the job path asks for it once per job.
+        """
+        return self._onnx_digest
+
+    @cached_property
+    def _onnx_digest(self) -> str:
+        # cached_property writes the instance __dict__ directly, so it works on a
+        # frozen dataclass; two threads racing here compute the same value.
         digest = hashlib.sha256()
         with self.onnx_path.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):

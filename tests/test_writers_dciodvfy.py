@@ -56,10 +56,12 @@ def objects(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Resu
     lungs_pred = _predict("ct-lungs", volume.array)
     yield {
         "binary": build_results(headers, volume, lungs.spec, lungs_pred, model_sha256=lungs.onnx_sha256()),
-        "fractional": build_results(headers, volume, lungs.spec, lungs_pred, WriterOptions(segmentation_type="FRACTIONAL")),
+        "fractional": build_results(headers, volume, lungs.spec, lungs_pred, WriterOptions(segmentation_type="FRACTIONAL"),
+                                    model_sha256=lungs.onnx_sha256()),
         "classification": build_results(headers, volume, cnn.spec, _predict("random-cnn", volume.array), model_sha256=cnn.onnx_sha256()),
         "org-root": build_results(
-            headers, volume, lungs.spec, lungs_pred, WriterOptions(uid_root="1.2.826.0.1.3680043.10.543.", institution_name="Example")
+            headers, volume, lungs.spec, lungs_pred, WriterOptions(uid_root="1.2.826.0.1.3680043.10.543.", institution_name="Example"),
+            model_sha256=lungs.onnx_sha256(),
         ),
     }
 

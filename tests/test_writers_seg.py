@@ -28,7 +28,7 @@ from dicom_node.writers.seg import build_segmentation, stack_segments
 from inference.predictor import Prediction
 from inference.spec import Code, Label
 from inference.store import ModelEntry
-from tests.writer_fixtures import STORE, Series, predicted_series
+from tests.writer_fixtures import STORE, Series, predicted_series, sha256_of
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_two_segments_omit_empty_frames_per_segment(series: Series) -> None:
     body[:4] = False  # segment 1 empty on the first four slices, segment 2 still present there
     result = np.stack([body, lungs], axis=1).astype(np.uint8)
     prediction = Prediction({}, result.astype(np.float32), result, list(range(12)), {"threshold": 0.5})
-    objects = build_results(series.headers, series.volume, spec, prediction)
+    objects = build_results(series.headers, series.volume, spec, prediction, model_sha256=sha256_of(spec.name))
     assert objects.seg is not None
     ds = pydicom.dcmread(io.BytesIO(objects.seg))
     assert [s.SegmentLabel for s in ds.SegmentSequence] == ["Body", "Lungs"]
@@ -135,7 +135,8 @@ def test_label_map_input_and_channel_order(series: Series) -> None:
 def test_empty_result_keeps_all_frames(series: Series) -> None:
     entry = STORE.get("ct-body")
     empty = np.zeros((12, 1, 64, 64), dtype=np.uint8)
-    objects = build_results(series.headers, series.volume, entry.spec, Prediction({}, empty.astype(np.float32), empty, list(range(12)), {}))
+    objects = build_results(series.headers, series.volume, entry.spec, Prediction({}, empty.astype(np.float32), empty, list(range(12)), {}),
+                            model_sha256=entry.onnx_sha256())
     assert objects.seg is not None
     ds = pydicom.dcmread(io.BytesIO(objects.seg))
     assert int(ds.NumberOfFrames) == 12 and not ds.pixel_array.any()
@@ -147,7 +148,8 @@ def test_fractional_stores_quantised_probabilities(series: Series) -> None:
     rng = np.random.default_rng(1)
     probs = (rng.random((12, 1, 64, 64)) * (body_mask(series.volume.array)[:, None])).astype(np.float32)
     prediction = Prediction({}, probs, (probs > 0.25).view(np.uint8), list(range(12)), {"threshold": 0.25})
-    objects = build_results(series.headers, series.volume, entry.spec, prediction, WriterOptions(segmentation_type="FRACTIONAL"))
+    objects = build_results(series.headers, series.volume, entry.spec, prediction, WriterOptions(segmentation_type="FRACTIONAL"),
+                            model_sha256=entry.onnx_sha256())
     assert objects.seg is not None
     ds = pydicom.dcmread(io.BytesIO(objects.seg))
     assert ds.SegmentationType == "FRACTIONAL" and ds.SegmentationFractionalType == "PROBABILITY"
@@ -163,7 +165,7 @@ def test_slice_subset_references_only_analysed_slices(series: Series) -> None:
     entry = STORE.get("ct-body")
     full = series.predictions["ct-body"]
     prediction = replace(full, result=full.result[[5, 0]], probabilities=full.probabilities[[5, 0]], slice_indices=[5, 0])
-    objects = build_results(series.headers, series.volume, entry.spec, prediction)
+    objects = build_results(series.headers, series.volume, entry.spec, prediction, model_sha256=entry.onnx_sha256())
     assert objects.seg is not None
     ds = pydicom.dcmread(io.BytesIO(objects.seg))
     refs = {str(i.ReferencedSOPInstanceUID) for i in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
@@ -175,9 +177,10 @@ def test_slice_subset_references_only_analysed_slices(series: Series) -> None:
 def test_rerun_gives_same_uids_new_version_new_uids(series: Series) -> None:
     entry = STORE.get("ct-body")
     prediction = series.predictions["ct-body"]
-    first = build_results(series.headers, series.volume, entry.spec, prediction)
-    again = build_results(series.headers, series.volume, entry.spec, prediction)
-    bumped = build_results(series.headers, series.volume, entry.spec.model_copy(update={"version": "1.0.1"}), prediction)
+    sha = entry.onnx_sha256()
+    first = build_results(series.headers, series.volume, entry.spec, prediction, model_sha256=sha)
+    again = build_results(series.headers, series.volume, entry.spec, prediction, model_sha256=sha)
+    bumped = build_results(series.headers, series.volume, entry.spec.model_copy(update={"version": "1.0.1"}), prediction, model_sha256=sha)
     assert first.seg and again.seg and bumped.seg
     a, b, c = (pydicom.dcmread(io.BytesIO(o.seg)) for o in (first, again, bumped))
     assert (a.SOPInstanceUID, a.SeriesInstanceUID) == (b.SOPInstanceUID, b.SeriesInstanceUID)
@@ -258,10 +261,19 @@ def test_enhanced_multiframe_source_maps_frames(tmp_path: Path) -> None:
     mask = np.zeros((5, 1, 16, 16), dtype=np.uint8)
     mask[1, 0, 4:8, 4:8] = 1  # volume slice 1 is frame 4 of the source
     prediction = Prediction({}, mask.astype(np.float32), mask, list(range(5)), {})
-    objects = build_results(read_headers([path]), volume, STORE.get("ct-body").spec, prediction)
+    objects = build_results(read_headers([path]), volume, STORE.get("ct-body").spec, prediction, model_sha256=sha256_of("ct-body"))
     assert objects.seg is not None
     ds = pydicom.dcmread(io.BytesIO(objects.seg))
     assert int(ds.NumberOfFrames) == 1
     ref = ds.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
     assert ref.ReferencedSOPInstanceUID == volume.sop_instance_uids[0] and int(ref.ReferencedFrameNumber) == 4
     assert np.array_equal(ds.pixel_array.astype(bool), mask[1, 0].astype(bool))
+
+
+def test_provenance_other_than_a_digest_is_refused(series: Series) -> None:
+    """A bound method's repr (with the server's model path) once went to PACS as the digest."""
+    entry = STORE.get("ct-body")
+    prediction = series.predictions["ct-body"]
+    for bad in (repr(entry.onnx_sha256), entry.onnx_sha256().upper(), "", entry.onnx_sha256()[:40]):
+        with pytest.raises(WriterError, match="model_sha256"):
+            build_results(series.headers, series.volume, entry.spec, prediction, model_sha256=bad)

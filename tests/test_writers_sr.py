@@ -20,7 +20,7 @@ from dicom_node.writers.readback import check_report
 from dicom_node.writers.sr import build_classification_report
 from inference.predictor import Prediction
 from inference.spec import Postprocessing
-from tests.writer_fixtures import STORE, Series, predicted_series
+from tests.writer_fixtures import STORE, Series, predicted_series, sha256_of
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_classification_report_threshold_decision(series: Series) -> None:
     spec = entry.spec.model_copy(update={"postprocessing": Postprocessing(activation="sigmoid", decision="threshold", threshold=0.4)})
     probs = np.array([[0.1, 0.5, 0.2]] * 3 + [[0.05, 0.3, 0.39]] * 9, dtype=np.float32)
     prediction = Prediction({}, probs, (probs > 0.45).view(np.uint8), list(range(12)), {"threshold": 0.45})
-    objects = build_results(series.headers, series.volume, spec, prediction)
+    objects = build_results(series.headers, series.volume, spec, prediction, model_sha256=sha256_of(spec.name))
     assert objects.sr is not None
     groups = _groups(_report(objects.sr)[1])
     for group, present in zip(groups, (False, True, False), strict=False):
@@ -136,7 +136,7 @@ def test_series_level_classification_references_no_single_image(series: Series) 
 
 def test_report_readback_detects_mismatch(series: Series) -> None:
     entry = STORE.get("random-cnn")
-    objects = build_results(series.headers, series.volume, entry.spec, series.predictions["random-cnn"])
+    objects = build_results(series.headers, series.volume, entry.spec, series.predictions["random-cnn"], model_sha256=entry.onnx_sha256())
     assert objects.sr is not None
     sources, _ = select_sources(series.headers, series.volume, list(range(12)))
     with pytest.raises(WriterError, match="TID 1501 group"):
@@ -154,7 +154,8 @@ def test_configured_series_and_equipment(series: Series) -> None:
         sr_series_number=77, sr_series_description="{model} v{version} report", manufacturer="Example Hospital AI",
         institution_name="Example Hospital", node_name="node-a", uid_root="1.2.826.0.1.3680043.10.999",
     )
-    objects = build_results(series.headers, series.volume, entry.spec, series.predictions["random-cnn"], options)
+    objects = build_results(series.headers, series.volume, entry.spec, series.predictions["random-cnn"], options,
+                            model_sha256=entry.onnx_sha256())
     assert objects.sr is not None
     ds = pydicom.dcmread(io.BytesIO(objects.sr))
     assert ds.SeriesNumber == 77 and ds.SeriesDescription == "random-cnn v0.0.1 report"
@@ -165,5 +166,5 @@ def test_configured_series_and_equipment(series: Series) -> None:
 
 def test_embedding_models_write_no_object(series: Series) -> None:
     spec = STORE.get("random-cnn").spec.model_copy(update={"task": "embedding"})
-    objects = build_results(series.headers, series.volume, spec, series.predictions["random-cnn"])
+    objects = build_results(series.headers, series.volume, spec, series.predictions["random-cnn"], model_sha256=sha256_of(spec.name))
     assert objects.seg is None and objects.sr is None

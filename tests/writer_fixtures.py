@@ -18,6 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 STORE = ModelStore([ROOT / "engines", ROOT / "tests" / "models"])
 
 
+def sha256_of(name: str) -> str:
+    """The ONNX digest of model ``name`` (the writers require one for provenance)."""
+    return STORE.get(name).onnx_sha256()
+
+
 @dataclass
 class Series:
     """Decoded volume, source headers, and one prediction per model."""

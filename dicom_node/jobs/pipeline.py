@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ContractViolation, DicomNodeError, InferenceError, PixelError, ValidationError
@@ -23,15 +23,28 @@ from dicom_node.jobs import ops
 from dicom_node.jobs.facts import series_files
 from dicom_node.spool import Spool
 
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from dicom_node.pixels.pool import DecodePool
+    from dicom_node.pixels.volume import Volume
+    from inference.predictor import Prediction, Predictor
+    from inference.store import ModelEntry
+
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 class ResultWriter(Protocol):
     """Writes a job's result objects and returns their index rows."""
 
-    def write(self, job: dict[str, Any], entry: Any, volume: Any, prediction: Any,
-              headers: dict[str, Any]) -> list[dict[str, Any]]:
-        """Write SEG/SR for one prediction (source headers by SOP Instance UID); returns ``results`` rows."""
+    def write(self, job: dict[str, Any], entry: ModelEntry, volume: Volume, prediction: Prediction,
+              headers: dict[str, Dataset]) -> list[dict[str, Any]]:
+        """Write SEG/SR for one prediction (source headers by SOP Instance UID); returns ``results`` rows.
+
+        ``entry`` is the model that ran (its spec and ONNX digest label the objects).
+        """
         ...
 
 
@@ -66,8 +79,8 @@ class Pipeline:
         self.spool = spool
         self.results = results
         self.delivery = delivery
-        self._predictors: dict[str, Any] = {}
-        self._pool: Any = None  # one decode pool for the node's lifetime (spawning workers costs ~0.5 s)
+        self._predictors: dict[str, Predictor] = {}
+        self._pool: DecodePool | None = None  # one decode pool for the node's lifetime (spawning workers costs ~0.5 s)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -112,8 +125,8 @@ class Pipeline:
         log.warning("job failed job=%s reason=%s", jid, reason)
         self.writer.run(lambda c: ops.finish(c, jid, "failed", time.time(), reason, details))
 
-    def _stage(self, jid: str, next_state: str, work: Callable[[], Any], name: str,
-               result: Callable[[Any], dict[str, Any] | None] | None = None) -> Any:
+    def _stage(self, jid: str, next_state: str, work: Callable[[], _T], name: str,
+               result: Callable[[_T], dict[str, Any] | None] | None = None) -> _T:
         t0 = time.perf_counter()
         value = work()
         seconds = time.perf_counter() - t0
@@ -132,12 +145,12 @@ class Pipeline:
             conn.close()
         entry = open_store(self.config).get(job["model"])
         # Headers are read once: the contract check and the SEG/SR writers share them.
-        headers: dict[str, Any] = {}
+        headers: dict[str, Dataset] = {}
         self._stage(jid, "decoding", lambda: self._validate(entry, self._headers(files, headers)), "validate")
         volume = self._stage(jid, "inferring", lambda: self._decode(files), "decode")
-        prediction = self._stage(jid, "writing", lambda: self._predictor(entry).predict(volume.array, {}), "infer")
+        ran, prediction = self._stage(jid, "writing", lambda: self._infer(entry, volume), "infer")
         rows = self._stage(
-            jid, "delivering", lambda: self._write(job, entry, volume, prediction, headers), "write",
+            jid, "delivering", lambda: self._write(job, ran, volume, prediction, headers), "write",
             result=lambda rows: {"objects": [{k: r[k] for k in ("sop_instance_uid", "kind", "path")} for r in rows]},
         )
         job["state"] = "delivering"
@@ -154,7 +167,7 @@ class Pipeline:
             return False
         return True
 
-    def _headers(self, files: list[Path], into: dict[str, Any]) -> list[Any]:
+    def _headers(self, files: list[Path], into: dict[str, Dataset]) -> list[Dataset]:
         """Read the headers (no pixel data) of ``files`` into ``into`` by SOP Instance UID; returns them."""
         from dicom_node.pixels.decode import read_dataset
 
@@ -163,7 +176,7 @@ class Pipeline:
             into[str(ds.SOPInstanceUID)] = ds
         return list(into.values())
 
-    def _validate(self, entry: Any, headers: list[Any]) -> None:
+    def _validate(self, entry: ModelEntry, headers: list[Dataset]) -> None:
         from dicom_node.validation.contract import Contract
         from dicom_node.validation.rules import validate_series
 
@@ -175,7 +188,7 @@ class Pipeline:
                 f"{len(report.issues)} issue(s); first: {report.issues[0].message}", report.to_json()["issues"]
             )
 
-    def _decode(self, files: list[Path]) -> Any:
+    def _decode(self, files: list[Path]) -> Volume:
         from dicom_node.pixels.pool import DecodePool
         from dicom_node.pixels.volume import load_series
 
@@ -186,7 +199,7 @@ class Pipeline:
         return load_series(files, pool=pool, gpu=self.config.pixels.gpu_decode,
                            max_inflated_bytes=self.config.scp.max_inflated_bytes)
 
-    def predictor_for(self, name: str) -> Any:
+    def predictor_for(self, name: str) -> Predictor:
         """The shared predictor of model ``name`` (opened on first use), for the REST facade.
 
         Jobs and REST callers share one predictor per model, so their work items
@@ -205,7 +218,7 @@ class Pipeline:
             predictor = self._predictors.get(name)
         return predictor if predictor is not None else self._predictor(open_store(self.config).get(name))
 
-    def _predictor(self, entry: Any) -> Any:
+    def _predictor(self, entry: ModelEntry) -> Predictor:
         from dicom_node.commands.models import backend_options
         from inference.predictor import open_predictor
 
@@ -217,8 +230,17 @@ class Pipeline:
                 self._predictors[entry.spec.name] = predictor
             return predictor
 
-    def _write(self, job: dict[str, Any], entry: Any, volume: Any, prediction: Any,
-               headers: dict[str, Any]) -> list[dict[str, Any]]:
+    def _infer(self, entry: ModelEntry, volume: Volume) -> tuple[ModelEntry, Prediction]:
+        """Run the shared predictor of ``entry``'s model; returns the entry it was opened with and its prediction.
+
+        The predictor may predate ``entry`` (it is kept across jobs), so the
+        results are labelled with the entry that was actually loaded.
+        """
+        predictor = self._predictor(entry)
+        return predictor.entry, predictor.predict(volume.array, {})
+
+    def _write(self, job: dict[str, Any], entry: ModelEntry, volume: Volume, prediction: Prediction,
+               headers: dict[str, Dataset]) -> list[dict[str, Any]]:
         rows = self.results.write(job, entry, volume, prediction, headers)
         self.writer.run(lambda c: ops.record_results(c, rows))
         return rows

@@ -8,12 +8,19 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicom_node.config import NodeConfig
 from dicom_node.delivery.deliverer import Caller, Deliverer
 from dicom_node.errors import DeliveryError, StorageError
 from dicom_node.index import Index, IndexWriter
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from dicom_node.pixels.volume import Volume
+    from inference.predictor import Prediction
+    from inference.store import ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +43,28 @@ class FileResultWriter:
         """Absolute path of a result's storage-relative path."""
         return self.root / relpath
 
-    def write(self, job: dict[str, Any], entry: Any, volume: Any, prediction: Any,
-              headers: dict[str, Any]) -> list[dict[str, Any]]:
+    def write(self, job: dict[str, Any], entry: ModelEntry, volume: Volume, prediction: Prediction,
+              headers: dict[str, Dataset]) -> list[dict[str, Any]]:
         """Build, check and store SEG/SR for one prediction; returns ``results`` rows.
 
-        ``headers`` are the source headers by SOP Instance UID, read once by the pipeline.
+        Parameters
+        ----------
+        job : dict
+            The job row (``id`` is used).
+        entry : inference.store.ModelEntry
+            The model that produced ``prediction`` (its spec and ONNX digest go into the objects).
+        volume : dicom_node.pixels.volume.Volume
+            The decoded series.
+        prediction : inference.predictor.Prediction
+            The model's output.
+        headers : dict
+            The source headers by SOP Instance UID, read once by the pipeline.
         """
         from dicom_node.writers.options import WriterOptions
         from dicom_node.writers.results import build_results
 
         objects = build_results(headers, volume, entry.spec, prediction,
-                                WriterOptions.from_config(self.config.results), model_sha256=entry.onnx_sha256)
+                                WriterOptions.from_config(self.config.results), model_sha256=entry.onnx_sha256())
         rows = []
         for kind, data, sop_uid, series_uid, sop_class in (
             ("SEG", objects.seg, objects.uids.seg_sop_instance_uid, objects.uids.seg_series_instance_uid, SEG_CLASS),

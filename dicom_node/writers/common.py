@@ -19,6 +19,8 @@ __all__ = ["THIRD_PARTY_ERRORS", "from_bytes", "spec_code", "to_bytes", "with_ty
 
 #: What highdicom and pydicom raise on bad input; wrapped into WriterError at this boundary.
 THIRD_PARTY_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, AttributeError, KeyError, IndexError)
+#: A tuple built once (mypy does not follow ``*`` unpacking inside an ``except`` clause).
+_READ_ERRORS: tuple[type[BaseException], ...] = (InvalidDicomError, EOFError, *THIRD_PARTY_ERRORS)
 
 #: Type 2 Patient/General Study attributes (PS3.3 C.7.1.1, C.7.2.1) highdicom reads from the first source.
 _TYPE2_KEYWORDS = (
@@ -81,5 +83,5 @@ def from_bytes(data: bytes) -> Dataset:
     """
     try:
         return pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, *THIRD_PARTY_ERRORS, EOFError) as exc:
+    except _READ_ERRORS as exc:
         raise WriterError(f"written object cannot be read back: {exc}") from exc

@@ -223,4 +223,4 @@ def _check_volumetric(
         volumes = group.get_measurements(name=codes.SCT.Volume)
         _expect(len(volumes) == 1, f"group {number} has {len(volumes)} volume measurement(s)")
         if volumes_ml is not None:
-            _expect(np.isclose(volumes[0].value, volumes_ml[number - 1], rtol=1e-6, atol=1e-9), f"group {number} volume differs")
+            _expect(bool(np.isclose(volumes[0].value, volumes_ml[number - 1], rtol=1e-6, atol=1e-9)), f"group {number} volume differs")

@@ -11,10 +11,11 @@ DICOM result object (TID 1500 has no place for a feature vector).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -30,9 +31,14 @@ from dicom_node.writers.sr import build_classification_report, build_segmentatio
 from dicom_node.writers.uids import ResultUids, result_uids
 from inference.spec import ModelSpec
 
+if TYPE_CHECKING:
+    from inference.predictor import Prediction
+
 log = logging.getLogger(__name__)
 
 __all__ = ["ResultObjects", "build_results", "read_headers", "select_sources"]
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -104,10 +110,10 @@ def build_results(
     headers: Mapping[str, Dataset],
     volume: Volume,
     spec: ModelSpec,
-    prediction: Any,
+    prediction: Prediction,
     options: WriterOptions | None = None,
     *,
-    model_sha256: str | None = None,
+    model_sha256: str,
 ) -> ResultObjects:
     """Build, encode and read back the SEG and SR of one prediction.
 
@@ -123,8 +129,10 @@ def build_results(
         ``result``, ``probabilities``, ``slice_indices`` and ``parameters`` are used.
     options : WriterOptions, optional
         From the ``[results]`` config section.
-    model_sha256 : str, optional
-        SHA-256 of the model file (recorded as an algorithm parameter).
+    model_sha256 : str
+        SHA-256 of the model's ONNX file, 64 hex digits
+        (``inference.store.ModelEntry.onnx_sha256()``), recorded in Algorithm
+        Parameters (0066,0032) of the SEG and the SR's algorithm identification.
 
     Returns
     -------
@@ -133,8 +141,13 @@ def build_results(
     Raises
     ------
     WriterError
-        A writer or a read-back check failed.
+        ``model_sha256`` is not a SHA-256 hex digest, or a writer or a
+        read-back check failed.
     """
+    # Provenance goes to every PACS the result reaches: refuse anything but a
+    # digest (a bound method's repr once leaked a server path into every result).
+    if not isinstance(model_sha256, str) or not _SHA256.fullmatch(model_sha256):
+        raise WriterError("model_sha256 must be the 64-hex-digit SHA-256 of the model file")
     options = options or WriterOptions()
     uids = result_uids(options.uid_root, volume.series_instance_uid, spec.name, spec.version)
     if spec.task == "embedding":
@@ -165,9 +178,9 @@ def _classification_sr(
     spec: ModelSpec,
     uids: ResultUids,
     options: WriterOptions,
-    prediction: Any,
+    prediction: Prediction,
     params: dict[str, Any],
-    model_sha256: str | None,
+    model_sha256: str,
 ) -> bytes:
     threshold = None
     if spec.postprocessing.decision == "threshold":
