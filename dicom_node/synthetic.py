@@ -1,13 +1,20 @@
 """Synthetic DICOM series for tests, benchmarks and demos.
 
 Generates CT-like series as real Part 10 files, written with pydicom, so that
-DCMTK, pynetdicom and the node all see ordinary DICOM. UIDs derive from a seed
-so a benchmark run is reproducible; patient attributes are obviously fake.
+DCMTK, pynetdicom and the node all see ordinary DICOM. Patient attributes are
+obviously fake.
+
+Every call makes a new series by default (fresh Study, Series and SOP Instance
+UIDs under the ``2.25`` UUID arc), because a node keeps the first copy of an
+instance it already holds: re-sending a deterministic series would be stored as
+duplicates and start nothing. Pass ``seed`` for reproducibility: the same seed
+gives identical UIDs and pixels, which tests and benchmarks rely on.
 """
 
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,15 +46,36 @@ def synthetic_uid(*parts: object) -> UID:
 
 @dataclass(frozen=True)
 class SeriesSpec:
-    """Shape and identity of a synthetic CT series."""
+    """Shape and identity of a synthetic CT series.
+
+    ``seed`` ``None`` (the default) draws a fresh random seed for each
+    :func:`ct_datasets` call, so each generated series is new to a receiver;
+    a string or integer seed makes UIDs and pixels reproducible.
+    """
 
     slices: int = 16
     rows: int = 64
     columns: int = 64
-    seed: str = "dicom-node"
+    seed: str | int | None = None
     spacing: float = 1.0
     thickness: float = 1.0
     modality: str = "CT"
+
+
+def resolve_seed(seed: str | int | None) -> str:
+    """Return ``seed`` as the string all UIDs and pixels derive from; a fresh UUID when ``None``.
+
+    Parameters
+    ----------
+    seed : str, int or None
+        A reproducible seed, or ``None`` for a series never generated before.
+
+    Returns
+    -------
+    str
+        The effective seed (32 hex digits of a random UUID when ``seed`` is ``None``).
+    """
+    return uuid.uuid4().hex if seed is None else str(seed)
 
 
 def _ct_slice(spec: SeriesSpec, index: int, rng: np.random.Generator) -> np.ndarray:
@@ -71,21 +99,24 @@ def ct_datasets(spec: SeriesSpec) -> Iterator[Dataset]:
     Parameters
     ----------
     spec : SeriesSpec
-        Size, seed and spacing of the series.
+        Size, seed and spacing of the series. Without a seed, each call yields
+        a new series (new UIDs, new noise).
 
     Yields
     ------
     pydicom.dataset.Dataset
         A CT Image Storage dataset with file meta, Explicit VR Little Endian.
     """
-    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(spec.seed.encode()).digest()[:4], "big"))
-    study_uid = synthetic_uid(spec.seed, "study")
-    series_uid = synthetic_uid(spec.seed, "series")
-    frame_uid = synthetic_uid(spec.seed, "frame")
+    # Resolved once per call: every slice of this series shares the seed.
+    seed = resolve_seed(spec.seed)
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(seed.encode()).digest()[:4], "big"))
+    study_uid = synthetic_uid(seed, "study")
+    series_uid = synthetic_uid(seed, "series")
+    frame_uid = synthetic_uid(seed, "frame")
     base = _ct_slice(spec, 0, rng)
     for index in range(spec.slices):
         ds = Dataset()
-        sop_uid = synthetic_uid(spec.seed, "instance", index)
+        sop_uid = synthetic_uid(seed, "instance", index)
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
         meta.MediaStorageSOPInstanceUID = sop_uid
@@ -98,7 +129,7 @@ def ct_datasets(spec: SeriesSpec) -> Iterator[Dataset]:
         ds.SeriesInstanceUID = series_uid
         ds.FrameOfReferenceUID = frame_uid
         ds.PatientName = "SYNTHETIC^PHANTOM"
-        ds.PatientID = "SYNTH-" + spec.seed[:8]
+        ds.PatientID = "SYNTH-" + seed[:8]
         ds.PatientBirthDate = "19700101"
         ds.PatientSex = "O"
         ds.StudyDate = "20260101"
@@ -139,9 +170,10 @@ def write_ct_series(out_dir: Path, spec: SeriesSpec) -> list[Path]:
     Parameters
     ----------
     out_dir : pathlib.Path
-        Folder to create and fill (``0001.dcm``, ``0002.dcm``, ...).
+        Folder to create and fill (``0001.dcm``, ``0002.dcm``, ...); files of
+        an earlier call with the same slice count are overwritten.
     spec : SeriesSpec
-        Size, seed and spacing of the series.
+        Size, seed and spacing of the series; without a seed the series is new.
 
     Returns
     -------
@@ -149,6 +181,10 @@ def write_ct_series(out_dir: Path, spec: SeriesSpec) -> list[Path]:
         The written files in slice order.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A folder must hold one series: slices of an earlier, longer run would
+    # otherwise be read as part of this one.
+    for stale in out_dir.glob("[0-9][0-9][0-9][0-9].dcm"):
+        stale.unlink()
     paths = []
     for ds in ct_datasets(spec):
         path = out_dir / f"{int(ds.InstanceNumber):04d}.dcm"

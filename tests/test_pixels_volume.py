@@ -34,7 +34,7 @@ def stored(ds_index: int, spec: SeriesSpec) -> np.ndarray:
 
 
 def test_sorted_by_position_not_instance_number(tmp_path: Path) -> None:
-    spec = SeriesSpec(slices=8, rows=32, columns=32)
+    spec = SeriesSpec(slices=8, rows=32, columns=32, seed="volume-order")
 
     def reverse_numbers(i: int, ds: Dataset) -> None:
         ds.InstanceNumber = 100 - i  # numbering runs against the positions
@@ -86,7 +86,7 @@ def test_duplicate_positions_and_mixed_sizes_are_refused(tmp_path: Path) -> None
 
 
 def test_monochrome1_is_inverted(tmp_path: Path) -> None:
-    spec = SeriesSpec(slices=2, rows=16, columns=16)
+    spec = SeriesSpec(slices=2, rows=16, columns=16, seed="volume-m1")
     m1 = write_series(tmp_path, spec, lambda i, ds: setattr(ds, "PhotometricInterpretation", "MONOCHROME1"))
     vol = load_series(m1, workers=0)
     # 12-bit stored range 0..4095 -> HU -1024..3071, inverted around its middle.
@@ -131,7 +131,7 @@ def _enhanced(spec: SeriesSpec, order: list[int]) -> Dataset:
 
 
 def test_enhanced_multiframe(tmp_path: Path) -> None:
-    spec = SeriesSpec(slices=5, rows=16, columns=16)
+    spec = SeriesSpec(slices=5, rows=16, columns=16, seed="volume-enhanced")
     path = tmp_path / "enh.dcm"
     _enhanced(spec, [3, 0, 4, 1, 2]).save_as(path, enforce_file_format=True)
     vol = load_series([path], workers=0)
