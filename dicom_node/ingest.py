@@ -95,7 +95,7 @@ class _BoundedInflater(io.RawIOBase):
         return self._produced
 
 
-def read_header(path: Path, data_offset: int, transfer_syntax: str, max_inflated: int) -> dict[str, object]:
+def read_header(path: Path, data_offset: int, transfer_syntax: str, max_inflated: int) -> dict[str, str]:
     """Read the identifying attributes of a dataset without touching its pixel data.
 
     Parameters
@@ -112,7 +112,7 @@ def read_header(path: Path, data_offset: int, transfer_syntax: str, max_inflated
     UnreadableDatasetError
         The dataset cannot be parsed or exceeds a bound.
     """
-    found: dict[str, object] = {}
+    found: dict[str, str] = {}
 
     def stop(tag: BaseTag, _vr: str | None, _length: int) -> bool:
         return tag > _LAST_WANTED

@@ -222,3 +222,48 @@ def test_uid_with_a_trailing_newline_is_refused() -> None:
     assert clean_uid("1.2.3\x00", "x") == "1.2.3"
     with pytest.raises(UnreadableDatasetError):
         clean_uid("1.2.3\n", "x")
+
+
+DUPLICATE_HINT = "association stored only duplicates"
+
+
+def _duplicate_hints(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "dicom_node.scp.association" and DUPLICATE_HINT in r.getMessage()]
+
+
+def test_resent_series_logs_one_duplicate_only_line_at_info(start_node, caplog: pytest.LogCaptureFixture) -> None:
+    """A complete series sent again starts nothing; the node says so once, at INFO, without PHI."""
+    node: Node = start_node()
+    caplog.set_level(logging.INFO, logger="dicom_node.scp.association")
+    datasets = series(3, "resend")
+    datasets[0].PatientName = "DOE^RESENDSECRET"
+    assert send_all(node.scp.port, datasets, calling="RESENDER") == [0, 0, 0]
+    assert wait_for(lambda: node.index.counts()["complete"] == 1)
+    assert wait_for(lambda: node.scp.active == 0)
+    assert _duplicate_hints(caplog) == [], "a first send stores new instances"
+
+    assert send_all(node.scp.port, series(3, "resend"), calling="RESENDER") == [0, 0, 0]
+    assert wait_for(lambda: node.scp.active == 0)
+    assert wait_for(lambda: len(_duplicate_hints(caplog)) == 1)
+    record = _duplicate_hints(caplog)[0]
+    message = record.getMessage()
+    assert record.levelno == logging.INFO
+    assert "calling_ae=RESENDER" in message and "instances=3" in message and "duplicates=3" in message
+    assert "storage.duplicate_policy=replace" in message
+    assert "RESENDSECRET" not in caplog.text
+    assert node.index.counts()["series"] == 1 and node.scp.ctx.metrics.duplicates == 3
+
+
+def test_partly_new_or_completing_association_logs_no_duplicate_hint(start_node, caplog: pytest.LogCaptureFixture) -> None:
+    """One new instance among duplicates, or duplicates completing a series still being received, are no trap."""
+    node: Node = start_node(assembly={"quiet_period": 30.0})
+    caplog.set_level(logging.INFO, logger="dicom_node.scp.association")
+    datasets = series(4, "mixed")
+    assert send_all(node.scp.port, datasets[:2]) == [0, 0]
+    # The series is still receiving: a retry of the same instances joins it (it would complete it).
+    assert send_all(node.scp.port, datasets[:2]) == [0, 0]
+    # Two duplicates and two new instances.
+    assert send_all(node.scp.port, datasets) == [0, 0, 0, 0]
+    assert wait_for(lambda: node.scp.active == 0)
+    assert node.index.counts()["instances"] == 4
+    assert _duplicate_hints(caplog) == []

@@ -97,6 +97,8 @@ class AssociationHandler:
         self.over_limit = over_limit
         self.id = uuid.uuid4().hex
         self.instances = 0
+        #: Instances acknowledged but already held (kept-first duplicates).
+        self.duplicates = 0
         self._assoc: Negotiated | None = None
         self._cmd_buf = bytearray()
         self._incoming: _Incoming | None = None
@@ -115,9 +117,10 @@ class AssociationHandler:
             reader = P.PduReader(self.sock, self.ctx.config.max_pdu)
             if not self._associate(reader):
                 return
+            assoc = self._assoc
+            assert assoc is not None  # _associate returned True
             self.ctx.writer.run(
-                lambda c: ops.begin_association(c, self.id, self._assoc.calling_ae, self._assoc.called_ae,
-                                                self.peer_host, time.time())
+                lambda c: ops.begin_association(c, self.id, assoc.calling_ae, assoc.called_ae, self.peer_host, time.time())
             )
             registered = True
             self.sock.settimeout(self.ctx.config.network_timeout)
@@ -143,11 +146,32 @@ class AssociationHandler:
         if self._ended:
             return
         self._ended = True
+        delivered: int | None = None
         try:
-            self.ctx.writer.run(lambda c: ops.end_association(c, self.id, state, time.time(), self.instances))
+            delivered = self.ctx.writer.run(lambda c: ops.end_association(c, self.id, state, time.time(), self.instances))
         except StorageError as exc:
             log.error("could not record the end of assoc=%s error=%s", self.id, exc)
         log.info("association %s assoc=%s instances=%d", state, self.id, self.instances)
+        if state == "released" and delivered == 0:
+            self._log_duplicates_only()
+
+    def _log_duplicates_only(self) -> None:
+        """Say why a released association starts nothing when it held only known instances.
+
+        Under ``storage.duplicate_policy = "keep_first"`` an instance already
+        held is acknowledged with Success (PS3.4 B.2.3) and dropped, so a
+        re-sent series adds no series and no job. A duplicate that completes a
+        series still being received links this association to it; ``_end``
+        only calls this when it delivered to no series at all.
+        """
+        if self.duplicates == 0 or self.duplicates != self.instances:
+            return
+        assert self._assoc is not None  # only registered associations end
+        log.info(
+            "association stored only duplicates: no new series, nothing will run; send new UIDs or use "
+            "storage.duplicate_policy=replace assoc=%s calling_ae=%s instances=%d duplicates=%d",
+            self.id, self._assoc.calling_ae, self.instances, self.duplicates,
+        )
 
     def _send(self, data: bytes) -> None:
         try:
@@ -362,6 +386,8 @@ class AssociationHandler:
             log.error("C-STORE failed to store assoc=%s error=%s", self.id, exc)
             return OUT_OF_RESOURCES, "Out of resources: storage failure"
         self.instances += 1
+        if outcome == ops.DUPLICATE:
+            self.duplicates += 1
         self.ctx.metrics.count(outcome, incoming.size)
         return SUCCESS, None
 

@@ -26,7 +26,7 @@ from pynetdicom.pdu_primitives import (
     SCP_SCU_RoleSelectionNegotiation,
 )
 from pynetdicom.presentation import PresentationContext, StoragePresentationContexts, negotiate_as_acceptor
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time
 
 from dicom_node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.config import ScpConfig
@@ -91,6 +91,7 @@ def supported_contexts(config: ScpConfig) -> list[PresentationContext]:
         contexts.append(cx)
     for storage in StoragePresentationContexts:
         cx = PresentationContext()
+        assert storage.abstract_syntax is not None  # pynetdicom's contexts all name one
         cx.abstract_syntax = UID(storage.abstract_syntax)
         cx.transfer_syntax = [UID(ts) for ts in config.transfer_syntaxes]
         cx.scu_role = True
@@ -165,7 +166,7 @@ def negotiate(config: ScpConfig, request: A_ASSOCIATE, supported: list[Presentat
         What we accept, from :func:`supported_contexts`.
     """
     proposed_roles = {
-        str(item.sop_class_uid): (item.scu_role, item.scp_role)
+        UID(item.sop_class_uid): (item.scu_role, item.scp_role)
         for item in request.user_information
         if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid
     }
