@@ -328,12 +328,20 @@ def _datasets(seed: str, slices: int, study_of: Any = None, number: int = 1) -> 
 
 @dataclass
 class Pacs:
-    """The module's Orthanc and what it holds: one study with a 4-slice and a 2-slice CT series."""
+    """The module's Orthanc and what it holds.
+
+    One patient: a study with a 4-slice and a 2-slice CT series, and an earlier study
+    with a 3-slice series (``other_study``, ``other_series``). ``instances`` maps each
+    series to its SOP Instance UIDs.
+    """
 
     peer: Any
     study: str
     series: list[str]
     patient_id: str
+    other_study: str
+    other_series: str
+    instances: dict[str, list[str]]
 
 
 @pytest.fixture(scope="module")
@@ -343,18 +351,26 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
 
     one = _datasets("pacs-1", 4)
     two = _datasets("pacs-2", 2, study_of=one[0], number=2)
+    earlier = _datasets("pacs-3", 3, number=3)
+    for ds in earlier:  # another study of the same patient
+        ds.PatientID, ds.PatientName = one[0].PatientID, one[0].PatientName
+    assert earlier[0].StudyInstanceUID != one[0].StudyInstanceUID
     extra = {"DicomModalities": {"node": {"AET": "DICOM_NODE", "Host": "127.0.0.1", "Port": SCP_PORT}}}
     with run_orthanc(tmp_path_factory.mktemp("orthanc"), extra=extra) as peer:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        for ds in one + two:
+        for ds in one + two + earlier:
             buf = io.BytesIO()
             ds.save_as(buf, enforce_file_format=True)
             request = urllib.request.Request(peer.http_url + "/instances", data=buf.getvalue(), method="POST",
                                              headers={"Content-Type": "application/dicom"})
             with opener.open(request, timeout=10) as response:
                 assert response.status == 200
+        instances: dict[str, list[str]] = {}
+        for ds in one + two + earlier:
+            instances.setdefault(str(ds.SeriesInstanceUID), []).append(str(ds.SOPInstanceUID))
         yield Pacs(peer, str(one[0].StudyInstanceUID), [str(one[0].SeriesInstanceUID), str(two[0].SeriesInstanceUID)],
-                   str(one[0].PatientID))
+                   str(one[0].PatientID), str(earlier[0].StudyInstanceUID), str(earlier[0].SeriesInstanceUID),
+                   instances)
 
 
 def pacs_node(start_node: Any, models_dir: Path, pacs: Pacs) -> Node:
@@ -412,7 +428,7 @@ def test_dicom_session_from_orthanc(start_node: Any, models_dir: Path, pacs: Pac
     assert [(s["series_instance_uid"], s["instances"], s["modality"]) for s in by_address["series"]] == [
         (pacs.series[0], 4, "CT")]
     patient = settled(node, httpx.put(put, json={"dicom": {"node": "orthanc", "patient_id": pacs.patient_id}}))
-    assert patient["status"] == "ready" and patient["instances"] == 6, patient
+    assert patient["status"] == "ready" and patient["instances"] == 9 and len(patient["series"]) == 3, patient
     moved = settled(node, httpx.put(put, json={"dicom": {"node": "orthanc-move", "study_uid": pacs.study,
                                                          "series_uid": pacs.series[1]}}))
     assert moved["status"] == "ready" and moved["instances"] == 2, moved
@@ -424,3 +440,67 @@ def test_dicom_session_from_orthanc(start_node: Any, models_dir: Path, pacs: Pac
     assert down["status"] == "failed" and "retrieval failed" in down["reason"], down
     assert httpx.delete(url(node, f"/v1/sessions/{by_address['session_id']}")).status_code == 200
     assert not session_dir(node, by_address["session_id"]).exists()
+
+
+def session_instances(node: Node, session_id: str) -> list[tuple[str, str, str]]:
+    """(study, series, SOP Instance UID) of every instance a session stored, sorted."""
+    conn = node.index.reader()
+    try:
+        rows = conn.execute("SELECT study_instance_uid, series_instance_uid, sop_instance_uid FROM session_instances"
+                            " WHERE session_id = ?", (session_id,)).fetchall()
+    finally:
+        conn.close()
+    return sorted((r[0], r[1], r[2]) for r in rows)
+
+
+@pytest.mark.parametrize("kind, source", [("dicomweb", "web"), ("dicom", "orthanc"), ("dicom", "orthanc-move")])
+def test_session_retrieves_only_the_narrowest_identifier(start_node: Any, models_dir: Path, pacs: Pacs,
+                                                         kind: str, source: str) -> None:
+    """query_level PATIENT with a series_uid retrieves that series only (issue 12: it fetched the whole patient)."""
+    node = pacs_node(start_node, models_dir, pacs)
+    put = url(node, "/v1/sessions")
+    wanted = pacs.series[1]
+    expected = sorted((pacs.study, wanted, sop) for sop in pacs.instances[wanted])
+
+    def session(**fields: str) -> dict[str, Any]:
+        return settled(node, httpx.put(put, json={kind: {"node": source, **fields}}))
+
+    # The series alone with a patient-level query: its study is looked up (SERIES-level C-FIND / QIDO-RS).
+    by_series = session(query_level="PATIENT", patient_id=pacs.patient_id, series_uid=wanted)
+    assert by_series["status"] == "ready", by_series
+    assert session_instances(node, by_series["session_id"]) == expected
+    # With its study too; and an instance alone retrieves that instance only.
+    with_study = session(query_level="PATIENT", patient_id=pacs.patient_id, study_uid=pacs.study, series_uid=wanted)
+    assert session_instances(node, with_study["session_id"]) == expected
+    sop = pacs.instances[pacs.other_series][1]
+    one = session(query_level="PATIENT", patient_id=pacs.patient_id, sop_instance_uid=sop)
+    assert session_instances(node, one["session_id"]) == [(pacs.other_study, pacs.other_series, sop)], one
+    # A study with a patient-level query: that study only, not the patient's earlier one.
+    study = session(query_level="PATIENT", patient_id=pacs.patient_id, study_uid=pacs.other_study)
+    assert {s["series_instance_uid"] for s in study["series"]} == {pacs.other_series}, study
+    # A series the source does not hold fails with a reason that names it.
+    absent = session(query_level="PATIENT", patient_id=pacs.patient_id, series_uid="1.2.826.0.1.3680043.99.1")
+    assert absent["status"] == "failed" and "series 1.2.826.0.1.3680043.99.1 was not found" in absent["reason"], absent
+
+
+def test_session_levels_and_identifiers() -> None:
+    """The plan a request body makes: the narrowest identifier wins; a narrower level needs its identifier."""
+    from dicom_node.sources.sessions import SessionRefused
+    from dicom_node.sources.sessions_request import plan_of
+
+    series, study, sop = "1.2.3.4", "1.2.3", "1.2.3.4.5"
+    assert plan_of({"query_level": "PATIENT", "patient_id": "P", "series_uid": series}).level == "SERIES"
+    assert plan_of({"query_level": "patient", "patient_id": "P", "study_uid": study}).level == "STUDY"
+    plan = plan_of({"query_level": "STUDY", "study_uid": study, "sop_instance_uid": sop})
+    assert (plan.level, plan.study_uid, plan.series_uid, plan.sop_instance_uid) == ("IMAGE", study, None, sop)
+    assert plan_of({"query_level": "INSTANCE", "sop_instance_uid": sop}).level == "IMAGE"
+    assert plan_of({"patient_id": "P"}).patient_id == "P"
+    assert plan_of({"patient_id": "P", "series_uid": series}).patient_id is None
+    for body, words in [({"query_level": "SERIES", "study_uid": study}, "needs series_uid"),
+                        ({"query_level": "IMAGE", "series_uid": series}, "needs sop_instance_uid"),
+                        ({"query_level": "PATIENT"}, "needs patient_id"),
+                        ({"query_level": "FRAME", "study_uid": study}, "query_level must be one of"),
+                        ({"sop_instance_uid": "x.y"}, "sop_instance_uid is not a valid DICOM UID")]:
+        with pytest.raises(SessionRefused) as info:
+            plan_of(body)
+        assert info.value.status == 400 and words in str(info.value), body

@@ -45,6 +45,11 @@ class _SessionBody(BaseModel):
     model_config = {"extra": "forbid"}
 
 
+_LEVEL_HELP = ("PATIENT, STUDY, SERIES or IMAGE. The narrowest identifier given decides what is retrieved "
+               "(sop_instance_uid, else series_uid, else study_uid, else patient_id); a broader level never "
+               "widens it, a narrower one needs its identifier")
+
+
 class DicomSessionSource(_SessionBody):
     """``{"dicom": ...}``: retrieve by C-GET/C-MOVE from a configured remote node (by key or by its exact address)."""
 
@@ -52,20 +57,24 @@ class DicomSessionSource(_SessionBody):
     server_address: str | None = Field(None, max_length=255)
     server_port: int | None = Field(None, ge=1, le=65535)
     ae_title: str | None = Field(None, max_length=16)
-    query_level: str | None = Field(None, description="PATIENT, STUDY or SERIES (default from the UIDs given)")
+    query_level: str | None = Field(None, description=_LEVEL_HELP)
     patient_id: str | None = Field(None, max_length=64)
     study_uid: str | None = Field(None, max_length=64)
     series_uid: str | None = Field(None, max_length=64)
+    sop_instance_uid: str | None = Field(None, max_length=64, description="One instance (its series and study are "
+                                         "looked up when not given)")
 
 
 class DicomwebSessionSource(_SessionBody):
     """``{"dicomweb": ...}``: retrieve by WADO-RS from a configured DICOMweb source."""
 
     node: str = Field(max_length=64, description="Name of a [[sources.pollers]] entry of kind \"dicomweb\"")
-    query_level: str | None = None
+    query_level: str | None = Field(None, description=_LEVEL_HELP)
     patient_id: str | None = Field(None, max_length=64)
     study_uid: str | None = Field(None, max_length=64)
     series_uid: str | None = Field(None, max_length=64)
+    sop_instance_uid: str | None = Field(None, max_length=64, description="One instance (its series and study are "
+                                         "looked up when not given)")
 
 
 class SessionCreate(_SessionBody):

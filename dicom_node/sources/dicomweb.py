@@ -277,6 +277,27 @@ class DicomwebSource:
                 return list(found)
             offset += len(page)
 
+    def locate(self, series_uid: str | None = None, sop_instance_uid: str | None = None) -> list[tuple[str, str]]:
+        """The (study, series) UIDs holding a series or an instance, by an all-studies search (PS3.18 10.6.1).
+
+        ``GET {root}/series?SeriesInstanceUID=`` or ``GET {root}/instances?SOPInstanceUID=``
+        (PS3.18 10.6.1.2: the all-studies resources); the answers carry StudyInstanceUID and SeriesInstanceUID (PS3.18 Table 10.6.3-3, -4).
+        A retrieval session uses it when a caller named a series or an instance without its study.
+        """
+        if sop_instance_uid is not None:
+            path, params = "/instances", {"SOPInstanceUID": _checked(sop_instance_uid, "SOPInstanceUID")}
+        elif series_uid is not None:
+            path, params = "/series", {"SeriesInstanceUID": _checked(series_uid, "SeriesInstanceUID")}
+        else:
+            raise HttpSourceError("locate needs a series or SOP Instance UID", retryable=False)
+        params["includefield"] = "StudyInstanceUID,SeriesInstanceUID"
+        found: dict[tuple[str, str], None] = {}
+        for obj in self._json(path, params):
+            study, series = _uid(obj, _STUDY_UID), _uid(obj, _SERIES_UID)
+            if study and series and (series_uid is None or series == series_uid):
+                found[(study, series)] = None
+        return list(found)
+
     # -- WADO-RS ---------------------------------------------------------------------------------------------
 
     def retrieve(self, study_uid: str, series_uid: str | None, sink: RetrievalSink,

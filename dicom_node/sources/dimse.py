@@ -240,6 +240,33 @@ class DimseSource:
         found = [(_count(m, "InstanceNumber") or 0, _text(m, "SOPInstanceUID")) for m in matches]
         return [uid for _, uid in sorted(found) if uid]
 
+    def locate(self, series_uid: str | None = None, sop_instance_uid: str | None = None) -> list[tuple[str, str]]:
+        """The (study, series) UIDs holding a series or an instance, by one C-FIND (PS3.4 C.4.1).
+
+        A SERIES-level (or IMAGE-level) query with the known UID and StudyInstanceUID
+        (and SeriesInstanceUID) as universal return keys.
+        Strictly hierarchical SCPs (PS3.4 C.4.1.2.2.1) may answer nothing without the
+        study UID; the caller then says the study UID is needed.
+        """
+        ds = Dataset()
+        if sop_instance_uid is not None:
+            ds.QueryRetrieveLevel = "IMAGE"
+            ds.SOPInstanceUID = _check_uid(sop_instance_uid, "SOP Instance UID")
+            ds.SeriesInstanceUID = series_uid or ""
+        elif series_uid is not None:
+            ds.QueryRetrieveLevel = "SERIES"
+            ds.SeriesInstanceUID = _check_uid(series_uid, "series UID")
+        else:
+            raise SourceError("locate needs a series or SOP Instance UID", retryable=False)
+        ds.StudyInstanceUID = ""
+        found: dict[tuple[str, str], None] = {}
+        for match in self._query(ds):
+            study, series = _text(match, "StudyInstanceUID"), _text(match, "SeriesInstanceUID")
+            if is_uid(study) and is_uid(series) and (series_uid is None or series == series_uid):
+                found[(study, series)] = None
+        log.info("c-find locate remote=%s level=%s matches=%d", self.remote.name, ds.QueryRetrieveLevel, len(found))
+        return list(found)
+
     # -- retrieval -----------------------------------------------------------------------------------------
 
     def retrieve(self, study_uid: str, series_uid: str | None, sink: Any,

@@ -12,6 +12,13 @@ Kinds:
 - ``dicomweb``: WADO-RS from a configured ``[[sources.pollers]]`` entry of kind ``dicomweb``
   (:class:`DicomwebSource`).
 
+What is retrieved is what the narrowest identifier names (see
+:func:`~dicom_node.sources.sessions_request.plan_of`): ``sop_instance_uid`` one
+instance, else ``series_uid`` one series, else ``study_uid`` one study, else
+``patient_id`` the patient's studies; a broader ``query_level`` never widens it.
+A series or instance named without its study is first located by a SERIES- or
+IMAGE-level C-FIND or QIDO-RS (:meth:`RetrievalPlan.targets`).
+
 Only configured nodes are ever contacted: a request naming an address, port and
 AE title that match no configured remote is refused before any connection
 (:class:`SessionRefused`). Retrieval runs in a background thread: status
@@ -33,11 +40,13 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from dicom_node.errors import DicomNodeError, StorageError
+from dicom_node.errors import DicomNodeError, SourceError, StorageError
+from dicom_node.sources.base import RetrieveResult, StudySummary
 from dicom_node.sources.sessions_sink import SessionSink
 
 log = logging.getLogger(__name__)
@@ -67,18 +76,77 @@ class SessionUnavailable(DicomNodeError):
     """A session cannot be used (unknown, expired, not ready, or the series is ambiguous)."""
 
 
+class RetrievalSource(Protocol):
+    """What a retrieval session needs of a source (:class:`DimseSource` or :class:`DicomwebSource`)."""
+
+    name: str
+
+    def find_studies(self, filters: dict[str, str], limit: int, offset: int = 0) -> list[StudySummary]:
+        """Studies matching ``filters`` (PATIENT level: the patient's studies)."""
+        ...
+
+    def locate(self, series_uid: str | None = None, sop_instance_uid: str | None = None) -> list[tuple[str, str]]:
+        """The (study, series) UIDs holding a series or an instance."""
+        ...
+
+    def retrieve(self, study_uid: str, series_uid: str | None, sink: Any,
+                 instances: Sequence[str] | None = None) -> RetrieveResult:
+        """Retrieve a study, a series, or ``instances`` of a series into ``sink``."""
+        ...
+
+
 @dataclass(frozen=True)
 class RetrievalPlan:
-    """What a background retrieval fetches: a study, a series, or the studies of a patient."""
+    """What a background retrieval fetches: an instance, a series, a study, or the studies of a patient.
 
-    level: str  # "PATIENT" | "STUDY" | "SERIES"
+    ``level`` is the level of the narrowest identifier the caller gave (see
+    :func:`~dicom_node.sources.sessions_request.plan_of`); the UIDs above it may be
+    missing and are then looked up before the retrieval (:meth:`targets`).
+    """
+
+    level: str  # "PATIENT" | "STUDY" | "SERIES" | "IMAGE"
     study_uid: str | None = None
     series_uid: str | None = None
     patient_id: str | None = None
+    sop_instance_uid: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """What the index keeps of the request (no patient attribute)."""
-        return {"query_level": self.level, "study_uid": self.study_uid, "series_uid": self.series_uid}
+        return {"query_level": self.level, "study_uid": self.study_uid, "series_uid": self.series_uid,
+                "sop_instance_uid": self.sop_instance_uid}
+
+    def targets(self, source: RetrievalSource) -> list[tuple[str, str | None, list[str] | None]]:
+        """(study, series, instances) to retrieve, looking up the study (and series) a caller left out.
+
+        A Study Root retrieval names every UID above its level (PS3.4 C.4.2.2.1, C.4.3.2.1;
+        PS3.18 10.4.1 resource paths), so a series or instance given alone is first
+        located by a SERIES- or IMAGE-level query (C-FIND or QIDO-RS).
+
+        Raises
+        ------
+        SourceError
+            The series or instance is not found at the source, or is found in several places.
+        """
+        if self.level == "PATIENT":
+            studies = source.find_studies({"PatientID": self.patient_id or ""}, MAX_PATIENT_STUDIES)
+            return [(s.study_instance_uid, None, None) for s in studies]
+        if self.level == "STUDY":
+            return [(str(self.study_uid), None, None)]
+        instances = [self.sop_instance_uid] if self.level == "IMAGE" and self.sop_instance_uid else None
+        if self.study_uid and self.series_uid:
+            return [(self.study_uid, self.series_uid, instances)]
+        what = f"instance {self.sop_instance_uid}" if instances else f"series {self.series_uid}"
+        found = source.locate(self.series_uid, self.sop_instance_uid)
+        if self.study_uid:
+            found = [f for f in found if f[0] == self.study_uid]
+        if not found:
+            raise SourceError(f"{what} was not found at {source.name}" + ("" if self.study_uid else
+                              "; if the source only answers hierarchical queries, give study_uid too"),
+                              retryable=False)
+        if len(found) > 1:
+            raise SourceError(f"{what} is in {len(found)} series at {source.name}; give study_uid and series_uid",
+                              retryable=False)
+        return [(found[0][0], found[0][1], instances)]
 
 
 class SessionService:
@@ -218,7 +286,7 @@ class SessionService:
             "UPDATE sessions SET status = ?, reason = ?, updated_at = ? WHERE id = ?",
             (status, reason, time.time(), session_id)))
 
-    def start_retrieval(self, kind: str, source: Any, source_name: str, plan: RetrievalPlan,
+    def start_retrieval(self, kind: str, source: RetrievalSource, source_name: str, plan: RetrievalPlan,
                         expiry: float) -> dict[str, Any]:
         """Open a session and retrieve ``plan`` from ``source`` in a background thread; return the row.
 
@@ -241,28 +309,23 @@ class SessionService:
         thread.start()
         return row
 
-    def _retrieve(self, session_id: str, source: Any, plan: RetrievalPlan, cancel: threading.Event) -> None:
+    def _retrieve(self, session_id: str, source: RetrievalSource, plan: RetrievalPlan, cancel: threading.Event) -> None:
         sink = SessionSink(self.node, session_id, self.folder(session_id), cancel)
         failures: dict[str, str] = {}
         finished = False
         try:
-            if plan.level == "PATIENT":
-                studies = [s.study_instance_uid for s in
-                           source.find_studies({"PatientID": plan.patient_id or ""}, MAX_PATIENT_STUDIES)]
-                targets: list[tuple[str, str | None]] = [(s, None) for s in studies]
-            else:
-                targets = [(str(plan.study_uid), plan.series_uid if plan.level == "SERIES" else None)]
-            for study, series in targets:
+            for study, series, instances in plan.targets(source):
                 if cancel.is_set():
                     break
-                result = source.retrieve(study, series, sink)
-                failures.update(getattr(result, "failed", {}) or {})
-            what = f"the source returned no instance for this {plan.level.lower()}"
+                result = source.retrieve(study, series, sink, instances)
+                failures.update(result.failed)
+            level = {"IMAGE": "instance"}.get(plan.level, plan.level.lower())
+            what = f"the source returned no instance for this {level}"
             self.finish(session_id, sink, failures, empty_reason=what)
             finished = True
         except (DicomNodeError, OSError) as exc:
             log.warning("session retrieval failed id=%s source=%s error=%s", session_id,
-                        getattr(source, "name", "?"), type(exc).__name__)
+                        source.name, type(exc).__name__)
             self._fail_quietly(session_id, f"retrieval failed: {exc}")
             finished = True
         finally:

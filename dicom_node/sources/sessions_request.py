@@ -13,37 +13,48 @@ from __future__ import annotations
 
 from typing import Any
 
-from dicom_node.sources.sessions import RetrievalPlan, SessionRefused
+from dicom_node.sources.sessions import RetrievalPlan, RetrievalSource, SessionRefused
 from dicom_node.validators import is_uid
 
-_LEVELS = ("PATIENT", "STUDY", "SERIES")
+#: Query/Retrieve levels from the broadest to the narrowest (PS3.4 C.6.2.1); INSTANCE is read as IMAGE.
+_LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+#: The identifier of each level, as the request names it.
+_KEYS = {"PATIENT": "patient_id", "STUDY": "study_uid", "SERIES": "series_uid", "IMAGE": "sop_instance_uid"}
 
 
 def plan_of(body: dict[str, Any], allow_patient: bool = True) -> RetrievalPlan:
-    """The retrieval plan of a ``dicom`` or ``dicomweb`` body (query level from the UIDs when absent).
+    """The retrieval plan of a ``dicom`` or ``dicomweb`` body: the narrowest identifier given wins.
+
+    A session retrieves what its narrowest identifier names: an instance
+    (``sop_instance_uid``), else a series (``series_uid``), else a study
+    (``study_uid``), else the studies of a patient (``patient_id``). A broader
+    ``query_level`` does not widen it (``PATIENT`` with a ``series_uid`` retrieves that
+    series only); a narrower one needs its identifier (``SERIES`` with only a
+    ``study_uid`` is refused). Missing parent UIDs (a series without its study) are
+    looked up by the retrieval (:meth:`SessionService.start_retrieval`).
 
     Raises
     ------
     SessionRefused
-        400 when the UIDs or the level do not fit together.
+        400 ``invalid_request`` naming the invalid or missing identifier.
     """
-    study, series, patient = body.get("study_uid") or None, body.get("series_uid") or None, body.get("patient_id") or None
-    for name, uid in (("study_uid", study), ("series_uid", series)):
+    given = {key: (body.get(key) or None) for key in _KEYS.values()}
+    for key in ("study_uid", "series_uid", "sop_instance_uid"):
+        uid = given[key]
         if uid is not None and not is_uid(uid):
-            raise SessionRefused(400, "invalid_request", f"{name} is not a valid DICOM UID")
-    level = str(body.get("query_level") or ("SERIES" if series else "STUDY" if study else "PATIENT")).upper()
-    if level not in _LEVELS:
+            raise SessionRefused(400, "invalid_request", f"{key} is not a valid DICOM UID")
+    narrowest = next((lvl for lvl in reversed(_LEVELS) if given[_KEYS[lvl]]), None)
+    asked = str(body.get("query_level") or narrowest or "PATIENT").upper()
+    asked = "IMAGE" if asked == "INSTANCE" else asked
+    if asked not in _LEVELS:
         raise SessionRefused(400, "invalid_request", f"query_level must be one of {', '.join(_LEVELS)}")
-    if level == "SERIES" and not (study and series):
-        raise SessionRefused(400, "invalid_request", "query_level SERIES needs study_uid and series_uid")
-    if level == "STUDY" and not study:
-        raise SessionRefused(400, "invalid_request", "query_level STUDY needs study_uid")
-    if level == "PATIENT":
-        if not allow_patient:
-            raise SessionRefused(400, "invalid_request", "name study_uid (and series_uid) to retrieve")
-        if not patient:
-            raise SessionRefused(400, "invalid_request", "query_level PATIENT needs patient_id (or give study_uid)")
-    return RetrievalPlan(level, study, series if level == "SERIES" else None, patient if level == "PATIENT" else None)
+    if narrowest is None or _LEVELS.index(asked) > _LEVELS.index(narrowest):
+        raise SessionRefused(400, "invalid_request", f"query_level {asked} needs {_KEYS[asked]}"
+                             + (" (or give study_uid)" if asked == "PATIENT" else ""))
+    if narrowest == "PATIENT" and not allow_patient:
+        raise SessionRefused(400, "invalid_request", "name study_uid (and series_uid) to retrieve")
+    return RetrievalPlan(narrowest, given["study_uid"], given["series_uid"],
+                         given["patient_id"] if narrowest == "PATIENT" else None, given["sop_instance_uid"])
 
 
 def resolve_remote(config: Any, body: dict[str, Any]) -> Any:
@@ -99,7 +110,7 @@ def resolve_poller(config: Any, body: dict[str, Any]) -> Any:
     return poller
 
 
-def make_source(kind: str, entry: Any, node: Any) -> Any:
+def make_source(kind: str, entry: Any, node: Any) -> RetrievalSource:
     """The :class:`~dicom_node.sources.base.Source` for a resolved entry (imported lazily).
 
     Raises

@@ -112,7 +112,8 @@ class SessionSink(StagingSink):
         if part.failure is not None:
             return self._record(Stored(part.failure[0], part.failure[1], part.sop_instance_uid))
         assert part.temp is not None and part.fd is not None
-        fd, temp = part.fd, part.temp
+        fd: int | None = part.fd
+        temp = part.temp
         part.fd, part.temp = None, None
         try:
             row = self._check(temp, part)
@@ -121,10 +122,11 @@ class SessionSink(StagingSink):
             return self._record(Stored(exc.status, str(exc), part.sop_instance_uid))
         final = self.folder / row["path"]
         try:
+            assert fd is not None
             if spool.fsync:
                 os.fsync(fd)
             os.close(fd)
-            fd = None
+            fd = None  # closed: a later failure must not close it again
             os.replace(temp, final)
             spool.sync_dirs({self.folder})
             outcome = self._node.writer.run(_insert_op(self.session_id, row))

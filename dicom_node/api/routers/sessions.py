@@ -3,12 +3,17 @@
 ``PUT /v1/sessions?expiry=SECONDS`` opens a session from
 
 - a JSON body ``{"dicom": {"server_address", "server_port", "ae_title", "query_level",
-  "patient_id", "study_uid", "series_uid"}}`` (or ``"node": "<remote name>"``): C-GET/C-MOVE
-  from a configured ``[[sources.remotes]]`` entry; anything else is refused (403) unconnected;
-- a JSON body ``{"dicomweb": {"node", "study_uid", "series_uid"}}``: WADO-RS from a configured
-  ``[[sources.pollers]]`` entry of kind ``dicomweb``;
+  "patient_id", "study_uid", "series_uid", "sop_instance_uid"}}`` (or ``"node": "<remote name>"``):
+  C-GET/C-MOVE from a configured ``[[sources.remotes]]`` entry; anything else is refused (403) unconnected;
+- a JSON body ``{"dicomweb": {"node", "study_uid", "series_uid", "sop_instance_uid"}}``: WADO-RS
+  from a configured ``[[sources.pollers]]`` entry of kind ``dicomweb``;
 - a ``multipart/related; type="application/dicom"`` or ``multipart/form-data`` upload of Part 10
   files (bounded by ``api.max_body_bytes``, ``api.max_multipart_parts``, ``scp.max_dataset_bytes``).
+
+A retrieval fetches what the narrowest identifier given names (an instance, a series, a
+study, a patient's studies); ``query_level`` never widens it, and a series or instance
+given without its study is located by C-FIND/QIDO-RS first (see
+:func:`~dicom_node.sources.sessions_request.plan_of`).
 
 Uploads answer 200 with status ``ready``; retrievals answer 202 with status
 ``retrieving`` and go on in the background (``GET`` shows ``ready`` or ``failed``
