@@ -50,6 +50,15 @@ def test_list_and_detail_on_the_real_server(start_node, models_dir: Path) -> Non
     assert names(label="BODY") == ["ct-body", "ct-body-png"] and names(label="nothing") == []
     assert names(task="segmentation") == ["ct-body", "ct-body-png", "ct-lungs"] and names(task="classification") == []
     assert names(name="ct-lungs") == ["ct-lungs"]
+    # Clara AIAA's filters (issue 12: both were ignored and every model listed).
+    assert names(type="segmentation") == ["ct-body", "ct-body-png", "ct-lungs"]
+    assert names(type="classification") == [] and names(type="deepgrow") == []
+    assert names(model="ct-lungs") == ["ct-lungs"] and names(model="absent") == []
+    assert names(type="segmentation", model="ct-body", label="body") == ["ct-body"]
+    for query, words in [({"type": "nonsense"}, "type"), ({"colour": "red"}, "colour"),
+                         ({"tpye": "segmentation", "labels": "x"}, "labels, tpye")]:
+        r = httpx.get(f"{base}/v1/models", params=query)
+        assert r.status_code == 400 and words in r.json()["error"]["description"], (query, r.text)
     detail = httpx.get(f"{base}/v1/models/ct-body").json()
     assert detail["backend"] == "onnxruntime" and detail["state"] == "ready" and detail["version"] == "1.0.0"
     assert "tensorrt" in detail["backends_unavailable"] and detail["spec"]["labels"][0]["name"] == "Body"

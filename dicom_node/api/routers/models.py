@@ -1,6 +1,8 @@
 """Models (Clara AIAA style): list and describe the model store; admin upload, patch and delete.
 
-``GET /v1/models`` lists the models of ``[inference] models_dir`` with filters,
+``GET /v1/models`` lists the models of ``[inference] models_dir`` with filters
+(``task``, ``label``, ``name``, and Clara AIAA's ``type`` and ``model``; any other
+query parameter is refused with 400 rather than ignored),
 ``GET /v1/models/{name}`` shows one spec with the backend that would run it here
 and why each other backend cannot. The admin operations (scope ``admin``, source
 address in ``[api] admin_hosts``) change the store on disk; the job pipeline's
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
@@ -111,21 +113,52 @@ def _entry(request: Request, name: str) -> ModelEntry:
         raise ApiError(404, "not_found", str(exc).replace(str(request.app.state.ctx.config.inference.models_dir), "<models_dir>")) from exc
 
 
+#: Model types of Clara AIAA's ``GET /v1/models?type=`` -> the spec ``task`` they select here. AIAA's
+#: interactive types (annotation, deepgrow, dextr3d) and pipelines have no counterpart among this
+#: node's tasks, so they are valid filters that select no model.
+AIAA_TYPES: dict[str, str | None] = {
+    "segmentation": "segmentation", "classification": "classification", "embedding": "embedding",
+    "annotation": None, "deepgrow": None, "dextr3d": None, "pipeline": None,
+}
+ModelType = Literal["segmentation", "classification", "embedding", "annotation", "deepgrow", "dextr3d", "pipeline"]
+#: The query parameters of ``GET /v1/models``; any other is refused with 400, not ignored.
+_LIST_PARAMS = ("task", "type", "label", "name", "model")
+
+
+def _known_query(request: Request) -> None:
+    """Refuse query parameters ``GET /v1/models`` does not support (a silently ignored filter lists every model)."""
+    unknown = sorted({key for key in request.query_params if key not in _LIST_PARAMS})
+    if unknown:
+        raise ApiError(400, "invalid_request", f"unsupported query parameter(s): {', '.join(unknown)}; "
+                       f"GET /v1/models takes {', '.join(_LIST_PARAMS)}")
+
+
 @router.get("/v1/models", response_model=ModelList, responses=error_responses(401, 403),
-            summary="List models, filtered by task, label or name")
+            summary="List models, filtered by task (or AIAA type), label or name (or AIAA model)")
 def list_models(
     request: Request,
     _principal: Annotated[Any, Depends(require("read"))],
+    _query: Annotated[None, Depends(_known_query)],
     task: Annotated[str | None, Query(max_length=64, description="segmentation, classification or embedding")] = None,
+    model_type: Annotated[ModelType | None, Query(alias="type", description="Clara AIAA model type; selects as task "
+                                                  "does (annotation, deepgrow, dextr3d and pipeline select none)")] = None,
     label: Annotated[str | None, Query(max_length=64, description="A label name (case-insensitive)")] = None,
     name: Annotated[str | None, Query(max_length=64, description="Exact model name")] = None,
+    model: Annotated[str | None, Query(max_length=64, description="Exact model name (Clara AIAA's spelling of name)")] = None,
 ) -> dict[str, Any]:
-    """The models of the store (hidden test models excluded), each with the backend that would run it."""
+    """The models of the store (hidden test models excluded), each with the backend that would run it.
+
+    Every filter given must hold (``type`` as AIAA means it, mapped onto ``task``;
+    ``model`` as AIAA's client sends it, an exact name like ``name``). An unknown
+    query parameter is answered 400 naming it.
+    """
     store = _store(request)
     rows = []
-    for model in store.names():
-        spec = store.get(model).spec
-        if (task and spec.task != task) or (name and spec.name != name):
+    for entry_name in store.names():
+        spec = store.get(entry_name).spec
+        if (task and spec.task != task) or (model_type and AIAA_TYPES[model_type] != spec.task):
+            continue
+        if (name and spec.name != name) or (model and spec.name != model):
             continue
         if label and label.casefold() not in {lab.name.casefold() for lab in spec.labels}:
             continue
