@@ -4,7 +4,16 @@ Resolution order (later wins): built-in defaults, the TOML file, environment
 variables ``DICOM_NODE__<SECTION>__<KEY>`` (for example
 ``DICOM_NODE__SCP__PORT=11113``). Values from the environment are parsed as
 TOML literals when they look like one (numbers, booleans, arrays), else taken as
-strings. Any invalid value stops start-up with :class:`~dicom_node.errors.ConfigError`
+strings.
+
+Relative paths: a path-valued key written in a config file (``storage.root``,
+``inference.models_dir``, TLS ``ca_file``/``cert_file``/``key_file``, secret and
+token files, ``api.jwks_file``, ...; every field typed :class:`~pathlib.Path`) is
+resolved against the folder holding that file (absolute, ``..`` folded as
+:func:`os.path.normpath` does), so a command gives the same answer from any
+working directory. Paths from environment overrides and the
+built-in defaults (``./var``, ``./engines``) stay relative to the working
+directory, as any shell user expects of a value typed on the command line. Any invalid value stops start-up with :class:`~dicom_node.errors.ConfigError`
 naming the key, e.g. ``scp.port: Input should be less than or equal to 65535``.
 """
 
@@ -14,9 +23,10 @@ import ipaddress
 import os
 import re
 import tomllib
+import types
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, Literal
+from pathlib import Path, PurePath
+from typing import Annotated, Any, Literal, TypeGuard, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -174,12 +184,19 @@ class PixelConfig(_Section):
     gpu_decode: Literal["auto", "cpu"] = "auto"
 
 
+BackendName = Literal["tensorrt", "onnxruntime", "triton"]
+
+
+def _default_backends() -> list[BackendName]:
+    return ["tensorrt", "onnxruntime"]
+
+
 class InferenceConfig(_Section):
     """Model store and backends."""
 
     models_dir: Path = Path("./engines")
     #: Backend order when a model's spec states no preference.
-    backends: list[Literal["tensorrt", "onnxruntime", "triton"]] = Field(default_factory=lambda: ["tensorrt", "onnxruntime"])
+    backends: list[BackendName] = Field(default_factory=_default_backends)
     onnxruntime_threads: int = Field(0, ge=0, le=256)
     max_batch_delay_ms: float = Field(5.0, ge=0.0, le=1000.0)
     triton_url: str = ""
@@ -286,6 +303,104 @@ def _format_error(exc: ValidationError) -> str:
     return f"{key}: {msg}{more}"
 
 
+def find_config(path: Path | None = None) -> Path | None:
+    """Return the config file :func:`load_config` reads, as an absolute path.
+
+    Parameters
+    ----------
+    path : pathlib.Path, optional
+        The file named by ``--config``. Without it, ``conf/node.toml`` in the
+        working directory when that file exists.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The file made absolute with ``..`` folded (as :func:`os.path.abspath`;
+        symbolic links are kept as named), or None when the built-in defaults apply.
+    """
+    if path is None:
+        if not DEFAULT_CONFIG_NAME.is_file():
+            return None
+        path = DEFAULT_CONFIG_NAME
+    return Path(os.path.abspath(path))
+
+
+def _unwrap(annotation: object) -> object:
+    """Strip ``Annotated[...]`` metadata (discriminators, constraints) from a type."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
+def _is_path_type(annotation: object) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, PurePath)
+
+
+def _is_model(annotation: object) -> TypeGuard[type[BaseModel]]:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _field_types(model: type[BaseModel]) -> dict[str, object]:
+    """Field annotations of ``model`` keyed by every name a TOML table may use (name and alias)."""
+    out: dict[str, object] = {}
+    for name, field in model.model_fields.items():
+        for key in (name, field.alias, field.validation_alias):
+            if isinstance(key, str):
+                out[key] = field.annotation
+    return out
+
+
+def _matches(model: type[BaseModel], table: Mapping[str, object]) -> bool:
+    """True unless a ``Literal`` field of ``model`` (a discriminator) rules the table out."""
+    for key, annotation in _field_types(model).items():
+        annotation = _unwrap(annotation)
+        if get_origin(annotation) is Literal and key in table and table[key] not in get_args(annotation):
+            return False
+    return True
+
+
+def _rebase_table(table: Mapping[str, object], models: list[type[BaseModel]], base: Path) -> dict[str, object]:
+    """Rebase the path-valued keys of one TOML table read for one of ``models``."""
+    candidates = [m for m in models if _matches(m, table)] or models
+    out: dict[str, object] = {}
+    for key, value in table.items():
+        annotation = next((_field_types(m)[key] for m in candidates if key in _field_types(m)), None)
+        out[key] = value if annotation is None else _rebase(value, annotation, base)
+    return out
+
+
+def _rebase(value: object, annotation: object, base: Path) -> object:
+    """Resolve the relative paths in ``value`` (read from a file) against ``base``.
+
+    Walks the value alongside the declared type of the key it was read for:
+    models, lists, mappings and unions (a discriminated union picks its member
+    by the ``Literal`` discriminator in the table). Anything that is not a
+    relative path string where a path is declared comes back unchanged, so
+    validation still reports bad values in the user's own words.
+    """
+    annotation = _unwrap(annotation)
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        members = [_unwrap(a) for a in get_args(annotation) if a is not type(None)]
+        models = [m for m in members if _is_model(m)]
+        if isinstance(value, Mapping) and models:
+            return _rebase_table(value, models, base)
+        if isinstance(value, str) and any(_is_path_type(m) for m in members):
+            return _rebase(value, Path, base)
+        return _rebase(value, members[0], base) if len(members) == 1 else value
+    if _is_path_type(annotation):
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            return os.path.normpath(base / value)  # "../var" next to conf/ reads as <checkout>/var
+        return value
+    if _is_model(annotation) and isinstance(value, Mapping):
+        return _rebase_table(value, [annotation], base)
+    if origin in (list, tuple, set, frozenset) and isinstance(value, list) and get_args(annotation):
+        return [_rebase(item, get_args(annotation)[0], base) for item in value]
+    if origin in (dict, Mapping) and isinstance(value, Mapping) and len(get_args(annotation)) == 2:
+        return {k: _rebase(v, get_args(annotation)[1], base) for k, v in value.items()}
+    return value
+
+
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> NodeConfig:
     """Load, merge and validate the node configuration.
 
@@ -293,7 +408,10 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     ----------
     path : pathlib.Path, optional
         TOML file. Without it, ``conf/node.toml`` in the working directory is
-        used when present, else the built-in defaults.
+        used when present, else the built-in defaults (see :func:`find_config`).
+        Relative paths in the file are resolved against the file's folder;
+        those from ``environ`` and the defaults stay relative to the working
+        directory (module docstring).
     environ : mapping, optional
         Environment to read overrides from (default: ``os.environ``).
 
@@ -309,8 +427,8 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     """
     environ = os.environ if environ is None else environ
     data: dict[str, Any] = {}
-    if path is None and DEFAULT_CONFIG_NAME.is_file():
-        path = DEFAULT_CONFIG_NAME
+    if path is None:
+        path = find_config(None)
     if path is not None:
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -318,6 +436,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
             raise ConfigError(f"config file {path} does not exist") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        data = _rebase_table(data, [NodeConfig], Path(os.path.abspath(path)).parent)
     data = _merge(data, _env_overrides(environ))
     try:
         return NodeConfig.model_validate(data)

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from dicom_node.config import load_config
+from dicom_node.delivery.config import BasicAuth, BearerAuth, DimseDestination, StowDestination
 from dicom_node.errors import ConfigError
 from tests.conftest import dicom_node_exe
 
 
-def test_defaults_are_the_embedded_ones(tmp_path: Path) -> None:
+def test_defaults_are_the_embedded_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no conf/node.toml here: the built-in defaults apply
     cfg = load_config(None, {})
     assert cfg.scp.ae_title == "DICOM_NODE"
     assert cfg.scp.port == 11112
@@ -22,9 +24,96 @@ def test_defaults_are_the_embedded_ones(tmp_path: Path) -> None:
     assert "1.2.840.10008.1.2.4.90" in cfg.scp.transfer_syntaxes
 
 
-def test_shipped_node_toml_is_valid() -> None:
-    cfg = load_config(Path(__file__).resolve().parents[1] / "conf" / "node.toml", {})
+def test_shipped_node_toml_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    checkout = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)  # the answer must not depend on the working directory
+    cfg = load_config(checkout / "conf" / "node.toml", {})
     assert cfg.scp.port == 11112 and cfg.scp.ae_title == "DICOM_NODE"
+    # The state stays where `make run` always kept it (the checkout's var/), not conf/var.
+    assert cfg.storage.root.resolve() == checkout / "var"
+    assert cfg.inference.models_dir.resolve() == checkout / "engines"
+    assert (cfg.inference.models_dir / "ct-body" / "model.toml").is_file()
+
+
+_PATHS_TOML = """
+[storage]
+root = "state"
+[inference]
+models_dir = "../models"
+[api]
+webhook_secret_file = "secrets/webhook.key"
+jwks_file = "/etc/dicom-node/jwks.json"
+[[delivery.destinations]]
+kind = "stowrs"
+name = "archive"
+url = "https://pacs.example.org/dicom-web"
+ca_file = "tls/ca.pem"
+auth = { type = "bearer", token_file = "secrets/token" }
+[[delivery.destinations]]
+kind = "dimse"
+name = "pacs"
+ae_title = "PACS"
+host = "10.0.0.5"
+port = 104
+ca_file = "tls/ca.pem"
+cert_file = "tls/node.pem"
+key_file = "tls/node.key"
+[[sources.remotes]]
+name = "qr"
+ae_title = "QR"
+host = "10.0.0.6"
+port = 104
+cert_file = "tls/qr.pem"
+key_file = "tls/qr.key"
+[[sources.pollers]]
+name = "web"
+kind = "dicomweb"
+url = "https://pacs.example.org/dicom-web"
+ca_file = "tls/web-ca.pem"
+auth = { type = "basic", username = "node", password_file = "secrets/password" }
+"""
+
+
+def test_relative_paths_in_a_file_resolve_against_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every path-valued key read from a file means the same from any working directory."""
+    folder = tmp_path / "etc" / "node"
+    folder.mkdir(parents=True)
+    (folder / "node.toml").write_text(_PATHS_TOML, encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(Path("../etc/node/node.toml"), {})
+    assert cfg.storage.root.resolve() == folder / "state"
+    assert cfg.inference.models_dir.resolve() == tmp_path / "etc" / "models"
+    assert cfg.api.webhook_secret_file == folder / "secrets" / "webhook.key"
+    assert cfg.api.jwks_file == Path("/etc/dicom-node/jwks.json")  # absolute paths are kept
+    stow, dimse = cfg.delivery.destinations
+    assert isinstance(stow, StowDestination) and isinstance(stow.auth, BearerAuth)
+    assert stow.ca_file == folder / "tls" / "ca.pem"
+    assert stow.auth.token_file == folder / "secrets" / "token"
+    assert isinstance(dimse, DimseDestination)
+    assert (dimse.ca_file, dimse.cert_file, dimse.key_file) == (
+        folder / "tls" / "ca.pem", folder / "tls" / "node.pem", folder / "tls" / "node.key")
+    remote = cfg.sources.remotes[0]
+    assert (remote.cert_file, remote.key_file) == (folder / "tls" / "qr.pem", folder / "tls" / "qr.key")
+    poller = cfg.sources.pollers[0]
+    assert poller.ca_file == folder / "tls" / "web-ca.pem"
+    assert isinstance(poller.auth, BasicAuth)
+    assert poller.auth.password_file == folder / "secrets" / "password"
+    assert not (elsewhere / "state").exists()
+
+
+def test_environment_and_default_paths_stay_relative_to_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "conf").mkdir()
+    toml = tmp_path / "conf" / "node.toml"
+    toml.write_text('[storage]\nroot = "state"\n[api]\nwebhook_secret_file = "key"\n', encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(toml, {"DICOM_NODE__STORAGE__ROOT": "from-env", "DICOM_NODE__API__WEBHOOK_SECRET_FILE": "k2"})
+    assert cfg.storage.root == Path("from-env") and cfg.api.webhook_secret_file == Path("k2")
+    assert cfg.inference.models_dir == Path("./engines")  # built-in default, not rebased
+    # Found implicitly as conf/node.toml: still relative to the file, i.e. conf/state.
+    assert load_config(None, {}).storage.root.resolve() == tmp_path / "conf" / "state"
 
 
 def test_toml_then_environment_override(tmp_path: Path) -> None:
@@ -109,4 +198,5 @@ def test_sources_config_names_its_problems() -> None:
         "routing": {"rules": [{"name": "ct", "models": ["ct-body"]}]},
         "sources": {"remotes": [remote], "pollers": [dict(poller, rules=["ct"])]},
     })
-    assert ok.sources.poller("old-pacs").remote == "pacs"
+    found = ok.sources.poller("old-pacs")
+    assert found is not None and found.remote == "pacs"
