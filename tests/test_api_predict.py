@@ -117,9 +117,34 @@ def test_bad_instances_fail_alone_in_order(start_node: Any, models_dir: Path) ->
     assert preds[0] == preds[7] and preds[0]["labels"][0]["voxels"] > 0
     codes = [p["error"]["code"] for p in preds[1:7]]
     assert codes == ["image_not_accepted", "unsupported_media_type", "invalid_instance", "contract", "undecodable",
-                     "invalid_instance"]
+                     "unsupported_field"]
+    assert preds[6]["error"]["description"].startswith("nothing: not supported")
     assert "Send the DICOM instance" in preds[1]["error"]["description"]
     assert "Modality" in preds[4]["error"]["description"] or "MR" in preds[4]["error"]["description"]
+
+
+def test_fields_the_node_does_not_read_are_named_errors(start_node: Any, models_dir: Path) -> None:
+    """Issue 12: prompt_query next to an image was silently dropped; every unread field is now an instance error."""
+    node = start(start_node, models_dir)
+    good = b64(dicom_files()[0])
+    r = predict(node, "ct-body", [
+        {"input_bytes": good, "prompt_query": "a chest with pneumonia"}, {"prompt_query": "text only"},
+        {"input_bytes": good, "gcs_uri": "gs://bucket/x.dcm"}, {"input_bytes": good, "bearer_token": "t"},
+        {"input_bytes": good, "series_uid": "1.2.3"}, {"input_bytes": good},
+    ])
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert "labels" in preds[5]
+    errors = [p["error"] for p in preds[:5]]
+    assert {e["code"] for e in errors} == {"unsupported_field"}
+    assert errors[0]["description"] == errors[1]["description"] == "prompt_query: model 'ct-body' does not accept text"
+    assert errors[2]["description"].startswith("gcs_uri: not supported")
+    assert errors[3]["description"].startswith("bearer_token: not used with input_bytes")
+    assert errors[4]["description"].startswith("series_uid: not used with input_bytes")
+    # A top-level field other than instances and parameters is a 400 naming it, not ignored.
+    r = httpx.post(f"http://127.0.0.1:{node.api.port}/v1/models/ct-body:predict",
+                   json={"instances": [{"input_bytes": good}], "parameter": {"threshold": 0.9}}, timeout=60)
+    assert r.status_code == 400 and "parameter" in r.json()["error"]["description"], r.text
 
 
 def test_caps_and_unknown_models(start_node: Any, models_dir: Path) -> None:

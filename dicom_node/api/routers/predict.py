@@ -3,9 +3,11 @@
 Body ``{"instances": [...], "parameters": {...}}``; each instance holds
 ``input_bytes`` (base64 of a DICOM Part 10 file, PNG or JPEG; ``{"b64": ...}``
 is accepted too) or ``dicomweb_uri`` (a WADO-RS study, series or instance URL)
-with an optional ``bearer_token``. The answer lists one prediction or one
-``{"error": {"code", "description"}}`` per instance, in order; one failing
-instance never fails the others. Instances run concurrently on the model's one
+with an optional ``bearer_token``, or ``session_id`` with an optional ``series_uid``.
+The answer lists one prediction or one ``{"error": {"code", "description"}}`` per
+instance, in order; one failing instance never fails the others. A field the
+node does not read is that instance's error, naming the field, never silently
+dropped (``prompt_query``: no model here accepts text; see :func:`check_fields`). Instances run concurrently on the model's one
 shared predictor (``Pipeline.predictor_for``), so they and other callers' work
 (REST and DICOM jobs alike) fill the same micro-batches.
 
@@ -68,7 +70,9 @@ _WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
 class PredictRequest(BaseModel):
-    """The request body."""
+    """The request body; any other top-level field is refused with 400 naming it (never ignored)."""
+
+    model_config = {"extra": "forbid"}
 
     instances: list[dict[str, Any]] = Field(min_length=1, description="Each: input_bytes, dicomweb_uri (+ bearer_token), or session_id (+ series_uid)")
     parameters: dict[str, Any] = Field(default_factory=dict, description="Model parameters, e.g. {\"threshold\": 0.4}")
@@ -235,19 +239,56 @@ def decode_session(node: Any, spec: Any, instance: dict[str, Any]) -> DecodedInp
     return decode_dicom_files(paths, spec, config.api.max_pixels, gpu=config.pixels.gpu_decode)
 
 
+#: Each input field of an instance and the fields that may come with it.
+INSTANCE_FIELDS: dict[str, frozenset[str]] = {
+    "input_bytes": frozenset({"input_bytes"}),
+    "dicomweb_uri": frozenset({"dicomweb_uri", "bearer_token"}),
+    "session_id": frozenset({"session_id", "series_uid"}),
+}
+_KNOWN_FIELDS = frozenset().union(*INSTANCE_FIELDS.values())
+_FIELDS_HELP = "an instance takes input_bytes, dicomweb_uri (with bearer_token) or session_id (with series_uid)"
+
+
+def check_fields(spec: Any, instance: dict[str, Any]) -> str:
+    """The input field of an instance, after refusing every field the node would otherwise ignore.
+
+    Vertex AI instances may carry more than an image (``prompt_query`` for a text
+    embedding, ``gcs_uri``); none of this node's models reads them, so each is a
+    named per-instance error rather than silently dropped.
+
+    Raises
+    ------
+    InputRejected
+        ``unsupported_field`` naming the field (``prompt_query``: the model takes no text),
+        ``invalid_instance`` without exactly one input field.
+    """
+    if "prompt_query" in instance:
+        raise InputRejected("unsupported_field", f"prompt_query: model {spec.name!r} does not accept text")
+    unknown = sorted(k for k in instance if k not in _KNOWN_FIELDS)
+    if unknown:
+        raise InputRejected("unsupported_field", f"{', '.join(str(k)[:64] for k in unknown[:10])}: not supported; "
+                            f"{_FIELDS_HELP}")
+    given = [k for k in INSTANCE_FIELDS if k in instance]
+    if len(given) != 1:
+        raise InputRejected("invalid_instance", "an instance needs exactly one of input_bytes, dicomweb_uri or session_id")
+    stray = sorted(set(instance) - INSTANCE_FIELDS[given[0]])
+    if stray:
+        raise InputRejected("unsupported_field", f"{', '.join(stray)}: not used with {given[0]}; {_FIELDS_HELP}")
+    return given[0]
+
+
 def decode_instance(node: Any, spec: Any, instance: Any) -> DecodedInput:
     """Decode one request instance (``input_bytes``, ``dicomweb_uri`` or ``session_id``) for ``spec``.
 
     Raises
     ------
     InputRejected
-        With a code and an actionable description.
+        With a code and an actionable description (see :func:`check_fields` for the fields).
     """
     config = node.config
     if not isinstance(instance, dict):
         raise InputRejected("invalid_instance", "an instance must be an object with input_bytes, dicomweb_uri or session_id")
-    if sum(k in instance for k in ("input_bytes", "dicomweb_uri", "session_id")) != 1:
-        raise InputRejected("invalid_instance", "an instance needs exactly one of input_bytes, dicomweb_uri or session_id")
+    check_fields(spec, instance)
     if "session_id" in instance:
         return decode_session(node, spec, instance)
     if "input_bytes" in instance:
