@@ -207,10 +207,14 @@ class ResultsConfig(_Section):
 
     #: Root for result UIDs; the default is the UUID-derived 2.25 arc (PS3.5 B.2).
     uid_root: str = "2.25."
-    seg_series_number: int = Field(9001, ge=1, le=2**31 - 1)
-    seg_series_description: str = Field("AI segmentation", max_length=64)
-    sr_series_number: int = Field(9002, ge=1, le=2**31 - 1)
-    sr_series_description: str = Field("AI measurement report", max_length=64)
+    #: Unset (the default): each model numbers its own series (``series_number`` in its
+    #: model.toml, else derived from its name; SR = SEG + 1). Set: every model's SEG
+    #: (SR) series gets this number, and only the description tells models apart.
+    seg_series_number: int | None = Field(None, ge=1, le=2**31 - 1)
+    #: ``{model}`` and ``{version}`` are replaced, so each model's series is named in a PACS.
+    seg_series_description: str = Field("{model} {version} AI segmentation", max_length=64)
+    sr_series_number: int | None = Field(None, ge=1, le=2**31 - 1)
+    sr_series_description: str = Field("{model} {version} AI measurement report", max_length=64)
     manufacturer: str = Field("dicom-node", max_length=64)
     segmentation_type: Literal["BINARY", "FRACTIONAL"] = "BINARY"
     node_name: str = Field("dicom-node", max_length=64)
@@ -221,6 +225,16 @@ class ResultsConfig(_Section):
     def _root(cls, v: str) -> str:
         if not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.", v) or len(v) > 40:
             raise ValueError("must be digits and dots ending with a dot, at most 40 characters (e.g. '1.2.826.0.1.3680043.10.123.')")
+        return v
+
+    @field_validator("seg_series_description", "sr_series_description")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        # Checked at start-up rather than at the first job's write stage.
+        try:
+            v.format(model="m", version="v")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError("only the placeholders {model} and {version} may be used (write {{ and }} for braces)") from exc
         return v
 
 

@@ -13,6 +13,7 @@ package knows no DICOM, ``dicom_node.validation`` interprets it.
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +26,15 @@ BACKEND_NAMES = ("tensorrt", "onnxruntime", "triton")
 BackendName = Literal["tensorrt", "onnxruntime", "triton"]
 #: Tensor data types, spelled as NumPy names (Triton's TYPE_FP32 is "float32").
 DType = Literal["float32", "float16", "int64", "int32", "uint8", "bool"]
+
+#: Result series numbers a model gets when its spec names none: 9100..9998, even, so
+#: the SEG/SR pair (n, n + 1) of two models never interleave, and well above the
+#: small numbers modalities give their own series.
+DERIVED_SERIES_FIRST = 9100
+DERIVED_SERIES_SLOTS = 450
+#: Largest ``series_number``: its SR series is ``series_number + 1``, and Series
+#: Number (0020,0011) is an IS, a signed 32-bit value (PS3.5 6.2).
+MAX_SERIES_NUMBER = 2**31 - 2
 
 
 class _Strict(BaseModel):
@@ -209,11 +219,15 @@ class ModelSpec(_Strict):
     """The whole spec of one model (see the module docstring)."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
-    version: str = Field(min_length=1, max_length=32)
+    #: Written as Algorithm Version and in Series Descriptions (LO, PS3.5 6.2): no backslash, no control characters.
+    version: str = Field(min_length=1, max_length=32, pattern=r"^[^\\\x00-\x1f\x7f]+$")
     task: Literal["segmentation", "classification", "embedding"]
     description: str = ""
     #: Hidden models (test fixtures) are not offered to users by ``models list``.
     hidden: bool = False
+    #: Series Number (0020,0011) of this model's SEG series; its SR series gets the
+    #: next number. Absent: derived from the name (:attr:`result_series_number`).
+    series_number: int | None = Field(None, ge=1, le=MAX_SERIES_NUMBER, strict=True)
     onnx: str = "model.onnx"
     backends: list[BackendName] = Field(default_factory=list)
     precision: Literal["fp32", "fp16"] = "fp32"
@@ -252,6 +266,19 @@ class ModelSpec(_Strict):
         return table
 
     @property
+    def result_series_number(self) -> int:
+        """Series Number of this model's SEG series (its SR takes the next one).
+
+        ``series_number`` when the spec sets it, else a number derived from the
+        model's name alone: the same on every node and every run (no random
+        numbers), distinct between models unless their names hash to the same
+        one of :data:`DERIVED_SERIES_SLOTS` slots (set ``series_number`` then).
+        """
+        if self.series_number is not None:
+            return self.series_number
+        return derived_series_number(self.name)
+
+    @property
     def output_name(self) -> str:
         """Name of the output tensor that post-processing reads."""
         return self.postprocessing.output or self.tensors.outputs[0].name
@@ -284,6 +311,17 @@ class ModelSpec(_Strict):
             except ValueError as exc:
                 raise ParameterError(f"model {self.name!r}: {exc}") from exc
         return values
+
+
+def derived_series_number(name: str) -> int:
+    """The SEG Series Number a model named ``name`` gets when its spec sets none.
+
+    An even number in ``DERIVED_SERIES_FIRST`` .. ``DERIVED_SERIES_FIRST + 2 *
+    (DERIVED_SERIES_SLOTS - 1)`` from the SHA-256 of the name (Python's ``hash``
+    is salted per process, so it would differ between runs).
+    """
+    slot = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") % DERIVED_SERIES_SLOTS
+    return DERIVED_SERIES_FIRST + 2 * slot
 
 
 def coerce_parameter(name: str, param: Parameter, value: Any) -> Any:

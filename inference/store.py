@@ -76,6 +76,7 @@ class ModelStore:
         self.errors: dict[Path, str] = {}
         for root in roots:
             self._scan(Path(root))
+        self._warn_shared_series_numbers()
 
     def _scan(self, root: Path) -> None:
         if not root.is_dir():
@@ -94,6 +95,21 @@ class ModelStore:
                 self.errors[spec_path] = msg
                 continue
             self._entries[entry.spec.name] = entry
+
+    def _warn_shared_series_numbers(self) -> None:
+        """Log models whose result series would share a Series Number (a PACS could not tell them apart)."""
+        owner: dict[int, str] = {}
+        for name in sorted(self._entries):
+            spec = self._entries[name].spec
+            if spec.task == "embedding":
+                continue  # writes no DICOM result object
+            seg = spec.result_series_number
+            for number in (seg, seg + 1):
+                other = owner.setdefault(number, name)
+                if other != name:
+                    log.warning("models share a result Series Number model=%s other=%s number=%d; "
+                                "set series_number in one model.toml", name, other, number)
+                    break
 
     def names(self, include_hidden: bool = False) -> list[str]:
         """Names of the loaded models, sorted; hidden (test) models only on request."""

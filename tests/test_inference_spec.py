@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
 import pytest
 
 from inference.errors import ModelNotFoundError, ParameterError, SpecError
-from inference.spec import load_spec
+from inference.spec import derived_series_number, load_spec
 from inference.store import ModelStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +61,10 @@ def test_invalid_spec_names_file_and_key_and_others_still_load(tmp_path: Path) -
         ('default = 0.25', 'default = 2.0', "parameters.threshold"),
         ('precision = "fp32"', 'precison = "fp32"', "precison"),
         ('dims = [1, -1, -1] }]\noutputs', 'dims = [1, 0, -1] }]\noutputs', "tensors.inputs.0.dims"),
+        ("series_number = 9010", "series_number = 0", "series_number"),
+        ("series_number = 9010", "series_number = 2147483647", "series_number"),
+        ("series_number = 9010", 'series_number = "9010"', "series_number"),
+        ('version = "1.0.0"', 'version = "1.0\\\\1"', "version"),
     ],
 )
 def test_spec_errors_name_the_key(tmp_path: Path, old: str, new: str, key: str) -> None:
@@ -135,3 +140,31 @@ def test_inference_never_imports_dicom_or_runtimes() -> None:
         capture_output=True, text=True, cwd=ROOT,
     )
     assert lazy.returncode == 0, "importing the backend module must not import onnxruntime"
+
+
+def test_bundled_models_number_their_result_series_apart() -> None:
+    """Each bundled model's SEG/SR pair (n, n + 1) is its own, so a PACS lists them apart."""
+    store = ModelStore([ENGINES])
+    pairs = {name: store.get(name).spec.result_series_number for name in store.names()}
+    assert all(store.get(name).spec.series_number == n for name, n in pairs.items()), "bundled specs set series_number"
+    taken = [n + k for n in pairs.values() for k in (0, 1)]
+    assert len(set(taken)) == len(taken), pairs
+
+
+def test_series_number_defaults_to_one_derived_from_the_name(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for name in ("ct-body", "ct-lungs"):
+        model = _copy_model(name, tmp_path)
+        text = (model / "model.toml").read_text()
+        (model / "model.toml").write_text("\n".join(line for line in text.splitlines() if not line.startswith("series_number")))
+    store = ModelStore([tmp_path])
+    body, lungs = store.get("ct-body").spec, store.get("ct-lungs").spec
+    assert body.series_number is None and body.result_series_number == derived_series_number("ct-body")
+    assert lungs.result_series_number == derived_series_number("ct-lungs") != body.result_series_number
+    # Two models claiming the same number load, with a warning naming both.
+    clash = _copy_model("ct-body", tmp_path / "clash", "other")
+    text = (clash / "model.toml").read_text().replace('name = "ct-body"', 'name = "other"', 1)
+    (clash / "model.toml").write_text(text.replace("series_number = 9010", "series_number = 9020", 1))
+    with caplog.at_level(logging.WARNING, logger="inference.store"):
+        store = ModelStore([ENGINES, tmp_path / "clash"])
+    assert "other" in store.names()
+    assert any("model=other other=ct-lungs number=9020" in r.getMessage() for r in caplog.records), caplog.text

@@ -59,7 +59,8 @@ def test_seg_round_trip_matches_model_mask(series: Series, model: str, reference
     assert ds.SOPClassUID == SegmentationStorage and ds.SegmentationType == "BINARY"
     assert ds.StudyInstanceUID == vol.study_instance_uid and ds.FrameOfReferenceUID == vol.frame_of_reference_uid
     assert ds.SeriesInstanceUID == objects.uids.seg_series_instance_uid != vol.series_instance_uid
-    assert ds.SeriesNumber == 9001 and ds.Modality == "SEG"
+    assert ds.SeriesNumber == entry.spec.series_number and ds.Modality == "SEG"
+    assert ds.SeriesDescription == f"{model} 1.0.0 AI segmentation"
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == vol.series_instance_uid
     assert len(ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 12
     mask = prediction.result[:, 0].astype(bool)
@@ -277,3 +278,20 @@ def test_provenance_other_than_a_digest_is_refused(series: Series) -> None:
     for bad in (repr(entry.onnx_sha256), entry.onnx_sha256().upper(), "", entry.onnx_sha256()[:40]):
         with pytest.raises(WriterError, match="model_sha256"):
             build_results(series.headers, series.volume, entry.spec, prediction, model_sha256=bad)
+
+
+def test_two_models_on_one_series_write_distinguishable_series(series: Series) -> None:
+    """ct-body and ct-lungs once both wrote SEG 9001 "AI segmentation" (SR 9002 alike)."""
+    written = {}
+    for model in ("ct-body", "ct-lungs"):
+        entry = STORE.get(model)
+        objects = build_results(series.headers, series.volume, entry.spec, series.predictions[model],
+                                model_sha256=entry.onnx_sha256())
+        assert objects.seg is not None and objects.sr is not None
+        for kind, data in (("SEG", objects.seg), ("SR", objects.sr)):
+            ds = pydicom.dcmread(io.BytesIO(data))
+            written[model, kind] = (int(ds.SeriesNumber), str(ds.SeriesDescription))
+            assert model in ds.SeriesDescription and "1.0.0" in ds.SeriesDescription and len(ds.SeriesDescription) <= 64
+    numbers = [number for number, _ in written.values()]
+    descriptions = [text for _, text in written.values()]
+    assert len(set(numbers)) == 4 and len(set(descriptions)) == 4, written

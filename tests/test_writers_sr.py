@@ -50,7 +50,8 @@ def test_segmentation_report_references_segments_with_volumes(series: Series) ->
     assert objects.seg is not None and objects.sr is not None
     seg = pydicom.dcmread(io.BytesIO(objects.seg))
     ds, report = _report(objects.sr)
-    assert ds.SOPClassUID == Comprehensive3DSRStorage and ds.Modality == "SR" and ds.SeriesNumber == 9002
+    assert ds.SOPClassUID == Comprehensive3DSRStorage and ds.Modality == "SR" and ds.SeriesNumber == 9021
+    assert ds.SeriesDescription == "ct-lungs 1.0.0 AI measurement report"
     assert ds.SOPInstanceUID == objects.uids.sr_sop_instance_uid and ds.StudyInstanceUID == series.volume.study_instance_uid
     assert (ds.CompletionFlag, ds.VerificationFlag, ds.PreliminaryFlag) == ("COMPLETE", "UNVERIFIED", "PRELIMINARY")
     assert ds.ContentTemplateSequence[0].TemplateIdentifier == "1500"

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import uuid
 from types import SimpleNamespace
 
 import pytest
+from pydantic import ValidationError
 
+from dicom_node.config import NodeConfig, ResultsConfig
 from dicom_node.errors import WriterError
 from dicom_node.writers import WriterOptions, derive_uid, result_uids
 from dicom_node.writers.uids import check_uid_root, is_valid_uid
+from inference.spec import DERIVED_SERIES_FIRST, DERIVED_SERIES_SLOTS, derived_series_number
+from tests.writer_fixtures import STORE
 
 SERIES = "1.2.840.113619.2.55.3.604688119.868.1234567890.123"
 UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
@@ -77,7 +84,7 @@ def test_options_from_config_section() -> None:
     assert WriterOptions.from_config(None) == WriterOptions()
     section = SimpleNamespace(uid_root="1.2.826.0.1.3680043.10.543.", seg_series_number=300, sr_series_description="AI {model}", other=1)
     options = WriterOptions.from_config(section)
-    assert options.uid_root == section.uid_root and options.seg_series_number == 300 and options.sr_series_number == 9002
+    assert options.uid_root == section.uid_root and options.seg_series_number == 300 and options.sr_series_number is None
     assert options.series_description("sr", "ct-body", "1.0.0") == "AI ct-body"
     assert len(WriterOptions(seg_series_description="x" * 80).series_description("seg", "m", "v")) == 64
 
@@ -95,3 +102,41 @@ def test_options_reject_bad_values(changes: dict[str, object], key: str) -> None
         WriterOptions().with_changes(**changes)
     with pytest.raises(WriterError, match="only {model} and {version}"):
         WriterOptions(sr_series_description="{patient}").series_description("sr", "m", "v")
+
+
+def test_each_model_numbers_and_names_its_own_series() -> None:
+    """Two models' results on one study must differ in a PACS series list (number and description)."""
+    options = WriterOptions.from_config(NodeConfig().results)
+    body, lungs = STORE.get("ct-body").spec, STORE.get("ct-lungs").spec
+    numbers = {(m.name, k): options.series_number(k, m) for m in (body, lungs) for k in ("seg", "sr")}
+    assert numbers == {("ct-body", "seg"): 9010, ("ct-body", "sr"): 9011, ("ct-lungs", "seg"): 9020, ("ct-lungs", "sr"): 9021}
+    assert options.series_description("seg", "ct-lungs", "1.0.0") == "ct-lungs 1.0.0 AI segmentation"
+    assert options.series_description("sr", "ct-lungs", "1.0.0") == "ct-lungs 1.0.0 AI measurement report"
+    # A site may still put every model's results under one number; descriptions keep them apart.
+    site = options.with_changes(seg_series_number=300, sr_series_number=301)
+    assert {site.series_number("seg", body), site.series_number("sr", lungs)} == {300, 301}
+
+
+def test_unnumbered_model_gets_a_stable_derived_number() -> None:
+    spec = STORE.get("ct-body").spec.model_copy(update={"series_number": None})
+    number = WriterOptions().series_number("seg", spec)
+    assert number == derived_series_number("ct-body") and WriterOptions().series_number("sr", spec) == number + 1
+    assert number % 2 == 0 and DERIVED_SERIES_FIRST <= number < DERIVED_SERIES_FIRST + 2 * DERIVED_SERIES_SLOTS
+    # Not Python's salted hash(): another process with another hash seed derives the same number.
+    code = "from inference.spec import derived_series_number as d; print(d('ct-body'))"
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
+                             capture_output=True, text=True, check=True)
+        assert int(out.stdout) == number
+
+
+def test_long_model_names_keep_version_and_kind_within_lo() -> None:
+    name = "a-very-long-model-name-" + "x" * 41
+    text = WriterOptions().series_description("sr", name, "10.20.30-rc1")
+    assert len(text) == 64 and text.endswith(" 10.20.30-rc1 AI measurement report") and text.startswith("a-very-long")
+
+
+def test_results_config_defaults_match_the_writers_and_reject_bad_templates() -> None:
+    assert WriterOptions.from_config(ResultsConfig()) == WriterOptions()
+    with pytest.raises(ValidationError, match="placeholders"):
+        ResultsConfig(seg_series_description="{patient} AI")

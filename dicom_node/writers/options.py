@@ -13,11 +13,19 @@ from typing import Any, Literal
 from dicom_node import __version__
 from dicom_node.errors import WriterError
 from dicom_node.writers.uids import DEFAULT_UID_ROOT, check_uid_root
+from inference.spec import ModelSpec
 
 __all__ = ["WriterOptions"]
 
 #: Long String (LO) values hold at most 64 characters (PS3.5 6.2).
 _LO_MAX = 64
+#: A model name is never cut below this many characters to fit a description.
+_MIN_MODEL_CHARS = 8
+
+#: Default Series Descriptions: they name the model and version, so two models'
+#: results on one study are told apart in a PACS series list.
+DEFAULT_SEG_DESCRIPTION = "{model} {version} AI segmentation"
+DEFAULT_SR_DESCRIPTION = "{model} {version} AI measurement report"
 
 
 @dataclass(frozen=True)
@@ -28,8 +36,10 @@ class WriterOptions:
     ----------
     uid_root : str
         Root of the derived result UIDs (PS3.5 9.1); ``"2.25."`` is the UUID arc.
-    seg_series_number, sr_series_number : int
-        Series Number (0020,0011) of the SEG and SR series; fixed, never random.
+    seg_series_number, sr_series_number : int or None
+        Series Number (0020,0011) of the SEG and SR series of *every* model
+        when set; ``None`` (the default) numbers each model's series itself
+        (:meth:`series_number`). Never random.
     seg_series_description, sr_series_description : str
         Series Description (0008,103E); ``{model}`` and ``{version}`` are replaced.
     manufacturer, manufacturer_model_name, device_serial_number : str
@@ -45,10 +55,10 @@ class WriterOptions:
     """
 
     uid_root: str = DEFAULT_UID_ROOT
-    seg_series_number: int = 9001
-    seg_series_description: str = "AI segmentation"
-    sr_series_number: int = 9002
-    sr_series_description: str = "AI measurement report"
+    seg_series_number: int | None = None
+    seg_series_description: str = DEFAULT_SEG_DESCRIPTION
+    sr_series_number: int | None = None
+    sr_series_description: str = DEFAULT_SR_DESCRIPTION
     manufacturer: str = "dicom-node"
     manufacturer_model_name: str = "dicom-node"
     device_serial_number: str = "0"
@@ -60,9 +70,12 @@ class WriterOptions:
     def __post_init__(self) -> None:
         check_uid_root(self.uid_root)
         for name in ("seg_series_number", "sr_series_number"):
+            number = getattr(self, name)
             # highdicom and PS3.3 C.7.3.1 want a positive Series Number.
-            if not 1 <= getattr(self, name) <= 2**31 - 1:
-                raise WriterError(f"results.{name} must be between 1 and 2147483647, got {getattr(self, name)!r}")
+            if number is not None and not 1 <= number <= 2**31 - 1:
+                raise WriterError(f"results.{name} must be between 1 and 2147483647, got {number!r}")
+        for kind in ("seg", "sr"):
+            self.series_description(kind, "model", "1")  # a bad template fails here, not at the first job
         if self.segmentation_type not in ("BINARY", "FRACTIONAL"):
             raise WriterError(f"results.segmentation_type must be BINARY or FRACTIONAL, got {self.segmentation_type!r}")
 
@@ -86,11 +99,35 @@ class WriterOptions:
         """A copy with some fields replaced (validated again)."""
         return replace(self, **changes)
 
+    def series_number(self, kind: Literal["seg", "sr"], spec: ModelSpec) -> int:
+        """Series Number (0020,0011) of model ``spec``'s ``kind`` series.
+
+        The configured ``results.<kind>_series_number`` when set (a site that
+        wants one number for all AI results), else the model's own:
+        :attr:`inference.spec.ModelSpec.result_series_number` for the SEG and
+        the next number for the SR. Deterministic: the same model always gets
+        the same numbers (PS3.3 C.7.3.1 leaves the value to the creator).
+        """
+        configured = self.seg_series_number if kind == "seg" else self.sr_series_number
+        if configured is not None:
+            return configured
+        own = spec.result_series_number
+        return own if kind == "seg" else own + 1
+
     def series_description(self, kind: Literal["seg", "sr"], model: str, version: str) -> str:
-        """The configured description of the ``kind`` series with ``{model}``/``{version}`` filled, cut to 64 characters."""
+        """The description of the ``kind`` series with ``{model}``/``{version}`` filled.
+
+        Series Description (0008,103E) is an LO of at most 64 characters
+        (PS3.5 6.2): a long model name is shortened first (to no less than
+        8 characters) so the version and the kind stay readable, then the text is cut.
+        """
         template = self.seg_series_description if kind == "seg" else self.sr_series_description
         try:
             text = template.format(model=model, version=version)
+            keep = len(model)
+            while len(text) > _LO_MAX and keep > _MIN_MODEL_CHARS:
+                keep = max(_MIN_MODEL_CHARS, keep - (len(text) - _LO_MAX))
+                text = template.format(model=model[:keep], version=version)
         except (KeyError, IndexError, ValueError) as exc:
             raise WriterError(f"results.{kind}_series_description {template!r}: only {{model}} and {{version}} may be used") from exc
         return text[:_LO_MAX]

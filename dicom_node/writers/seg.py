@@ -223,7 +223,7 @@ def build_segmentation(
             segmentation_type=options.segmentation_type,
             segment_descriptions=_descriptions(spec, uids, algorithm),
             series_instance_uid=uids.seg_series_instance_uid,
-            series_number=options.seg_series_number,
+            series_number=options.series_number("seg", spec),
             sop_instance_uid=uids.seg_sop_instance_uid,
             instance_number=1,
             manufacturer=options.manufacturer,

@@ -100,7 +100,7 @@ def _document(
         evidence=[with_type2_defaults(evidence[0]), *evidence[1:]],
         content=report[0],
         series_instance_uid=uids.sr_series_instance_uid,
-        series_number=options.sr_series_number,
+        series_number=options.series_number("sr", spec),
         sop_instance_uid=uids.sr_sop_instance_uid,
         instance_number=1,
         manufacturer=options.manufacturer,
