@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from dicom_node import __version__
+from dicom_node.api.docs import install_docs
 from dicom_node.api.errors import install_error_handlers
 from dicom_node.api.limits import BodyLimitMiddleware
 from dicom_node.config import NodeConfig
@@ -36,9 +37,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
     ctx : ApiContext
         The node and its configuration.
     """
-    app = FastAPI(title="dicom-node", version=__version__,
+    # FastAPI's own /docs and /redoc load their scripts from public CDNs; ours serves them itself.
+    app = FastAPI(title="dicom-node", version=__version__, docs_url=None, redoc_url=None,
                   description="REST facade of a DICOM node: models, predict, invocations, jobs, results, DICOMweb.")
     app.state.ctx = ctx
+    install_docs(app)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit=ctx.config.api.max_body_bytes)
 
