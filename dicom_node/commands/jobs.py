@@ -1,4 +1,8 @@
-"""``dicom-node jobs``: inspect and replay jobs."""
+"""``dicom-node jobs``: inspect and replay jobs.
+
+Every action needs an existing storage root: none is created here (exit 1 with
+a line naming the root instead).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import time
 from typing import Any
 
 from dicom_node.cli import echo
+from dicom_node.commands import existing_index
 from dicom_node.config import NodeConfig
 
 
@@ -33,9 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _rows(config: NodeConfig, state: str | None, limit: int) -> list[dict[str, Any]]:
-    from dicom_node.node import open_index
-
-    conn = open_index(config).reader()
+    conn = existing_index(config).reader()
     try:
         sql = "SELECT * FROM jobs" + (" WHERE state = ?" if state else "") + " ORDER BY created_at DESC LIMIT ?"
         args: tuple[Any, ...] = (state, limit) if state else (limit,)
@@ -71,9 +74,7 @@ def run_dead_letter(args: argparse.Namespace, config: NodeConfig) -> int:
 
 def run_show(args: argparse.Namespace, config: NodeConfig) -> int:
     """Print one job as JSON; exit 1 when unknown."""
-    from dicom_node.node import open_index
-
-    conn = open_index(config).reader()
+    conn = existing_index(config).reader()
     try:
         row = conn.execute("SELECT * FROM jobs WHERE id = ?", (args.job_id,)).fetchone()
     finally:
@@ -88,9 +89,8 @@ def run_show(args: argparse.Namespace, config: NodeConfig) -> int:
 def run_retry(args: argparse.Namespace, config: NodeConfig) -> int:
     """Re-queue a failed or dead-lettered job; exit 1 when it is not in such a state."""
     from dicom_node.jobs import ops
-    from dicom_node.node import open_index
 
-    conn = open_index(config).reader()
+    conn = existing_index(config).reader()
     try:
         conn.execute("BEGIN IMMEDIATE")
         ok = ops.retry(conn, args.job_id, time.time())

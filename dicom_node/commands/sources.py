@@ -22,6 +22,7 @@ import json
 from typing import Any
 
 from dicom_node.cli import echo
+from dicom_node.commands import existing_index, has_index
 from dicom_node.config import NodeConfig
 
 _FIELDS = ("state", "reason", "watermark", "next_poll_at", "backoff_until", "failures", "polls", "retrieved",
@@ -43,14 +44,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _rows(config: NodeConfig) -> list[dict[str, Any]]:
-    from dicom_node.node import open_index
     from dicom_node.sources import state
 
-    conn = open_index(config).reader()
-    try:
-        persisted = state.rows(conn)
-    finally:
-        conn.close()
+    persisted: dict[str, dict[str, Any]] = {}
+    if config.sources.pollers and has_index(config):
+        # Without an index nothing has polled yet: list the configured pollers as idle
+        # rather than create a storage root from a read-only command.
+        conn = existing_index(config).reader()
+        try:
+            persisted = state.rows(conn)
+        finally:
+            conn.close()
     out = []
     for poller in config.sources.pollers:
         row = persisted.get(poller.name, {})

@@ -1,4 +1,7 @@
-"""``dicom-node status``: counts from the index."""
+"""``dicom-node status``: counts from the index.
+
+Read-only: a storage root that does not exist is reported (exit 1), not created.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import argparse
 import json
 
 from dicom_node.cli import echo
+from dicom_node.commands import existing_index
 from dicom_node.config import NodeConfig
 
 
@@ -18,9 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace, config: NodeConfig) -> int:
     """Print studies, series, instances, pending and complete series."""
-    from dicom_node.node import open_index
-
-    counts = open_index(config).counts()
+    counts = existing_index(config).counts()
     if args.json:
         echo(json.dumps(counts))
     else:
