@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from dicom_node.errors import InsufficientSpaceError, StorageError
@@ -25,8 +26,12 @@ log = logging.getLogger(__name__)
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def _load_sync_file_range() -> ctypes._CFuncPtr | None:
-    """Linux ``sync_file_range(2)``, used to start writeback while data still arrives."""
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux ``sync_file_range(2)``, used to start writeback while data still arrives.
+
+    Returns the foreign function typed as what callers use (fd, offset, length,
+    flags -> int); ctypes converts the arguments with the ``argtypes`` set here.
+    """
     try:
         func = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,14 +166,14 @@ class Predictor:
         x = apply_intensity(vol, self.spec.preprocessing.intensity)
         padded, origins = tile_volume(x, window)
         d, h, w = window.roi
-        tiles = (padded[None, z : z + d, y : y + h, x0 : x0 + w].astype(self._dtype, copy=False) for z, y, x0 in origins)
-        futures = self.batcher.submit_many(tiles, flush=True)
+        inputs: Iterator[np.ndarray] = (padded[None, z : z + d, y : y + h, x0 : x0 + w].astype(self._dtype, copy=False) for z, y, x0 in origins)
+        futures = self.batcher.submit_many(inputs, flush=True)
         wait(futures)
         results = [f.result() for f in futures]
-        raw = {}
+        raw: dict[str, np.ndarray] = {}
         for name in results[0]:
-            tiles = [r[name] for r in results]
-            raw[name] = blend_tiles(tiles, origins, padded.shape, vol.shape, window)[None]
+            outputs = [r[name] for r in results]
+            raw[name] = blend_tiles(outputs, origins, padded.shape, vol.shape, window)[None]
         return raw
 
 

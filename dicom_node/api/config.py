@@ -14,13 +14,18 @@ from dicom_node.validators import is_loopback
 Scope = Literal["read", "submit", "admin"]
 
 
+def _read_only() -> list[Scope]:
+    """A key's default scopes: read only (a typed factory, so mypy checks the literal)."""
+    return ["read"]
+
+
 class ApiKey(BaseModel):
     """An API key, stored as the hex SHA-256 of the secret (never the secret itself)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(min_length=1, max_length=64)
     sha256: str
-    scopes: list[Scope] = Field(default_factory=lambda: ["read"])
+    scopes: list[Scope] = Field(default_factory=_read_only)
 
     @field_validator("sha256")
     @classmethod

@@ -117,7 +117,7 @@ def _association_failure(dest: DimseDestination, probe: AssociationProbe, assoc:
     """Why an association did not come up, and whether a retry can help."""
     where = f"{dest.ae_title}@{dest.host}:{dest.port}"
     rsp = probe.response
-    if assoc.is_rejected and rsp is not None:
+    if assoc.is_rejected and rsp is not None and rsp.result is not None:
         verdict = classify_rejection(int(rsp.result))
         return verdict, f"association rejected by {where}: {rsp.result_str}, source {rsp.source_str}, reason {rsp.reason_str}"
     if rsp is not None and rsp.result == 0:
@@ -174,10 +174,10 @@ def _send_batch(dest: DimseDestination, datasets: list[Dataset], on_outcome: OnO
     if not assoc.is_established:
         verdict, detail = _association_failure(dest, probe, assoc)
         log.warning("delivery association failed destination=%s verdict=%s detail=%s", dest.name, verdict.value, detail)
-        outcomes = [Outcome(str(ds.SOPInstanceUID), verdict, detail) for ds in datasets]
-        for outcome in outcomes:
+        failed = [Outcome(str(ds.SOPInstanceUID), verdict, detail) for ds in datasets]
+        for outcome in failed:
             on_outcome(outcome)
-        return outcomes
+        return failed
     outcomes: list[Outcome] = []
     try:
         for ds in datasets:

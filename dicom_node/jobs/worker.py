@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -13,10 +14,19 @@ from dicom_node.index import Index, IndexWriter
 from dicom_node.jobs import ops
 from dicom_node.jobs.facts import series_facts, series_files
 from dicom_node.jobs.pipeline import Pipeline
-from dicom_node.routing import RoutingConfig, facts_dict, route
+from dicom_node.routing import Route, RoutingConfig, SeriesFacts, facts_dict, route
 from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
+
+
+def _consume(event: dict[str, Any], routes: list[Route], facts: SeriesFacts) -> Callable[[sqlite3.Connection], list[str]]:
+    """The writer operation that turns one completion event into its jobs (bound to this event)."""
+
+    def op(conn: sqlite3.Connection) -> list[str]:
+        return ops.consume_event(conn, event, routes, facts_dict(facts), time.time())
+
+    return op
 
 
 class JobWorker(BackgroundLoop):
@@ -57,7 +67,7 @@ class JobWorker(BackgroundLoop):
                 facts = series_facts(conn, self.spool, event["series_instance_uid"])
                 routes = route(self.routing, facts, self._contract_check(conn, event["series_instance_uid"]),
                                self.source_rules.get(facts.source))
-                ids = self.writer.run(lambda c, e=event, r=routes, f=facts: ops.consume_event(c, e, r, facts_dict(f), time.time()))
+                ids = self.writer.run(_consume(event, routes, facts))
                 if not routes:
                     log.info("series matched no routing rule series_uid=%s modality=%s calling_ae=%s",
                              event["series_instance_uid"], facts.modality, facts.calling_ae)
@@ -69,7 +79,7 @@ class JobWorker(BackgroundLoop):
         finally:
             conn.close()
 
-    def _contract_check(self, conn: Any, series_uid: str) -> Callable[[str], bool]:
+    def _contract_check(self, conn: sqlite3.Connection, series_uid: str) -> Callable[[str], bool]:
         """``model -> bool``: the series' headers satisfy the model's input contract (cached per model)."""
         cache: dict[str, bool] = {}
 

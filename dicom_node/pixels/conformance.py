@@ -126,7 +126,8 @@ def raw_reference(ds: Dataset) -> np.ndarray:
     pi = str(ds.get("PhotometricInterpretation", "")).strip()
     raw = bytes(ds.PixelData)
     if alloc == 1:
-        arr = _unpack_bits(raw, frames * rows * cols).reshape(frames, rows, cols)
+        # Declared once for every branch: the array's rank depends on frames and samples.
+        arr: np.ndarray = _unpack_bits(raw, frames * rows * cols).reshape(frames, rows, cols)
         return arr[0] if frames == 1 else arr
     big = transfer_syntax_of(ds) == "1.2.840.10008.1.2.2"
     dtype = np.dtype(f"{'>' if big else '<'}{'i' if signed else 'u'}{alloc // 8}")

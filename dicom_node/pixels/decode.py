@@ -23,7 +23,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicom_node.errors import DecodeError, PixelError
 from dicom_node.pixels.syntaxes import require_decoder, syntax_info
@@ -163,7 +163,7 @@ def _check_decodable(ds: Dataset) -> str:
     uid = transfer_syntax_of(ds)
     require_decoder(uid)
     if ds.file_meta.get("TransferSyntaxUID") is None:
-        ds.file_meta.TransferSyntaxUID = uid
+        ds.file_meta.TransferSyntaxUID = UID(uid)
     return uid
 
 

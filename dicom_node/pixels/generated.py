@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
+from pydicom.uid import UID
 
 from dicom_node.errors import UnsupportedTransferSyntaxError
 from dicom_node.pixels.decode import read_dataset
@@ -61,7 +62,7 @@ def make_dataset(source: Dataset, uid: str, encode: Callable[[np.ndarray, Datase
     ds = copy.deepcopy(source)
     ds.PixelData = encapsulate([encode(np.ascontiguousarray(f), source) for f in frames])
     ds["PixelData"].VR = "OB"
-    ds.file_meta.TransferSyntaxUID = uid
+    ds.file_meta.TransferSyntaxUID = UID(uid)
     ds.set_original_encoding(False, True)
     if uid.endswith(".203"):
         ds.LossyImageCompression = "01"

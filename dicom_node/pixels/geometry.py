@@ -9,7 +9,7 @@ slice normal, never by Instance Number, which modalities number in either direct
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,8 +47,10 @@ class GeometryProblem:
 
 
 def _floats(value: object, n: int) -> tuple[float, ...] | None:
+    if not isinstance(value, Iterable):
+        return None  # a missing element or a single number is not a vector
     try:
-        out = tuple(float(v) for v in value)  # type: ignore[union-attr]
+        out = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         return None
     return out if len(out) == n else None

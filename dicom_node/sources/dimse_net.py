@@ -104,7 +104,7 @@ def _tls_args(remote: RemoteNode) -> tuple[ssl.SSLContext, str] | None:
 def _failure(remote: RemoteNode, probe: AssociationProbe, assoc: Association) -> SourceError:
     """Why the association did not come up, and whether a retry can help."""
     rsp = probe.response
-    if assoc.is_rejected and rsp is not None:
+    if assoc.is_rejected and rsp is not None and rsp.result is not None:
         retry = classify_rejection(int(rsp.result)).value == "retry"
         return SourceError(f"association rejected by {where(remote)}: {rsp.result_str}, source {rsp.source_str}, "
                            f"reason {rsp.reason_str}", retryable=retry)

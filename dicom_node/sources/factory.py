@@ -55,6 +55,8 @@ def source_rules(sources: SourcesConfig) -> dict[str, list[str]]:
         if not poller.rules or allowed.get(label, []) is None:
             allowed[label] = None
             continue
-        merged = allowed.setdefault(label, [])
+        merged = allowed.get(label)
+        if merged is None:  # first poller for this label (a None entry was skipped above)
+            merged = allowed[label] = []
         merged.extend(r for r in poller.rules if r not in merged)
     return {label: rules for label, rules in allowed.items() if rules is not None}

@@ -81,12 +81,13 @@ class StagingSink:
         """
         from pydicom.dataset import FileMetaDataset
         from pydicom.filewriter import dcmwrite
+        from pydicom.uid import UID
 
         ts = transfer_syntax or str(dataset.file_meta.TransferSyntaxUID)
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = dataset.SOPClassUID
         meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-        meta.TransferSyntaxUID = ts
+        meta.TransferSyntaxUID = UID(ts)
         dataset.file_meta = meta
         buf = io.BytesIO()
         try:
