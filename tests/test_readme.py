@@ -1,0 +1,383 @@
+"""README.md's examples, run the way a reader runs them, so that none can rot silently.
+
+Every fenced block of README.md is one of:
+
+- ``sh`` / ``console``: executed, in README order, by one bash process in a
+  scratch folder prepared like a fresh checkout (Makefile, pyproject.toml,
+  conf/, engines/, docs/ copied; ``.venv`` linked, so ``make run`` finds its
+  install stamp and starts without installing). Background commands (``make run
+  &``, ``storescp ... &``) keep running until the end, against real peers (DCMTK,
+  the node's own SCP and REST API, a webhook receiver); every command must
+  succeed, and the outcome the README promises is then checked (files in the
+  stand-in PACS, counts, jobs done, a verified webhook). A ``console`` block's
+  shown output must match, with ``...`` standing for any text.
+- ``toml``: loaded through :func:`dicom_node.config.load_config` on its own, or
+  appended to ``conf/node.toml`` when it refers to what that file defines.
+- ``json``: parsed.
+- anything else must follow ``<!-- not executed: REASON -->``.
+
+The README's ports (11112, 11113, 8080, 9000) are used as written; one that is
+busy on this machine is replaced by a free one in every block and in the scratch
+``conf/node.toml``. A failure names the README line of the block that broke.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicom_node.config import load_config
+from dicom_node.errors import ConfigError
+from tests.conftest import free_port, peers_required, require_tool, wait_port
+from tests.readme.blocks import Block, console_steps, github_anchor, output_matches, parse_blocks
+from tests.readme.shell import BlockFailed, Shell
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+README_PORTS = (11112, 11113, 8080, 9000)
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.22"}
+BLOCK_TIMEOUT = 120.0
+OUTCOME_TIMEOUT = 90.0
+
+
+def _blocks() -> list[Block]:
+    return parse_blocks(README.read_text(encoding="utf-8"))
+
+
+def test_every_block_is_executed_validated_or_marked() -> None:
+    unchecked = [b.where for b in _blocks() if b.treatment is None]
+    assert not unchecked, ("blocks that no test runs or validates (use sh/console/toml/json, or put "
+                           "'<!-- not executed: REASON -->' on the line before):\n" + "\n".join(unchecked))
+
+
+def test_readme_keeps_the_two_commands() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert "make run" in text and "make test" in text, "CI greps README.md for `make run` and `make test`"
+
+
+def _load_toml_block(block: Block, tmp_path: Path) -> None:
+    """Load the block alone; if that fails, as an addition to conf/node.toml (as the README says to use it)."""
+    alone = tmp_path / f"line{block.line}.toml"
+    alone.write_text(block.text)
+    try:
+        load_config(alone, environ={})
+        return
+    except ConfigError as exc:
+        first = exc
+    appended = tmp_path / "conf" / f"line{block.line}.toml"
+    appended.parent.mkdir(exist_ok=True)
+    appended.write_text((ROOT / "conf" / "node.toml").read_text(encoding="utf-8") + "\n" + block.text)
+    try:
+        load_config(appended, environ={})
+    except ConfigError as exc:
+        pytest.fail(f"{block.where}: not a valid config: alone: {first}; appended to conf/node.toml: {exc}")
+
+
+def test_toml_blocks_load_through_the_config_loader(tmp_path: Path) -> None:
+    blocks = [b for b in _blocks() if b.lang == "toml" and b.treatment == "validate"]
+    assert blocks, "README.md has no TOML example"
+    for block in blocks:
+        _load_toml_block(block, tmp_path)
+
+
+def test_json_blocks_parse() -> None:
+    for block in _blocks():
+        if block.lang == "json" and block.treatment == "validate":
+            try:
+                json.loads(block.text)
+            except json.JSONDecodeError as exc:
+                pytest.fail(f"{block.where}: not JSON: {exc}")
+
+
+def _exports(block: Block) -> dict[str, str]:
+    found = re.findall(r"^export (DICOM_NODE__\w+)='(.*)'", block.text, flags=re.MULTILINE)
+    return dict(found)
+
+
+def test_environment_overrides_equal_the_toml_shown_beside_them(tmp_path: Path) -> None:
+    """The "Results back into a PACS" exports and the TOML block after them configure the same node."""
+    blocks = _blocks()
+    env_block = next((b for b in blocks if b.lang == "sh" and "DICOM_NODE__DELIVERY__DESTINATIONS" in b.text), None)
+    assert env_block is not None, "README.md no longer shows list values as environment overrides"
+    toml_block = next(b for b in blocks if b.lang == "toml" and b.line > env_block.line)
+    path = tmp_path / "same.toml"
+    path.write_text(toml_block.text)
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    by_env = load_config(empty, environ=_exports(env_block))
+    by_file = load_config(path, environ={})
+    for section in ("routing", "delivery", "api"):
+        assert getattr(by_env, section) == getattr(by_file, section), (
+            f"{env_block.where} and {toml_block.where} configure {section} differently")
+
+
+def test_benchmark_links_point_at_headings() -> None:
+    bench = (ROOT / "bench" / "README.md").read_text(encoding="utf-8")
+    anchors = {github_anchor(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.+)$", bench, flags=re.MULTILINE)}
+    links = re.findall(r"\(bench/README\.md#([^)]+)\)", README.read_text(encoding="utf-8"))
+    assert links, "the README's benchmark summary links to no table in bench/README.md"
+    missing = sorted(set(links) - anchors)
+    assert not missing, f"bench/README.md has no heading for: {missing}"
+
+
+def test_webhook_receiver_checks_as_the_readme_says() -> None:
+    text = README.read_text(encoding="utf-8")
+    rule = re.search(r"`(hmac\.compare_digest\(header, .*?\))`", text)
+    assert rule is not None, "the README no longer shows how a receiver checks the signature"
+    receiver = (ROOT / "docs" / "examples" / "webhook_receiver.py").read_text(encoding="utf-8")
+    assert rule.group(1) in receiver, "docs/examples/webhook_receiver.py checks differently from the README"
+
+
+# --- running the shell examples ---------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """The scratch checkout, its shell, and the ports the README's numbers map to."""
+
+    checkout: Path
+    shell: Shell
+    ports: dict[int, int]
+    used: set[str] = field(default_factory=set)
+
+    def port(self, readme_port: int) -> int:
+        return self.ports.get(readme_port, readme_port)
+
+    def get_json(self, path: str) -> object:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port(8080)}{path}", timeout=10) as resp:
+            return json.load(resp)
+
+
+def _port_busy(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _substitute(text: str, ports: dict[int, int]) -> str:
+    for old, new in ports.items():
+        text = re.sub(rf"\b{old}\b", str(new), text)
+    return text
+
+
+def _checkout(tmp: Path, ports: dict[int, int]) -> Path:
+    """A folder laid out like a fresh clone whose .venv is this checkout's (already installed)."""
+    venv = ROOT / ".venv"
+    stamp = venv / ".installed-run"
+    if not stamp.is_file():
+        reason = f"{stamp} missing: `make run` would install; run `make install` (or `make test`) first"
+        if peers_required():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    co = tmp / "checkout"
+    co.mkdir()
+    shutil.copy2(ROOT / "Makefile", co / "Makefile")
+    shutil.copytree(ROOT / "conf", co / "conf")
+    shutil.copytree(ROOT / "engines", co / "engines", ignore=shutil.ignore_patterns("cache", "*.plan", "__pycache__"))
+    shutil.copytree(ROOT / "docs", co / "docs", ignore=shutil.ignore_patterns("__pycache__"))
+    node_toml = co / "conf" / "node.toml"
+    node_toml.write_text(_substitute(node_toml.read_text(encoding="utf-8"), ports))
+    shutil.copyfile(ROOT / "pyproject.toml", co / "pyproject.toml")
+    # Older than the install stamp, so make sees nothing to reinstall (and never pip-installs this folder
+    # into the shared .venv, which would repoint its editable install here).
+    older = stamp.stat().st_mtime - 60
+    os.utime(co / "pyproject.toml", (older, older))
+    (co / ".venv").symlink_to(venv)
+    dry = subprocess.run(["make", "-n", "run"], cwd=co, capture_output=True, text=True, check=False)
+    assert dry.stdout.strip() == ".venv/bin/dicom-node serve", f"`make run` would do more than serve:\n{dry.stdout}{dry.stderr}"
+    return co
+
+
+def _wait(what: str, probe: Callable[[], bool], timeout: float = OUTCOME_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            raise BlockFailed(f"{what}: not seen within {timeout:.0f} s")
+        time.sleep(0.25)
+
+
+# Outcome checks, keyed by a phrase of the block they follow. Each gets the run and the block's output.
+
+
+def _node_ready(run: Run, out: str) -> None:
+    assert "pip install" not in out, "make run reinstalled instead of serving"
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{run.port(8080)}/readyz", timeout=5) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    _wait("GET /readyz answering 200", ready)
+    wait_port(run.port(11112), timeout=10)
+    assert "node ready" in run.shell.transcript(), "the node never logged `node ready`"
+
+
+def _jobs_done(count: int) -> Callable[[Run, str], None]:
+    def check(run: Run, out: str) -> None:
+        def done() -> bool:
+            jobs = run.get_json("/v1/jobs?limit=100")
+            assert isinstance(jobs, dict)
+            failed = [j for j in jobs["jobs"] if j["status"] in ("failed", "dead-letter")]
+            assert not failed, f"jobs failed: {failed}"
+            return sum(j["status"] == "done" for j in jobs["jobs"]) >= count
+        _wait(f"{count} jobs done", done)
+    return check
+
+
+def _pacs_received(run: Run, out: str) -> None:
+    _jobs_done(4)(run, out)
+    pacs = run.checkout / "pacs"
+
+    def arrived() -> bool:
+        return len(list(pacs.glob("SG.*"))) >= 2 and len(list(pacs.glob("SR*.*"))) >= 2
+    _wait("two SG.* and two SR*.* files in ./pacs", arrived)
+    segs = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(pacs.glob("SG.*"))]
+    assert len({int(ds.SeriesNumber) for ds in segs}) == len(segs), "two models' SEG series share a series number"
+    for ds in segs:
+        algorithm = ds.SegmentSequence[0].SegmentAlgorithmName
+        assert algorithm in ds.SeriesDescription, f"SEG series description {ds.SeriesDescription!r} does not name {algorithm}"
+
+
+def _status_counts(run: Run, out: str) -> None:
+    line = next((ln for ln in out.splitlines() if ln.startswith("{")), None)
+    assert line is not None, "status --json printed no JSON"
+    assert json.loads(line) == {"studies": 1, "series": 1, "instances": 64, "pending": 0, "complete": 1}
+    for model in ("ct-body", "ct-lungs"):
+        assert model in out
+    assert len(re.findall(r"\bdone\b", out)) >= 2, "jobs list does not show both jobs done"
+    assert "SEG" in out and "SR" in out, "results list does not name SEG and SR"
+
+
+def _ls_pacs(run: Run, out: str) -> None:
+    assert "SG." in out and "SR" in out
+
+
+def _findscu(run: Run, out: str) -> None:
+    assert "[SEG]" in out and "[SR]" in out, "C-FIND found no SEG and SR series"
+
+
+def _getscu(run: Run, out: str) -> None:
+    classes = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in (run.checkout / "qr").iterdir()}
+    assert SEG_CLASS in classes and classes & SR_CLASSES, f"C-GET brought {classes}"
+
+
+def _check_passes(run: Run, out: str) -> None:
+    result = json.loads(next(ln for ln in out.splitlines() if ln.startswith("{")))
+    assert result["verdict"] == "pass" and result["instances"] == 64, result
+
+
+def _models_listed(run: Run, out: str) -> None:
+    for model in ("ct-body", "ct-body-png", "ct-lungs"):
+        assert model in out, f"models list does not show {model}"
+
+
+def _seg_downloaded(run: Run, out: str) -> None:
+    seg = pydicom.dcmread(run.checkout / "seg.dcm")
+    source = pydicom.dcmread(run.checkout / "ct2" / "0001.dcm", stop_before_pixels=True)
+    assert seg.SOPClassUID == SEG_CLASS and seg.StudyInstanceUID == source.StudyInstanceUID
+
+
+def _predict_area(run: Run, out: str) -> None:
+    area = float(out.strip().splitlines()[-1])
+    assert area > 0, "ct-body marked no body on the middle slice"
+
+
+def _receiver_listening(run: Run, out: str) -> None:
+    wait_port(run.port(9000), timeout=20)
+
+
+def _webhook_verified(run: Run, out: str) -> None:
+    def delivered() -> bool:
+        return any(ln.startswith("verified ") and "EX-42" in ln for ln in run.shell.transcript().splitlines())
+    _wait("the receiver printing a verified webhook for EX-42", delivered)
+    assert "REJECTED" not in run.shell.transcript(), "the receiver rejected a signature"
+
+
+def _jobs_by_examination(run: Run, out: str) -> None:
+    answer = json.loads(out.strip().splitlines()[-1])
+    assert answer["jobs"], "GET /v1/jobs?examination_id=EX-42 found no job"
+
+
+CHECKS: list[tuple[str, Callable[[Run, str], None]]] = [
+    ("make run &", _node_ready),
+    ("ct/*.dcm", _jobs_done(2)),
+    ("ct2/*.dcm", _pacs_received),
+    ("status --json", _status_counts),
+    ("ls pacs", _ls_pacs),
+    ("findscu", _findscu),
+    ("getscu", _getscu),
+    ("dicom-node check", _check_passes),
+    ("models list", _models_listed),
+    ("/v1/results/", _seg_downloaded),
+    (":predict", _predict_area),
+    ("webhook_receiver.py", _receiver_listening),
+    ("/v1/invocations", _webhook_verified),
+    ("examination_id=EX-42", _jobs_by_examination),
+]
+
+
+def _run_block(run: Run, block: Block) -> None:
+    text = _substitute(block.text, run.ports)
+    if block.lang == "sh":
+        out, errors = run.shell.run(text, BLOCK_TIMEOUT)
+        if errors:
+            raise BlockFailed("commands failed: " + "; ".join(errors) + "\n--- output ---\n" + out)
+    else:
+        out = ""
+        for step in console_steps(text):
+            got, errors = run.shell.run(step.command + "\n", BLOCK_TIMEOUT)
+            if errors:
+                raise BlockFailed(f"line {block.line + 1 + step.offset}: failed: {'; '.join(errors)}\n{got}")
+            if not output_matches(step.expected, got):
+                raise BlockFailed(f"line {block.line + 1 + step.offset}: printed\n{got.strip()}\nwhere the README shows\n"
+                                  f"{step.expected.strip()}")
+            out += got
+    for phrase, check in CHECKS:
+        if phrase in block.text:
+            run.used.add(phrase)
+            check(run, out)
+
+
+@pytest.mark.peers
+def test_shell_examples_run(tmp_path: Path) -> None:
+    for tool in ("make", "curl", "storescp", "storescu", "findscu", "getscu"):
+        require_tool(tool, "DCMTK (apt-get install dcmtk), curl and make")
+    ports = {p: free_port() for p in README_PORTS if _port_busy(p)}
+    checkout = _checkout(tmp_path, ports)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("DICOM_NODE__") and k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "VIRTUAL_ENV")}
+    shell = Shell(checkout, env, tmp_path / "transcript.log")
+    run = Run(checkout, shell, ports)
+    try:
+        for block in _blocks():
+            if block.treatment != "execute":
+                continue
+            try:
+                _run_block(run, block)
+            except (BlockFailed, AssertionError, OSError, ValueError, KeyError) as exc:
+                pytest.fail(f"{block.where} broke: {type(exc).__name__}: {exc}\n"
+                            f"--- last of the transcript ---\n{shell.transcript()[-4000:]}")
+    finally:
+        shell.close()
+    unused = [phrase for phrase, _ in CHECKS if phrase not in run.used]
+    assert not unused, f"outcome checks that matched no README block (update tests/test_readme.py): {unused}"
