@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def upload(name: str, toml: str, onnx: bytes | None) -> dict[str, Any]:
     return {"files": files}
 
 
-def test_list_and_detail_on_the_real_server(start_node, models_dir: Path) -> None:
+def test_list_and_detail_on_the_real_server(start_node: Callable[..., Node], models_dir: Path) -> None:
     node: Node = start_node(inference={"models_dir": str(models_dir)})
     base = f"http://127.0.0.1:{node.api.port}"
 

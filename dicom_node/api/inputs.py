@@ -115,9 +115,8 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedInput:
                 raise InputRejected("too_many_pixels", f"the image has {width}x{height} = {width * height} pixels, "
                                     f"more than api.max_pixels = {max_pixels}; downscale it")
             im.load()
-            if im.mode not in ("L", "I;16", "I;16B", "I;16L", "I", "F", "1"):
-                im = im.convert("L")
-            array = np.asarray(im, dtype=np.float32)
+            gray = im if im.mode in ("L", "I;16", "I;16B", "I;16L", "I", "F", "1") else im.convert("L")
+            array = np.asarray(gray, dtype=np.float32)
     except Image.DecompressionBombError as exc:
         raise InputRejected("too_many_pixels", f"the image is too large to decode: {exc}") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
