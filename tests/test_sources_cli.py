@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dicom_node.cli import main
+from dicom_node.node import Node
 from tests.conftest import dicom_node_exe, wait_for
 from tests.test_sources_poller import NAME, load, orthanc_available, series
 
@@ -82,8 +84,17 @@ def test_list_without_pollers_and_poll_now_of_an_unknown_name(tmp_path: Path, ca
     assert code == 1 and "no poller 'nope'" in out
 
 
+def test_list_before_anything_was_stored_shows_configured_pollers_without_creating_the_root(tmp_path: Path) -> None:
+    """A read-only command: the pollers are idle, and no storage root appears."""
+    root = tmp_path / "not-yet"
+    config = write_config(tmp_path / "node.toml", root, "http://127.0.0.1:9/dicom-web")
+    rows = listed(config)
+    assert (rows[NAME]["state"], rows[NAME]["polls"], rows["off"]["state"]) == ("idle", 0, "disabled")
+    assert not root.exists()
+
+
 def test_poll_now_beside_a_running_node_and_list_from_another_process(
-        start_node, orthanc, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        start_node: Callable[..., Node], orthanc: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     first = series("cli1", 3)
     load(orthanc, first)
     root = tmp_path / "node"
@@ -98,10 +109,10 @@ def test_poll_now_beside_a_running_node_and_list_from_another_process(
     # A new study; the service would wait an hour, poll-now (another process) fetches it now.
     second = series("cli2", 4)
     load(orthanc, second)
-    out = cli_process(config, "sources", "poll-now", NAME)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert f"series {second[0].SeriesInstanceUID}: 4 stored, 0 already here, 0 refused" in out.stdout
-    assert "2 studies examined, 4 instances stored" in out.stdout
+    polled = cli_process(config, "sources", "poll-now", NAME)
+    assert polled.returncode == 0, polled.stdout + polled.stderr
+    assert f"series {second[0].SeriesInstanceUID}: 4 stored, 0 already here, 0 refused" in polled.stdout
+    assert "2 studies examined, 4 instances stored" in polled.stdout
     assert node.index.counts()["instances"] == 7
     assert wait_for(lambda: node.index.counts()["complete"] == 2, timeout=10)
 
