@@ -1,13 +1,15 @@
 # dicom-node: the two commands that set everything up on a fresh machine.
 #   make run   - create .venv, install, start the node on conf/node.toml (SCP 127.0.0.1:11112, state in ./var)
 #   make test  - create .venv, install test extras and the Debian peers it can, run pytest
+#   make lint  - ruff and mypy (configured in pyproject.toml), as CI runs them
+#   make smoke - a fresh venv with the runtime install only serves: /readyz, C-ECHO, SIGTERM (.ci/smoke.sh)
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test install install-test peers bench-ingest clean
+.PHONY: run test lint smoke install install-test peers bench-ingest clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +35,14 @@ peers:
 
 test: install-test peers
 	$(PY) -m pytest
+
+# mypy reads its targets (dicom_node, inference) and plugins from pyproject.toml.
+lint: install-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+smoke:
+	PYTHON=$(PYTHON) bash .ci/smoke.sh
 
 bench-ingest: install
 	$(PY) bench/ingest.py
