@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,7 +21,7 @@ ENGINES = str(Path(__file__).resolve().parents[1] / "engines")
 RULE = {"name": "any", "models": ["ct-body"], "destinations": [], "match": {}}
 
 
-def api(node: Node, path: str, **params: object) -> httpx.Response:
+def api(node: Node, path: str, **params: str | float | None) -> httpx.Response:
     return httpx.get(f"http://127.0.0.1:{node.api.port}{path}", params=params)
 
 
@@ -28,7 +30,7 @@ def states(node: Node) -> list[str]:
 
 
 @pytest.fixture
-def node_with_jobs(start_node) -> tuple[Node, str, str]:
+def node_with_jobs(start_node: Callable[..., Node]) -> tuple[Node, str, str]:
     """One done CT job and one failed MR job (contract violation)."""
     node: Node = start_node(routing={"rules": [RULE]}, inference={"models_dir": ENGINES})
     ct = list(ct_datasets(SeriesSpec(slices=3, rows=32, columns=32, seed="jobs-ct")))
@@ -80,26 +82,37 @@ def test_cursor_and_offset_pagination(node_with_jobs: tuple[Node, str, str]) -> 
     assert api(node, "/v1/jobs", cursor="!!not-a-cursor").status_code == 400
 
 
-def test_optional_columns_filter_and_lookup(node_with_jobs: tuple[Node, str, str]) -> None:
-    node, _, _ = node_with_jobs
-    assert api(node, "/v1/jobs", examination_id="E1").json()["jobs"] == []  # column absent: nothing matches
-    conn = node.index.reader()
-    try:
-        cols = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
-        jid = conn.execute("SELECT id FROM jobs WHERE state = 'done'").fetchone()[0]
-    finally:
-        conn.close()
+def invoke(node: Node, examination_id: str) -> str:
+    """POST one DICOM slice to /v1/invocations with an Examination-ID; returns the request UUID."""
+    buf = io.BytesIO()
+    next(ct_datasets(SeriesSpec(slices=1, rows=32, columns=32, seed="jobs-inv"))).save_as(buf, enforce_file_format=True)
+    r = httpx.post(f"http://127.0.0.1:{node.api.port}/v1/invocations", headers={"Examination-ID": examination_id},
+                   files={"image": ("scan.dcm", buf.getvalue(), "application/dicom")}, timeout=30)
+    assert r.status_code == 202, r.text
+    return str(r.json()["request_uuid"])
 
-    def migrate(c: object) -> None:
-        for col in ("request_uuid", "examination_id"):
-            if col not in cols:
-                c.execute(f"ALTER TABLE jobs ADD COLUMN {col} TEXT")  # type: ignore[attr-defined]
-        c.execute("UPDATE jobs SET request_uuid = 'req-1', examination_id = 'E1' WHERE id = ?", (jid,))  # type: ignore[attr-defined]
 
-    node.writer.run(migrate)
-    jobs = api(node, "/v1/jobs", examination_id="E1").json()["jobs"]
-    assert [j["id"] for j in jobs] == [jid] and jobs[0]["request_uuid"] == "req-1"
-    assert api(node, "/v1/jobs/req-1").json()["id"] == jid
+def test_invocation_found_by_request_uuid_and_examination_id(node_with_jobs: tuple[Node, str, str]) -> None:
+    node, ct_study, _ = node_with_jobs
+    rid = invoke(node, "EX-7")
+    assert wait_for(lambda: api(node, f"/v1/jobs/{rid}").json()["status"] == "done", timeout=30)
+    job = api(node, f"/v1/jobs/{rid}").json()
+    assert job["id"] == rid and job["request_uuid"] == rid and job["kind"] == "invocation"
+    assert job["examination_id"] == "EX-7" and job["model"] == "ct-body" and job["study_uid"] is None
+    assert job["webhook_state"] == "none" and job["results"] == [] and job["attempts"] == 1
+    by_exam = api(node, "/v1/jobs", examination_id="EX-7").json()["jobs"]
+    assert [j["id"] for j in by_exam] == [rid]
+    assert api(node, "/v1/jobs", examination_id="EX-8").json()["jobs"] == []
+    # One list, newest first: the invocation, then the two series jobs, which have no request UUID.
+    listed = api(node, "/v1/jobs").json()["jobs"]
+    assert [j["kind"] for j in listed] == ["invocation", "series", "series"]
+    assert [j["request_uuid"] for j in listed[1:]] == [None, None]
+    assert [j["id"] for j in api(node, "/v1/jobs", status="done", model="ct-body").json()["jobs"]][0] == rid
+    assert rid not in [j["id"] for j in api(node, "/v1/jobs", study_uid=ct_study).json()["jobs"]]
+    second = api(node, "/v1/jobs", limit=1, cursor=api(node, "/v1/jobs", limit=1).json()["next"]).json()
+    assert second["jobs"][0]["kind"] == "series"
+    retry = httpx.post(f"http://127.0.0.1:{node.api.port}/v1/jobs/{rid}/retry")
+    assert retry.status_code == 409 and retry.json()["error"]["code"] == "not_retryable"
 
 
 def test_epoch() -> None:

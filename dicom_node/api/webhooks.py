@@ -45,38 +45,9 @@ from dicom_node.errors import DicomNodeError
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS invocations (
-    id TEXT PRIMARY KEY,
-    examination_id TEXT,
-    model TEXT NOT NULL,
-    parameters TEXT NOT NULL DEFAULT '{}',
-    webhook_url TEXT,
-    filename TEXT,
-    state TEXT NOT NULL,
-    result TEXT,
-    error TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    webhook_state TEXT NOT NULL,
-    webhook_attempts INTEGER NOT NULL DEFAULT 0,
-    next_webhook_at REAL,
-    webhook_error TEXT
-);
-CREATE INDEX IF NOT EXISTS invocations_state ON invocations(state, created_at);
-CREATE INDEX IF NOT EXISTS invocations_webhook ON invocations(webhook_state, next_webhook_at);
-CREATE INDEX IF NOT EXISTS invocations_exam ON invocations(examination_id);
-"""
-
+# The table's schema lives with every other table in dicom_node.index.store.
 _COLUMNS = ("id", "examination_id", "model", "parameters", "webhook_url", "filename", "state", "result", "error",
             "created_at", "updated_at", "webhook_state", "webhook_attempts", "next_webhook_at", "webhook_error")
-
-
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create the ``invocations`` table and its indexes when missing (run through the index writer)."""
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            conn.execute(statement)
 
 
 def load_secret(config: Any) -> bytes:
@@ -152,12 +123,11 @@ class InvocationService:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Create the table, requeue interrupted invocations, start both threads (idempotent)."""
+        """Requeue interrupted invocations, start both threads (idempotent)."""
         with self._lock:
             if self._started:
                 return
             self._started = True
-        self.node.writer.run(ensure_schema)
         self._secret = load_secret(self.node.config)
         now = time.time()
         requeued = self.node.writer.run(lambda c: c.execute(

@@ -183,6 +183,30 @@ CREATE TABLE IF NOT EXISTS session_instances (
     size                INTEGER NOT NULL,
     PRIMARY KEY (session_id, sop_instance_uid)
 ) WITHOUT ROWID;
+
+-- REST invocations (dicom_node.api.webhooks): one model run on one upload, keyed by its request UUID.
+-- Created here with every other table, so that the jobs view (dicom_node.jobs.ops.list_jobs) can read
+-- it whether or not an invocation was ever posted.
+CREATE TABLE IF NOT EXISTS invocations (
+    id               TEXT PRIMARY KEY,
+    examination_id   TEXT,
+    model            TEXT NOT NULL,
+    parameters       TEXT NOT NULL DEFAULT '{}',
+    webhook_url      TEXT,
+    filename         TEXT,
+    state            TEXT NOT NULL,
+    result           TEXT,
+    error            TEXT,
+    created_at       REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    webhook_state    TEXT NOT NULL,
+    webhook_attempts INTEGER NOT NULL DEFAULT 0,
+    next_webhook_at  REAL,
+    webhook_error    TEXT
+);
+CREATE INDEX IF NOT EXISTS invocations_state ON invocations(state, created_at);
+CREATE INDEX IF NOT EXISTS invocations_webhook ON invocations(webhook_state, next_webhook_at);
+CREATE INDEX IF NOT EXISTS invocations_exam ON invocations(examination_id);
 """
 
 

@@ -1,10 +1,11 @@
-"""SQL operations on jobs, results and unrouted series (run by the index writer)."""
+"""SQL on jobs, results and unrouted series (writes run by the index writer), and the reads of the REST jobs resource."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import sqlite3
+from dataclasses import dataclass
 from typing import Any
 
 from dicom_node.routing import Route
@@ -150,3 +151,74 @@ def retry(conn: sqlite3.Connection, jid: str, now: float) -> bool:
         (now, jid),
     )
     return cur.rowcount == 1
+
+
+# --- Reads for the REST jobs resource ---------------------------------------------------------------------------
+
+#: Every unit of work the REST jobs resource shows, in one row shape: routed series jobs, and REST
+#: invocations (``dicom_node.api.webhooks``: one model run on one upload, whose id is its request UUID).
+#: An invocation has no study/series UIDs, routing rule, destinations, stage times or DICOM results;
+#: a series job has no request UUID, Examination-ID or webhook. ``running`` shows as ``inferring``,
+#: the stage it is in, so one status vocabulary filters both.
+_ALL_JOBS = """
+SELECT id, 'series' AS kind, state, model, rule, study_instance_uid, series_instance_uid, destinations, attempts,
+       created_at, updated_at, stage_times, reason, details, result,
+       NULL AS request_uuid, NULL AS examination_id, NULL AS webhook_state
+  FROM jobs
+UNION ALL
+SELECT id, 'invocation', CASE state WHEN 'running' THEN 'inferring' ELSE state END, model, NULL, NULL, NULL,
+       '[]', CASE state WHEN 'queued' THEN 0 ELSE 1 END, created_at, updated_at, '{}', error, NULL, NULL,
+       id, examination_id, webhook_state
+  FROM invocations
+"""
+
+#: Filter name -> column of :data:`_ALL_JOBS` compared for equality.
+_EQUALS = {"status": "state", "study_uid": "study_instance_uid", "model": "model", "examination_id": "examination_id"}
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """What ``GET /v1/jobs`` selects; None means "any".
+
+    ``before`` is a keyset cursor: only jobs strictly after ``(created_at, id)`` in the
+    newest-first order (the last job of the previous page).
+    """
+
+    status: str | None = None
+    study_uid: str | None = None
+    model: str | None = None
+    examination_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+    before: tuple[float, str] | None = None
+
+
+def list_jobs(conn: sqlite3.Connection, query: JobFilter, limit: int, offset: int = 0) -> list[sqlite3.Row]:
+    """Series jobs and invocations matching ``query``, newest first (``created_at``, then ``id``, descending).
+
+    Rows have the columns of :data:`_ALL_JOBS`; ask for one more than a page to know whether another follows.
+    """
+    clauses: list[str] = []
+    args: list[object] = []
+    for name, column in _EQUALS.items():
+        value = getattr(query, name)
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            args.append(value)
+    if query.since is not None:
+        clauses.append("created_at >= ?")
+        args.append(query.since)
+    if query.until is not None:
+        clauses.append("created_at < ?")
+        args.append(query.until)
+    if query.before is not None:
+        clauses.append("(created_at < ? OR (created_at = ? AND id < ?))")
+        args += [query.before[0], query.before[0], query.before[1]]
+    sql = f"SELECT * FROM ({_ALL_JOBS})" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+    sql += " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+    return conn.execute(sql, (*args, limit, offset)).fetchall()
+
+
+def find_job(conn: sqlite3.Connection, key: str) -> sqlite3.Row | None:
+    """One series job by its id, or one invocation by its request UUID (the invocation's id); None when neither."""
+    return conn.execute(f"SELECT * FROM ({_ALL_JOBS}) WHERE id = ?", (key,)).fetchone()

@@ -247,7 +247,9 @@ async def invoke(
     kind = sniff(data)
     if kind is None:
         raise ApiError(415, "unsupported_media_type", unsupported_reason(data))
-    name = model or model_name or await run_in_threadpool(default_model, node, kind != "dicom")
+    name = model or model_name
+    if not name:
+        name = await run_in_threadpool(default_model, node, kind != "dicom")
     predictor = await run_in_threadpool(get_predictor, node, name)
     try:
         predictor.spec.resolve_parameters(params)

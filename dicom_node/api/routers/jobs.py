@@ -1,8 +1,10 @@
 """Jobs: list with filters and keyset pagination, one job by id or request UUID, retry.
 
-A job is one model run on one completed series (see :mod:`dicom_node.jobs`).
-The optional ``request_uuid`` and ``examination_id`` columns (added by the
-invocations migration) are used only when the index has them.
+A job is one model run: on one completed series (``kind: "series"``, see
+:mod:`dicom_node.jobs`), or on one upload posted to ``/v1/invocations``
+(``kind: "invocation"``, see :mod:`dicom_node.api.webhooks`), whose job id is
+its request UUID and which carries its Examination-ID. The SQL is in
+:func:`dicom_node.jobs.ops.list_jobs` and :func:`dicom_node.jobs.ops.find_job`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
-from dicom_node.api.auth import require
+from dicom_node.api.auth import Principal, require
 from dicom_node.api.errors import ApiError
 from dicom_node.api.schemas import UID_PATTERN, error_responses
 from dicom_node.jobs import ops
@@ -30,7 +32,6 @@ router = APIRouter(tags=["jobs"])
 JobState = Literal["queued", "validating", "decoding", "inferring", "writing", "delivering", "done", "failed",
                    "dead-letter"]
 MAX_LIMIT = 500
-_OPTIONAL = ("request_uuid", "examination_id")
 
 
 class ResultObject(BaseModel):
@@ -43,12 +44,13 @@ class ResultObject(BaseModel):
 class Job(BaseModel):
     """One job."""
 
-    id: str
+    id: str = Field(description="Job id; for an invocation, its request UUID")
+    kind: Literal["series", "invocation"] = Field(description="A routed series, or an upload to /v1/invocations")
     status: str
     model: str
-    rule: str
-    study_uid: str
-    series_uid: str
+    rule: str | None = Field(description="The routing rule (null for an invocation)")
+    study_uid: str | None = Field(description="Study Instance UID (null for an invocation)")
+    series_uid: str | None = Field(description="Series Instance UID (null for an invocation)")
     destinations: list[str]
     attempts: int
     created_at: float
@@ -57,8 +59,9 @@ class Job(BaseModel):
     reason: str | None = None
     details: Any = None
     results: list[ResultObject]
-    request_uuid: str | None = None
-    examination_id: str | None = None
+    request_uuid: str | None = Field(None, description="The invocation's request UUID (null for a series job)")
+    examination_id: str | None = Field(None, description="The invocation's Examination-ID header")
+    webhook_state: str | None = Field(None, description="The invocation's webhook delivery (see /v1/invocations/{id})")
 
 
 class JobPage(BaseModel):
@@ -66,11 +69,6 @@ class JobPage(BaseModel):
 
     jobs: list[Job]
     next: str | None
-
-
-def columns(conn: sqlite3.Connection) -> set[str]:
-    """Columns of the jobs table (the optional ones exist after the invocations migration)."""
-    return {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
 
 
 def _json(text: str | None, default: Any) -> Any:
@@ -83,17 +81,17 @@ def _json(text: str | None, default: Any) -> Any:
 
 
 def to_job(row: sqlite3.Row) -> dict[str, Any]:
-    """The API view of one ``jobs`` row."""
-    keys = row.keys()
+    """The API view of one row of :func:`dicom_node.jobs.ops.list_jobs` (a series job or an invocation)."""
     result = _json(row["result"], {})
     return {
-        "id": row["id"], "status": row["state"], "model": row["model"], "rule": row["rule"],
+        "id": row["id"], "kind": row["kind"], "status": row["state"], "model": row["model"], "rule": row["rule"],
         "study_uid": row["study_instance_uid"], "series_uid": row["series_instance_uid"],
         "destinations": _json(row["destinations"], []), "attempts": row["attempts"],
         "created_at": row["created_at"], "updated_at": row["updated_at"],
         "stage_times": _json(row["stage_times"], {}), "reason": row["reason"], "details": _json(row["details"], None),
         "results": [{"sop_instance_uid": o["sop_instance_uid"], "kind": o["kind"]} for o in result.get("objects", [])],
-        **{k: (row[k] if k in keys else None) for k in _OPTIONAL},
+        "request_uuid": row["request_uuid"], "examination_id": row["examination_id"],
+        "webhook_state": row["webhook_state"],
     }
 
 
@@ -118,52 +116,26 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
     return float(created_at), jid
 
 
-def _where(cols: set[str], filters: dict[str, Any]) -> tuple[list[str], list[Any]]:
-    clauses: list[str] = []
-    args: list[Any] = []
-    for key, column in (("status", "state"), ("study_uid", "study_instance_uid"), ("model", "model"),
-                        ("examination_id", "examination_id")):
-        if filters.get(key) is None:
-            continue
-        if column not in cols:
-            clauses.append("0")  # the column does not exist yet: nothing can match
-            continue
-        clauses.append(f"{column} = ?")
-        args.append(filters[key])
-    for key, op in (("since", ">="), ("until", "<")):
-        if filters.get(key) is not None:
-            clauses.append(f"created_at {op} ?")
-            args.append(filters[key])
-    return clauses, args
-
-
 @router.get("/v1/jobs", response_model=JobPage, responses=error_responses(401, 403), summary="List jobs, newest first")
 def list_jobs(
     request: Request,
-    _principal: Annotated[Any, Depends(require("read"))],
+    _principal: Annotated[Principal, Depends(require("read"))],
     status: Annotated[JobState | None, Query()] = None,
     study_uid: Annotated[str | None, Query(max_length=64, pattern=UID_PATTERN)] = None,
     model: Annotated[str | None, Query(max_length=64)] = None,
-    examination_id: Annotated[str | None, Query(max_length=128)] = None,
+    examination_id: Annotated[str | None, Query(max_length=256, description="Invocations posted with this Examination-ID")] = None,
     since: Annotated[float | datetime | None, Query(description="Created at or after (epoch seconds or ISO 8601)")] = None,
     until: Annotated[float | datetime | None, Query(description="Created before (epoch seconds or ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     cursor: Annotated[str | None, Query(max_length=100, pattern=CURSOR_PATTERN, description="The 'next' of the previous page")] = None,
 ) -> dict[str, Any]:
-    """Filtered jobs; page with ``cursor`` (stable while jobs are added) or ``offset``."""
-    filters = {"status": status, "study_uid": study_uid, "model": model, "examination_id": examination_id,
-               "since": epoch(since), "until": epoch(until)}
+    """Filtered jobs (series jobs and invocations); page with ``cursor`` (stable while jobs are added) or ``offset``."""
+    query = ops.JobFilter(status=status, study_uid=study_uid, model=model, examination_id=examination_id,
+                          since=epoch(since), until=epoch(until), before=_decode_cursor(cursor) if cursor else None)
     conn = request.app.state.ctx.node.index.reader()
     try:
-        clauses, args = _where(columns(conn), filters)
-        if cursor:
-            created_at, jid = _decode_cursor(cursor)
-            clauses.append("(created_at < ? OR (created_at = ? AND id < ?))")
-            args += [created_at, created_at, jid]
-        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(clauses) if clauses else "")
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
-        rows = conn.execute(sql, (*args, limit + 1, offset)).fetchall()
+        rows = ops.list_jobs(conn, query, limit + 1, offset)
     finally:
         conn.close()
     page = rows[:limit]
@@ -171,25 +143,16 @@ def list_jobs(
     return {"jobs": [to_job(r) for r in page], "next": _cursor(page[-1]["created_at"], page[-1]["id"]) if more else None}
 
 
-def find_job(conn: sqlite3.Connection, key: str) -> sqlite3.Row | None:
-    """A job by id, or by request UUID when that column exists."""
-    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (key,)).fetchone()
-    if row is None and "request_uuid" in columns(conn):
-        row = conn.execute("SELECT * FROM jobs WHERE request_uuid = ? ORDER BY created_at DESC LIMIT 1",
-                           (key,)).fetchone()
-    return row
-
-
 def job_key() -> Any:
     """The job id / request UUID path parameter (a fresh FieldInfo per endpoint)."""
     return PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$", description="Job id or request UUID")
 
 
-def _load_job(request: Request, job_id: str) -> Any:
+def _load_job(request: Request, job_id: str) -> sqlite3.Row:
     """The job row by id or request UUID; 404 when there is none."""
     conn = request.app.state.ctx.node.index.reader()
     try:
-        row = find_job(conn, job_id)
+        row = ops.find_job(conn, job_id)
     finally:
         conn.close()
     if row is None:
@@ -199,23 +162,21 @@ def _load_job(request: Request, job_id: str) -> Any:
 
 @router.get("/v1/jobs/{job_id}", response_model=Job, responses=error_responses(401, 403, 404),
             summary="One job by id or request UUID")
-def get_job(request: Request, job_id: Annotated[str, job_key()], _principal: Annotated[Any, Depends(require("read"))]) -> dict[str, Any]:
-    """The job, its stage times, failure reason and result objects."""
+def get_job(request: Request, job_id: Annotated[str, job_key()], _principal: Annotated[Principal, Depends(require("read"))]) -> dict[str, Any]:
+    """The job, its stage times, failure reason and result objects; an invocation is found by its request UUID."""
     return to_job(_load_job(request, job_id))
 
 
 @router.post("/v1/jobs/{job_id}/retry", response_model=Job, responses=error_responses(401, 403, 404, 409),
              summary="Queue a failed or dead-lettered job again")
-def retry_job(request: Request, job_id: Annotated[str, job_key()], _principal: Annotated[Any, Depends(require("submit"))]) -> dict[str, Any]:
+def retry_job(request: Request, job_id: Annotated[str, job_key()], _principal: Annotated[Principal, Depends(require("submit"))]) -> dict[str, Any]:
     """Re-queue the job (``dicom-node jobs retry``); 409 unless it is failed or dead-lettered."""
     node = request.app.state.ctx.node
     row = _load_job(request, job_id)
     jid = row["id"]
+    if row["kind"] == "invocation":
+        raise ApiError(409, "not_retryable", "an invocation is not retried; POST the upload to /v1/invocations again")
     if not node.writer.run(lambda c: ops.retry(c, jid, time.time())):
         raise ApiError(409, "not_retryable", f"job is {row['state']}; only failed or dead-letter jobs can be retried")
     log.info("job retried via the API job=%s", jid)
-    conn = node.index.reader()
-    try:
-        return to_job(conn.execute("SELECT * FROM jobs WHERE id = ?", (jid,)).fetchone())
-    finally:
-        conn.close()
+    return to_job(_load_job(request, jid))
