@@ -35,6 +35,7 @@ sys.path[:0] = [str(ROOT)]
 
 from dicom_node.config import NodeConfig
 from dicom_node.node import Node
+from dicom_node.progress import bar
 from dicom_node.synthetic import SeriesSpec, ct_datasets
 from tests.models.image_store import build_models_dir
 
@@ -122,7 +123,9 @@ def run(args: argparse.Namespace) -> list[str]:
         node = start_node(Path(tmp), args.ort_threads)
         try:
             url = f"http://127.0.0.1:{node.api.port}/v1/models/{{}}:predict"
-            for model, data in payloads().items():
+            items = payloads()
+            shown = bar(len(items) * (len(args.clients) + 1), desc="api", unit="point")
+            for model, data in items.items():
                 label = f"{model} ({'DICOM' if model == 'ct-body' else 'PNG'} 512x512)"
                 body = {"instances": [{"input_bytes": base64.b64encode(data).decode()}]}
                 predictor = node.pipeline.predictor_for(model)
@@ -134,10 +137,13 @@ def run(args: argparse.Namespace) -> list[str]:
                     mean_batch = (after.items - before.items) / max(1, after.batches - before.batches)
                     rows.append(f"| {label} | {clients} | {len(lat)} | {len(lat) / wall:.1f} | {ms(lat, 0.5):.1f} | "
                                 f"{ms(lat, 0.99):.1f} | {mean_batch:.2f} |")
+                    shown.update(1)
                 shape = (1, 1, 512, 512) if model == "ct-body" else (1, 1, 64, 64)
                 times = anchor(node, model, shape, args.requests)
                 rows.append(f"| {label}: anchor, ORT session.run in-process, batch 1 | - | {len(times)} | "
                             f"{1 / statistics.median(times):.1f} | {ms(times, 0.5):.1f} | {ms(times, 0.99):.1f} | 1 |")
+                shown.update(1)
+            shown.close()
         finally:
             node.stop()
     return rows

@@ -1,6 +1,6 @@
 """Series decode benchmark: one CT series in four lossless syntaxes, side by side with pydicom.
 
-Usage: ``python bench/decode.py [--slices 512] [--repeat 3]``
+Usage: ``python bench/decode.py [--slices 512] [--repeat 3]`` (a progress bar on stderr when it is a terminal)
 
 The same synthetic 512x512 CT series (``dicom_node.synthetic``) is encoded as
 JPEG 2000 lossless, HTJ2K lossless (needs imagecodecs' OpenJPH encoder),
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,12 +30,17 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmread
 
-from dicom_node.pixels.gpu import probe_gpu, select_decoder
-from dicom_node.pixels.pool import DecodePool, default_workers
-from dicom_node.pixels.syntaxes import syntax_info
-from dicom_node.pixels.transcode import transcode
-from dicom_node.pixels.volume import load_series
-from dicom_node.synthetic import SeriesSpec, write_ct_series
+# The checkout first: run as a script, this folder leads sys.path, and its
+# inference.py would shadow the ``inference`` package dicom_node imports.
+sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
+
+from dicom_node.pixels.gpu import probe_gpu, select_decoder  # noqa: E402
+from dicom_node.pixels.pool import DecodePool, default_workers  # noqa: E402
+from dicom_node.pixels.syntaxes import syntax_info  # noqa: E402
+from dicom_node.pixels.transcode import transcode  # noqa: E402
+from dicom_node.pixels.volume import load_series  # noqa: E402
+from dicom_node.progress import track  # noqa: E402
+from dicom_node.synthetic import SeriesSpec, write_ct_series  # noqa: E402
 
 SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5")
 
@@ -114,11 +120,11 @@ def main() -> int:
     cores = default_workers(None)
     mpix = args.slices * 512 * 512 / 1e6
     with tempfile.TemporaryDirectory() as tmp:
-        src = write_ct_series(Path(tmp) / "src", SeriesSpec(slices=args.slices, rows=512, columns=512))
+        src = write_ct_series(Path(tmp) / "src", SeriesSpec(slices=args.slices, rows=512, columns=512, seed="bench-decode"))
         rows = []
         with DecodePool(cores) as pool:
             list(pool.imap(default_workers, [None] * cores))  # start the workers before timing
-            for uid in SYNTAXES:
+            for uid in track(SYNTAXES, desc="decode", unit="syntax"):
                 paths = encode_series(src, uid, Path(tmp) / uid)
                 if paths is None:
                     rows.append(f"| {syntax_info(uid).label} | n/a (encoder not installed: imagecodecs) | | | | |")

@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from dicom_node.progress import bar  # noqa: E402
 from inference.backends import BackendOptions, availability  # noqa: E402
 from inference.predictor import Predictor, open_predictor  # noqa: E402
 from inference.processing import apply_intensity  # noqa: E402
@@ -210,12 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lines = [f"Inference benchmark, {os.cpu_count()} CPU cores, onnxruntime {_ort_version()}", ""]
         lines += header(list(available))
-        for model, size in MODELS.items():
-            entry = store.get(model)
-            for batch in sizes:
-                base, cells = measure_point(entry, batch, size, available, opts, args)
-                lines.append(row(f"{model} ({size}x{size})", batch, base, cells))
-                sys.stderr.write(lines[-1] + "\n")
+        with bar(len(MODELS) * len(sizes), desc="inference", unit="point") as shown:
+            for model, size in MODELS.items():
+                entry = store.get(model)
+                for batch in sizes:
+                    shown.set_description_str(f"{model} batch {batch}")
+                    base, cells = measure_point(entry, batch, size, available, opts, args)
+                    lines.append(row(f"{model} ({size}x{size})", batch, base, cells))
+                    shown.update(1)
         lines += ["", "| model | backend | fill ratio, 8 concurrent jobs x 16 slices (max_batch 32, delay 5 ms) | median batch |", "|---|---|---|---|"]
         for model, size in MODELS.items():
             for name, (ok, _reason) in available.items():

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dicom_node.progress import bar  # noqa: E402
 from dicom_node.synthetic import SeriesSpec, write_ct_series  # noqa: E402
 
 
@@ -136,17 +137,22 @@ def main() -> int:
     files = sorted(series.glob("*.dcm"))
     total_mb = sum(f.stat().st_size for f in files) / 1e6
     rows = []
+    shown = bar(len(args.assocs) * args.repeats * 3, desc="ingest", unit="run")
     for assocs in args.assocs:
         times: dict[str, list[float]] = {"storescp": [], "dicom-node": [], "dicom-node, fsync off (reference)": []}
         for _ in range(args.repeats):
             # Interleave receivers so drift in the machine's state hits all alike.
             times["storescp"].append(run_storescp(files, assocs, args.work))
+            shown.update(1)
             times["dicom-node"].append(run_node(files, assocs, args.work))
+            shown.update(1)
             times["dicom-node, fsync off (reference)"].append(run_node(files, assocs, args.work, fsync=False))
+            shown.update(1)
         anchor = statistics.median(times["storescp"])
         for name, samples in times.items():
             med = statistics.median(samples)
             rows.append((name, assocs, med, len(files) / med, total_mb / med, anchor / med))
+    shown.close()
     print(f"\n{len(files)} instances, {total_mb:.0f} MB, {args.repeats} repeats, medians; "
           f"storescu TCP_NODELAY=1 --max-pdu 131072, loopback\n")
     print("| receiver | associations | seconds | instances/s | MB/s | ratio to storescp |")

@@ -40,6 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dicom_node.progress import bar
 from dicom_node.synthetic import SeriesSpec, write_ct_series
 
 ORTHANC_AET = "ORTHANC"
@@ -185,10 +186,12 @@ def main() -> int:
                 lambda: run_poller(peer.dicomweb_url, args.work, n),
         }
         times: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(args.repeats):
-            # Interleave methods so drift in the machine's state hits all alike.
-            for name, run in runs.items():
-                times[name].append(run())
+        with bar(args.repeats * len(runs), desc="pull", unit="run") as shown:
+            for _ in range(args.repeats):
+                # Interleave methods so drift in the machine's state hits all alike.
+                for name, run in runs.items():
+                    times[name].append(run())
+                    shown.update(1)
     names = list(runs)
     anchors = {names[0]: names[0], names[1]: names[0], names[2]: names[2], names[3]: names[2]}
     print(f"\n{n} instances, {total_mb:.0f} MB, {args.repeats} repeats, medians; Orthanc 1.10 on loopback, "

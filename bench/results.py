@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dicom_node.progress import track  # noqa: E402
 from dicom_node.synthetic import SeriesSpec, ct_datasets, write_ct_series  # noqa: E402
 from dicom_node.writers.common import to_bytes  # noqa: E402
 from dicom_node.writers.seg import build_segmentation  # noqa: E402
@@ -65,7 +66,7 @@ def seg_rows(slices: int, repeats: int, work: Path) -> list[str]:
         headers.append(ds)
     spec = ModelStore([ROOT / "engines"]).get("ct-body").spec
     rows = []
-    for labels in (1, 3):
+    for labels in track((1, 3), desc="SEG", unit="table row"):
         label0 = spec.labels[0]
         spec_n = spec.model_copy(update={"labels": [label0.model_copy(update={"channel": n, "name": f"Region {n + 1}"})
                                                     for n in range(labels)]})
@@ -165,7 +166,8 @@ def main() -> int:
     series = args.work / f"ct-{args.e2e_slices}"
     if not series.is_dir():
         write_ct_series(series, SeriesSpec(slices=args.e2e_slices, rows=512, columns=512, seed="bench-e2e"))
-    runs = [e2e_once(sorted(series.glob("*.dcm")), args.work / "node", args.quiet_period) for _ in range(args.repeats)]
+    runs = [e2e_once(sorted(series.glob("*.dcm")), args.work / "node", args.quiet_period)
+            for _ in track(range(args.repeats), desc="end to end", unit="run")]
     print(f"\nEnd to end, {args.e2e_slices}-slice 512x512 CT, ct-body on ONNX Runtime CPU, "
           f"quiet period {args.quiet_period} s, median of {args.repeats}:\n")
     print("| phase | seconds |")

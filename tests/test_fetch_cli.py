@@ -46,6 +46,11 @@ def fetch(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           cwd=config.parent, capture_output=True, text=True, timeout=120, check=False)
 
 
+def outcome_lines(stderr: str) -> list[str]:
+    """stderr without the line naming the config and storage root every command prints first."""
+    return [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("dicom-node: config ")]
+
+
 def instances(config: Path) -> list[sqlite3.Row]:
     conn = sqlite3.connect(config.parent / "state" / "index.sqlite3")
     conn.row_factory = sqlite3.Row
@@ -64,6 +69,7 @@ def test_fetch_by_c_get_prints_each_series_and_fills_the_spool(orthanc, tmp_path
     config = write_config(tmp_path / "get", port)
     out = fetch(config, "--study", _study(series), "--json")
     assert out.returncode == 0, out.stderr
+    assert "\r" not in out.stderr and "fetch series" not in out.stderr, "no progress bar when stderr is piped"
     doc = json.loads(out.stdout)
     assert doc["method"] == "c-get" and doc["remote"] == "orthanc" and doc["study"] == _study(series)
     got = [(r["series_instance_uid"], r["modality"], r["stored"], r["duplicates"], r["failed"]) for r in doc["series"]]
@@ -111,15 +117,28 @@ def test_fetch_of_an_unknown_study_exits_1_with_one_line(orthanc, tmp_path: Path
     config = write_config(tmp_path / "unknown", port)
     out = fetch(config, "--study", "1.2.826.0.1.3680043.8.498.2")
     assert out.returncode == 1 and out.stdout == ""
-    assert out.stderr.strip().count("\n") == 0
+    assert len(outcome_lines(out.stderr)) == 1
     assert "study 1.2.826.0.1.3680043.8.498.2 not found at ORTHANC" in out.stderr
 
 
 def test_fetch_from_a_remote_that_is_down_or_unknown(tmp_path: Path) -> None:
     config = write_config(tmp_path / "down", free_port())
     out = fetch(config, "--study", "1.2.3")
-    assert out.returncode == 1 and out.stderr.strip().count("\n") == 0
+    assert out.returncode == 1 and len(outcome_lines(out.stderr)) == 1
     assert "cannot connect to ORTHANC@127.0.0.1" in out.stderr
     other = subprocess.run([dicom_node_exe(), "--config", str(config), "fetch", "--from", "nowhere",
                             "--study", "1.2.3"], capture_output=True, text=True, timeout=60, check=False)
     assert other.returncode == 2 and "no such [[sources.remotes]] entry" in other.stderr
+
+
+def test_fetch_shows_progress_on_a_terminal_only(orthanc, tmp_path: Path) -> None:
+    """On a terminal, stderr carries a bar counting instances; stdout is the same JSON as when piped."""
+    from tests.test_progress import run_on_terminal
+
+    port, series = orthanc
+    config = write_config(tmp_path / "tty", port)
+    argv = [dicom_node_exe(), "--config", str(config), "fetch", "--from", "orthanc", "--study", _study(series), "--json"]
+    shown = run_on_terminal(argv, config.parent, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "\r" in shown.stderr and "fetch series" in shown.stderr and "/6" in shown.stderr
+    assert sum(r["stored"] for r in json.loads(shown.stdout)["series"]) == 6

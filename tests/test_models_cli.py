@@ -61,3 +61,10 @@ def test_models_build_without_tensorrt_is_a_clear_error(tmp_path: Path, capsys: 
     assert main(["--config", str(_config(tmp_path, ROOT / "engines")), "models", "build", "ct-body"]) == 1
     err = capsys.readouterr().err
     assert "cannot build a TensorRT engine: missing package: tensorrt" in err
+    # Without names every listed model is built: the first failure stops the run with the same message.
+    assert main(["--config", str(_config(tmp_path, ROOT / "engines")), "models", "build"]) == 1
+    assert "cannot build a TensorRT engine: missing package: tensorrt" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["--config", str(_config(tmp_path, empty)), "models", "build"]) == 1
+    assert "no models in" in capsys.readouterr().err

@@ -13,6 +13,7 @@ remote's ``retrieve`` method:
   duration of the fetch.
 
 Prints one line per series (UID, modality, stored / duplicate / failed) or JSON;
+on a terminal, a progress bar on stderr counts the instances (none when piped);
 exits 1 with a one-line message when the study is not found, the remote
 cannot be reached, or an instance failed.
 """
@@ -30,6 +31,7 @@ from typing import Any, Self
 from dicom_node.cli import echo
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError, SourceError
+from dicom_node.progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +117,18 @@ def _series_rows(source: Any, study: str, only: str | None, sink: Any) -> list[d
         raise SourceError(f"study {study} not found at {source.remote.ae_title}@{source.remote.host}:"
                           f"{source.remote.port}")
     rows = []
-    for s in series:
-        result = source.retrieve(study, s.series_instance_uid, sink)
-        rows.append({"series_instance_uid": s.series_instance_uid, "modality": s.modality, "expected": s.instances,
-                     "stored": len(result.stored), "duplicates": len(result.duplicates),
-                     "failed": len(result.failed), "failures": dict(result.failed)})
+    expected = [s.instances for s in series]
+    # Counted in instances when the remote said how many each series holds; else in series.
+    by_instance = all(n is not None for n in expected)
+    total = sum(n or 0 for n in expected) if by_instance else len(series)
+    with bar(total, desc=f"fetch {len(series)} series", unit="instance" if by_instance else "series") as shown:
+        for number, s in enumerate(series, 1):
+            shown.set_description_str(f"fetch series {number}/{len(series)} {s.modality or ''}".rstrip())
+            result = source.retrieve(study, s.series_instance_uid, sink)
+            rows.append({"series_instance_uid": s.series_instance_uid, "modality": s.modality, "expected": s.instances,
+                         "stored": len(result.stored), "duplicates": len(result.duplicates),
+                         "failed": len(result.failed), "failures": dict(result.failed)})
+            shown.update((s.instances or 0) if by_instance else 1)
     return rows
 
 

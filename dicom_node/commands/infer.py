@@ -29,6 +29,7 @@ from dicom_node.cli import echo
 from dicom_node.commands.models import backend_options, open_store
 from dicom_node.config import NodeConfig
 from dicom_node.errors import WriterError
+from dicom_node.progress import ProgressBar, bar
 from inference.errors import InferenceError
 
 
@@ -71,21 +72,39 @@ def _params(pairs: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, config: NodeConfig) -> int:
-    """Decode, predict, write outputs; inference errors print one line and exit 1."""
-    from dicom_node.pixels.volume import load_series
-    from inference.predictor import open_predictor
+    """Decode, predict, write outputs; inference errors print one line and exit 1.
 
+    On a terminal a progress bar on stderr names the current step; piped, stderr
+    carries only the error lines.
+    """
     try:
         files, params = _files(args.paths), _params(args.param)
     except (FileNotFoundError, ValueError) as exc:
         echo(f"dicom-node infer: {exc}", file=sys.stderr)
         return 2
+    # The decoder and predictor report no per-slice progress: the bar counts the
+    # run's steps, so a long decode or inference still shows what is happening.
+    with bar(len(_STEPS), desc=f"decode {len(files)} files", unit="step") as shown:
+        return _run(args, config, files, params, shown)
+
+
+#: The steps of one run, in order, as the progress bar names them.
+_STEPS = ("decode", "infer", "write SEG/SR", "write outputs")
+
+
+def _run(args: argparse.Namespace, config: NodeConfig, files: list[Path], params: dict[str, Any],
+         shown: ProgressBar) -> int:
+    """The body of :func:`run`, advancing ``shown`` after each of :data:`_STEPS`."""
+    from dicom_node.pixels.volume import load_series
+    from inference.predictor import open_predictor
+
     try:
         entry = open_store(config).get(args.model)
         t0 = time.perf_counter()
         workers = config.pixels.decode_workers or None
         volume = load_series(files, workers=workers, gpu=config.pixels.gpu_decode)
         decode_s = time.perf_counter() - t0
+        _step(shown, 1)
         predictor = open_predictor(
             entry,
             backend_options(config),
@@ -102,16 +121,25 @@ def run(args: argparse.Namespace, config: NodeConfig) -> int:
     except InferenceError as exc:
         echo(f"dicom-node infer: {exc}", file=sys.stderr)
         return 1
+    _step(shown, 2)
     try:
         objects = _result_objects(files, volume, entry, prediction, config)
     except WriterError as exc:
         echo(f"dicom-node infer: {exc}", file=sys.stderr)
         return 1
+    _step(shown, 3)
     summary = _write(args.out, entry.spec, volume, prediction, backend, stats, decode_s)
     summary["outputs"].update(_write_objects(args.out, objects))
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    shown.update(1)
     echo(json.dumps(summary["outputs"]))
     return 0
+
+
+def _step(shown: ProgressBar, done: int) -> None:
+    """Mark step ``done`` finished and name the next one."""
+    shown.update(1)
+    shown.set_description_str(_STEPS[done])
 
 
 def _result_objects(files: list[Path], volume: Any, entry: Any, prediction: Any, config: NodeConfig) -> Any:

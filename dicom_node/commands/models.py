@@ -2,7 +2,8 @@
 
 ``list`` shows, for each model, the backend it would run on here and why each
 other backend is unavailable (missing package, no GPU, no server); ``show``
-prints one spec as JSON; ``build`` builds the TensorRT engine ahead of time.
+prints one spec as JSON; ``build`` builds TensorRT engines ahead of time (with a
+progress bar on stderr when it is a terminal).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from dicom_node.cli import echo
 from dicom_node.config import NodeConfig
+from dicom_node.progress import bar
 from inference.backends import (
     BackendOptions,
     availability,
@@ -35,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls.add_argument("--json", action="store_true", help="print JSON instead of text")
     show = actions.add_parser("show", help="print one model's spec as JSON")
     show.add_argument("name")
-    build = actions.add_parser("build", help="build the TensorRT engine of a model ahead of time")
-    build.add_argument("name")
+    build = actions.add_parser("build", help="build the TensorRT engines of models ahead of time")
+    build.add_argument("names", nargs="*", metavar="NAME", help="models to build (default: every listed model)")
     p.set_defaults(func=run)
 
 
@@ -120,9 +122,24 @@ def _show(args: argparse.Namespace, config: NodeConfig) -> int:
 
 
 def _build(args: argparse.Namespace, config: NodeConfig) -> int:
+    """Build each named model's plan (all non-hidden models without names); one line per plan.
+
+    A TensorRT build takes minutes per model, so a terminal shows a bar on
+    stderr counting models; the first failure stops the run (exit 1).
+    """
     from inference.backends import tensorrt
 
-    entry = open_store(config).get(args.name)
-    plan = tensorrt.build(entry, backend_options(config))
-    echo(f"TensorRT engine for {entry.spec.name}: {plan}")
+    store = open_store(config)
+    names = list(args.names) or store.names(include_hidden=False)
+    if not names:
+        echo(f"dicom-node: no models in {config.inference.models_dir}", file=sys.stderr)
+        return 1
+    options = backend_options(config)
+    with bar(len(names), desc="build TensorRT engines", unit="model") as shown:
+        for name in names:
+            shown.set_description_str(f"build TensorRT engine {name}")
+            entry = store.get(name)
+            plan = tensorrt.build(entry, options)
+            echo(f"TensorRT engine for {entry.spec.name}: {plan}")
+            shown.update(1)
     return 0
