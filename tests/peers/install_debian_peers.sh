@@ -9,6 +9,8 @@ command -v storescu >/dev/null 2>&1 || missing="$missing dcmtk"
 command -v dciodvfy >/dev/null 2>&1 || missing="$missing dicom3tools"
 command -v Orthanc >/dev/null 2>&1 || missing="$missing orthanc"
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$missing orthanc-dicomweb"
+# The browser that renders /docs (and, later, the OHIF viewer) in the browser tests.
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 [ -z "$missing" ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "peers: apt-get not found; install$missing yourself" >&2; exit 0
