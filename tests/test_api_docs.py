@@ -9,15 +9,13 @@ network without internet) and must show the node's operations.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from typing import Any
 
 import httpx
-import pytest
 
 from dicom_node.node import Node
-from tests.conftest import free_port
+from tests.conftest import free_port, require_tool
 
 #: The content type each kind of asset must carry for a browser to use it.
 TYPES = {".js": ("text/javascript", "application/javascript"), ".css": ("text/css",), ".png": ("image/png",)}
@@ -55,9 +53,7 @@ def test_only_the_referenced_assets_are_served(start_node: Any) -> None:
 
 
 def test_docs_render_in_chromium_without_internet(start_node: Any) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium not installed (apt-get install chromium)")
+    chromium = require_tool("chromium", "apt-get install chromium")
     node = start_node()
     dead_proxy = f"http://127.0.0.1:{free_port()}"  # nothing listens: any request to the internet fails
     dom = subprocess.run(
