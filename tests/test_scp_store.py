@@ -267,3 +267,18 @@ def test_partly_new_or_completing_association_logs_no_duplicate_hint(start_node,
     assert wait_for(lambda: node.scp.active == 0)
     assert node.index.counts()["instances"] == 4
     assert _duplicate_hints(caplog) == []
+
+
+def test_replace_policy_completes_a_resent_series_again(start_node, caplog: pytest.LogCaptureFixture) -> None:
+    """The hint's remedy holds: under duplicate_policy=replace a re-sent series completes again (a new event)."""
+    node: Node = start_node(storage={"duplicate_policy": "replace"})
+    caplog.set_level(logging.INFO, logger="dicom_node.scp.association")
+
+    def completions() -> int:
+        return sum(1 for e in node.index.events() if e["kind"] == "series_complete")
+
+    assert send_all(node.scp.port, series(2, "rerun")) == [0, 0]
+    assert wait_for(lambda: completions() == 1)
+    assert send_all(node.scp.port, series(2, "rerun")) == [0, 0]
+    assert wait_for(lambda: completions() == 2)
+    assert _duplicate_hints(caplog) == [] and node.index.counts()["instances"] == 2
