@@ -114,6 +114,7 @@ def test_serve_reads_conf_node_toml_from_working_directory(tmp_path: Path) -> No
     (tmp_path / "conf" / "node.toml").write_text(
         f'[scp]\nae_title = "FROM_CONF"\nport = {port}\n[storage]\nroot = "../state"\nmin_free_bytes = 0\n'
         '[assembly]\nquiet_period = 0.3\npoll_interval = 0.1\n'
+        '[api]\nport = 0\n'  # an ephemeral port: 8080 may be taken by another node on this machine
     )
     proc = subprocess.Popen([dicom_node_exe(), "serve"], cwd=tmp_path, stderr=subprocess.PIPE)
     try:
