@@ -210,7 +210,7 @@ def _wait(what: str, probe: Callable[[], bool], timeout: float = OUTCOME_TIMEOUT
     deadline = time.monotonic() + timeout
     while not probe():
         if time.monotonic() > deadline:
-            raise BlockFailed(f"{what}: not seen within {timeout:.0f} s")
+            raise AssertionError(f"{what}: not seen within {timeout:.0f} s")
         time.sleep(0.25)
 
 
@@ -273,7 +273,8 @@ def _ls_pacs(run: Run, out: str) -> None:
 
 
 def _findscu(run: Run, out: str) -> None:
-    assert "[SEG]" in out and "[SR]" in out, "C-FIND found no SEG and SR series"
+    modalities = set(re.findall(r"\(0008,0060\) CS \[(\w+)\s*\]", out))
+    assert {"SEG", "SR"} <= modalities, f"C-FIND found modalities {modalities}, not SEG and SR"
 
 
 def _getscu(run: Run, out: str) -> None:
@@ -341,15 +342,17 @@ def _run_block(run: Run, block: Block) -> None:
     if block.lang == "sh":
         out, errors = run.shell.run(text, BLOCK_TIMEOUT)
         if errors:
-            raise BlockFailed("commands failed: " + "; ".join(errors) + "\n--- output ---\n" + out)
+            failed = "; ".join(f"README.md:{block.line + n} {what}" for n, what in errors)
+            raise BlockFailed(f"commands failed: {failed}\n--- output ---\n{out}")
     else:
         out = ""
         for step in console_steps(text):
             got, errors = run.shell.run(step.command + "\n", BLOCK_TIMEOUT)
             if errors:
-                raise BlockFailed(f"line {block.line + 1 + step.offset}: failed: {'; '.join(errors)}\n{got}")
+                failed = "; ".join(what for _, what in errors)
+                raise BlockFailed(f"README.md:{block.line + 1 + step.offset} failed: {failed}\n{got}")
             if not output_matches(step.expected, got):
-                raise BlockFailed(f"line {block.line + 1 + step.offset}: printed\n{got.strip()}\nwhere the README shows\n"
+                raise BlockFailed(f"README.md:{block.line + 1 + step.offset} printed\n{got.strip()}\nwhere the README shows\n"
                                   f"{step.expected.strip()}")
             out += got
     for phrase, check in CHECKS:
@@ -366,6 +369,9 @@ def test_shell_examples_run(tmp_path: Path) -> None:
     checkout = _checkout(tmp_path, ports)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("DICOM_NODE__") and k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "VIRTUAL_ENV")}
+    if 8080 in ports:
+        # The API port is a built-in default, not in conf/node.toml, so a busy one is moved from the environment.
+        env["DICOM_NODE__API__PORT"] = str(ports[8080])
     shell = Shell(checkout, env, tmp_path / "transcript.log")
     run = Run(checkout, shell, ports)
     try:
@@ -374,9 +380,11 @@ def test_shell_examples_run(tmp_path: Path) -> None:
                 continue
             try:
                 _run_block(run, block)
-            except (BlockFailed, AssertionError, OSError, ValueError, KeyError) as exc:
+            except BlockFailed as exc:
+                pytest.fail(f"{block.where} broke: {exc}")
+            except (AssertionError, OSError, ValueError, KeyError) as exc:
                 pytest.fail(f"{block.where} broke: {type(exc).__name__}: {exc}\n"
-                            f"--- last of the transcript ---\n{shell.transcript()[-4000:]}")
+                            f"--- last of the transcript ---\n{shell.transcript()[-3000:]}")
     finally:
         shell.close()
     unused = [phrase for phrase, _ in CHECKS if phrase not in run.used]

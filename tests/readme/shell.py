@@ -7,7 +7,8 @@ shares its process group, and :meth:`Shell.close` stops them all with one
 signal to that group (never by name).
 
 Each block is written to a file and ``source``d with stdin from ``/dev/null``
-(a command that reads stdin must not swallow the next block). An ``ERR`` trap
+(a command that reads stdin must not swallow the next block) and its output
+into a file of its own. An ``ERR`` trap
 reports every failing command with its line; ``wait`` is exempt, because
 waiting for a node the README just stopped returns the signal's status.
 """
@@ -15,6 +16,7 @@ waiting for a node the README just stopped returns the signal's status.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -51,42 +53,49 @@ class Shell:
         self.proc.stdin.write(text.encode())
         self.proc.stdin.flush()
 
-    def transcript(self, start: int = 0) -> str:
-        """Everything the shell and its jobs printed from byte ``start`` on."""
-        with self.log.open("rb") as fh:
-            fh.seek(start)
-            return fh.read().decode("utf-8", "replace")
+    def transcript(self) -> str:
+        """Everything printed so far: the shell's own output, then each block's (with its background jobs')."""
+        parts = [self.log.read_bytes()] + [p.read_bytes() for p in sorted(self._scripts.glob("*.out"))]
+        return b"\n".join(parts).decode("utf-8", "replace")
 
-    def run(self, script: str, timeout: float) -> tuple[str, list[str]]:
+    def run(self, script: str, timeout: float) -> tuple[str, list[tuple[int, str]]]:
         """Source ``script`` in the shell and wait for it to finish.
+
+        Its output (and that of jobs it puts in the background) goes to a file
+        of its own, so another block's background jobs never mix into it.
 
         Returns
         -------
         (output, errors)
-            What was printed while it ran (background jobs included), and one
-            ``line=N rc=R cmd=...`` entry per failing command (N counts from 1
-            within ``script``).
+            What it printed, and one ``(N, "rc=R cmd=...")`` per failing command
+            (N counts from 1 within ``script``).
         """
         self._count += 1
         path = self._scripts / f"{self._count:02d}.sh"
+        out_path = path.with_suffix(".out")
         path.write_text(script)
         start = self.log.stat().st_size
         marker = f"{_DONE} {self._count}"
-        self._send(f"source {path} </dev/null\nprintf '\\n{marker}\\n'\n")
+        self._send(f"source {path} </dev/null >{out_path} 2>&1\nprintf '\\n{marker}\\n'\n")
         deadline = time.monotonic() + timeout
-        while True:
-            out = self.transcript(start)
-            if marker in out:
-                out = out[: out.index(marker)]
-                break
+        while marker not in self.log.read_bytes()[start:].decode("utf-8", "replace"):
             if self.proc.poll() is not None:
-                raise BlockFailed(f"the shell exited (status {self.proc.returncode}) while running it\n{out}")
+                raise BlockFailed(f"the shell exited (status {self.proc.returncode}) while running it\n{self._read(out_path)}")
             if time.monotonic() > deadline:
-                raise BlockFailed(f"still running after {timeout:.0f} s\n{out}")
+                raise BlockFailed(f"still running after {timeout:.0f} s\n{self._read(out_path)}")
             time.sleep(0.1)
-        errors = [line.split(_ERR, 1)[1].strip() for line in out.splitlines() if _ERR in line]
+        out = self._read(out_path)
+        errors: list[tuple[int, str]] = []
+        for line in out.splitlines():
+            match = re.search(rf"{_ERR} line=(\d+) (rc=\d+ cmd=.*)", line)
+            if match:
+                errors.append((int(match.group(1)), match.group(2)))
         clean = "\n".join(line for line in out.splitlines() if _ERR not in line)
         return clean, errors
+
+    @staticmethod
+    def _read(path: Path) -> str:
+        return path.read_bytes().decode("utf-8", "replace") if path.exists() else ""
 
     def close(self) -> None:
         """Stop the shell and everything it started (one process group), then close the log."""
