@@ -23,6 +23,8 @@ busy on this machine is replaced by a free one in every block and in the scratch
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -389,3 +391,52 @@ def test_shell_examples_run(tmp_path: Path) -> None:
         shell.close()
     unused = [phrase for phrase, _ in CHECKS if phrase not in run.used]
     assert not unused, f"outcome checks that matched no README block (update tests/test_readme.py): {unused}"
+
+
+def _help(words: list[str]) -> str:
+    """What ``dicom-node WORDS --help`` prints (the real parser, in-process)."""
+    from dicom_node.cli import build_parser
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([*words, "--help"])
+    assert exited.value.code == 0, f"dicom-node {' '.join(words)} --help failed"
+    return out.getvalue()
+
+
+def test_command_synopsis_matches_the_cli() -> None:
+    """Each command and option of the "Command line" synopsis exists in the CLI."""
+    synopsis = next((b for b in _blocks() if b.section == "Command line" and b.lang == "text"), None)
+    assert synopsis is not None, "README.md has no command synopsis"
+    for line in synopsis.text.splitlines():
+        usage = re.split(r"\s{2,}", line.strip())[0]  # drop the description column
+        if not usage.startswith("dicom-node "):
+            continue
+        alternatives = usage.removeprefix("dicom-node ").split(" | ")
+        command = alternatives[0].split()[0]
+        for i, alt in enumerate(alternatives):
+            words = [w for w in alt.split() if re.fullmatch(r"[a-z][a-z-]*", w)]
+            words = words[:2] if i == 0 else [command, words[0]]
+            words = [w for w in words if w not in ("PATH", "NAME", "ID")]
+            if len(words) == 2 and words[1] not in _help([command]):
+                words = words[:1]  # a positional value, not a subcommand
+            text = _help(words)
+            for option in re.findall(r"--[a-z][a-z-]*", alt):
+                assert option in text, f"{synopsis.where}: `dicom-node {' '.join(words)}` has no {option}"
+
+
+def test_configuration_table_names_real_keys() -> None:
+    """Every key in the README's configuration table is a field of the validated config."""
+    from dicom_node.config import NodeConfig
+
+    text = README.read_text(encoding="utf-8")
+    table = text[text.index("\n## Configuration"):]
+    table = table[: table.index("\n#", 1)]
+    keys = [k for row in re.findall(r"^\| (`[^|]+)\|", table, flags=re.MULTILINE)
+            for k in re.findall(r"`([a-z_]+\.[a-z_]+)`", row)]
+    assert len(keys) > 20, f"the configuration table lost its rows ({len(keys)} keys found)"
+    for key in keys:
+        section, name = key.split(".")
+        assert section in NodeConfig.model_fields, f"README config table: no section {section!r} ({key})"
+        model = NodeConfig.model_fields[section].annotation
+        assert isinstance(model, type) and name in getattr(model, "model_fields", {}), f"README config table: no key {key}"
