@@ -440,3 +440,29 @@ def test_configuration_table_names_real_keys() -> None:
         assert section in NodeConfig.model_fields, f"README config table: no section {section!r} ({key})"
         model = NodeConfig.model_fields[section].annotation
         assert isinstance(model, type) and name in getattr(model, "model_fields", {}), f"README config table: no key {key}"
+
+
+def test_rest_paths_and_query_parameters_exist(tmp_path: Path) -> None:
+    """Every `METHOD /path?param=` the README names is a route of the app, with those query parameters."""
+    from dicom_node.api.app import ApiContext, create_app
+    from dicom_node.node import Node
+    from tests.conftest import node_config
+
+    config = node_config(tmp_path / "node", api={"enabled": False}, inference={"models_dir": str(ROOT / "engines")})
+    spec = create_app(ApiContext(config, Node(config))).openapi()
+    routes: dict[tuple[str, str], set[str]] = {}
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            params = {p["name"] for p in operation.get("parameters", []) if p.get("in") == "query"}
+            routes[(method.upper(), re.sub(r"\{[^}]*\}", "{}", path))] = params
+    named = re.findall(r"`(GET|POST|PUT|PATCH|DELETE) (/[^`\s]*)`", README.read_text(encoding="utf-8"))
+    assert len(named) > 15, "the README's REST reference lost its rows"
+    for method, raw in named:
+        path, _, query = raw.partition("?")
+        optional = re.fullmatch(r"(.*)\[(.*)\](.*)", path)
+        variants = [optional[1] + optional[3], optional[1] + optional[2] + optional[3]] if optional else [path]
+        for variant in variants:
+            key = (method, re.sub(r"\{[^}]*\}", "{}", variant))
+            assert key in routes, f"README names `{method} {variant}`, which the app does not serve"
+            for param in re.findall(r"([a-z_]+)=", query):
+                assert param in routes[key], f"README names `{method} {variant}?{param}=`, which the app does not take"
