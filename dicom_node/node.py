@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from dicom_node.assembler import Assembler
 from dicom_node.config import NodeConfig
@@ -19,6 +19,14 @@ from dicom_node.scp.negotiation import supported_contexts
 from dicom_node.scp.server import StorageServer
 from dicom_node.sources.factory import source_rules
 from dicom_node.spool import Spool
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from dicom_node.api.server import ApiServer
+    from dicom_node.api.webhooks import InvocationService
+    from dicom_node.sources.poller import PollerService
+    from dicom_node.sources.sessions import SessionService
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +64,12 @@ class Node:
         results = FileResultWriter(config)
         self.pipeline = Pipeline(config, self.index, self.writer, self.spool, results,
                                  JobDelivery(config, self.index, self.writer, results))
-        self.api: Any = None
-        # Pull-based ingest (dicom_node.sources): set in start() when configured.
-        self.pollers: Any = None  # dicom_node.sources.poller.PollerService
-        self.sessions: Any = None  # dicom_node.sources.sessions.SessionService
-        self.metrics_registry: Any = None
+        # Set in start() when configured (imported there: the API and pull sources are optional).
+        self.api: ApiServer | None = None
+        self.invocations: InvocationService | None = None
+        self.pollers: PollerService | None = None
+        self.sessions: SessionService | None = None
+        self.metrics_registry: CollectorRegistry | None = None
         self.workers = [
             JobWorker(config.routing, self.index, self.writer, self.spool, self.pipeline, config.jobs.poll_interval,
                       source_rules(config.sources))
@@ -119,7 +128,7 @@ class Node:
         """Stop accepting, stop assembly, flush the index."""
         if self.api is not None:
             self.api.stop()
-        if getattr(self, "invocations", None) is not None:  # REST invocations (dicom_node.api.webhooks)
+        if self.invocations is not None:  # REST invocations (dicom_node.api.webhooks)
             self.invocations.stop()
         if self.sessions is not None:  # retrieval sessions (dicom_node.sources.sessions)
             self.sessions.stop()

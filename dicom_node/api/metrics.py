@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -18,6 +18,9 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:  # dicom_node.node imports this module when the API starts
+    from dicom_node.node import Node
 
 #: Jobs whose stage times feed the latency histograms (the most recently updated ones).
 RECENT_JOBS = 10000
@@ -31,7 +34,7 @@ JOB_STATES = ("queued", "validating", "decoding", "inferring", "writing", "deliv
 class NodeCollector(Collector):
     """SCP counters, index counts, jobs per state and deliveries of one node."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
 
     def collect(self) -> Iterator[Metric]:
@@ -151,7 +154,7 @@ def histogram(values: list[float], bounds: tuple[float, ...]) -> tuple[list[tupl
     return buckets, float(sum(values))
 
 
-def registry_for(node: Any) -> CollectorRegistry:
+def registry_for(node: Node) -> CollectorRegistry:
     """A registry holding one :class:`NodeCollector`."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeCollector(node))

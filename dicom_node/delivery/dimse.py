@@ -17,12 +17,12 @@ import logging
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext, build_context
 
@@ -53,13 +53,14 @@ class AssociationProbe:
     connected: bool = False
     response: A_ASSOCIATE | None = None
 
-    def on_open(self, event: Any) -> None:
+    def on_open(self, event: Event) -> None:
         """EVT_CONN_OPEN: the TCP (and TLS) connection is up."""
         self.connected = True
 
-    def on_acse(self, event: Any) -> None:
+    def on_acse(self, event: Event) -> None:
         """EVT_ACSE_RECV: keep the A-ASSOCIATE-AC/RJ primitive (PS3.8 9.3.3, 9.3.4)."""
-        primitive = event.primitive
+        # pynetdicom attaches ``primitive`` to ACSE events at run time; Event does not declare it.
+        primitive = getattr(event, "primitive", None)
         if isinstance(primitive, A_ASSOCIATE) and primitive.result is not None:
             self.response = primitive
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dicom_node.sources.sink import RetrievalSink, Stored
+from dicom_node.sources.sink import StagingSink, Stored
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Source(Protocol):
         """SOP Instance UIDs of one series."""
         ...
 
-    def retrieve(self, study_uid: str, series_uid: str | None, sink: RetrievalSink,
+    def retrieve(self, study_uid: str, series_uid: str | None, sink: StagingSink,
                  instances: Sequence[str] | None = None) -> RetrieveResult:
         """Retrieve a study, a series, or only ``instances`` of a series, into ``sink``.
 

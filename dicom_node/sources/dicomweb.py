@@ -41,7 +41,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -53,7 +53,7 @@ from dicom_node.delivery.config import check_outbound_url
 from dicom_node.errors import DeliveryError, SourceError
 from dicom_node.sources.base import RetrieveResult, SeriesSummary, StudySummary
 from dicom_node.sources.config import Poller
-from dicom_node.sources.sink import RetrievalSink
+from dicom_node.sources.sink import NodeStorage, RetrievalSink, StagingSink, Stored
 from dicom_node.spool import Spool
 from dicom_node.validators import is_uid
 
@@ -137,11 +137,11 @@ class DicomwebSource:
     ----------
     poller : Poller
         URL, credentials, timeouts and ``includefield`` of the ``[[sources.pollers]]`` entry.
-    node : object
-        Anything with ``config`` and ``spool`` (the :class:`~dicom_node.node.Node`); parts are staged in its spool.
+    node : NodeStorage
+        The node's storage (:class:`~dicom_node.node.Node`); parts are staged in its spool.
     """
 
-    def __init__(self, poller: Poller, node: Any) -> None:
+    def __init__(self, poller: Poller, node: NodeStorage) -> None:
         self.poller = poller
         self.node = node
         self.name = poller.name
@@ -150,7 +150,7 @@ class DicomwebSource:
         self.requests = 0  # HTTP requests sent (for logs and tests)
         self._session: requests.Session | None = None
 
-    def sink(self, on_stored: Any = None) -> RetrievalSink:
+    def sink(self, on_stored: Callable[[Stored], None] | None = None) -> RetrievalSink:
         """A sink recording ``dicomweb:<name>`` with the poller's name as calling AE."""
         return RetrievalSink(self.node, self.poller.name, self.source_label, self.peer_host, on_stored)
 
@@ -300,7 +300,7 @@ class DicomwebSource:
 
     # -- WADO-RS ---------------------------------------------------------------------------------------------
 
-    def retrieve(self, study_uid: str, series_uid: str | None, sink: RetrievalSink,
+    def retrieve(self, study_uid: str, series_uid: str | None, sink: StagingSink,
                  instances: Sequence[str] | None = None) -> RetrieveResult:
         """Retrieve a study, a series, or only ``instances`` of a series into ``sink`` (PS3.18 10.4.1).
 
@@ -332,7 +332,7 @@ class DicomwebSource:
                      self.name, exc.status)
         return self._get(path, accept_header(["*"]), stream=True)
 
-    def _retrieve_path(self, path: str, sink: RetrievalSink, result: RetrieveResult) -> None:
+    def _retrieve_path(self, path: str, sink: StagingSink, result: RetrieveResult) -> None:
         response = self._open_retrieval(path)
         spool, cfg = self.node.spool, self.node.config
         reader: MultipartReader | None = None
@@ -380,7 +380,7 @@ def _kind(path: str) -> str:
     return "WADO-RS " + {"studies": "study", "instances": "instance"}.get(parts[-2], parts[-2])
 
 
-def _store_taken(parts: list[Part], sink: RetrievalSink, result: RetrieveResult, spool: Spool) -> None:
+def _store_taken(parts: list[Part], sink: StagingSink, result: RetrieveResult, spool: Spool) -> None:
     """Store staged parts in order; if the sink gives up (closed, failing), discard the rest of them."""
     pending = list(parts)
     try:

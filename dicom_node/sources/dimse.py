@@ -26,8 +26,8 @@ and try again. Instances refused one by one are reported in
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
@@ -49,7 +49,7 @@ from dicom_node.sources.dimse_net import (
     responses,
     where,
 )
-from dicom_node.sources.sink import RetrievalSink, Stored
+from dicom_node.sources.sink import NodeStorage, RetrievalSink, StagingSink, Stored
 from dicom_node.validators import is_uid
 
 __all__ = ["DimseSource", "part10_chunks"]
@@ -111,12 +111,12 @@ class DimseSource:
     ----------
     remote : RemoteNode
         The ``[[sources.remotes]]`` entry: AE title, host, port, TLS, timeouts, retrieve method.
-    node : object
-        Anything with ``config`` (our AE title, the SCP's transfer syntaxes), and for
-        C-MOVE ``index`` and ``spool`` (the :class:`~dicom_node.node.Node`).
+    node : NodeStorage
+        The node's storage: ``config`` (our AE title, the SCP's transfer syntaxes), and for
+        C-MOVE ``index`` and ``spool`` (:class:`~dicom_node.node.Node`, or the CLI's local storage).
     """
 
-    def __init__(self, remote: RemoteNode, node: Any) -> None:
+    def __init__(self, remote: RemoteNode, node: NodeStorage) -> None:
         self.remote = remote
         self.node = node
         self.name = remote.name
@@ -269,7 +269,7 @@ class DimseSource:
 
     # -- retrieval -----------------------------------------------------------------------------------------
 
-    def retrieve(self, study_uid: str, series_uid: str | None, sink: Any,
+    def retrieve(self, study_uid: str, series_uid: str | None, sink: StagingSink,
                  instances: Sequence[str] | None = None) -> RetrieveResult:
         """Retrieve a study, a series, or ``instances`` of a series into ``sink`` (C-GET or C-MOVE).
 
@@ -326,7 +326,7 @@ class DimseSource:
                 ds.SOPInstanceUID = batch if len(batch) > 1 else batch[0]
             yield ds
 
-    def _retrieve_get(self, study_uid: str, series_uid: str | None, sink: Any,
+    def _retrieve_get(self, study_uid: str, series_uid: str | None, sink: StagingSink,
                       instances: Sequence[str] | None) -> RetrieveResult:
         result = RetrieveResult()
         contexts, exchange = get_contexts(self._transfer_syntaxes())
@@ -350,7 +350,7 @@ class DimseSource:
         explicit = "1.2.840.10008.1.2.1"
         return ([explicit] if explicit in syntaxes else []) + [ts for ts in syntaxes if ts != explicit]
 
-    def _on_store(self, event: Any, sink: Any, result: RetrieveResult) -> int:
+    def _on_store(self, event: evt.Event, sink: StagingSink, result: RetrieveResult) -> int:
         """EVT_C_STORE of a C-GET sub-operation: store durably, then answer (never raises into pynetdicom)."""
         uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
         try:
@@ -412,7 +412,7 @@ class DimseSource:
         result.failed.setdefault("", message)
 
 
-def part10_chunks(path: Any) -> Iterator[bytes]:
+def part10_chunks(path: str | os.PathLike[str]) -> Iterator[bytes]:
     """A spool file as chunks, for handing a moved instance to a foreign sink."""
     with open(path, "rb") as fh:
         while chunk := fh.read(_CHUNK):

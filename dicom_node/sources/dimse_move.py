@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
@@ -35,7 +35,7 @@ from dicom_node.sources.dimse_net import (
     responses,
     where,
 )
-from dicom_node.sources.sink import RetrievalSink, Stored
+from dicom_node.sources.sink import NodeStorage, RetrievalSink, StagingSink, Stored
 
 if TYPE_CHECKING:
     from dicom_node.sources.dimse import DimseSource
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 _SQL_PARAMS = 500
 
 
-def indexed(node: Any, uids: Sequence[str]) -> dict[str, str]:
+def indexed(node: NodeStorage, uids: Sequence[str]) -> dict[str, str]:
     """SOP Instance UID -> spool-relative path, for those of ``uids`` the index holds."""
     found: dict[str, str] = {}
     conn = node.index.reader()
@@ -73,7 +73,7 @@ def _expected(source: DimseSource, assoc: Association, study_uid: str, series_ui
     return uids
 
 
-def retrieve_by_move(source: DimseSource, study_uid: str, series_uid: str | None, sink: Any,
+def retrieve_by_move(source: DimseSource, study_uid: str, series_uid: str | None, sink: StagingSink,
                      instances: Sequence[str] | None) -> RetrieveResult:
     """C-MOVE a study, series or instances to our SCP and report what arrived.
 
@@ -123,7 +123,7 @@ def retrieve_by_move(source: DimseSource, study_uid: str, series_uid: str | None
     return result
 
 
-def _confirm(source: DimseSource, sink: Any, result: RetrieveResult) -> None:
+def _confirm(source: DimseSource, sink: StagingSink, result: RetrieveResult) -> None:
     """Record moved instances as retrieved from the remote.
 
     They arrived through our SCP, which recorded them as pushed (source ``dimse``);
@@ -150,7 +150,7 @@ def _confirm(source: DimseSource, sink: Any, result: RetrieveResult) -> None:
             notify(Stored(0, None, uid, "duplicate"))
 
 
-def _hand_over(source: DimseSource, sink: Any, moved: RetrieveResult, paths: dict[str, str]) -> RetrieveResult:
+def _hand_over(source: DimseSource, sink: StagingSink, moved: RetrieveResult, paths: dict[str, str]) -> RetrieveResult:
     """Give the moved files to a sink that keeps its own store (a retrieval session)."""
     from dicom_node.sources.dimse import part10_chunks
 

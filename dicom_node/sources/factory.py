@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from dicom_node.errors import ConfigError
 from dicom_node.sources.config import Poller, SourcesConfig
 
+if TYPE_CHECKING:  # the config module imports this package
+    from dicom_node.config import NodeConfig
+    from dicom_node.sources.base import Source
+    from dicom_node.sources.sink import NodeStorage
 
-def make_source(config: Any, poller: Poller, node: Any) -> Any:
+
+def make_source(config: NodeConfig, poller: Poller, node: NodeStorage) -> Source:
     """The source of ``poller``: a DICOMweb server, or a DIMSE remote (imported only when used).
 
     Parameters
@@ -17,8 +22,8 @@ def make_source(config: Any, poller: Poller, node: Any) -> Any:
         The node configuration (``config.sources.remotes`` resolves a DIMSE poller's remote).
     poller : Poller
         The ``[[sources.pollers]]`` entry.
-    node : Node
-        Storage the source stages into.
+    node : NodeStorage
+        Storage the source stages into (the node, or a command's local storage).
 
     Raises
     ------

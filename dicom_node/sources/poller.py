@@ -36,6 +36,7 @@ service and ``poll-now`` in another process never fetch the same study twice.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import socket
@@ -43,14 +44,20 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicom_node.errors import DicomNodeError, SourceError, StorageError
 from dicom_node.sources import state
 from dicom_node.sources.config import Poller
 from dicom_node.sources.factory import make_source, source_label
-from dicom_node.sources.sink import RetrievalSink, Stored
+from dicom_node.sources.sink import NodeStorage, RetrievalSink, Stored
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from dicom_node.sources.base import Source
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +120,7 @@ def _transient(status: int) -> bool:
 class PollCycle:
     """One poll of one source (see the module docstring); :meth:`run` raises on failure."""
 
-    def __init__(self, node: Any, poller: Poller, source: Any, owner: str, cancel: threading.Event,
+    def __init__(self, node: NodeStorage, poller: Poller, source: Source, owner: str, cancel: threading.Event,
                  today: dt.date | None = None) -> None:
         self.node = node
         self.poller = poller
@@ -124,7 +131,7 @@ class PollCycle:
         self.name = poller.name
         self.report = CycleReport(poller.name)
         self._renew_at = time.monotonic() + _LEASE / 4
-        self._conn: Any = None
+        self._conn: sqlite3.Connection | None = None
 
     def run(self, watermark: str | None) -> str | None:
         """Scan and retrieve; returns the new watermark when the scan was complete."""
@@ -137,6 +144,12 @@ class PollCycle:
         self.report.complete = complete
         return start if complete else None
 
+    def _reader(self) -> sqlite3.Connection:
+        """The index connection :meth:`run` opened for this cycle's seen-set queries."""
+        if self._conn is None:
+            raise StorageError("poll cycle used outside run()")
+        return self._conn
+
     def _scan(self, filters: dict[str, str]) -> bool:
         limit, offset, worked = self.poller.page_size, 0, 0
         looked: set[str] = set()
@@ -147,7 +160,7 @@ class PollCycle:
             for study in fresh:
                 looked.add(study.study_instance_uid)
                 self.report.studies += 1
-                seen = state.study_seen(self._conn, self.name, study.study_instance_uid)
+                seen = state.study_seen(self._reader(), self.name, study.study_instance_uid)
                 if study.instances is not None and seen >= study.instances:
                     continue
                 if worked >= self.poller.max_studies:
@@ -163,14 +176,14 @@ class PollCycle:
     def _study(self, study_uid: str, study_date: str = "") -> None:
         try:
             series = self.source.find_series(study_uid)
-            have = state.series_seen(self._conn, self.name, study_uid)
+            have = state.series_seen(self._reader(), self.name, study_uid)
             for s in series:
                 count = have.get(s.series_instance_uid, 0)
                 if s.instances is not None and count >= s.instances:
                     continue
                 wanted = None
                 if count:
-                    seen = state.seen_uids(self._conn, self.name, study_uid, s.series_instance_uid)
+                    seen = state.seen_uids(self._reader(), self.name, study_uid, s.series_instance_uid)
                     wanted = [u for u in self.source.find_instances(study_uid, s.series_instance_uid) if u not in seen]
                     if not wanted:
                         continue
@@ -183,12 +196,12 @@ class PollCycle:
             message = str(exc)
             self.node.writer.run(lambda c: state.note_error(c, self.name, message, time.time()))
 
-    def _sink(self, on_stored: Any) -> RetrievalSink:
+    def _sink(self, on_stored: Callable[[Stored], None]) -> RetrievalSink:
         return RetrievalSink(self.node, self.name, source_label(self.poller), self.source.peer_host, on_stored)
 
     def _retrieve(self, study_uid: str, series_uid: str, wanted: list[str] | None, study_date: str = "") -> None:
         """Retrieve one series (or ``wanted`` of it) in one pseudo-association."""
-        pending: list[Any] = []
+        pending: list[Future[None]] = []
 
         def on_stored(result: Stored) -> None:
             if result.sop_instance_uid and (result.status == 0 or not _transient(result.status)):
@@ -232,12 +245,12 @@ class PollerService:
         How often the thread looks for a due source.
     """
 
-    def __init__(self, node: Any, tick: float = 0.25) -> None:
+    def __init__(self, node: NodeStorage, tick: float = 0.25) -> None:
         self.node = node
         self.tick = tick
         self.pollers = {p.name: p for p in node.config.sources.pollers if p.enabled}
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._sources: dict[str, Any] = {}
+        self._sources: dict[str, Source] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # The lease is per process (owner); this lock keeps two threads of this process off one cycle at a time.
@@ -249,7 +262,7 @@ class PollerService:
         """Reset stopped sources (their configuration may be fixed now), free dead leases, start the thread."""
         now = time.time()
         for poller in self.pollers.values():
-            self.node.writer.run(lambda c, p=poller: state.reset_for_start(c, p.name, p.kind, now))
+            self.node.writer.run(functools.partial(state.reset_for_start, source=poller.name, kind=poller.kind, now=now))
         dead = [o for o in self._lease_owners() if _owner_dead(o)]
         if dead:
             self.node.writer.run(lambda c: state.release_dead(c, dead))
@@ -298,7 +311,7 @@ class PollerService:
 
     # -- one cycle ---------------------------------------------------------------------------------------------
 
-    def source(self, poller: Poller) -> Any:
+    def source(self, poller: Poller) -> Source:
         """The (cached) source object of ``poller``."""
         if poller.name not in self._sources:
             self._sources[poller.name] = make_source(self.node.config, poller, self.node)
@@ -334,9 +347,12 @@ class PollerService:
                 holder = self.status().get(name, {}).get("lease_owner")
                 return CycleReport(name, ok=False, state=state.POLLING, error=f"being polled by {holder}")
         watermark = self.status().get(name, {}).get("watermark")
-        cycle = PollCycle(self.node, poller, None, self.owner, self._stop)
         try:
-            cycle.source = self.source(poller)
+            source = self.source(poller)
+        except (SourceError, StorageError, DicomNodeError) as exc:  # e.g. a remote missing from the config
+            return self._failed(poller, CycleReport(name), exc)
+        cycle = PollCycle(self.node, poller, source, self.owner, self._stop)
+        try:
             new_watermark = cycle.run(watermark)
         except PollCancelled as exc:
             writer.run(lambda c: state.release(c, name, self.owner, time.time()))

@@ -18,17 +18,54 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from dicom_node.api.stow import Part, PartWriter
 from dicom_node.errors import IngestError, StorageError
 from dicom_node.index import ops
 from dicom_node.ingest import Arrival
 
+if TYPE_CHECKING:  # typing only: the config and SCP modules import the sources package
+    from pydicom.dataset import Dataset
+
+    from dicom_node.config import NodeConfig
+    from dicom_node.index import Index, IndexWriter
+    from dicom_node.ingest import Ingestor
+    from dicom_node.scp.server import StorageServer
+    from dicom_node.spool import Spool
+
 log = logging.getLogger(__name__)
 
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+
+
+class NodeStorage(Protocol):
+    """The storage half of a node that pulled instances go through.
+
+    :class:`~dicom_node.node.Node` in ``serve``, and
+    :class:`~dicom_node.commands.fetch.LocalStorage` in the CLI, both provide it.
+    Sinks, sources and the poller take this instead of ``Any`` so that a missing or
+    misnamed member is a type error rather than an ``AttributeError`` mid-retrieval.
+    """
+
+    @property
+    def config(self) -> NodeConfig: ...
+
+    @property
+    def spool(self) -> Spool: ...
+
+    @property
+    def index(self) -> Index: ...
+
+    @property
+    def writer(self) -> IndexWriter: ...
+
+    @property
+    def ingestor(self) -> Ingestor: ...
+
+    @property
+    def scp(self) -> StorageServer: ...
 
 
 @dataclass(frozen=True)
@@ -51,7 +88,7 @@ class StagingSink:
 
     source_ae = ""
 
-    def _staging(self) -> tuple[Any, int]:
+    def _staging(self) -> tuple[Spool, int]:
         """The spool that stages parts and the largest dataset it takes."""
         raise NotImplementedError
 
@@ -74,7 +111,7 @@ class StagingSink:
             raise
         return self.store_staged(writer.finish())
 
-    def store_dataset(self, dataset: Any, transfer_syntax: str | None = None) -> Stored:
+    def store_dataset(self, dataset: Dataset, transfer_syntax: str | None = None) -> Stored:
         """Store a pydicom Dataset (C-GET sub-operations), encoded in ``transfer_syntax``.
 
         ``dataset.file_meta.TransferSyntaxUID`` is used when ``transfer_syntax`` is None.
@@ -106,8 +143,8 @@ class RetrievalSink(StagingSink):
 
     Parameters
     ----------
-    node : object
-        Anything with ``spool``, ``writer``, ``ingestor`` and ``config`` (the :class:`~dicom_node.node.Node`).
+    node : NodeStorage
+        The node's storage (spool, index writer, ingestor, config, SCP metrics).
     calling_ae : str
         Recorded as the calling AE of the instances (the source's name, at most 16 characters).
     source : str
@@ -124,7 +161,7 @@ class RetrievalSink(StagingSink):
             sink.store_part10(chunks)
     """
 
-    def __init__(self, node: Any, calling_ae: str, source: str, peer_host: str = "",
+    def __init__(self, node: NodeStorage, calling_ae: str, source: str, peer_host: str = "",
                  on_stored: Callable[[Stored], None] | None = None) -> None:
         self.node = node
         self.on_stored = on_stored
@@ -157,12 +194,12 @@ class RetrievalSink(StagingSink):
         except StorageError as exc:
             log.error("could not record the end of retrieval assoc=%s error=%s", self.association_id, exc)
 
-    def _staging(self) -> tuple[Any, int]:
+    def _staging(self) -> tuple[Spool, int]:
         if not self._open:
             raise StorageError("the retrieval sink is not open")
         return self.node.spool, self.node.config.scp.max_dataset_bytes
 
-    def store_staged(self, part: Any) -> Stored:
+    def store_staged(self, part: Part) -> Stored:
         """Store a part already staged in the spool by :class:`~dicom_node.api.stow.MultipartReader`.
 
         The part's temporary file is consumed (moved into the spool or removed) whatever happens.
@@ -176,8 +213,12 @@ class RetrievalSink(StagingSink):
             return self._record(Stored(part.failure[0], part.failure[1], part.sop_instance_uid))
         return self._ingest(part)
 
-    def _ingest(self, part: Any) -> Stored:
+    def _ingest(self, part: Part) -> Stored:
         node = self.node
+        if part.fd is None or part.temp is None:
+            # PartWriter.finish() marks a part without staged data as failed, so only a part
+            # handed over twice gets here; refuse it rather than ingest a closed file.
+            return self._record(Stored(CANNOT_UNDERSTAND, "part has no staged data", part.sop_instance_uid))
         arrival = Arrival(fd=part.fd, temp=part.temp, data_offset=part.data_offset, size=part.size,
                           transfer_syntax=part.transfer_syntax, sop_class_uid=part.sop_class_uid,
                           sop_instance_uid=part.sop_instance_uid, calling_ae=self.calling_ae,
