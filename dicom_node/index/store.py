@@ -1,4 +1,4 @@
-"""Schema, connections and read queries of the SQLite index."""
+"""Connections and read queries of the SQLite index (the schema is :mod:`dicom_node.index.schema`)."""
 
 from __future__ import annotations
 
@@ -8,206 +8,7 @@ from enum import Enum
 from pathlib import Path
 
 from dicom_node.errors import StorageError
-
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS instances (
-    sop_instance_uid    TEXT PRIMARY KEY,
-    sop_class_uid       TEXT NOT NULL,
-    series_instance_uid TEXT NOT NULL,
-    study_instance_uid  TEXT NOT NULL,
-    transfer_syntax_uid TEXT NOT NULL,
-    modality            TEXT,
-    instance_number     INTEGER,
-    calling_ae          TEXT NOT NULL,
-    called_ae           TEXT NOT NULL,
-    association_id      TEXT NOT NULL,
-    source              TEXT NOT NULL DEFAULT 'dimse',
-    path                TEXT NOT NULL,
-    size                INTEGER NOT NULL,
-    received_at         REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS instances_series ON instances(series_instance_uid);
-
-CREATE TABLE IF NOT EXISTS series (
-    series_instance_uid TEXT PRIMARY KEY,
-    study_instance_uid  TEXT NOT NULL,
-    modality            TEXT,
-    calling_ae          TEXT,
-    instance_count      INTEGER NOT NULL DEFAULT 0,
-    first_received_at   REAL NOT NULL,
-    last_received_at    REAL NOT NULL,
-    state               TEXT NOT NULL CHECK (state IN ('receiving', 'complete')),
-    open_associations   INTEGER NOT NULL DEFAULT 0,
-    last_end            TEXT NOT NULL DEFAULT 'released' CHECK (last_end IN ('released', 'aborted')),
-    completed_at        REAL,
-    completions         INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS series_state ON series(state, open_associations, last_received_at);
-CREATE INDEX IF NOT EXISTS series_study ON series(study_instance_uid);
-
-CREATE TABLE IF NOT EXISTS associations (
-    id          TEXT PRIMARY KEY,
-    calling_ae  TEXT NOT NULL,
-    called_ae   TEXT NOT NULL,
-    peer_host   TEXT NOT NULL,
-    started_at  REAL NOT NULL,
-    ended_at    REAL,
-    state       TEXT NOT NULL CHECK (state IN ('active', 'released', 'aborted')),
-    instances   INTEGER NOT NULL DEFAULT 0
-);
-
-CREATE TABLE IF NOT EXISTS series_associations (
-    series_instance_uid TEXT NOT NULL,
-    association_id      TEXT NOT NULL,
-    PRIMARY KEY (series_instance_uid, association_id)
-);
-CREATE INDEX IF NOT EXISTS series_associations_assoc ON series_associations(association_id);
-
-CREATE TABLE IF NOT EXISTS events (
-    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind                TEXT NOT NULL CHECK (kind IN ('series_complete', 'study_complete')),
-    study_instance_uid  TEXT NOT NULL,
-    series_instance_uid TEXT,
-    instance_count      INTEGER NOT NULL,
-    created_at          REAL NOT NULL,
-    consumed_at         REAL
-);
-CREATE INDEX IF NOT EXISTS events_pending ON events(consumed_at, id);
-
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-
-CREATE TABLE IF NOT EXISTS jobs (
-    id                  TEXT PRIMARY KEY,
-    event_id            INTEGER NOT NULL,
-    series_instance_uid TEXT NOT NULL,
-    study_instance_uid  TEXT NOT NULL,
-    model               TEXT NOT NULL,
-    rule                TEXT NOT NULL,
-    destinations        TEXT NOT NULL,
-    state               TEXT NOT NULL CHECK (state IN ('queued', 'validating', 'decoding', 'inferring', 'writing',
-                                                        'delivering', 'done', 'failed', 'dead-letter')),
-    attempts            INTEGER NOT NULL DEFAULT 0,
-    created_at          REAL NOT NULL,
-    updated_at          REAL NOT NULL,
-    next_attempt_at     REAL NOT NULL DEFAULT 0,
-    stage_times         TEXT NOT NULL DEFAULT '{}',
-    reason              TEXT,
-    details             TEXT,
-    result              TEXT,
-    UNIQUE (event_id, model)
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, next_attempt_at);
-CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series_instance_uid);
-
-CREATE TABLE IF NOT EXISTS results (
-    sop_instance_uid    TEXT PRIMARY KEY,
-    job_id              TEXT NOT NULL,
-    kind                TEXT NOT NULL CHECK (kind IN ('SEG', 'SR')),
-    sop_class_uid       TEXT NOT NULL,
-    series_instance_uid TEXT NOT NULL,
-    study_instance_uid  TEXT NOT NULL,
-    source_series_uid   TEXT NOT NULL,
-    model               TEXT NOT NULL,
-    model_version       TEXT NOT NULL,
-    path                TEXT NOT NULL,
-    created_at          REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS results_study ON results(study_instance_uid);
-
-CREATE TABLE IF NOT EXISTS unrouted (
-    event_id            INTEGER PRIMARY KEY,
-    series_instance_uid TEXT NOT NULL,
-    facts               TEXT NOT NULL,
-    created_at          REAL NOT NULL
-);
-
--- Pull-based ingest: poll state and seen instances per source (dicom_node.sources.state).
-CREATE TABLE IF NOT EXISTS source_state (
-    source          TEXT PRIMARY KEY,
-    kind            TEXT NOT NULL,
-    state           TEXT NOT NULL DEFAULT 'idle' CHECK (state IN ('idle', 'polling', 'backoff', 'stopped')),
-    reason          TEXT,
-    watermark       TEXT,
-    next_poll_at    REAL NOT NULL DEFAULT 0,
-    backoff_until   REAL,
-    failures        INTEGER NOT NULL DEFAULT 0,
-    polls           INTEGER NOT NULL DEFAULT 0,
-    retrieved       INTEGER NOT NULL DEFAULT 0,
-    last_retrieved  INTEGER NOT NULL DEFAULT 0,
-    last_poll_at    REAL,
-    last_success_at REAL,
-    last_error      TEXT,
-    last_error_at   REAL,
-    lease_owner     TEXT,
-    lease_until     REAL,
-    updated_at      REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS source_seen (
-    source              TEXT NOT NULL,
-    sop_instance_uid    TEXT NOT NULL,
-    study_instance_uid  TEXT NOT NULL,
-    series_instance_uid TEXT NOT NULL,
-    outcome             TEXT NOT NULL,
-    seen_at             REAL NOT NULL,
-    study_date          TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (source, sop_instance_uid)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS source_seen_study ON source_seen(source, study_instance_uid, series_instance_uid);
-CREATE INDEX IF NOT EXISTS source_seen_date ON source_seen(source, study_date);
-
--- Retrieval sessions (dicom_node.sources.sessions): files under <storage.root>/sessions/<id>/, outside the spool.
-CREATE TABLE IF NOT EXISTS sessions (
-    id          TEXT PRIMARY KEY,
-    kind        TEXT NOT NULL CHECK (kind IN ('upload', 'dicom', 'dicomweb')),
-    source      TEXT NOT NULL,
-    request     TEXT NOT NULL DEFAULT '{}',
-    status      TEXT NOT NULL CHECK (status IN ('retrieving', 'ready', 'failed')),
-    reason      TEXT,
-    created_at  REAL NOT NULL,
-    updated_at  REAL NOT NULL,
-    expires_at  REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions(expires_at);
-CREATE TABLE IF NOT EXISTS session_instances (
-    session_id          TEXT NOT NULL,
-    sop_instance_uid    TEXT NOT NULL,
-    sop_class_uid       TEXT NOT NULL,
-    series_instance_uid TEXT NOT NULL,
-    study_instance_uid  TEXT NOT NULL,
-    transfer_syntax_uid TEXT NOT NULL,
-    modality            TEXT,
-    instance_number     INTEGER,
-    path                TEXT NOT NULL,
-    size                INTEGER NOT NULL,
-    PRIMARY KEY (session_id, sop_instance_uid)
-) WITHOUT ROWID;
-
--- REST invocations (dicom_node.api.webhooks): one model run on one upload, keyed by its request UUID.
--- Created here with every other table, so that the jobs view (dicom_node.jobs.ops.list_jobs) can read
--- it whether or not an invocation was ever posted.
-CREATE TABLE IF NOT EXISTS invocations (
-    id               TEXT PRIMARY KEY,
-    examination_id   TEXT,
-    model            TEXT NOT NULL,
-    parameters       TEXT NOT NULL DEFAULT '{}',
-    webhook_url      TEXT,
-    filename         TEXT,
-    state            TEXT NOT NULL,
-    result           TEXT,
-    error            TEXT,
-    created_at       REAL NOT NULL,
-    updated_at       REAL NOT NULL,
-    webhook_state    TEXT NOT NULL,
-    webhook_attempts INTEGER NOT NULL DEFAULT 0,
-    next_webhook_at  REAL,
-    webhook_error    TEXT
-);
-CREATE INDEX IF NOT EXISTS invocations_state ON invocations(state, created_at);
-CREATE INDEX IF NOT EXISTS invocations_webhook ON invocations(webhook_state, next_webhook_at);
-CREATE INDEX IF NOT EXISTS invocations_exam ON invocations(examination_id);
-"""
+from dicom_node.index.schema import migrate
 
 
 class SeriesState(str, Enum):
@@ -258,7 +59,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 class Index:
-    """The index database: schema creation and read queries.
+    """The index database: opening it (running pending migrations) and read queries.
 
     Parameters
     ----------
@@ -271,12 +72,8 @@ class Index:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path)
         try:
-            conn.executescript(_SCHEMA)
-            conn.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot create the index schema in {path}: {exc}") from exc
+            # Creates a new database, upgrades one of an older release in place, refuses a newer one.
+            migrate(conn, self.path)
         finally:
             conn.close()
 

@@ -1,0 +1,158 @@
+"""Schema versions: a database written by the previous release upgrades in place and loses nothing.
+
+``fixtures/index-4781e18.sql`` is the ``sqlite3 .dump`` of an index written by the code at commit
+4781e18 (the release before schema versions; ``fixtures/make_index_4781e18.py`` made it): one CT
+series of 3 instances, a completed job with its SEG result, two ledger rows, an invocation, a
+poller state row with a seen instance and a retrieval session with one instance.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dicom_node.errors import StorageError
+from dicom_node.index import Index, schema
+from dicom_node.node import Node
+from dicom_node.synthetic import SeriesSpec, ct_datasets
+from tests.conftest import wait_for
+from tests.scu import send_all
+
+FIXTURE = Path(__file__).parent / "fixtures" / "index-4781e18.sql"
+OLD_JOB = "0a3b11376305fe4a4614d7a4"
+OLD_INVOCATION = "0b7e9c1e-4c2a-4e0e-9d43-7d1e6c2a9f10"
+OLD_SEG = "1.2.826.0.1.3680043.8.498.2.1"
+OLD_STUDY = "1.2.826.0.1.3680043.8.498.1"
+OLD_SESSION = "5e551011aaaabbbbccccddddeeeeffff"
+
+#: Rows per table in the fixture.
+OLD_COUNTS = {
+    "instances": 3, "series": 1, "associations": 1, "series_associations": 1, "events": 2, "meta": 1,
+    "jobs": 1, "results": 1, "unrouted": 0, "source_state": 1, "source_seen": 1, "sessions": 1,
+    "session_instances": 1, "deliveries": 2, "invocations": 1,
+}
+
+
+def _load_old(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        conn.executescript(FIXTURE.read_text(encoding="utf-8"))
+    finally:
+        conn.close()
+
+
+def _counts(path: Path) -> dict[str, int]:
+    conn = sqlite3.connect(path)
+    try:
+        return {table: int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]) for table in OLD_COUNTS}
+    finally:
+        conn.close()
+
+
+def _version(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_fixture_is_an_unversioned_database(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite3"
+    _load_old(path)
+    assert _version(path) == 0
+    assert _counts(path) == OLD_COUNTS
+
+
+def test_fresh_database_gets_the_latest_version_and_migrating_twice_is_a_noop(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite3"
+    Index(path)
+    assert _version(path) == schema.LATEST
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        tables = conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+        assert schema.migrate(conn, path) == schema.LATEST, "nothing is pending"
+        assert conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall() == tables
+    finally:
+        conn.close()
+    Index(path)
+    assert _version(path) == schema.LATEST
+
+
+def test_every_migration_statement_is_idempotent_on_the_latest_schema(tmp_path: Path) -> None:
+    """Migration 1 adopts tables that exist: replaying it on a current database changes nothing."""
+    path = tmp_path / "index.sqlite3"
+    Index(path)
+    conn = sqlite3.connect(path)
+    try:
+        before = conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+        for statement in schema.MIGRATIONS[0].statements():
+            conn.execute(statement)
+        assert conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall() == before
+    finally:
+        conn.close()
+
+
+def test_a_newer_database_is_refused_naming_both_versions(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite3"
+    Index(path)
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {schema.LATEST + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError) as err:
+        Index(path)
+    assert f"schema version {schema.LATEST + 1}" in str(err.value)
+    assert f"supports ({schema.LATEST})" in str(err.value)
+    assert _version(path) == schema.LATEST + 1, "a refused database is left as it was"
+
+
+def test_partial_old_database_is_adopted(tmp_path: Path) -> None:
+    """The old release created ``deliveries`` and ``invocations`` lazily: a root may lack them."""
+    path = tmp_path / "index.sqlite3"
+    _load_old(path)
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE deliveries")
+    conn.execute("DROP TABLE invocations")
+    conn.commit()
+    conn.close()
+    Index(path)
+    assert _version(path) == schema.LATEST
+    counts = _counts(path)
+    assert counts["deliveries"] == 0 and counts["invocations"] == 0
+    assert counts["instances"] == 3 and counts["jobs"] == 1
+
+
+def test_node_restarts_on_a_database_of_the_previous_release(
+    tmp_path: Path, start_node: Callable[..., Node]
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    _load_old(root / "index.sqlite3")
+
+    node = start_node(root)
+    path = root / "index.sqlite3"
+    assert _version(path) == schema.LATEST
+    assert _counts(path) == OLD_COUNTS, "the upgrade must keep every row"
+
+    # The old job, its result and the invocation are served by today's queries.
+    assert node.api is not None
+    base = f"http://127.0.0.1:{node.api.port}"
+    job = httpx.get(f"{base}/v1/jobs/{OLD_JOB}").json()
+    assert job["status"] == "done" and job["model"] == "spleen"
+    listed = httpx.get(f"{base}/v1/jobs").json()
+    ids = {j["id"] for j in listed["jobs"]}
+    assert {OLD_JOB, OLD_INVOCATION} <= ids
+    results = httpx.get(f"{base}/v1/studies/{OLD_STUDY}/results").json()
+    assert [r["sop_instance_uid"] for r in results["results"]] == [OLD_SEG]
+    assert httpx.get(f"{base}/v1/sessions/{OLD_SESSION}").json()["status"] == "ready"
+
+    # And the node works on it: a new C-STORE is indexed next to the old rows.
+    datasets = list(ct_datasets(SeriesSpec(slices=2, rows=16, columns=16, seed="migration")))
+    assert send_all(node.scp.port, datasets) == [0, 0]
+    assert wait_for(lambda: node.index.counts()["instances"] == 5)
+    assert node.index.counts()["series"] == 2
