@@ -203,7 +203,9 @@ def _checkout(tmp: Path, ports: dict[int, int]) -> Path:
     older = stamp.stat().st_mtime - 60
     os.utime(co / "pyproject.toml", (older, older))
     (co / ".venv").symlink_to(venv)
-    dry = subprocess.run(["make", "-n", "run"], cwd=co, capture_output=True, text=True, check=False)
+    # As a user's shell would run it: not as a sub-make of `make test` (which prints "Entering directory").
+    user_env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    dry = subprocess.run(["make", "-n", "run"], cwd=co, env=user_env, capture_output=True, text=True, check=False)
     assert dry.stdout.strip() == ".venv/bin/dicom-node serve", f"`make run` would do more than serve:\n{dry.stdout}{dry.stderr}"
     return co
 
