@@ -26,7 +26,6 @@ and try again. Instances refused one by one are reported in
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -39,6 +38,7 @@ from pynetdicom.presentation import build_context
 from dicom_node.errors import DicomNodeError, SourceError
 from dicom_node.sources.base import RetrieveResult, SeriesSummary, StudySummary
 from dicom_node.sources.config import RemoteNode
+from dicom_node.sources.dimse_move import part10_chunks, retrieve_by_move
 from dicom_node.sources.dimse_net import (
     FIND_MODEL,
     GET_MODEL,
@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 _UIDS_PER_REQUEST = 500
 _OUT_OF_RESOURCES = 0xA700
 _CANNOT_UNDERSTAND = 0xC000
-_CHUNK = 1 << 20
 
 
 def _text(ds: Dataset | None, keyword: str) -> str:
@@ -306,8 +305,6 @@ class DimseSource:
             if not instances:
                 return RetrieveResult()
         if self.remote.retrieve == "c-move":
-            from dicom_node.sources.dimse_move import retrieve_by_move
-
             return retrieve_by_move(self, study_uid, series_uid, sink, instances)
         return self._retrieve_get(study_uid, series_uid, sink, instances)
 
@@ -410,11 +407,4 @@ class DimseSource:
         if not (result.stored or result.duplicates or moved):
             raise SourceError(message, retryable=code & 0xFF00 == _OUT_OF_RESOURCES)
         result.failed.setdefault("", message)
-
-
-def part10_chunks(path: str | os.PathLike[str]) -> Iterator[bytes]:
-    """A spool file as chunks, for handing a moved instance to a foreign sink."""
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            yield chunk
 

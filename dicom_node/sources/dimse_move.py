@@ -18,15 +18,18 @@ sink from the spool; they stay in the node's spool and index as well.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
+from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 
 from dicom_node.errors import DicomNodeError, SourceError
-from dicom_node.sources.base import RetrieveResult
+from dicom_node.sources.base import RetrieveResult, SeriesSummary
+from dicom_node.sources.config import RemoteNode
 from dicom_node.sources.dimse_net import (
     FIND_MODEL,
     MOVE_MODEL,
@@ -37,15 +40,55 @@ from dicom_node.sources.dimse_net import (
 )
 from dicom_node.sources.sink import NodeStorage, RetrievalSink, StagingSink, Stored
 
-if TYPE_CHECKING:
-    from dicom_node.sources.dimse import DimseSource
-
-__all__ = ["indexed", "retrieve_by_move"]
+__all__ = ["DimseSource", "indexed", "part10_chunks", "retrieve_by_move"]
 
 log = logging.getLogger(__name__)
 
 _SQL_PARAMS = 500
+_CHUNK = 1 << 20
 
+
+class DimseSource(Protocol):
+    """What a C-MOVE retrieval uses of :class:`dicom_node.sources.dimse.DimseSource`.
+
+    A protocol rather than the class, so that ``dimse`` imports this module and not
+    the other way round (the two used to import each other).
+    """
+
+    remote: RemoteNode
+    node: NodeStorage
+
+    @property
+    def calling_ae(self) -> str: ...
+
+    @property
+    def source_label(self) -> str: ...
+
+    def find_on(self, assoc: Association, identifier: Dataset) -> list[Dataset]: ...
+
+    def series_query(self, study_uid: str) -> Dataset: ...
+
+    def instance_query(self, study_uid: str, series_uid: str) -> Dataset: ...
+
+    def series_from(self, matches: list[Dataset], study_uid: str) -> list[SeriesSummary]: ...
+
+    def instances_from(self, matches: list[Dataset]) -> list[str]: ...
+
+    def missing(self, assoc: Association, study_uid: str, series_uid: str | None) -> str | None: ...
+
+    def identifiers(self, study_uid: str, series_uid: str | None,
+                    instances: Sequence[str] | None) -> Iterator[Dataset]: ...
+
+    def account(self, result: RetrieveResult, op: str, code: int, status: Dataset, ident: Dataset | None) -> None: ...
+
+    def explain_unknown(self, assoc: Association, study_uid: str, series_uid: str | None, exc: SourceError) -> None: ...
+
+
+def part10_chunks(path: str | os.PathLike[str]) -> Iterator[bytes]:
+    """A spool file as chunks, for handing a moved instance to a foreign sink."""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            yield chunk
 
 def indexed(node: NodeStorage, uids: Sequence[str]) -> dict[str, str]:
     """SOP Instance UID -> spool-relative path, for those of ``uids`` the index holds."""
@@ -152,8 +195,6 @@ def _confirm(source: DimseSource, sink: StagingSink, result: RetrieveResult) -> 
 
 def _hand_over(source: DimseSource, sink: StagingSink, moved: RetrieveResult, paths: dict[str, str]) -> RetrieveResult:
     """Give the moved files to a sink that keeps its own store (a retrieval session)."""
-    from dicom_node.sources.dimse import part10_chunks
-
     result = RetrieveResult(failed=dict(moved.failed))
     for uid in moved.stored + moved.duplicates:
         try:
