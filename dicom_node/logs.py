@@ -1,5 +1,9 @@
 """Structured logging (key=value or JSON) with a guard against patient identifiers.
 
+Messages are written as prose followed by ``key=value`` fields
+(``"job done series_uid=%s calling_ae=%s"``); the JSON formatter turns those fields
+into JSON members, so a log pipeline can filter on ``series_uid`` without parsing text.
+
 Our own messages never carry patient attributes; the guard is a second line of
 defence for third-party messages (a library logging a whole dataset): any record
 mentioning a patient-identifying keyword or tag is reduced to its logger name.
@@ -12,8 +16,14 @@ import logging
 import re
 import sys
 import time
+from typing import Protocol
 
-from dicom_node.config import LoggingConfig
+#: One ``key=value`` field of a message: a bare token or a double-quoted string.
+_FIELD_RE = re.compile(r'(?<![\w.])([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
+_INT_RE = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_FLOAT_RE = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+")
+#: Members every JSON line has; a message field of the same name is written with a trailing underscore.
+_RESERVED = frozenset({"ts", "level", "logger", "message", "exc"})
 
 _PHI_RE = re.compile(
     r"Patient(?:'s)?\s*(?:Name|ID|Birth\s*Date)|PatientName|PatientID|PatientBirthDate|"
@@ -48,22 +58,57 @@ class KeyValueFormatter(logging.Formatter):
         return line
 
 
+def _value(text: str) -> str | int | float:
+    """A field's value: unquoted, and a number when it is written as one (``count=3``)."""
+    if text.startswith('"') and text.endswith('"') and len(text) >= 2:
+        try:
+            return str(json.loads(text))
+        except ValueError:
+            return text[1:-1]
+    if _INT_RE.fullmatch(text):
+        return int(text)
+    if _FLOAT_RE.fullmatch(text):
+        return float(text)
+    return text
+
+
+def message_fields(message: str) -> dict[str, str | int | float]:
+    """The ``key=value`` fields of a log message, in order (a repeated key keeps its last value)."""
+    return {key: _value(raw) for key, raw in _FIELD_RE.findall(message)}
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line."""
+    """One JSON object per line: ``ts``, ``level``, ``logger``, ``message``, then the message's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        doc = {
+        message = record.getMessage()
+        doc: dict[str, str | int | float] = {
             "ts": record.created,
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "message": message,
         }
+        for key, value in message_fields(message).items():
+            doc[key + "_" if key in _RESERVED else key] = value
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc)
 
 
-def setup_logging(config: LoggingConfig) -> None:
+class LogSettings(Protocol):
+    """What :func:`setup_logging` reads (``dicom_node.config.LoggingConfig``).
+
+    A protocol so that this bottom-layer module does not import the config package.
+    """
+
+    @property
+    def level(self) -> str: ...
+
+    @property
+    def format(self) -> str: ...
+
+
+def setup_logging(config: LogSettings) -> None:
     """Configure the root logger once for the process (the CLI calls this)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if config.format == "json" else KeyValueFormatter())
