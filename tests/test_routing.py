@@ -6,8 +6,9 @@ import pytest
 from pydantic import ValidationError
 
 from dicom_node.config import load_config
+from dicom_node.config.routing import RoutingConfig
 from dicom_node.errors import ConfigError
-from dicom_node.routing import RoutingConfig, SeriesFacts, route
+from dicom_node.routing import SeriesFacts, route
 
 CT = SeriesFacts(calling_ae="CT_SCANNER_1", called_ae="DICOM_NODE", modality="CT",
                  sop_class_uid="1.2.840.10008.5.1.4.1.1.2", body_part_examined="CHEST",

@@ -20,8 +20,8 @@ from typing import Any
 import pydicom
 import pytest
 
+from dicom_node.config.sources import RemoteNode
 from dicom_node.errors import SourceError
-from dicom_node.sources.config import RemoteNode
 from dicom_node.sources.dimse import DimseSource
 from dicom_node.sources.sink import RetrievalSink, Stored
 from dicom_node.synthetic import SeriesSpec, ct_datasets

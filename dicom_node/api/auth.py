@@ -18,8 +18,8 @@ from pathlib import Path
 
 from fastapi import Request
 
-from dicom_node.api.config import ApiConfig
 from dicom_node.api.errors import ApiError
+from dicom_node.config.api import ApiConfig
 
 ALL_SCOPES = frozenset({"read", "submit", "admin"})
 

@@ -37,11 +37,11 @@ from pydantic import (
     model_validator,
 )
 
-from dicom_node.api.config import ApiConfig
+from dicom_node.config.api import ApiConfig
+from dicom_node.config.routing import RoutingConfig
+from dicom_node.config.sources import SourcesConfig
 from dicom_node.delivery.config import DeliveryConfig
 from dicom_node.errors import ConfigError
-from dicom_node.routing import RoutingConfig
-from dicom_node.sources.config import SourcesConfig
 from dicom_node.validators import check_ae_title, is_loopback, is_uid
 
 ENV_PREFIX = "DICOM_NODE__"

@@ -251,7 +251,7 @@ class DimsePeer(_Model):
     """Where a DICOM association goes: AE title, address, optional TLS (PS3.15 B.1), limits.
 
     Shared by delivery destinations and query/retrieve remotes
-    (:class:`dicom_node.sources.config.RemoteNode`).
+    (:class:`dicom_node.config.sources.RemoteNode`).
     """
 
     ae_title: str

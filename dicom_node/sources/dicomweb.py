@@ -49,10 +49,10 @@ import requests
 
 from dicom_node.api.stow import MultipartError, MultipartReader, Part, boundary_of
 from dicom_node.config import COMPRESSED_SYNTAXES, UNCOMPRESSED_SYNTAXES
+from dicom_node.config.sources import Poller
 from dicom_node.delivery.config import check_outbound_url
 from dicom_node.errors import DeliveryError, SourceError
 from dicom_node.sources.base import RetrieveResult, SeriesSummary, StudySummary
-from dicom_node.sources.config import Poller
 from dicom_node.sources.sink import NodeStorage, RetrievalSink, StagingSink, Stored
 from dicom_node.spool import Spool
 from dicom_node.validators import is_uid

@@ -35,9 +35,9 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 
+from dicom_node.config.sources import RemoteNode
 from dicom_node.errors import DicomNodeError, SourceError
 from dicom_node.sources.base import RetrieveResult, SeriesSummary, StudySummary
-from dicom_node.sources.config import RemoteNode
 from dicom_node.sources.dimse_move import part10_chunks, retrieve_by_move
 from dicom_node.sources.dimse_net import (
     FIND_MODEL,

@@ -27,9 +27,9 @@ from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 
+from dicom_node.config.sources import RemoteNode
 from dicom_node.errors import DicomNodeError, SourceError
 from dicom_node.sources.base import RetrieveResult, SeriesSummary
-from dicom_node.sources.config import RemoteNode
 from dicom_node.sources.dimse_net import (
     FIND_MODEL,
     MOVE_MODEL,

@@ -24,11 +24,11 @@ from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext, build_context
 
+from dicom_node.config.sources import RemoteNode
 from dicom_node.delivery.classify import classify_rejection, describe_status
 from dicom_node.delivery.config import check_outbound_host
 from dicom_node.delivery.dimse import AssociationProbe
 from dicom_node.errors import DeliveryError, SourceError
-from dicom_node.sources.config import RemoteNode
 
 __all__ = [
     "FIND_MODEL", "GET_MODEL", "GET_STORAGE_CLASSES", "MOVE_MODEL", "associate", "describe", "get_contexts",

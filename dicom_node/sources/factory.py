@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dicom_node.config.sources import Poller, SourcesConfig
 from dicom_node.errors import ConfigError
-from dicom_node.sources.config import Poller, SourcesConfig
 
 if TYPE_CHECKING:  # the config module imports this package
     from dicom_node.config import NodeConfig

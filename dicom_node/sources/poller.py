@@ -48,9 +48,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dicom_node.config.sources import Poller
 from dicom_node.errors import DicomNodeError, SourceError, StorageError
 from dicom_node.sources import state
-from dicom_node.sources.config import Poller
 from dicom_node.sources.factory import make_source, source_label
 from dicom_node.sources.sink import NodeStorage, RetrievalSink, Stored
 
