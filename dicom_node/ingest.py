@@ -15,7 +15,6 @@ import re
 import sqlite3
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -24,16 +23,18 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import data_element_generator
 from pydicom.tag import BaseTag
 
-from dicom_node.errors import DatasetMismatchError, StorageError, UnreadableDatasetError
+from dicom_node.errors import DatasetMismatchError, DecodeError, StorageError, UnreadableDatasetError
 from dicom_node.index import Index, IndexWriter, InstanceRecord, ops
+from dicom_node.pixels.inflate import BoundedInflater
+from dicom_node.pixels.syntaxes import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 from dicom_node.spool import Spool
 from dicom_node.validators import is_uid
 
 log = logging.getLogger(__name__)
 
-DEFLATED = "1.2.840.10008.1.2.1.99"
-IMPLICIT_LE = "1.2.840.10008.1.2"
-EXPLICIT_BE = "1.2.840.10008.1.2.2"
+DEFLATED = DEFLATED_EXPLICIT_VR_LE
+IMPLICIT_LE = IMPLICIT_VR_LE
+EXPLICIT_BE = EXPLICIT_VR_BE
 
 
 _WANTED = {
@@ -54,45 +55,6 @@ def clean_uid(value: str | None, what: str) -> str:
     if not is_uid(uid):
         raise UnreadableDatasetError(f"{what} is missing or not a valid UID")
     return uid
-
-
-class _BoundedInflater(io.RawIOBase):
-    """File-like raw-deflate reader that refuses to produce more than ``limit`` bytes."""
-
-    def __init__(self, fp: BinaryIO, limit: int) -> None:
-        self._fp = fp
-        self._limit = limit
-        self._produced = 0
-        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        self._pending = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        while not self._pending:
-            if self._inflater.eof:
-                return 0
-            raw = self._inflater.unconsumed_tail or self._fp.read(1 << 16)
-            if not raw:
-                return 0
-            try:
-                self._pending = self._inflater.decompress(raw, 1 << 20)
-            except zlib.error as exc:
-                raise UnreadableDatasetError("deflated dataset is corrupt") from exc
-            self._produced += len(self._pending)
-            if self._produced > self._limit:
-                raise UnreadableDatasetError(f"deflated dataset inflates beyond the limit of {self._limit} bytes")
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-    def drain(self) -> int:
-        """Inflate the rest (discarding it) and return the total inflated size."""
-        while self.read(1 << 20):
-            pass
-        return self._produced
 
 
 def read_header(path: Path, data_offset: int, transfer_syntax: str, max_inflated: int) -> dict[str, str]:
@@ -121,12 +83,12 @@ def read_header(path: Path, data_offset: int, transfer_syntax: str, max_inflated
         raw.seek(data_offset)
         fp: BinaryIO = raw
         inflater = None
-        if transfer_syntax == DEFLATED:
-            # The parser seeks, so parse an inflated prefix; the identifying
-            # attributes sit in the first few KiB of any real dataset.
-            inflater = _BoundedInflater(raw, max_inflated)
-            fp = io.BytesIO(inflater.read(_DEFLATED_HEADER_BYTES) or b"")
         try:
+            if transfer_syntax == DEFLATED:
+                # The parser seeks, so parse an inflated prefix; the identifying
+                # attributes sit in the first few KiB of any real dataset.
+                inflater = BoundedInflater(raw, max_inflated)
+                fp = io.BytesIO(inflater.read(_DEFLATED_HEADER_BYTES) or b"")
             for elem in data_element_generator(
                 fp, transfer_syntax == IMPLICIT_LE, transfer_syntax != EXPLICIT_BE, stop_when=stop, defer_size=4096
             ):
@@ -137,6 +99,8 @@ def read_header(path: Path, data_offset: int, transfer_syntax: str, max_inflated
                 inflater.drain()
         except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, NotImplementedError) as exc:
             raise UnreadableDatasetError(f"dataset cannot be parsed: {type(exc).__name__}") from exc
+        except DecodeError as exc:  # the inflater: past the bound, or a corrupt stream
+            raise UnreadableDatasetError(str(exc)) from exc
     return found
 
 

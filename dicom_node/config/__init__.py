@@ -42,33 +42,11 @@ from dicom_node.config.routing import RoutingConfig
 from dicom_node.config.sources import SourcesConfig
 from dicom_node.delivery.config import DeliveryConfig
 from dicom_node.errors import ConfigError
+from dicom_node.pixels.syntaxes import ACCEPTED_BY_DEFAULT
 from dicom_node.validators import check_ae_title, is_loopback, is_uid
 
 ENV_PREFIX = "DICOM_NODE__"
 DEFAULT_CONFIG_NAME = Path("conf") / "node.toml"
-
-
-#: Transfer syntaxes the pixel decoder handles (PS3.5 Annex A / PS3.6 Table A-1).
-UNCOMPRESSED_SYNTAXES = [
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
-]
-COMPRESSED_SYNTAXES = [
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
-    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction (Process 14 SV1)
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless Only
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
-    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
-    "1.2.840.10008.1.2.4.203",  # HTJ2K
-    "1.2.840.10008.1.2.5",  # RLE Lossless
-]
-DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
 
 
 class _Section(BaseModel):
@@ -113,7 +91,8 @@ class ScpConfig(_Section):
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)
     network_timeout: float = Field(60.0, gt=0)
-    transfer_syntaxes: list[str] = Field(default_factory=lambda: UNCOMPRESSED_SYNTAXES + COMPRESSED_SYNTAXES + [DEFLATED_SYNTAX])
+    #: Default: every syntax the pixel pipeline decodes (:data:`dicom_node.pixels.syntaxes.ACCEPTED_BY_DEFAULT`).
+    transfer_syntaxes: list[str] = Field(default_factory=lambda: list(ACCEPTED_BY_DEFAULT))
     #: Upper bound on the inflated size of a Deflated Explicit VR Little Endian dataset.
     max_inflated_bytes: int = Field(2 * 1024**3, ge=1024 * 1024)
     #: Largest dataset accepted in one C-STORE (bytes on the wire).

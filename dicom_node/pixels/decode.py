@@ -1,7 +1,7 @@
 """Decode the pixel data of one instance through pydicom's pixel backends.
 
 Reading is bounded: a Deflated Explicit VR Little Endian file (PS3.5 A.5) is
-inflated incrementally and refused once the inflated size passes a limit, so a
+inflated incrementally (:mod:`dicom_node.pixels.inflate`) and refused once the inflated size passes a limit, so a
 zip bomb cannot exhaust memory (pydicom itself inflates the whole stream at once).
 Every codec failure is wrapped in :class:`~dicom_node.errors.DecodeError` naming
 the instance and the transfer syntax, and an unknown or uninstalled syntax raises
@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -26,38 +25,14 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicom_node.errors import DecodeError, PixelError
+from dicom_node.pixels.inflate import DEFAULT_MAX_INFLATED_BYTES, inflate
 from dicom_node.pixels.syntaxes import require_decoder, syntax_info
 
 log = logging.getLogger(__name__)
 
-#: Default bound on the inflated size of a deflated dataset (matches ``scp.max_inflated_bytes``).
-DEFAULT_MAX_INFLATED_BYTES = 2 * 1024**3
-
-#: Inflate in chunks of this many output bytes so the bound is checked as we go.
-_INFLATE_CHUNK = 16 * 1024 * 1024
-
 Source = str | os.PathLike[str] | Dataset
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-
-
-def _bounded_inflate(data: bytes, limit: int) -> bytes:
-    """Inflate a raw DEFLATE stream (RFC 1951), refusing more than ``limit`` bytes out."""
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    out = bytearray()
-    pending = data
-    while pending:
-        chunk = inflater.decompress(pending, _INFLATE_CHUNK)
-        out += chunk
-        if len(out) > limit:
-            raise DecodeError(f"deflated dataset inflates beyond the limit of {limit} bytes; refused")
-        pending = inflater.unconsumed_tail
-        if not chunk and not pending:
-            break
-    out += inflater.flush()
-    if len(out) > limit:
-        raise DecodeError(f"deflated dataset inflates beyond the limit of {limit} bytes; refused")
-    return bytes(out)
 
 
 def _read_deflated(fp: BinaryIO, name: str, limit: int) -> FileDataset:
@@ -70,9 +45,9 @@ def _read_deflated(fp: BinaryIO, name: str, limit: int) -> FileDataset:
     preamble = read_preamble(fp, True)
     meta = _read_file_meta_info(fp)
     try:
-        body = _bounded_inflate(fp.read(), limit)
-    except zlib.error as exc:
-        raise DecodeError(f"{name}: corrupt deflate stream: {exc}") from exc
+        body = inflate(fp.read(), limit)
+    except DecodeError as exc:
+        raise DecodeError(f"{name}: {exc}") from exc
     ds = read_dataset(io.BytesIO(body), is_implicit_VR=False, is_little_endian=True)
     out = FileDataset(name, ds, preamble=preamble, file_meta=meta, is_implicit_VR=False, is_little_endian=True)
     return out

@@ -1,6 +1,10 @@
-"""Transfer syntaxes the pixel pipeline knows, and which installed codec handles each.
+"""The node's one transfer-syntax table, and which installed codec handles each syntax.
 
 The table follows PS3.5 Section 8 and Annex A (PS3.6 Table A-1 for the UIDs).
+Every other list of syntaxes in the node is derived from it: the SCP's default
+``scp.transfer_syntaxes`` (:data:`ACCEPTED_BY_DEFAULT`) and the syntaxes a
+DICOMweb poller asks for. It imports nothing of the node but :mod:`dicom_node.errors`,
+so the config package may use it.
 Codec availability is asked of pydicom's lazy decoder/encoder registries
 (:func:`pydicom.pixels.get_decoder`), which import a plugin only when asked;
 nothing here imports a codec at module import time.
@@ -33,6 +37,9 @@ class SyntaxInfo:
         True when Pixel Data is encapsulated in fragments (PS3.5 A.4).
     gpu : bool
         True when nvImageCodec can decode its frames on a GPU (JPEG, JPEG 2000, HTJ2K).
+    deflated : bool
+        True when the whole dataset is a raw DEFLATE stream (PS3.5 A.5), inflated
+        with a bound by :mod:`dicom_node.pixels.inflate`.
     """
 
     uid: str
@@ -40,6 +47,7 @@ class SyntaxInfo:
     lossless: bool
     encapsulated: bool
     gpu: bool = False
+    deflated: bool = False
 
 
 #: Every syntax ``decode_instance`` accepts, in the order tables list them.
@@ -47,7 +55,7 @@ SYNTAXES: tuple[SyntaxInfo, ...] = (
     SyntaxInfo("1.2.840.10008.1.2", "Implicit VR LE", True, False),
     SyntaxInfo("1.2.840.10008.1.2.1", "Explicit VR LE", True, False),
     SyntaxInfo("1.2.840.10008.1.2.2", "Explicit VR BE", True, False),
-    SyntaxInfo("1.2.840.10008.1.2.1.99", "Deflated Explicit VR LE", True, False),
+    SyntaxInfo("1.2.840.10008.1.2.1.99", "Deflated Explicit VR LE", True, False, deflated=True),
     SyntaxInfo("1.2.840.10008.1.2.5", "RLE Lossless", True, True),
     SyntaxInfo("1.2.840.10008.1.2.4.50", "JPEG Baseline", False, True, gpu=True),
     # 12-bit and lossless JPEG support in nvJPEG depends on the CUDA release; the CPU path is exact.
@@ -64,6 +72,28 @@ SYNTAXES: tuple[SyntaxInfo, ...] = (
 )
 
 _BY_UID: dict[str, SyntaxInfo] = {s.uid: s for s in SYNTAXES}
+
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+#: Native (uncompressed, not deflated) syntaxes, Explicit VR Little Endian first: it is the
+#: one every DICOMweb origin server must support (PS3.18 8.7.3.5.2) and the preferred one.
+UNCOMPRESSED_SYNTAXES: tuple[str, ...] = (EXPLICIT_VR_LE,) + tuple(
+    s.uid for s in SYNTAXES if not s.encapsulated and not s.deflated and s.uid != EXPLICIT_VR_LE
+)
+#: Encapsulated syntaxes, image codecs first and RLE last: RLE compresses CT and MR poorly,
+#: so a server that would transcode for us should pick a real codec before it.
+COMPRESSED_SYNTAXES: tuple[str, ...] = tuple(
+    s.uid for s in SYNTAXES if s.encapsulated and s.uid != RLE_LOSSLESS
+) + (RLE_LOSSLESS,)
+#: Deflated syntaxes (only Deflated Explicit VR Little Endian).
+DEFLATED_SYNTAXES: tuple[str, ...] = tuple(s.uid for s in SYNTAXES if s.deflated)
+#: What the Storage SCP accepts unless ``scp.transfer_syntaxes`` says otherwise: every syntax
+#: the pixel pipeline decodes (the same set as :data:`SYNTAXES`, in preference order).
+ACCEPTED_BY_DEFAULT: tuple[str, ...] = UNCOMPRESSED_SYNTAXES + COMPRESSED_SYNTAXES + DEFLATED_SYNTAXES
 
 
 def syntax_info(uid: str) -> SyntaxInfo:

@@ -27,7 +27,7 @@ from pydicom.uid import (
 
 from dicom_node.errors import PixelError, UnsupportedTransferSyntaxError
 from dicom_node.pixels.decode import decode_instance, describe, transfer_syntax_of
-from dicom_node.pixels.syntaxes import require_decoder, syntax_info
+from dicom_node.pixels.syntaxes import SYNTAXES, require_decoder, syntax_info
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ DEFAULT_PREFERENCE: tuple[str, ...] = (
     str(ImplicitVRLittleEndian),
 )
 
-_NATIVE = {str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian), str(ExplicitVRBigEndian), "1.2.840.10008.1.2.1.99"}
+#: Syntaxes whose pixel data is not encapsulated: no encoder is needed to write them.
+_NATIVE = frozenset(s.uid for s in SYNTAXES if not s.encapsulated)
 
 
 def _encoder_ready(uid: str, ds: Dataset) -> bool:

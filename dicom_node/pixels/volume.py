@@ -19,7 +19,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_node.errors import GeometryError, PixelError
-from dicom_node.pixels.decode import DEFAULT_MAX_INFLATED_BYTES, decode_instance, iter_frames, read_dataset, transfer_syntax_of
+from dicom_node.pixels.decode import decode_instance, iter_frames, read_dataset, transfer_syntax_of
 from dicom_node.pixels.geometry import (
     SliceGeometry,
     affine_and_spacing,
@@ -31,6 +31,7 @@ from dicom_node.pixels.geometry import (
     slice_geometry,
 )
 from dicom_node.pixels.gpu import DecoderSelection, decode_files_gpu, select_decoder
+from dicom_node.pixels.inflate import DEFAULT_MAX_INFLATED_BYTES
 from dicom_node.pixels.modality import apply_into, modality_transform
 from dicom_node.pixels.pool import DecodePool, default_workers
 from dicom_node.pixels.syntaxes import syntax_info

@@ -31,6 +31,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # g
 from dicom_node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.config import ScpConfig
 from dicom_node.errors import AssociationError
+from dicom_node.pixels.syntaxes import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 
@@ -49,7 +50,7 @@ STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 QUERY_RETRIEVE_CLASSES = (STUDY_ROOT_FIND, STUDY_ROOT_MOVE, STUDY_ROOT_GET)
 #: Identifiers are small: the native little endian syntaxes are enough (PS3.5 A.1, A.2).
-_NATIVE_LE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+_NATIVE_LE = (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
 
 
 @dataclass(frozen=True)

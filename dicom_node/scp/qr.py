@@ -160,7 +160,8 @@ class QueryRetrieveService:
             self._respond(op, 0xC000, final=True, comment="query/retrieve is not available on this node")
             return
         try:
-            query = parse_query(decode_dataset(identifier, syntax), retrieve=field_ != P.C_FIND_RQ)
+            query = parse_query(decode_dataset(identifier, syntax, self.ctx.config.max_inflated_bytes),
+                                retrieve=field_ != P.C_FIND_RQ)
         except IdentifierError as exc:
             log.warning("%s refused assoc=%s status=0x%04X reason=%s", op.name, self.id, exc.status, exc)
             self._respond(op, exc.status, final=True, comment=str(exc))

@@ -17,7 +17,6 @@ import io
 import logging
 import re
 import sqlite3
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,9 @@ from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-from dicom_node.errors import IdentifierError
+from dicom_node.errors import DecodeError, IdentifierError
+from dicom_node.pixels.inflate import DEFAULT_MAX_INFLATED_BYTES, deflate, inflate
+from dicom_node.pixels.syntaxes import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 
 log = logging.getLogger(__name__)
 
@@ -86,23 +87,26 @@ class ResultFile:
 
 # -- identifier codec ------------------------------------------------------------------
 
-def decode_dataset(data: bytes, transfer_syntax: str) -> Dataset:
+def decode_dataset(data: bytes, transfer_syntax: str, max_inflated: int = DEFAULT_MAX_INFLATED_BYTES) -> Dataset:
     """Decode an identifier in a presentation context's native transfer syntax (PS3.5 A.1, A.2, A.3, A.5).
+
+    A Deflated identifier is inflated with the node's bound (``scp.max_inflated_bytes``),
+    so a few KiB on the wire cannot make the SCP allocate gigabytes.
 
     Raises
     ------
     IdentifierError
-        0xC000 when the bytes are not a dataset in that syntax.
+        0xC000 when the bytes are not a dataset in that syntax, or inflate past ``max_inflated``.
     """
-    implicit = transfer_syntax == "1.2.840.10008.1.2"
-    little = transfer_syntax != "1.2.840.10008.1.2.2"
+    implicit = transfer_syntax == IMPLICIT_VR_LE
+    little = transfer_syntax != EXPLICIT_VR_BE
     try:
-        if transfer_syntax == "1.2.840.10008.1.2.1.99":
-            data = zlib.decompress(data, -zlib.MAX_WBITS)
+        if transfer_syntax == DEFLATED_EXPLICIT_VR_LE:
+            data = inflate(data, max_inflated)
         ds = read_dataset(io.BytesIO(data), implicit, little)
         for element in ds:  # force parsing now, inside the error boundary
             _ = element.value
-    except (zlib.error, InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OverflowError) as exc:
+    except (DecodeError, InvalidDicomError, ValueError, TypeError, KeyError, EOFError, OverflowError) as exc:
         raise IdentifierError(f"identifier cannot be decoded: {type(exc).__name__}", 0xC000) from exc
     return ds
 
@@ -119,17 +123,15 @@ def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
         0xC000 when pydicom cannot encode a value.
     """
     fp = DicomBytesIO()
-    fp.is_implicit_VR = transfer_syntax == "1.2.840.10008.1.2"
-    fp.is_little_endian = transfer_syntax != "1.2.840.10008.1.2.2"
+    fp.is_implicit_VR = transfer_syntax == IMPLICIT_VR_LE
+    fp.is_little_endian = transfer_syntax != EXPLICIT_VR_BE
     try:
         write_dataset(fp, ds)
     except (ValueError, TypeError, KeyError, OverflowError, UnicodeError) as exc:
         raise IdentifierError(f"response identifier cannot be encoded: {type(exc).__name__}", 0xC000) from exc
     data = fp.getvalue()
-    if transfer_syntax == "1.2.840.10008.1.2.1.99":
-        packer = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
-        data = packer.compress(data) + packer.flush()
-        data += b"\x00" * (len(data) % 2)
+    if transfer_syntax == DEFLATED_EXPLICIT_VR_LE:
+        data = deflate(data)
     return data
 
 

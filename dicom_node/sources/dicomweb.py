@@ -48,10 +48,10 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from dicom_node.api.stow import MultipartError, MultipartReader, Part, boundary_of
-from dicom_node.config import COMPRESSED_SYNTAXES, UNCOMPRESSED_SYNTAXES
 from dicom_node.config.sources import Poller
 from dicom_node.delivery.config import check_outbound_url
 from dicom_node.errors import DeliveryError, SourceError
+from dicom_node.pixels.syntaxes import COMPRESSED_SYNTAXES, EXPLICIT_VR_LE, UNCOMPRESSED_SYNTAXES
 from dicom_node.sources.base import RetrieveResult, SeriesSummary, StudySummary
 from dicom_node.sources.sink import NodeStorage, RetrievalSink, StagingSink, Stored
 from dicom_node.spool import Spool
@@ -59,9 +59,8 @@ from dicom_node.validators import is_uid
 
 log = logging.getLogger(__name__)
 
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
 #: Syntaxes offered in Accept: compressed first, Explicit VR Little Endian last (see the module docstring).
-ACCEPTED_SYNTAXES = tuple(COMPRESSED_SYNTAXES) + tuple(t for t in UNCOMPRESSED_SYNTAXES if t != EXPLICIT_LE) + (EXPLICIT_LE,)
+ACCEPTED_SYNTAXES = COMPRESSED_SYNTAXES + tuple(t for t in UNCOMPRESSED_SYNTAXES if t != EXPLICIT_VR_LE) + (EXPLICIT_VR_LE,)
 _DICOM_JSON = "application/dicom+json"
 _RETRYABLE = {408, 429, 500, 502, 503, 504}
 _SYNTAX_REFUSED = {400, 406, 415, 500}

@@ -37,6 +37,7 @@ from pynetdicom.presentation import build_context
 
 from dicom_node.config.sources import RemoteNode
 from dicom_node.errors import DicomNodeError, SourceError
+from dicom_node.pixels.syntaxes import EXPLICIT_VR_LE
 from dicom_node.sources.base import RetrieveResult, SeriesSummary, StudySummary
 from dicom_node.sources.dimse_move import part10_chunks, retrieve_by_move
 from dicom_node.sources.dimse_net import (
@@ -344,8 +345,7 @@ class DimseSource:
     def _transfer_syntaxes(self) -> list[str]:
         """The SCP's accepted syntaxes with Explicit VR Little Endian first (what the remote most likely holds)."""
         syntaxes = [str(ts) for ts in self.node.config.scp.transfer_syntaxes]
-        explicit = "1.2.840.10008.1.2.1"
-        return ([explicit] if explicit in syntaxes else []) + [ts for ts in syntaxes if ts != explicit]
+        return ([EXPLICIT_VR_LE] if EXPLICIT_VR_LE in syntaxes else []) + [ts for ts in syntaxes if ts != EXPLICIT_VR_LE]
 
     def _on_store(self, event: evt.Event, sink: StagingSink, result: RetrieveResult) -> int:
         """EVT_C_STORE of a C-GET sub-operation: store durably, then answer (never raises into pynetdicom)."""
