@@ -2,8 +2,9 @@
 
 Each subcommand lives in its own module under :mod:`dicom_node.commands` and
 exposes ``register(subparsers)``, which adds its parser and sets
-``func(args, config) -> int``. Modules are imported only to build the parser;
-heavy dependencies (codecs, ONNX Runtime) are imported inside ``func``.
+``func(args, config) -> int``. The modules are imported explicitly (a missing
+one is an ImportError, not a silently absent command); heavy dependencies
+(codecs, ONNX Runtime) are imported inside ``func``.
 
 Global options (``--config``) are accepted before the subcommand and after it
 (``dicom-node status --config conf/node.toml``), at any depth of nested
@@ -15,23 +16,19 @@ folder it uses, so stdout stays clean for ``--json``.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+from dicom_node.commands import check, fetch, infer, jobs, models, results, serve, sources, status, synthetic
+from dicom_node.commands.output import echo
 from dicom_node.config import DEFAULT_CONFIG_NAME, NodeConfig, find_config, load_config
 from dicom_node.errors import ConfigError, DicomNodeError, InferenceError
 
+__all__ = ["COMMAND_MODULES", "build_parser", "context_line", "echo", "main"]
+
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ["serve", "status", "check", "models", "infer", "jobs", "results", "sources", "fetch", "synthetic"]
-
-
-def echo(*values: object, file: TextIO | None = None, sep: str = " ", end: str = "\n") -> None:
-    """Write command output (stdout by default): the one place the CLI talks to the terminal."""
-    stream = file if file is not None else sys.stdout
-    stream.write(sep.join(str(v) for v in values) + end)
-    stream.flush()
+COMMAND_MODULES = (serve, status, check, models, infer, jobs, results, sources, fetch, synthetic)
 
 
 _CONFIG_HELP = (
@@ -68,13 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_global_options(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     sub.required = True
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"dicom_node.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"dicom_node.commands.{name}":
-                continue  # command not part of this build
-            raise
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from dicom_node.cli import echo
+from dicom_node.commands.output import echo
 from dicom_node.config import NodeConfig
 
 

@@ -28,7 +28,7 @@ import sys
 from types import TracebackType
 from typing import Any, Self
 
-from dicom_node.cli import echo
+from dicom_node.commands.output import echo
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ConfigError, SourceError
 from dicom_node.progress import bar

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from dicom_node.cli import echo
 from dicom_node.commands.models import backend_options, open_store
+from dicom_node.commands.output import echo
 from dicom_node.config import NodeConfig
 from dicom_node.errors import WriterError
 from dicom_node.progress import ProgressBar, bar

@@ -11,8 +11,8 @@ import json
 import time
 from typing import Any
 
-from dicom_node.cli import echo
 from dicom_node.commands import existing_index
+from dicom_node.commands.output import echo
 from dicom_node.config import NodeConfig
 
 

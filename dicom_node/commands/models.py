@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from dicom_node.cli import echo
+from dicom_node.commands.output import echo
 from dicom_node.config import NodeConfig
 from dicom_node.progress import bar
 from inference.backends import (

@@ -18,8 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dicom_node.cli import echo
 from dicom_node.commands import existing_index
+from dicom_node.commands.output import echo
 from dicom_node.config import NodeConfig
 from dicom_node.index.results import ResultRecord, get_result, list_results
 

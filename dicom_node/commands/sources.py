@@ -21,8 +21,8 @@ import datetime as dt
 import json
 from typing import Any
 
-from dicom_node.cli import echo
 from dicom_node.commands import existing_index, has_index
+from dicom_node.commands.output import echo
 from dicom_node.config import NodeConfig
 
 _FIELDS = ("state", "reason", "watermark", "next_poll_at", "backoff_until", "failures", "polls", "retrieved",

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from dicom_node.cli import echo
 from dicom_node.commands import existing_index
+from dicom_node.commands.output import echo
 from dicom_node.config import NodeConfig
 
 
