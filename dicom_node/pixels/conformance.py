@@ -5,7 +5,8 @@ with a reference that does not come from the decoder under test:
 
 1. its uncompressed twin in the corpora (the table :data:`TWINS`, the way
    pydicom's own ``tests/pixels`` pairs compressed files with references), read
-   by :func:`raw_reference`, a small NumPy reader of native Pixel Data (PS3.5 8.1);
+   by :func:`~dicom_node.pixels.reference.raw_reference`, a small NumPy reader of
+   native Pixel Data (PS3.5 8.1);
 2. for native files without a twin, :func:`raw_reference` of the file itself;
 3. for compressed files without a twin, an independent codec build from
    ``imagecodecs`` (libjpeg-turbo, CharLS, OpenJPEG, OpenJPH) when installed.
@@ -31,6 +32,8 @@ from pydicom.dataset import Dataset
 
 from dicom_node.errors import PixelError
 from dicom_node.pixels.decode import decode_instance, read_dataset, transfer_syntax_of
+from dicom_node.pixels.generated import generate
+from dicom_node.pixels.reference import mask_bits, raw_reference
 from dicom_node.pixels.syntaxes import SYNTAXES, syntax_info
 
 log = logging.getLogger(__name__)
@@ -108,61 +111,6 @@ def corpus_files() -> list[Path]:
     return out
 
 
-def _unpack_bits(raw: bytes, count: int) -> np.ndarray:
-    return np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little")[:count]
-
-
-def raw_reference(ds: Dataset) -> np.ndarray:
-    """Read native (uncompressed) Pixel Data with NumPy alone (PS3.5 8.1, PS3.3 C.7.6.3).
-
-    Independent of pydicom's pixel backends: handles bit depths 1-64, both
-    byte orders, planar configuration, signedness and YBR_FULL(_422) -> RGB.
-    """
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    spp = int(ds.get("SamplesPerPixel", 1))
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    alloc = int(ds.BitsAllocated)
-    signed = bool(ds.get("PixelRepresentation", 0))
-    pi = str(ds.get("PhotometricInterpretation", "")).strip()
-    raw = bytes(ds.PixelData)
-    if alloc == 1:
-        # Declared once for every branch: the array's rank depends on frames and samples.
-        arr: np.ndarray = _unpack_bits(raw, frames * rows * cols).reshape(frames, rows, cols)
-        return arr[0] if frames == 1 else arr
-    big = transfer_syntax_of(ds) == "1.2.840.10008.1.2.2"
-    dtype = np.dtype(f"{'>' if big else '<'}{'i' if signed else 'u'}{alloc // 8}")
-    if pi == "YBR_FULL_422":
-        n = frames * rows * cols * 2
-        ybr = np.frombuffer(raw, dtype, count=n).reshape(frames, rows, cols // 2, 4)
-        arr = np.empty((frames, rows, cols, 3), dtype)
-        arr[..., 0] = ybr[..., :2].reshape(frames, rows, cols)
-        arr[..., 1] = np.repeat(ybr[..., 2], 2, axis=-1)
-        arr[..., 2] = np.repeat(ybr[..., 3], 2, axis=-1)
-    else:
-        arr = np.frombuffer(raw, dtype, count=frames * rows * cols * spp)
-        if spp > 1 and int(ds.get("PlanarConfiguration", 0)):
-            arr = arr.reshape(frames, spp, rows, cols).transpose(0, 2, 3, 1)
-        arr = arr.reshape(frames, rows, cols, spp) if spp > 1 else arr.reshape(frames, rows, cols)
-        arr = _mask_bits(arr, int(ds.get("BitsStored", alloc)), signed)
-    if pi.startswith("YBR_FULL"):
-        from pydicom.pixels import convert_color_space
-
-        arr = convert_color_space(arr, "YBR_FULL", "RGB")
-    arr = arr.astype(dtype.newbyteorder("="))
-    return arr[0] if frames == 1 else arr
-
-
-def _mask_bits(arr: np.ndarray, stored: int, signed: bool) -> np.ndarray:
-    """Drop bits above Bits Stored and sign-extend (PS3.5 8.1.1)."""
-    bits = arr.dtype.itemsize * 8
-    if stored >= bits:
-        return arr
-    shift = bits - stored
-    if signed:
-        return (arr.astype(arr.dtype.newbyteorder("=")) << shift) >> shift
-    return arr & ((1 << stored) - 1)
-
-
 def imagecodecs_reference(ds: Dataset) -> np.ndarray | None:
     """Decode encapsulated frames with ``imagecodecs`` (independent builds); None when unavailable."""
     try:
@@ -192,7 +140,7 @@ def imagecodecs_reference(ds: Dataset) -> np.ndarray | None:
     signed = bool(ds.get("PixelRepresentation", 0))
     if signed and arr.dtype.kind == "u":
         # Codestreams may declare unsigned samples; the dataset's Pixel Representation governs (PS3.5 8.2.4).
-        arr = _mask_bits(arr.view(arr.dtype.str.replace("u", "i")), int(ds.get("BitsStored", 16)), True)
+        arr = mask_bits(arr.view(arr.dtype.str.replace("u", "i")), int(ds.get("BitsStored", 16)), True)
     return arr
 
 
@@ -259,8 +207,6 @@ def run_generated(out_dir: Path) -> list[ConformanceResult]:
     UnsupportedTransferSyntaxError
         When ``imagecodecs`` (the independent encoder) is not installed.
     """
-    from dicom_node.pixels.generated import generate
-
     index = {p.name: p for p in corpus_files()}
     return [check_file(p, index, src) for p, src in generate(out_dir, index).items()]
 

@@ -23,6 +23,7 @@ from pydicom.uid import UID
 
 from dicom_node.errors import UnsupportedTransferSyntaxError
 from dicom_node.pixels.decode import read_dataset
+from dicom_node.pixels.reference import raw_reference
 
 
 def _imagecodecs() -> object:
@@ -77,8 +78,6 @@ def generate(out_dir: Path, corpus: dict[str, Path]) -> dict[Path, Path]:
     UnsupportedTransferSyntaxError
         When ``imagecodecs`` is not installed.
     """
-    from dicom_node.pixels.conformance import raw_reference
-
     out_dir.mkdir(parents=True, exist_ok=True)
     made: dict[Path, Path] = {}
     for kind, (uid, encode) in _encoders().items():
