@@ -23,17 +23,55 @@ for peers)::
     ├── WriterError                 a result object (SEG, SR) cannot be built or fails its read-back
     ├── DeliveryError               a result cannot be sent to a destination (``retryable`` says if a retry may help)
     ├── SourceError                 a pull source (DICOMweb server, DIMSE Q/R SCP) cannot answer (``retryable``)
-    └── InferenceError              (re-exported from ``inference.errors``)
+    │   └── HttpSourceError         ... with the HTTP status (sources.dicomweb)
+    ├── ModelError                  an ``inference.errors.InferenceError`` wrapped at the boundary (``kind``, ``cause``)
+    ├── OutboundError               an outbound HTTP request failed (net.policy)
+    │   └── OutboundRefused         ... refused by the SSRF policy before any connection
+    ├── SessionRefused              a retrieval session cannot be opened (``status``, ``code``; sources.sessions)
+    ├── SessionUnavailable          a session is unknown, expired or not ready (sources.sessions)
+    ├── PollCancelled               a poll cycle was stopped (sources.poller)
+    ├── ApiError                    answered to a REST caller with ``status`` and a JSON body (api.errors)
+    │   └── BodyTooLarge            the request body is over ``api.max_body_bytes`` (api.limits)
+    └── InputRejected               one predict/invocation input cannot be used (``code``; api.inputs)
+
+Errors that are not ``DicomNodeError`` and the one place each is mapped:
+
+=================================  ==========================================================================
+``inference.errors.InferenceError``  :mod:`inference` imports nothing from dicom_node, so its root is a plain
+                                     ``Exception``. Where dicom_node calls into it, the boundary wraps it with
+                                     ``raise ModelError.wrap(exc) from exc``: the model registry
+                                     (:mod:`dicom_node.registry`: store, predictors) and the job pipeline's
+                                     inference stage. ``ModelError.kind`` comes from :data:`INFERENCE_KINDS`;
+                                     the REST routes map ``kind`` to a status (``not_found`` 404,
+                                     ``unavailable`` 503). Two callers still see it unwrapped, on purpose: the
+                                     REST predict/invocation routes calling ``Predictor.predict`` (per-instance
+                                     errors, :func:`dicom_node.api.routers.predict.run_decoded`) and the CLI's
+                                     ``models``/``infer`` commands, which print it and exit 1.
+``MultipartError`` (multipart)      a malformed multipart body; every caller maps it to an ``ApiError``
+                                     (400/413/415) or a per-part failure status.
+third-party (pydicom, pynetdicom,    wrapped where they are raised into the nearest class above
+sqlite3, httpx, OS errors)           (``StorageError``, ``IngestError``, ``SourceError``, ...).
+=================================  ==========================================================================
 """
 
 from __future__ import annotations
 
-from inference.errors import InferenceError
+from typing import Literal
+
+from inference.errors import (
+    BackendError,
+    BackendUnavailableError,
+    InferenceError,
+    InputError,
+    ModelNotFoundError,
+    ParameterError,
+    SpecError,
+)
 
 __all__ = [
-    "AssociationError", "ConfigError", "ContractViolation", "DatasetMismatchError", "DecodeError", "DeliveryError",
-    "DicomNodeError", "GeometryError", "IdentifierError",
-    "InferenceError", "IngestError", "InsufficientSpaceError", "PixelError", "SourceError", "StorageError",
+    "INFERENCE_KINDS", "AssociationError", "ConfigError", "ContractViolation", "DatasetMismatchError", "DecodeError",
+    "DeliveryError", "DicomNodeError", "GeometryError", "IdentifierError", "InferenceError", "IngestError",
+    "InsufficientSpaceError", "ModelError", "PixelError", "SourceError", "StorageError",
     "UnreadableDatasetError", "UnsupportedTransferSyntaxError", "ValidationError", "WriterError",
 ]
 
@@ -151,3 +189,36 @@ class IdentifierError(DicomNodeError):
     def __init__(self, message: str, status: int = 0xA900) -> None:
         super().__init__(message)
         self.status = status
+
+
+ModelErrorKind = Literal["not_found", "unavailable", "invalid_spec", "input", "parameters", "backend", "inference"]
+
+#: The one mapping of ``inference.errors`` classes into dicom-node (first match wins; subclasses first).
+INFERENCE_KINDS: tuple[tuple[type[InferenceError], ModelErrorKind], ...] = (
+    (ModelNotFoundError, "not_found"),
+    (BackendUnavailableError, "unavailable"),
+    (SpecError, "invalid_spec"),
+    (InputError, "input"),
+    (ParameterError, "parameters"),
+    (BackendError, "backend"),
+    (InferenceError, "inference"),
+)
+
+
+class ModelError(DicomNodeError):
+    """A model cannot be found, loaded or run: an :class:`InferenceError` crossing into dicom-node.
+
+    Raised as ``raise ModelError.wrap(exc) from exc``; the message is the
+    original's, ``cause`` is the original and ``kind`` its place in
+    :data:`INFERENCE_KINDS`.
+    """
+
+    def __init__(self, cause: InferenceError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.kind: ModelErrorKind = next(kind for cls, kind in INFERENCE_KINDS if isinstance(cause, cls))
+
+    @classmethod
+    def wrap(cls, exc: InferenceError) -> ModelError:
+        """The wrapper of ``exc`` (raise it ``from exc``)."""
+        return cls(exc)

@@ -11,11 +11,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from dicom_node.errors import DicomNodeError
+
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
-    """An error answered to the caller with ``status`` and a JSON body."""
+class ApiError(DicomNodeError):
+    """An error answered to the caller with ``status`` and a JSON body (in the tree of :mod:`dicom_node.errors`)."""
 
     def __init__(self, status: int, code: str, description: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(description)

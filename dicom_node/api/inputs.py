@@ -46,7 +46,7 @@ MEDIA_TYPES = {"dicom": "application/dicom", "png": "image/png", "jpeg": "image/
                "tiff": "image/tiff", "bmp": "image/bmp"}
 
 
-class InputRejected(Exception):
+class InputRejected(DicomNodeError):
     """One input cannot be used; ``code`` is machine-readable, the message says what to change."""
 
     def __init__(self, code: str, description: str) -> None:
