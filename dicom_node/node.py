@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from dicom_node.assembler import Assembler
 from dicom_node.config import NodeConfig
 from dicom_node.index import Index, IndexWriter, ops
+from dicom_node.index import jobs as job_ops
 from dicom_node.ingest import Ingestor
-from dicom_node.jobs import ops as job_ops
 from dicom_node.jobs.pipeline import Pipeline
 from dicom_node.jobs.stages import FileResultWriter, JobDelivery
 from dicom_node.jobs.worker import JobWorker

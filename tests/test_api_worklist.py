@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from dicom_node.api.routers import worklist as wl
+from dicom_node.index.worklist import Failure
 from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, ct_datasets
 from tests.conftest import wait_for
@@ -59,7 +60,7 @@ def test_priority_prefers_probability_then_volume(monkeypatch: pytest.MonkeyPatc
     assert top == {"kind": "classification", "probability": 0.9, "model": "cls", "label": "Effusion"}
     found["b"] = []
     assert wl.top_finding(None, conn, "1.2", None)["label"] == "Liver"  # type: ignore[arg-type, index]
-    failed = {"model": "seg", "reason": "boom"}
+    failed = Failure(model="seg", reason="boom")
     assert wl.top_finding(None, conn, "1.2", failed)["kind"] == "failed"  # type: ignore[arg-type, index]
     assert wl._status([{"pending": 1, "processing": 0, "done": 2, "failed": 1}]) == "pending"
     assert wl._status([]) == "received"

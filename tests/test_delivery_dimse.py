@@ -28,7 +28,6 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 
-from dicom_node.delivery import ledger
 from dicom_node.delivery.config import (
     DimseDestination,
     KnownPeer,
@@ -37,6 +36,7 @@ from dicom_node.delivery.config import (
 )
 from dicom_node.delivery.deliverer import Caller, Deliverer
 from dicom_node.delivery.dimse import plan_contexts
+from dicom_node.index import deliveries as ledger
 from dicom_node.index.writer import IndexWriter
 from dicom_node.synthetic import SeriesSpec, ct_datasets, synthetic_uid
 from tests.conftest import free_port, require_tool, wait_for, wait_port

@@ -8,22 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.delivery import ledger
 from dicom_node.errors import StorageError
+from dicom_node.index import Index
+from dicom_node.index import deliveries as ledger
 from dicom_node.index.writer import IndexWriter
 
 
 @pytest.fixture
 def writer(tmp_path: Path) -> Iterator[IndexWriter]:
     w = IndexWriter(tmp_path / "index.sqlite")
-    w.start()
-    w.run(ledger.ensure_schema)
+    w.start()  # creates the schema (dicom_node.index.schema), the deliveries table with it
     yield w
     w.stop()
 
 
-def test_schema_is_idempotent_and_constrains_state(writer: IndexWriter) -> None:
-    writer.run(ledger.ensure_schema)
+def test_schema_constrains_state(writer: IndexWriter) -> None:
     with pytest.raises(StorageError, match="CHECK"):
         writer.run(lambda c: c.execute("INSERT INTO deliveries (sop_instance_uid, destination, state) VALUES ('1', 'd', 'lost')"))
 
@@ -56,8 +55,8 @@ def test_dead_rows_leave_the_queue_and_can_be_requeued(writer: IndexWriter) -> N
 
 
 def test_lookup_handles_many_uids(tmp_path: Path) -> None:
+    Index(tmp_path / "plain.sqlite")
     conn = sqlite3.connect(tmp_path / "plain.sqlite")
-    ledger.ensure_schema(conn)
     uids = [f"1.2.{n}" for n in range(1200)]
     for uid in uids[::2]:
         ledger.mark_sent(conn, uid, "d", 1.0)

@@ -8,6 +8,7 @@ poller state row with a seen instance and a retrieval session with one instance.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from dicom_node.errors import StorageError
-from dicom_node.index import Index, schema
+from dicom_node.index import Index, deliveries, jobs, results, schema, sessions, sources
 from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, ct_datasets
 from tests.conftest import wait_for
@@ -125,6 +126,32 @@ def test_partial_old_database_is_adopted(tmp_path: Path) -> None:
     counts = _counts(path)
     assert counts["deliveries"] == 0 and counts["invocations"] == 0
     assert counts["instances"] == 3 and counts["jobs"] == 1
+
+
+def test_query_functions_read_the_upgraded_rows(tmp_path: Path) -> None:
+    """The CLI's and REST's query functions (dicom_node.index.*) read what the old release wrote."""
+    path = tmp_path / "index.sqlite3"
+    _load_old(path)
+    index = Index(path)
+    conn = index.reader()
+    try:
+        [job] = jobs.job_rows(conn, "done", 10)
+        assert job["id"] == OLD_JOB and json.loads(job["stage_times"]) == {"inferring": 1.5, "writing": 0.25}
+        assert json.loads(job["destinations"]) == ["pacs", "archive"]
+        shown = jobs.find_job(conn, OLD_INVOCATION)
+        assert shown is not None and shown["kind"] == "invocation" and shown["examination_id"] == "EXAM-1"
+        assert [r["id"] for r in jobs.list_jobs(conn, jobs.JobFilter(), 10)] == [OLD_INVOCATION, OLD_JOB]
+        [seg] = results.list_results(conn, OLD_STUDY)
+        assert (seg.sop_instance_uid, seg.kind, seg.model_version) == (OLD_SEG, "SEG", "1.0.0")
+        sent = deliveries.lookup(conn, [OLD_SEG], "pacs")[OLD_SEG]
+        assert (sent.state, sent.sent_at) == ("sent", 1700000120.0)
+        assert deliveries.due(conn, 1700000500.0)[0].destination == "archive"
+        assert sources.row(conn, "pacs-poll") is not None and sources.failures(conn, "pacs-poll") == 0
+        assert sessions.get(conn, OLD_SESSION) is not None
+        assert sessions.series(conn, OLD_SESSION)[0]["instances"] == 1
+        assert index.counts() == {"studies": 1, "series": 1, "instances": 3, "pending": 0, "complete": 1}
+    finally:
+        conn.close()
 
 
 def test_node_restarts_on_a_database_of_the_previous_release(

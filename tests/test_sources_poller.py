@@ -333,7 +333,7 @@ def test_max_studies_defers_the_rest_and_the_watermark_moves_only_after_a_full_s
     assert start == (later - dt.timedelta(days=3)).strftime("%Y%m%d")
     # Seen rows keep the StudyDate; a complete scan at the watermark keeps them (still in the window),
     # and once the window has moved past their date they go: no later query can list those studies.
-    from dicom_node.sources import state
+    from dicom_node.index import sources as state
 
     dates = {r[0] for r in rows(node, "SELECT DISTINCT study_date FROM source_seen WHERE source = ?", NAME)}
     assert dates == {today.strftime("%Y%m%d")}

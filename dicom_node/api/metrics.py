@@ -19,6 +19,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from dicom_node.index import metrics as counts_q
+
 if TYPE_CHECKING:  # dicom_node.node imports this module when the API starts
     from dicom_node.node import Node
 
@@ -48,11 +50,10 @@ class NodeCollector(Collector):
         yield CounterMetricFamily("dicom_node_refused_disk_reserve", "C-STOREs refused at the disk reserve", m.refused_disk)
         conn = self.node.index.reader()
         try:
-            counts = dict(conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
-            series = dict(conn.execute("SELECT state, COUNT(*) FROM series GROUP BY state").fetchall())
-            has_ledger = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'deliveries'").fetchone()
-            deliveries = dict(conn.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall()) if has_ledger else {}
-            retries = conn.execute("SELECT COALESCE(SUM(MAX(attempts - 1, 0)), 0) FROM deliveries").fetchone()[0] if has_ledger else 0
+            counts = counts_q.jobs_by_state(conn)
+            series = counts_q.series_by_state(conn)
+            deliveries = counts_q.deliveries_by_state(conn)
+            retries = counts_q.delivery_retries(conn)
         finally:
             conn.close()
         jobs = GaugeMetricFamily("dicom_node_jobs", "Jobs per state", labels=["state"])
@@ -76,12 +77,11 @@ class NodeCollector(Collector):
     def _stage_histograms(self) -> Iterator[Metric]:
         conn = self.node.index.reader()
         try:
-            rows = conn.execute("SELECT stage_times FROM jobs WHERE stage_times != '{}' ORDER BY updated_at DESC LIMIT ?",
-                                (RECENT_JOBS,)).fetchall()
+            rows = counts_q.recent_stage_times(conn, RECENT_JOBS)
         finally:
             conn.close()
         samples: dict[str, list[float]] = {stage: [] for stage in STAGES}
-        for (text,) in rows:
+        for text in rows:
             try:
                 times = json.loads(text)
             except ValueError:
@@ -110,10 +110,8 @@ class NodeCollector(Collector):
     def _job_and_webhook_counters(self) -> Iterator[Metric]:
         conn = self.node.index.reader()
         try:
-            job_retries = conn.execute("SELECT COALESCE(SUM(MAX(attempts - 1, 0)), 0) FROM jobs").fetchone()[0]
-            has_inv = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'invocations'").fetchone()
-            hooks = conn.execute("SELECT COUNT(*) FROM invocations WHERE webhook_state IN ('failed', 'refused')"
-                                 ).fetchone()[0] if has_inv else 0
+            job_retries = counts_q.job_retries(conn)
+            hooks = counts_q.webhook_failures(conn)
         finally:
             conn.close()
         yield CounterMetricFamily("dicom_node_job_retries", "Job attempts beyond the first", job_retries)
@@ -125,8 +123,8 @@ class NodeCollector(Collector):
         """Pollers (state, polls, retrieved instances, consecutive failures) and retrieval sessions."""
         conn = self.node.index.reader()
         try:
-            sources = conn.execute("SELECT source, state, polls, retrieved, failures FROM source_state").fetchall()
-            sessions = dict(conn.execute("SELECT status, COUNT(*) FROM sessions GROUP BY status").fetchall())
+            sources = counts_q.source_counters(conn)
+            sessions = counts_q.sessions_by_status(conn)
         finally:
             conn.close()
         state = GaugeMetricFamily("dicom_node_source_state", "1 for the state each poller is in", labels=["source", "state"])
@@ -136,10 +134,10 @@ class NodeCollector(Collector):
         fails = GaugeMetricFamily("dicom_node_source_failures", "Consecutive failed polls per source", labels=["source"])
         for row in sources:
             for name in SOURCE_STATES:
-                state.add_metric([row["source"], name], 1.0 if row["state"] == name else 0.0)
-            polls.add_metric([row["source"]], row["polls"])
-            got.add_metric([row["source"]], row["retrieved"])
-            fails.add_metric([row["source"]], row["failures"])
+                state.add_metric([row.source, name], 1.0 if row.state == name else 0.0)
+            polls.add_metric([row.source], row.polls)
+            got.add_metric([row.source], row.retrieved)
+            fails.add_metric([row.source], row.failures)
         yield from (state, polls, got, fails)
         sess = GaugeMetricFamily("dicom_node_sessions", "Retrieval sessions per status", labels=["status"])
         for status in ("retrieving", "ready", "failed"):

@@ -42,12 +42,10 @@ import httpx
 
 from dicom_node.api.outbound import OutboundRefused, post
 from dicom_node.errors import DicomNodeError
+from dicom_node.index import invocations
 
 log = logging.getLogger(__name__)
 
-# The table's schema lives with every other table in dicom_node.index.store.
-_COLUMNS = ("id", "examination_id", "model", "parameters", "webhook_url", "filename", "state", "result", "error",
-            "created_at", "updated_at", "webhook_state", "webhook_attempts", "next_webhook_at", "webhook_error")
 
 
 def load_secret(config: Any) -> bytes:
@@ -90,12 +88,6 @@ def upload_path(tmp_dir: Path, request_uuid: str) -> Path:
     return tmp_dir / f"inv-{request_uuid}.upload"
 
 
-def _row(conn: sqlite3.Connection, request_uuid: str) -> dict[str, Any] | None:
-    cur = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM invocations WHERE id = ?", (request_uuid,))
-    found = cur.fetchone()
-    return dict(zip(_COLUMNS, found, strict=False)) if found else None
-
-
 class InvocationService:
     """Runs queued invocations and delivers their webhooks.
 
@@ -130,8 +122,7 @@ class InvocationService:
             self._started = True
         self._secret = load_secret(self.node.config)
         now = time.time()
-        requeued = self.node.writer.run(lambda c: c.execute(
-            "UPDATE invocations SET state = 'queued', updated_at = ? WHERE state = 'running'", (now,)).rowcount)
+        requeued = self.node.writer.run(lambda c: invocations.requeue_running(c, now))
         if requeued:
             log.warning("invocations interrupted by a previous run queued again count=%d", requeued)
         for name, target in (("invocations", self._work_loop), ("webhooks", self._hook_loop)):
@@ -152,33 +143,23 @@ class InvocationService:
         now = time.time()
         values = {**row, "state": "queued", "created_at": now, "updated_at": now,
                   "webhook_state": "waiting" if row.get("webhook_url") else "none", "webhook_attempts": 0}
-        keys = list(values)
-        sql = f"INSERT INTO invocations ({', '.join(keys)}) VALUES ({', '.join('?' for _ in keys)})"
-        self.node.writer.run(lambda c: c.execute(sql, [values[k] for k in keys]))
+        self.node.writer.run(lambda c: invocations.insert(c, values))
         self._work.set()
 
     def get(self, request_uuid: str) -> dict[str, Any] | None:
         """The row of one invocation, or None."""
         conn = self.node.index.reader()
         try:
-            return _row(conn, request_uuid)
+            return invocations.get(conn, request_uuid)
         finally:
             conn.close()
 
     def _update(self, request_uuid: str, **values: Any) -> None:
         values["updated_at"] = time.time()
-        sql = f"UPDATE invocations SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?"
-        self.node.writer.run(lambda c: c.execute(sql, [*values.values(), request_uuid]))
+        self.node.writer.run(lambda c: invocations.update(c, request_uuid, values))
 
     def _claim(self) -> dict[str, Any] | None:
-        def op(conn: sqlite3.Connection) -> dict[str, Any] | None:
-            found = conn.execute("SELECT id FROM invocations WHERE state = 'queued' ORDER BY created_at LIMIT 1").fetchone()
-            if found is None:
-                return None
-            conn.execute("UPDATE invocations SET state = 'running', updated_at = ? WHERE id = ?", (time.time(), found[0]))
-            return _row(conn, found[0])
-
-        return self.node.writer.run(op)
+        return self.node.writer.run(lambda c: invocations.claim_next(c, time.time()))
 
     def _work_loop(self) -> None:
         while not self._stop.is_set():
@@ -211,10 +192,7 @@ class InvocationService:
     def _due(self) -> list[dict[str, Any]]:
         conn = self.node.index.reader()
         try:
-            ids = [r[0] for r in conn.execute(
-                "SELECT id FROM invocations WHERE webhook_state = 'pending' AND next_webhook_at <= ? "
-                "ORDER BY next_webhook_at LIMIT 16", (time.time(),))]
-            return [r for r in (_row(conn, i) for i in ids) if r is not None]
+            return invocations.due_webhooks(conn, time.time())
         finally:
             conn.close()
 

@@ -14,6 +14,7 @@ from typing import Any
 from dicom_node.commands import existing_index
 from dicom_node.commands.output import echo
 from dicom_node.config import NodeConfig
+from dicom_node.index import jobs as job_queries
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -40,9 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _rows(config: NodeConfig, state: str | None, limit: int) -> list[dict[str, Any]]:
     conn = existing_index(config).reader()
     try:
-        sql = "SELECT * FROM jobs" + (" WHERE state = ?" if state else "") + " ORDER BY created_at DESC LIMIT ?"
-        args: tuple[Any, ...] = (state, limit) if state else (limit,)
-        return [_decode(dict(r)) for r in conn.execute(sql, args)]
+        return [_decode(row) for row in job_queries.job_rows(conn, state, limit)]
     finally:
         conn.close()
 
@@ -76,25 +75,21 @@ def run_show(args: argparse.Namespace, config: NodeConfig) -> int:
     """Print one job as JSON; exit 1 when unknown."""
     conn = existing_index(config).reader()
     try:
-        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (args.job_id,)).fetchone()
+        row = job_queries.job_row(conn, args.job_id)
     finally:
         conn.close()
     if row is None:
         echo(f"dicom-node jobs: no job {args.job_id!r}")
         return 1
-    echo(json.dumps(_decode(dict(row)), indent=2))
+    echo(json.dumps(_decode(row), indent=2))
     return 0
 
 
 def run_retry(args: argparse.Namespace, config: NodeConfig) -> int:
     """Re-queue a failed or dead-lettered job; exit 1 when it is not in such a state."""
-    from dicom_node.jobs import ops
-
     conn = existing_index(config).reader()
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        ok = ops.retry(conn, args.job_id, time.time())
-        conn.execute("COMMIT")
+        ok = job_queries.retry_now(conn, args.job_id, time.time())
     finally:
         conn.close()
     if not ok:

@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _rows(config: NodeConfig) -> list[dict[str, Any]]:
-    from dicom_node.sources import state
+    from dicom_node.index import sources as state
 
     persisted: dict[str, dict[str, Any]] = {}
     if config.sources.pollers and has_index(config):

@@ -4,7 +4,7 @@
 - :mod:`~dicom_node.delivery.dimse` — pynetdicom Storage SCU with transfer-syntax fallback;
 - :mod:`~dicom_node.delivery.stowrs` — dicomweb-client STOW-RS;
 - :mod:`~dicom_node.delivery.classify` — retry / dead-letter classification and backoff;
-- :mod:`~dicom_node.delivery.ledger` — the ``deliveries`` table (never send a result twice);
+- :mod:`~dicom_node.index.deliveries` — the ``deliveries`` table (never send a result twice);
 - :mod:`~dicom_node.delivery.deliverer` — :class:`Deliverer`, used by the job worker.
 
 Submodules import pynetdicom and dicomweb-client; this package imports nothing

@@ -28,7 +28,6 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dicom_node.delivery import ledger
 from dicom_node.delivery.classify import Outcome, Verdict, backoff
 from dicom_node.delivery.config import (
     DeliveryConfig,
@@ -43,6 +42,7 @@ from dicom_node.delivery.config import (
 from dicom_node.delivery.dimse import send_dimse
 from dicom_node.delivery.stowrs import send_stow
 from dicom_node.errors import DeliveryError
+from dicom_node.index import deliveries as ledger
 
 __all__ = ["Caller", "Deliverer", "DeliveryResult", "ObjectResult", "resolve_reply"]
 
@@ -163,7 +163,6 @@ class Deliverer:
         self._policy = policy
         self._known_peers = tuple(known_peers)
         self._clock = clock
-        self._schema_ready = False
 
     @classmethod
     def from_config(cls, config: DeliveryConfig) -> Deliverer:
@@ -205,9 +204,6 @@ class Deliverer:
             Unknown destination name.
         """
         dest = self.destination(destination_name)
-        if not self._schema_ready:
-            conn_runner(ledger.ensure_schema)
-            self._schema_ready = True
         loaded, results = self._load(objects, dest.name, conn_runner)
         uids = [str(ds.SOPInstanceUID) for _p, ds in loaded]
         rows = conn_runner(lambda c: ledger.lookup(c, uids, dest.name))

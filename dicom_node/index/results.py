@@ -2,7 +2,7 @@
 
 One row per result object (PS3.3 A.51 Segmentation, A.35.13 Comprehensive 3D SR),
 keyed by its SOP Instance UID; ``path`` is relative to ``storage.root``. The
-rows are written by :func:`dicom_node.jobs.ops` when a job stores its results.
+rows are written by :func:`dicom_node.index.jobs.record_results` when a job stores its results.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dicom_node.errors import StorageError
+from dicom_node.index.schema import migrate
 from dicom_node.index.store import connect
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,18 @@ class IndexWriter:
         self._started = False
 
     def start(self) -> None:
-        """Start the writer thread."""
+        """Bring the schema up to date (a no-op after :class:`~dicom_node.index.store.Index` did), start the thread.
+
+        Raises
+        ------
+        StorageError
+            The database cannot be opened, is newer than this code, or a migration failed.
+        """
+        conn = connect(self._path)
+        try:
+            migrate(conn, self._path)
+        finally:
+            conn.close()
         self._thread.start()
         self._started = True
 

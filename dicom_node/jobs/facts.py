@@ -9,6 +9,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from dicom_node.index import instances
 from dicom_node.routing import SeriesFacts
 from dicom_node.spool import Spool
 
@@ -19,33 +20,24 @@ _ROUTING_TAGS = ["SOPClassUID", "Modality", "BodyPartExamined", "SeriesDescripti
 
 def series_files(conn: sqlite3.Connection, spool: Spool, series_uid: str) -> list[Path]:
     """Spool paths of every indexed instance of a series."""
-    rows = conn.execute(
-        "SELECT path FROM instances WHERE series_instance_uid = ? ORDER BY instance_number, sop_instance_uid",
-        (series_uid,),
-    ).fetchall()
-    return [spool.path_for(r[0]) for r in rows]
+    return [spool.path_for(p) for p in instances.series_paths(conn, series_uid)]
 
 
 def series_facts(conn: sqlite3.Connection, spool: Spool, series_uid: str) -> SeriesFacts:
     """Routing facts of a series: index columns plus a few header attributes of one instance."""
-    row = conn.execute(
-        """SELECT s.modality, s.instance_count, i.calling_ae, i.called_ae, i.sop_class_uid, i.path, i.source
-           FROM series s JOIN instances i ON i.series_instance_uid = s.series_instance_uid
-           WHERE s.series_instance_uid = ? LIMIT 1""",
-        (series_uid,),
-    ).fetchone()
+    row = instances.series_facts(conn, series_uid)
     if row is None:
         return SeriesFacts("", "", "", "", "", "", 0)
     body_part = description = ""
     try:
-        ds = dcmread(spool.path_for(row["path"]), stop_before_pixels=True, specific_tags=_ROUTING_TAGS)
+        ds = dcmread(spool.path_for(row.path), stop_before_pixels=True, specific_tags=_ROUTING_TAGS)
         body_part = str(ds.get("BodyPartExamined", "") or "")
         description = str(ds.get("SeriesDescription", "") or "")
     except (InvalidDicomError, OSError, ValueError) as exc:
         # Routing then sees empty values; the pipeline reports unreadable files per instance.
         log.warning("cannot read routing attributes series_uid=%s error=%s", series_uid, type(exc).__name__)
     return SeriesFacts(
-        calling_ae=row["calling_ae"], called_ae=row["called_ae"], modality=row["modality"] or "",
-        sop_class_uid=row["sop_class_uid"], body_part_examined=body_part, series_description=description,
-        instances=int(row["instance_count"]), source=row["source"] or "",
+        calling_ae=row.calling_ae, called_ae=row.called_ae, modality=row.modality or "",
+        sop_class_uid=row.sop_class_uid, body_part_examined=body_part, series_description=description,
+        instances=row.instance_count, source=row.source or "",
     )

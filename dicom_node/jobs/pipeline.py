@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ContractViolation, DicomNodeError, InferenceError, PixelError, ValidationError
 from dicom_node.index import Index, IndexWriter
-from dicom_node.jobs import ops
+from dicom_node.index import jobs as ops
 from dicom_node.jobs.facts import series_files
 from dicom_node.spool import Spool
 

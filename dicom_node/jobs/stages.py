@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from dicom_node.config import NodeConfig
 from dicom_node.delivery.deliverer import Caller, Deliverer
 from dicom_node.errors import DeliveryError, StorageError
-from dicom_node.index import Index, IndexWriter
+from dicom_node.index import Index, IndexWriter, instances
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -111,14 +111,10 @@ class JobDelivery:
     def _caller(self, series_uid: str) -> Caller | None:
         conn = self.index.reader()
         try:
-            row = conn.execute(
-                """SELECT i.calling_ae, a.peer_host FROM instances i LEFT JOIN associations a ON a.id = i.association_id
-                   WHERE i.series_instance_uid = ? ORDER BY i.received_at DESC LIMIT 1""",
-                (series_uid,),
-            ).fetchone()
+            sender = instances.series_sender(conn, series_uid)
         finally:
             conn.close()
-        return Caller(row[0], row[1] or "") if row else None
+        return Caller(sender.calling_ae, sender.peer_host or "") if sender else None
 
     def deliver(self, job: dict[str, Any]) -> tuple[str, str | None, float]:
         """Returns ``(state, reason, next_attempt_at)``: done, delivering (retry later) or dead-letter."""

@@ -12,7 +12,7 @@ from dicom_node.background import BackgroundLoop
 from dicom_node.config.routing import RoutingConfig
 from dicom_node.errors import DicomNodeError, InferenceError
 from dicom_node.index import Index, IndexWriter
-from dicom_node.jobs import ops
+from dicom_node.index import jobs as ops
 from dicom_node.jobs.facts import series_facts, series_files
 from dicom_node.jobs.pipeline import Pipeline
 from dicom_node.routing import Route, SeriesFacts, facts_dict, route

@@ -32,6 +32,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
 from dicom_node.errors import DecodeError, IdentifierError
+from dicom_node.index import qr as qr_queries
 from dicom_node.pixels.inflate import DEFAULT_MAX_INFLATED_BYTES, deflate, inflate
 from dicom_node.pixels.syntaxes import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 
@@ -181,38 +182,29 @@ def parse_query(ds: Dataset, retrieve: bool) -> Query:
 
 # -- selection from the index ----------------------------------------------------------
 
-def _in(column: str, values: list[str]) -> tuple[str, list[str]]:
-    return f"{column} IN ({', '.join('?' * len(values))})", values
-
-
 def select_results(conn: sqlite3.Connection, root: Path, query: Query) -> list[ResultFile]:
     """Result objects under the query's unique keys (and Modality / SOP Class UID when single-valued).
 
     Paths come from the index and are resolved under ``root``; a row whose
     path leaves the root is skipped (a damaged index must not expose other files).
     """
-    clauses: list[str] = []
-    params: list[str] = []
-    for keyword, values in query.uids.items():
-        clause, args = _in(_COLUMNS[keyword], values)
-        clauses.append(clause)
-        params.extend(args)
-    for keyword, column in (("Modality", "kind"), ("SOPClassUID", "sop_class_uid")):
+    equal: dict[str, str | None] = {}
+    for keyword in ("Modality", "SOPClassUID"):
         value = _single(query.identifier, keyword)
         if value and LEVELS.index(query.level) >= (1 if keyword == "Modality" else 2) and not _is_wild(value):
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    sql = ("SELECT sop_instance_uid, sop_class_uid, series_instance_uid, study_instance_uid, kind, path FROM results"
-           + (" WHERE " + " AND ".join(clauses) if clauses else "")
-           + " ORDER BY study_instance_uid, series_instance_uid, created_at, sop_instance_uid")
+            equal[keyword] = value
+    rows = qr_queries.match_results(
+        conn, study_uids=query.uids.get("StudyInstanceUID", []), series_uids=query.uids.get("SeriesInstanceUID", []),
+        sop_uids=query.uids.get("SOPInstanceUID", []), kind=equal.get("Modality"),
+        sop_class_uid=equal.get("SOPClassUID"))
     out = []
-    for row in conn.execute(sql, params):
-        path = (root / row["path"]).resolve()
+    for row in rows:
+        path = (root / row.path).resolve()
         if root not in path.parents:
-            log.error("result path outside the storage root skipped sop_instance_uid=%s", row["sop_instance_uid"])
+            log.error("result path outside the storage root skipped sop_instance_uid=%s", row.sop_instance_uid)
             continue
-        out.append(ResultFile(row["sop_instance_uid"], row["sop_class_uid"], row["series_instance_uid"],
-                              row["study_instance_uid"], row["kind"], path))
+        out.append(ResultFile(row.sop_instance_uid, row.sop_class_uid, row.series_instance_uid,
+                              row.study_instance_uid, row.kind, path))
     return out
 
 

@@ -29,6 +29,7 @@ from pynetdicom.presentation import build_context
 
 from dicom_node.config.sources import RemoteNode
 from dicom_node.errors import DicomNodeError, SourceError
+from dicom_node.index import instances
 from dicom_node.sources.base import RetrieveResult, SeriesSummary
 from dicom_node.sources.dimse_net import (
     FIND_MODEL,
@@ -44,7 +45,6 @@ __all__ = ["DimseSource", "indexed", "part10_chunks", "retrieve_by_move"]
 
 log = logging.getLogger(__name__)
 
-_SQL_PARAMS = 500
 _CHUNK = 1 << 20
 
 
@@ -92,18 +92,11 @@ def part10_chunks(path: str | os.PathLike[str]) -> Iterator[bytes]:
 
 def indexed(node: NodeStorage, uids: Sequence[str]) -> dict[str, str]:
     """SOP Instance UID -> spool-relative path, for those of ``uids`` the index holds."""
-    found: dict[str, str] = {}
     conn = node.index.reader()
     try:
-        for i in range(0, len(uids), _SQL_PARAMS):
-            batch = list(uids[i:i + _SQL_PARAMS])
-            marks = ",".join("?" * len(batch))
-            for row in conn.execute(
-                    f"SELECT sop_instance_uid, path FROM instances WHERE sop_instance_uid IN ({marks})", batch):
-                found[str(row[0])] = str(row[1])
+        return instances.paths_of(conn, uids)
     finally:
         conn.close()
-    return found
 
 
 def _expected(source: DimseSource, assoc: Association, study_uid: str, series_uid: str | None) -> list[str]:
@@ -178,10 +171,7 @@ def _confirm(source: DimseSource, sink: StagingSink, result: RetrieveResult) -> 
     label = source.source_label
 
     def relabel(conn: sqlite3.Connection) -> None:
-        for i in range(0, len(uids), _SQL_PARAMS):
-            batch = uids[i:i + _SQL_PARAMS]
-            conn.execute(f"UPDATE instances SET source = ? WHERE source = 'dimse' AND sop_instance_uid IN "
-                         f"({','.join('?' * len(batch))})", [label, *batch])
+        instances.relabel_source(conn, uids, label)
 
     if uids:
         source.node.writer.run(relabel)

@@ -5,7 +5,7 @@ A poll cycle of one source (:class:`PollCycle`):
 1. Query studies page by page (``limit = page_size``, ``offset`` growing) with
    ModalitiesInStudy, a StudyDate window (``study_date_days`` before today, but
    starting no later than the persisted watermark, see
-   :mod:`dicom_node.sources.state`) and the poller's other filters.
+   :mod:`dicom_node.index.sources`) and the poller's other filters.
 2. Skip a study when this source already brought in as many instances as its
    NumberOfStudyRelatedInstances says; else list its series and retrieve each
    series whose NumberOfSeriesRelatedInstances exceeds what was brought in:
@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from dicom_node.config.sources import Poller
 from dicom_node.errors import DicomNodeError, SourceError, StorageError
-from dicom_node.sources import state
+from dicom_node.index import sources as state
 from dicom_node.sources.factory import make_source, source_label
 from dicom_node.sources.sink import NodeStorage, RetrievalSink, Stored
 
@@ -284,7 +284,7 @@ class PollerService:
     def _lease_owners(self) -> list[str]:
         conn = self.node.index.reader()
         try:
-            return [r[0] for r in conn.execute("SELECT DISTINCT lease_owner FROM source_state WHERE lease_owner IS NOT NULL")]
+            return state.lease_owners(conn)
         finally:
             conn.close()
 
@@ -401,7 +401,7 @@ class PollerService:
     # -- status ------------------------------------------------------------------------------------------------
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """Persisted state rows by source name (see :mod:`dicom_node.sources.state`)."""
+        """Persisted state rows by source name (see :mod:`dicom_node.index.sources`)."""
         conn = self.node.index.reader()
         try:
             return state.rows(conn)

@@ -40,16 +40,19 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from dicom_node.errors import DicomNodeError, SourceError, StorageError
+from dicom_node.index import sessions as session_queries
 from dicom_node.sources.base import RetrieveResult, StudySummary
 from dicom_node.sources.sessions_sink import SessionSink
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 SESSION_ID_RE = re.compile(r"[0-9a-f]{32}")
 #: Longest wait of the sweeper between two looks at the index (new sessions also wake it).
@@ -182,9 +185,7 @@ class SessionService:
         except OSError as exc:
             raise StorageError(f"cannot create the sessions folder {self.root}: {exc.strerror}") from exc
         now = time.time()
-        interrupted = self.node.writer.run(lambda c: c.execute(
-            "UPDATE sessions SET status = 'failed', reason = 'the retrieval was interrupted by a restart of the node',"
-            " updated_at = ? WHERE status = 'retrieving'", (now,)).rowcount)
+        interrupted = self.node.writer.run(lambda c: session_queries.fail_interrupted(c, now))
         if interrupted:
             log.warning("retrieval sessions interrupted by a restart marked failed count=%d", interrupted)
         self._remove_orphans()
@@ -245,9 +246,7 @@ class SessionService:
                "status": "retrieving", "reason": None, "created_at": now, "updated_at": now,
                "expires_at": now + expiry}
         try:
-            self.node.writer.run(lambda c: c.execute(
-                "INSERT INTO sessions(id, kind, source, request, status, reason, created_at, updated_at, expires_at)"
-                " VALUES (:id, :kind, :source, :request, :status, :reason, :created_at, :updated_at, :expires_at)", row))
+            self.node.writer.run(lambda c: session_queries.insert(c, row))
         except StorageError:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -282,9 +281,8 @@ class SessionService:
         return self.get(session_id)
 
     def _set_status(self, session_id: str, status: str, reason: str | None) -> None:
-        self.node.writer.run(lambda c: c.execute(
-            "UPDATE sessions SET status = ?, reason = ?, updated_at = ? WHERE id = ?",
-            (status, reason, time.time(), session_id)))
+        now = time.time()
+        self.node.writer.run(lambda c: session_queries.set_status(c, session_id, status, reason, now))
 
     def start_retrieval(self, kind: str, source: RetrievalSource, source_name: str, plan: RetrievalPlan,
                         expiry: float) -> dict[str, Any]:
@@ -345,10 +343,10 @@ class SessionService:
 
     # --- reading ---------------------------------------------------------------------------------------------
 
-    def _read(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
+    def _read(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
         conn = self.node.index.reader()
         try:
-            return list(conn.execute(sql, args))
+            return query(conn)
         finally:
             conn.close()
 
@@ -356,15 +354,11 @@ class SessionService:
         """The session with its series (UIDs, modality, instance count); None when unknown or expired."""
         if not SESSION_ID_RE.fullmatch(session_id):
             return None
-        rows = self._read("SELECT * FROM sessions WHERE id = ?", (session_id,))
-        if not rows or rows[0]["expires_at"] <= (now or time.time()):
+        session = self._read(lambda c: session_queries.get(c, session_id))
+        if session is None or session["expires_at"] <= (now or time.time()):
             return None
-        session = dict(rows[0])
-        series = self._read(
-            "SELECT study_instance_uid, series_instance_uid, MAX(modality) AS modality, COUNT(*) AS instances"
-            " FROM session_instances WHERE session_id = ? GROUP BY study_instance_uid, series_instance_uid"
-            " ORDER BY study_instance_uid, series_instance_uid", (session_id,))
-        session["series"] = [dict(r) for r in series]
+        series = self._read(lambda c: session_queries.series(c, session_id))
+        session["series"] = series
         session["instances"] = sum(r["instances"] for r in series)
         return session
 
@@ -390,10 +384,10 @@ class SessionService:
             series_uid = uids[0]
         elif series_uid not in uids:
             raise SessionUnavailable(f"session {session_id} holds no series {series_uid[:64]!r}")
-        rows = self._read("SELECT path FROM session_instances WHERE session_id = ? AND series_instance_uid = ?"
-                          " ORDER BY instance_number, sop_instance_uid", (session_id, series_uid))
+        wanted = series_uid
+        paths = self._read(lambda c: session_queries.series_paths(c, session_id, wanted))
         folder = self.folder(session_id)
-        return [folder / r["path"] for r in rows]
+        return [folder / p for p in paths]
 
     # --- removal ---------------------------------------------------------------------------------------------
 
@@ -414,7 +408,8 @@ class SessionService:
     def sweep(self, now: float | None = None) -> int:
         """Remove expired sessions with their files; returns how many."""
         now = time.time() if now is None else now
-        expired = [r["id"] for r in self._read("SELECT id FROM sessions WHERE expires_at <= ?", (now,))]
+        at = now
+        expired = self._read(lambda c: session_queries.expired(c, at))
         if not expired:
             return 0
         with self._lock:
@@ -428,8 +423,7 @@ class SessionService:
         return len(expired)
 
     def _next_expiry(self) -> float | None:
-        rows = self._read("SELECT MIN(expires_at) AS t FROM sessions", ())
-        return rows[0]["t"] if rows and rows[0]["t"] is not None else None
+        return self._read(session_queries.next_expiry)
 
     def _sweep_loop(self) -> None:
         while not self._stop.is_set():
@@ -455,7 +449,7 @@ class SessionService:
 
     def _remove_orphans(self) -> None:
         """Remove folders no session row owns (a crash between the row delete and the folder removal)."""
-        known = {r["id"] for r in self._read("SELECT id FROM sessions", ())}
+        known = self._read(session_queries.ids)
         removed = 0
         for entry in os.scandir(self.root):
             if entry.is_dir(follow_symlinks=False) and SESSION_ID_RE.fullmatch(entry.name) and entry.name not in known:
@@ -466,6 +460,4 @@ class SessionService:
 
 
 def _delete_rows(conn: sqlite3.Connection, ids: list[str]) -> int:
-    marks = ",".join("?" * len(ids))
-    conn.execute(f"DELETE FROM session_instances WHERE session_id IN ({marks})", ids)
-    return int(conn.execute(f"DELETE FROM sessions WHERE id IN ({marks})", ids).rowcount)
+    return session_queries.delete(conn, ids)

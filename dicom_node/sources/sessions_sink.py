@@ -24,6 +24,7 @@ from typing import Any
 
 from dicom_node.api.stow import Part
 from dicom_node.errors import IngestError, StorageError
+from dicom_node.index import sessions as session_queries
 from dicom_node.ingest import Arrival
 from dicom_node.sources.sink import StagingSink, Stored
 
@@ -41,16 +42,7 @@ def _insert_op(session_id: str, row: dict[str, Any]) -> Callable[[sqlite3.Connec
     """Index operation: add the instance row while the session exists; its outcome or None."""
 
     def op(conn: sqlite3.Connection) -> str | None:
-        if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is None:
-            return None
-        existed = conn.execute("SELECT 1 FROM session_instances WHERE session_id = ? AND sop_instance_uid = ?",
-                               (session_id, row["sop_instance_uid"])).fetchone() is not None
-        conn.execute(
-            "INSERT OR REPLACE INTO session_instances(session_id, sop_instance_uid, sop_class_uid, series_instance_uid,"
-            " study_instance_uid, transfer_syntax_uid, modality, instance_number, path, size)"
-            " VALUES (:session_id, :sop_instance_uid, :sop_class_uid, :series_instance_uid, :study_instance_uid,"
-            " :transfer_syntax_uid, :modality, :instance_number, :path, :size)", {"session_id": session_id, **row})
-        return "replaced" if existed else "stored"
+        return session_queries.add_instance(conn, session_id, row)
 
     return op
 

@@ -35,7 +35,7 @@ from dicom_node.api.stow import (
     boundary_of,
 )
 from dicom_node.errors import IngestError, StorageError
-from dicom_node.index import ops
+from dicom_node.index import instances, ops
 from dicom_node.ingest import Arrival, read_header
 
 log = logging.getLogger(__name__)
@@ -153,10 +153,9 @@ async def _finish_part(request: Request, part: Part, assoc_id: str, study: str |
 def _study_of(request: Request, sop_uid: str) -> str | None:
     conn = request.app.state.ctx.node.index.reader()
     try:
-        row = conn.execute("SELECT study_instance_uid FROM instances WHERE sop_instance_uid = ?", (sop_uid,)).fetchone()
+        return instances.study_of(conn, sop_uid)
     finally:
         conn.close()
-    return row[0] if row else None
 
 
 async def _stow(request: Request, study: str | None) -> JSONResponse:
@@ -222,18 +221,12 @@ def _accepted_syntaxes(accept: str) -> set[str] | None:
 def _files(request: Request, study: str, series: str, sop: str | None) -> list[Path]:
     node = request.app.state.ctx.node
     root = Path(node.config.storage.root).resolve()
-    extra, args = ("AND sop_instance_uid = ?", (study, series, sop)) if sop else ("", (study, series))
     conn = node.index.reader()
     try:
-        rows = conn.execute(f"SELECT path FROM results WHERE study_instance_uid = ? AND series_instance_uid = ? {extra} "
-                            "ORDER BY created_at", args).fetchall()
-        paths = [root / r["path"] for r in rows]
-        if not paths:
-            rows = conn.execute(f"SELECT path FROM instances WHERE study_instance_uid = ? AND series_instance_uid = ? "
-                                f"{extra} ORDER BY instance_number, sop_instance_uid", args).fetchall()
-            paths = [node.spool.path_for(r["path"]) for r in rows]
+        table, found = instances.wado_paths(conn, study, series, sop)
     finally:
         conn.close()
+    paths = [root / p for p in found] if table == "results" else [node.spool.path_for(p) for p in found]
     return [p for p in paths if p.is_file()]
 
 

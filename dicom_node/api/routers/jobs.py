@@ -4,14 +4,13 @@ A job is one model run: on one completed series (``kind: "series"``, see
 :mod:`dicom_node.jobs`), or on one upload posted to ``/v1/invocations``
 (``kind: "invocation"``, see :mod:`dicom_node.api.webhooks`), whose job id is
 its request UUID and which carries its Examination-ID. The SQL is in
-:func:`dicom_node.jobs.ops.list_jobs` and :func:`dicom_node.jobs.ops.find_job`.
+:func:`dicom_node.index.jobs.list_jobs` and :func:`dicom_node.index.jobs.find_job`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -23,7 +22,7 @@ from pydantic import BaseModel, Field
 from dicom_node.api.auth import Principal, require
 from dicom_node.api.errors import ApiError
 from dicom_node.api.schemas import UID_PATTERN, error_responses
-from dicom_node.jobs import ops
+from dicom_node.index import jobs as ops
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +79,8 @@ def _json(text: str | None, default: Any) -> Any:
         return default
 
 
-def to_job(row: sqlite3.Row) -> dict[str, Any]:
-    """The API view of one row of :func:`dicom_node.jobs.ops.list_jobs` (a series job or an invocation)."""
+def to_job(row: ops.JobView) -> dict[str, Any]:
+    """The API view of one row of :func:`dicom_node.index.jobs.list_jobs` (a series job or an invocation)."""
     result = _json(row["result"], {})
     return {
         "id": row["id"], "kind": row["kind"], "status": row["state"], "model": row["model"], "rule": row["rule"],
@@ -148,7 +147,7 @@ def job_key() -> Any:
     return PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$", description="Job id or request UUID")
 
 
-def _load_job(request: Request, job_id: str) -> sqlite3.Row:
+def _load_job(request: Request, job_id: str) -> ops.JobView:
     """The job row by id or request UUID; 404 when there is none."""
     conn = request.app.state.ctx.node.index.reader()
     try:

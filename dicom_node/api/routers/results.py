@@ -25,6 +25,7 @@ from pydicom.errors import InvalidDicomError
 from dicom_node.api.auth import require
 from dicom_node.api.errors import ApiError
 from dicom_node.api.schemas import UID_PATTERN, error_responses, is_uid
+from dicom_node.index import results as result_queries
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +134,15 @@ def study_results(request: Request, study_uid: str) -> list[dict[str, Any]]:
     """Summaries of every result object of a study, oldest first."""
     conn = request.app.state.ctx.node.index.reader()
     try:
-        rows = conn.execute("SELECT * FROM results WHERE study_instance_uid = ? ORDER BY created_at, kind",
-                            (study_uid,)).fetchall()
+        rows = result_queries.list_results(conn, study_uid)
     finally:
         conn.close()
     out = []
     for row in rows:
-        item = {k: row[k] for k in ("sop_instance_uid", "series_instance_uid", "sop_class_uid", "kind", "model",
-                                    "model_version", "job_id", "source_series_uid", "created_at")}
-        item["findings"] = findings(result_path(request, row["path"])) if row["kind"] == "SR" else []
+        item: dict[str, Any] = {k: getattr(row, k) for k in (
+            "sop_instance_uid", "series_instance_uid", "sop_class_uid", "kind", "model", "model_version", "job_id",
+            "source_series_uid", "created_at")}
+        item["findings"] = findings(result_path(request, row.path)) if row.kind == "SR" else []
         out.append(item)
     return out
 
@@ -163,12 +164,12 @@ def get_result(request: Request, sop_instance_uid: Annotated[str, uid_param()], 
         raise ApiError(400, "invalid_request", "not a valid UID")
     conn = request.app.state.ctx.node.index.reader()
     try:
-        row = conn.execute("SELECT path FROM results WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+        row = result_queries.get_result(conn, sop_instance_uid)
     finally:
         conn.close()
     if row is None:
         raise ApiError(404, "not_found", "no result object with this SOP Instance UID")
-    path = result_path(request, row["path"])
+    path = result_path(request, row.path)
     if not path.is_file():
         raise ApiError(404, "not_found", "result file missing")
     return FileResponse(path, media_type="application/dicom", filename=f"{sop_instance_uid}.dcm")

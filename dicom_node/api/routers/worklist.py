@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from dicom_node.api.auth import require
 from dicom_node.api.routers.results import findings, result_path
 from dicom_node.api.schemas import error_responses
+from dicom_node.index import worklist as worklist_queries
 
 log = logging.getLogger(__name__)
 
@@ -81,25 +82,23 @@ def _status(models: list[dict[str, Any]]) -> str:
     return "received"
 
 
-def _jobs(conn: sqlite3.Connection, study: str) -> tuple[list[dict[str, Any]], sqlite3.Row | None]:
+def _jobs(conn: sqlite3.Connection, study: str) -> tuple[list[dict[str, Any]], worklist_queries.Failure | None]:
     models: dict[str, dict[str, Any]] = {}
-    for row in conn.execute("SELECT model, state, COUNT(*) AS n FROM jobs WHERE study_instance_uid = ? "
-                            "GROUP BY model, state ORDER BY model", (study,)):
-        entry = models.setdefault(row["model"], {"model": row["model"], "pending": 0, "processing": 0, "done": 0,
-                                                 "failed": 0})
-        entry[_BUCKET.get(row["state"], "processing")] += row["n"]
-    failed = conn.execute("SELECT model, reason FROM jobs WHERE study_instance_uid = ? AND state IN "
-                          "('failed', 'dead-letter') ORDER BY updated_at DESC LIMIT 1", (study,)).fetchone()
-    return list(models.values()), failed
+    for row in worklist_queries.job_counts(conn, study):
+        entry = models.setdefault(row.model, {"model": row.model, "pending": 0, "processing": 0, "done": 0,
+                                              "failed": 0})
+        entry[_BUCKET.get(row.state, "processing")] += row.count
+    return list(models.values()), worklist_queries.last_failure(conn, study)
 
 
-def top_finding(request: Request, conn: sqlite3.Connection, study: str, failed: sqlite3.Row | None) -> dict[str, Any] | None:
+def top_finding(request: Request, conn: sqlite3.Connection, study: str,
+                failed: worklist_queries.Failure | None) -> dict[str, Any] | None:
     """The study's highest-priority finding (module docstring), or None."""
     if failed is not None:
-        return {"kind": "failed", "model": failed["model"], "reason": failed["reason"]}
+        return {"kind": "failed", "model": failed.model, "reason": failed.reason}
     best: tuple[tuple[int, float], dict[str, Any]] | None = None
-    for row in conn.execute("SELECT model, path FROM results WHERE study_instance_uid = ? AND kind = 'SR'", (study,)):
-        for f in findings(result_path(request, row["path"])):
+    for row in worklist_queries.sr_results(conn, study):
+        for f in findings(result_path(request, row.path)):
             if f["probability"] is not None:
                 key, item = (2, f["probability"]), {"kind": "classification", "probability": f["probability"]}
             elif f["volume_ml"] is not None:
@@ -107,7 +106,7 @@ def top_finding(request: Request, conn: sqlite3.Connection, study: str, failed: 
             else:
                 continue
             if best is None or key > best[0]:
-                best = (key, {**item, "model": row["model"], "label": f["label"]})
+                best = (key, {**item, "model": row.model, "label": f["label"]})
     return best[1] if best else None
 
 
@@ -118,19 +117,14 @@ def worklist(request: Request, _principal: Annotated[Any, Depends(require("read"
     """Studies by most recent arrival, newest first."""
     conn = request.app.state.ctx.node.index.reader()
     try:
-        rows = conn.execute(
-            """SELECT study_instance_uid AS study, MAX(last_received_at) AS last, COUNT(*) AS series,
-                      SUM(instance_count) AS instances, GROUP_CONCAT(DISTINCT modality) AS modalities
-               FROM series GROUP BY study_instance_uid ORDER BY last DESC LIMIT ?""", (limit,)).fetchall()
         studies = []
-        for row in rows:
-            models, failed = _jobs(conn, row["study"])
+        for row in worklist_queries.recent_studies(conn, limit):
+            models, failed = _jobs(conn, row.study_uid)
             studies.append({
-                "study_uid": row["study"], "last_received_at": row["last"], "series": row["series"],
-                "instances": row["instances"] or 0,
-                "modalities": sorted(m for m in (row["modalities"] or "").split(",") if m),
+                "study_uid": row.study_uid, "last_received_at": row.last_received_at, "series": row.series,
+                "instances": row.instances, "modalities": row.modalities,
                 "status": _status(models), "models": models,
-                "top_finding": top_finding(request, conn, row["study"], failed),
+                "top_finding": top_finding(request, conn, row.study_uid, failed),
             })
     finally:
         conn.close()

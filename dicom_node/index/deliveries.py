@@ -2,7 +2,8 @@
 
 Functions of a :class:`sqlite3.Connection`; the caller runs them through the
 index writer (one writer thread, group commit), e.g.
-``writer.run(lambda c: ledger.mark_sent(c, uid, "pacs", now))``. One row per
+``writer.run(lambda c: deliveries.mark_sent(c, uid, "pacs", now))``. The table is
+created by :mod:`dicom_node.index.schema` (migration 1). One row per
 (SOP Instance UID, destination):
 
 - ``pending``: attempted and failed transiently; ``next_attempt_at`` says when to retry;
@@ -21,22 +22,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-__all__ = ["DueDelivery", "LedgerRow", "due", "ensure_schema", "lookup", "mark_dead", "mark_sent", "record_attempt", "requeue", "was_sent"]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS deliveries (
-    sop_instance_uid TEXT NOT NULL,
-    destination      TEXT NOT NULL,
-    state            TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'dead')),
-    attempts         INTEGER NOT NULL DEFAULT 0,
-    last_error       TEXT,
-    next_attempt_at  REAL,
-    sent_at          REAL,
-    path             TEXT,
-    PRIMARY KEY (sop_instance_uid, destination)
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
-"""
+__all__ = ["DueDelivery", "LedgerRow", "due", "lookup", "mark_dead", "mark_sent", "record_attempt", "requeue", "was_sent"]
 
 #: Longest error text kept per row (errors are ours, PHI-free, but unbounded otherwise).
 _MAX_ERROR = 1000
@@ -64,13 +50,6 @@ class DueDelivery:
     attempts: int
     next_attempt_at: float
     path: str | None
-
-
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create the ``deliveries`` table and its index when missing (idempotent)."""
-    for statement in _SCHEMA.split(";"):
-        if statement.strip():
-            conn.execute(statement)
 
 
 def was_sent(conn: sqlite3.Connection, sop_uid: str, destination: str) -> bool:

@@ -1,14 +1,34 @@
-"""SQL on jobs, results and unrouted series (writes run by the index writer), and the reads of the REST jobs resource."""
+"""SQL on jobs, results and unrouted series (writes run by the index writer), and the reads of the jobs views.
+
+Shared by the job workers, ``dicom-node jobs`` and ``/v1/jobs``.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol, TypedDict, cast
 
-from dicom_node.routing import Route
+from dicom_node.index import deliveries
+
+
+class Route(Protocol):
+    """What a job is made of: a routing decision (:class:`dicom_node.routing.Route` has this shape).
+
+    A protocol, so the persistence layer does not import the routing domain above it.
+    """
+
+    @property
+    def rule(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def destinations(self) -> Sequence[str]: ...
 
 ACTIVE = ("validating", "decoding", "inferring", "writing")
 STATES = ("queued",) + ACTIVE + ("delivering", "done", "failed", "dead-letter")
@@ -27,7 +47,7 @@ def pending_series_events(conn: sqlite3.Connection, limit: int = 100) -> list[sq
 
 
 def consume_event(
-    conn: sqlite3.Connection, event: dict[str, Any], routes: list[Route], facts: dict[str, Any], now: float
+    conn: sqlite3.Connection, event: dict[str, Any], routes: Sequence[Route], facts: dict[str, Any], now: float
 ) -> list[str]:
     """Turn one completion event into jobs (or an unrouted record), exactly once.
 
@@ -136,14 +156,11 @@ def retry(conn: sqlite3.Connection, jid: str, now: float) -> bool:
     A dead-lettered job with results goes back to delivery, and its objects'
     dead ledger rows become pending again; objects already stored stay sent.
     """
-    from dicom_node.delivery import ledger
-
     row = conn.execute("SELECT destinations, result FROM jobs WHERE id = ? AND state = 'dead-letter'", (jid,)).fetchone()
     if row is not None and row["result"]:
-        ledger.ensure_schema(conn)
         for dest in json.loads(row["destinations"]):
             for obj in json.loads(row["result"]).get("objects", []):
-                ledger.requeue(conn, dest, obj["sop_instance_uid"], now)
+                deliveries.requeue(conn, dest, obj["sop_instance_uid"], now)
     cur = conn.execute(
         """UPDATE jobs SET state = CASE WHEN result IS NOT NULL AND state = 'dead-letter' THEN 'delivering' ELSE 'queued' END,
                   reason = NULL, details = NULL, next_attempt_at = 0, updated_at = ?
@@ -193,7 +210,34 @@ class JobFilter:
     before: tuple[float, str] | None = None
 
 
-def list_jobs(conn: sqlite3.Connection, query: JobFilter, limit: int, offset: int = 0) -> list[sqlite3.Row]:
+class JobView(TypedDict):
+    """One row of :data:`_ALL_JOBS`: a series job or an invocation. JSON columns are still text."""
+
+    id: str
+    kind: Literal["series", "invocation"]
+    state: str
+    model: str
+    rule: str | None
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    destinations: str
+    attempts: int
+    created_at: float
+    updated_at: float
+    stage_times: str
+    reason: str | None
+    details: str | None
+    result: str | None
+    request_uuid: str | None
+    examination_id: str | None
+    webhook_state: str | None
+
+
+def _view(row: sqlite3.Row) -> JobView:
+    return cast(JobView, dict(row))
+
+
+def list_jobs(conn: sqlite3.Connection, query: JobFilter, limit: int, offset: int = 0) -> list[JobView]:
     """Series jobs and invocations matching ``query``, newest first (``created_at``, then ``id``, descending).
 
     Rows have the columns of :data:`_ALL_JOBS`; ask for one more than a page to know whether another follows.
@@ -216,9 +260,38 @@ def list_jobs(conn: sqlite3.Connection, query: JobFilter, limit: int, offset: in
         args += [query.before[0], query.before[0], query.before[1]]
     sql = f"SELECT * FROM ({_ALL_JOBS})" + (" WHERE " + " AND ".join(clauses) if clauses else "")
     sql += " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
-    return conn.execute(sql, (*args, limit, offset)).fetchall()
+    return [_view(r) for r in conn.execute(sql, (*args, limit, offset))]
 
 
-def find_job(conn: sqlite3.Connection, key: str) -> sqlite3.Row | None:
+def find_job(conn: sqlite3.Connection, key: str) -> JobView | None:
     """One series job by its id, or one invocation by its request UUID (the invocation's id); None when neither."""
-    return conn.execute(f"SELECT * FROM ({_ALL_JOBS}) WHERE id = ?", (key,)).fetchone()
+    row = conn.execute(f"SELECT * FROM ({_ALL_JOBS}) WHERE id = ?", (key,)).fetchone()
+    return None if row is None else _view(row)
+
+
+# --- Reads for ``dicom-node jobs`` (series jobs only, every column of the table) ----------------------------------
+
+
+def job_rows(conn: sqlite3.Connection, state: str | None, limit: int) -> list[dict[str, Any]]:
+    """Rows of the ``jobs`` table, newest first, optionally in one ``state`` (JSON columns still text)."""
+    sql = "SELECT * FROM jobs" + (" WHERE state = ?" if state else "") + " ORDER BY created_at DESC LIMIT ?"
+    args: tuple[object, ...] = (state, limit) if state else (limit,)
+    return [dict(r) for r in conn.execute(sql, args)]
+
+
+def job_row(conn: sqlite3.Connection, jid: str) -> dict[str, Any] | None:
+    """The ``jobs`` row with this id (JSON columns still text), or None."""
+    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (jid,)).fetchone()
+    return None if row is None else dict(row)
+
+
+def retry_now(conn: sqlite3.Connection, jid: str, now: float) -> bool:
+    """:func:`retry` in its own write transaction, for a process that has no index writer (the CLI)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        ok = retry(conn, jid, now)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return ok

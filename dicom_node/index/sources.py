@@ -1,7 +1,7 @@
 """Persisted poll state: per-source status, watermark, lease, and the seen set.
 
 Two tables of the index (created with the rest of the schema in
-:mod:`dicom_node.index.store`):
+:mod:`dicom_node.index.schema`):
 
 - ``source_state``: one row per poller. ``state`` is ``idle``, ``polling``,
   ``backoff`` (until ``backoff_until``) or ``stopped`` (``reason`` says why, e.g.
@@ -203,3 +203,8 @@ def release(conn: sqlite3.Connection, source: str, owner: str, now: float) -> No
                lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE source = ? AND lease_owner = ?""",
         (now, now, source, owner),
     )
+
+
+def lease_owners(conn: sqlite3.Connection) -> list[str]:
+    """Every process id holding a poll lease (one per owner)."""
+    return [str(r[0]) for r in conn.execute("SELECT DISTINCT lease_owner FROM source_state WHERE lease_owner IS NOT NULL")]
