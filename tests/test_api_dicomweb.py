@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import io
-import uuid
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pydicom
-import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from dicom_node.api.stow import (
-    MultipartError,
-    MultipartReader,
-    PartWriter,
-    boundary_of,
-    parse_meta,
-)
 from dicom_node.node import Node
-from dicom_node.spool import Spool
 from dicom_node.synthetic import SeriesSpec, ct_datasets
 from tests.conftest import wait_for
 from tests.receiver import multipart_related
@@ -146,38 +136,3 @@ def test_wado_rs_406_and_404(start_node) -> None:
     missing = httpx.get(f"{path}/instances/1.2.3")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert httpx.get(f"{base(node)}/dicomweb/studies/1.2/series/x.y").status_code == 400
-
-
-@pytest.mark.parametrize("chunk", [1, 7, 4096])
-def test_multipart_reader_splits_any_chunking(tmp_path: Path, chunk: int) -> None:
-    spool = Spool(tmp_path, fsync=False)
-    datasets = list(ct_datasets(SeriesSpec(slices=2, rows=16, columns=16, seed="chunks")))
-    body, ctype = multipart([encode(d) for d in datasets], boundary=uuid.uuid4().hex)
-    reader = MultipartReader(boundary_of(ctype), spool, 10, 1 << 30)
-    for k in range(0, len(body), chunk):
-        reader.feed(body[k:k + chunk])
-    reader.close()
-    parts = reader.take()
-    assert [p.sop_instance_uid for p in parts] == [str(d.SOPInstanceUID) for d in datasets]
-    for part, ds in zip(parts, datasets, strict=False):
-        assert part.failure is None and part.temp is not None
-        back = pydicom.dcmread(part.temp)
-        assert back.file_meta.SourceApplicationEntityTitle == "STOW-RS"
-        np.testing.assert_array_equal(back.pixel_array, ds.pixel_array)
-        spool.discard(part.fd, part.temp)
-
-
-def test_parse_meta_and_boundary_edge_cases(tmp_path: Path) -> None:
-    raw = encode(next(iter(ct_datasets(SeriesSpec(slices=1, rows=8, columns=8, seed="m")))))
-    assert parse_meta(raw[:100]) is None and parse_meta(raw[:140]) is None
-    meta, offset = parse_meta(raw)
-    assert meta["transfer_syntax"] == "1.2.840.10008.1.2.1" and raw[offset:offset + 2] == b"\x08\x00"
-    with pytest.raises(ValueError):
-        parse_meta(b"\x01" * 200)
-    with pytest.raises(MultipartError):
-        boundary_of('multipart/related; type="application/dicom+json"; boundary=x')
-    with pytest.raises(MultipartError):
-        boundary_of("multipart/related; type=application/dicom")
-    writer = PartWriter(Spool(tmp_path, fsync=False), 1 << 20, "image/png")
-    writer.feed(raw)
-    assert writer.finish().failure[0] == 0xC000

@@ -52,16 +52,16 @@ def test_bad_bytes_get_a_status_and_leave_nothing_behind(start_node, tmp_path: P
 
 def test_parts_left_when_the_sink_gives_up_are_discarded(start_node, ct_series: list[Path]) -> None:
     """A sink that fails mid-response (closed session, stopping poller) leaves no staged .part files."""
-    from dicom_node.api.stow import MultipartReader
     from dicom_node.errors import StorageError
     from dicom_node.sources.base import RetrieveResult
     from dicom_node.sources.dicomweb import _store_taken
     from dicom_node.sources.sink import RetrievalSink
+    from dicom_node.staging import Part10Reader
 
     node = start_node(api={"enabled": False})
     boundary = "b0undary"
     body, _ = multipart_related([p.read_bytes() for p in ct_series[:3]], boundary)
-    reader = MultipartReader(boundary, node.spool, 10, 1 << 30, "orthanc")
+    reader = Part10Reader(boundary, node.spool, 10, 1 << 30, "orthanc")
     reader.feed(body)
     reader.close()
     parts = reader.take()

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from dicom_node.dicomweb.multipart import MultipartError, media_type, split
 from dicom_node.errors import DicomNodeError
 
 log = logging.getLogger(__name__)
@@ -293,27 +294,23 @@ def _temp_file(tmp_dir: Path) -> tuple[int, Path]:
 def split_multipart(body: bytes, content_type: str) -> list[bytes]:
     """Split a ``multipart/related`` body (WADO-RS, PS3.18 8.7.3) into its parts' payloads.
 
+    The body is read by the node's one multipart reader (:mod:`dicom_node.dicomweb.multipart`);
+    the caller bounds the number of parts (the body itself is bounded by ``api.max_body_bytes``).
+
     Raises
     ------
     InputRejected
-        ``undecodable`` without a boundary parameter.
+        ``undecodable`` without a boundary parameter, or when the body is not a
+        well-formed multipart message.
     """
-    boundary = ""
-    for param in content_type.split(";")[1:]:
-        key, _, value = param.strip().partition("=")
-        if key.lower() == "boundary":
-            boundary = value.strip().strip('"')
+    _, params = media_type(content_type)
+    boundary = params.get("boundary", "")
     if not boundary:
         raise InputRejected("undecodable", "the DICOMweb server answered multipart without a boundary")
-    delimiter = b"--" + boundary.encode("latin-1")
-    payloads = []
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
-            break
-        _, sep, payload = chunk.partition(b"\r\n\r\n")
-        if sep:
-            payloads.append(payload[:-2] if payload.endswith(b"\r\n") else payload)
-    return payloads
+    try:
+        return [payload for _, payload in split(body, boundary, max_parts=len(body) + 1)]
+    except MultipartError as exc:
+        raise InputRejected("undecodable", f"the DICOMweb server's multipart answer cannot be read: {exc}") from exc
 
 
 def decode_for_model(data: bytes, spec: Any, tmp_dir: Path, max_pixels: int, gpu: str = "cpu") -> DecodedInput:

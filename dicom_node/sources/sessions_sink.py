@@ -22,11 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dicom_node.api.stow import Part
 from dicom_node.errors import IngestError, StorageError
 from dicom_node.index import sessions as session_queries
 from dicom_node.ingest import Arrival
 from dicom_node.sources.sink import StagingSink, Stored
+from dicom_node.staging import Part
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class SessionSink(StagingSink):
         return self._node.spool, self._node.config.scp.max_dataset_bytes
 
     def store_staged(self, part: Part) -> Stored:
-        """Store a part staged by :class:`~dicom_node.api.stow.PartWriter` (uploads use this directly).
+        """Store a part staged by :class:`~dicom_node.staging.PartWriter` (uploads use this directly).
 
         The temporary file is consumed (moved or deleted) whatever happens.
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
-from dicom_node.api.stow import Part, PartWriter
 from dicom_node.errors import IngestError, StorageError
 from dicom_node.index import ops
 from dicom_node.ingest import Arrival
+from dicom_node.staging import Part, PartWriter
 
 if TYPE_CHECKING:  # typing only: the config and SCP modules import the sources package
     from pydicom.dataset import Dataset
@@ -93,7 +93,7 @@ class StagingSink:
         raise NotImplementedError
 
     def store_staged(self, part: Part) -> Stored:
-        """Store a part staged by :class:`~dicom_node.api.stow.PartWriter`; consumes its temporary file."""
+        """Store a part staged by :class:`~dicom_node.staging.PartWriter`; consumes its temporary file."""
         raise NotImplementedError
 
     def store_part10(self, chunks: Iterable[bytes] | bytes) -> Stored:
@@ -200,7 +200,7 @@ class RetrievalSink(StagingSink):
         return self.node.spool, self.node.config.scp.max_dataset_bytes
 
     def store_staged(self, part: Part) -> Stored:
-        """Store a part already staged in the spool by :class:`~dicom_node.api.stow.MultipartReader`.
+        """Store a part already staged in the spool by :class:`~dicom_node.staging.Part10Reader`.
 
         The part's temporary file is consumed (moved into the spool or removed) whatever happens.
         """

@@ -42,7 +42,7 @@ from dicom_node.api.schemas import (
     SessionInfo,
     error_responses,
 )
-from dicom_node.api.stow import MultipartError, MultipartReader, boundary_of
+from dicom_node.dicomweb.multipart import MultipartError, boundary_of
 from dicom_node.errors import StorageError
 from dicom_node.sources.sessions import SessionRefused, SessionService
 from dicom_node.sources.sessions_request import (
@@ -52,6 +52,7 @@ from dicom_node.sources.sessions_request import (
     resolve_remote,
 )
 from dicom_node.sources.sessions_sink import SessionSink
+from dicom_node.staging import Part10Reader
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ async def _receive_related(request: Request, sink: SessionSink, content_type: st
     except MultipartError as exc:
         raise ApiError(exc.status, "unsupported_media_type" if exc.status == 415 else "invalid_request", str(exc)) from exc
     node = request.app.state.ctx.node
-    reader = MultipartReader(boundary, node.spool, cfg.api.max_multipart_parts, cfg.scp.max_dataset_bytes)
+    reader = Part10Reader(boundary, node.spool, cfg.api.max_multipart_parts, cfg.scp.max_dataset_bytes)
     parts, received = 0, 0
     try:
         async for chunk in request.stream():

@@ -1,4 +1,4 @@
-"""Streaming ``multipart/related`` parser for STOW-RS (PS3.18 10.5, RFC 2387).
+"""Stage PS3.10 files arriving in a multipart body (STOW-RS, WADO-RS, uploads) into the spool.
 
 Each ``application/dicom`` part is a PS3.10 file. Its File Meta Information is
 read from the first bytes of the part; from then on the part is written
@@ -6,20 +6,26 @@ straight into a spool temporary file laid out as the C-STORE receiver lays it
 out (our own File Meta, see :func:`dicom_node.scp.filemeta.file_meta`, then the
 dataset at ``data_offset``), so the body is never held in memory beyond one
 chunk and every part can go through :meth:`dicom_node.ingest.Ingestor.store`.
+The multipart syntax itself is read by :mod:`dicom_node.dicomweb.multipart`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dicom_node.dicomweb.multipart import MultipartError, MultipartReader
 from dicom_node.errors import InsufficientSpaceError, StorageError
 from dicom_node.scp.filemeta import file_meta
 from dicom_node.spool import Spool
+
+__all__ = [
+    "CANNOT_UNDERSTAND", "MISMATCH", "OUT_OF_RESOURCES", "Part", "Part10Reader", "PartWriter", "parse_meta",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +38,6 @@ _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC
 _META_LIMIT = 1 << 20
 _HEADER_LIMIT = 16 * 1024
 _META_KEYS = {0x0002: "sop_class_uid", 0x0003: "sop_instance_uid", 0x0010: "transfer_syntax"}
-
-
-class MultipartError(Exception):
-    """The body is not a well-formed multipart/related message, or exceeds a limit (``status``)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass
@@ -182,145 +180,58 @@ class PartWriter:
         return p
 
 
-def boundary_of(content_type: str) -> str:
-    """The boundary of a ``multipart/related; type="application/dicom"`` Content-Type.
+class Part10Reader:
+    """A multipart body split into parts staged in the spool (:class:`PartWriter` per part).
 
-    Raises
-    ------
-    MultipartError
-        Another media type (status 415) or no boundary (400).
-    """
-    main, _, params = content_type.partition(";")
-    values = {k.strip().lower(): v.strip().strip('"') for k, _, v in
-              (p.partition("=") for p in re.split(r";(?=(?:[^\"]*\"[^\"]*\")*[^\"]*$)", params)) if k.strip()}
-    if main.strip().lower() != "multipart/related":
-        raise MultipartError("STOW-RS takes multipart/related; type=\"application/dicom\"", 415)
-    if values.get("type", "application/dicom").lower() != "application/dicom":
-        raise MultipartError(f"multipart/related type {values['type']!r} is not supported; use application/dicom", 415)
-    boundary = values.get("boundary", "")
-    if not boundary or len(boundary) > 200:
-        raise MultipartError("multipart/related without a usable boundary")
-    return boundary
+    Parameters
+    ----------
+    boundary : str
+        From :func:`dicom_node.dicomweb.multipart.boundary_of`.
+    spool : Spool
+        Where parts are staged.
+    max_parts : int
+        More parts is an error (413).
+    max_dataset_bytes : int
+        A larger part fails with 0xA700 (the others still go through).
+    source_ae : str
+        Kept as Source Application Entity Title (0002,0016) of every stored part.
 
-
-class MultipartReader:
-    """Incremental splitter of a multipart body into :class:`PartWriter` s.
-
-    Feed body chunks in order; completed parts collect in :attr:`completed`
-    (take them with :meth:`take`). Limits: ``max_parts`` parts, 16 KiB of headers
-    per part, 64 KiB of preamble.
+    Feed body chunks in order; completed parts are taken with :meth:`take`.
+    :meth:`abort` (always, when done) discards whatever was staged and not taken.
     """
 
     def __init__(self, boundary: str, spool: Spool, max_parts: int, max_dataset_bytes: int,
                  source_ae: str = "STOW-RS") -> None:
-        self.delim = b"--" + boundary.encode("latin-1")
         self.spool = spool
-        #: Kept as Source Application Entity Title (0002,0016) of every stored part.
         self.source_ae = source_ae
-        self.max_parts = max_parts
         self.max_dataset = max_dataset_bytes
-        self.buf = bytearray()
-        self.state = "preamble"
-        self.parts = 0
-        self.current: PartWriter | None = None
-        self.completed: list[Part] = []
+        self._reader: MultipartReader[Part] = MultipartReader(boundary, self._open, max_parts)
+
+    def _open(self, headers: Mapping[str, str]) -> PartWriter:
+        return PartWriter(self.spool, self.max_dataset, headers.get("content-type", ""), self.source_ae)
+
+    def feed(self, chunk: bytes) -> None:
+        """Consume a chunk of the body (raises :class:`~dicom_node.dicomweb.multipart.MultipartError`)."""
+        self._reader.feed(chunk)
 
     def take(self) -> list[Part]:
         """Return and forget the parts completed so far."""
-        done, self.completed = self.completed, []
-        return done
-
-    def feed(self, chunk: bytes) -> None:
-        """Consume a chunk of the body."""
-        self.buf += chunk
-        while self._step():
-            pass
-
-    def _step(self) -> bool:
-        if self.state == "preamble":
-            return self._preamble()
-        if self.state == "delimiter":
-            return self._after_delimiter()
-        if self.state == "headers":
-            return self._headers()
-        if self.state == "body":
-            return self._body()
-        self.buf.clear()  # epilogue after the close delimiter is ignored (RFC 2046 5.1.1)
-        return False
-
-    def _preamble(self) -> bool:
-        at = self.buf.find(self.delim)
-        if at < 0:
-            if len(self.buf) > 65536:
-                raise MultipartError("no multipart boundary in the first 64 KiB")
-            return False
-        del self.buf[:at + len(self.delim)]
-        self.state = "delimiter"
-        return True
-
-    def _after_delimiter(self) -> bool:
-        if len(self.buf) < 2:
-            return False
-        if self.buf[:2] == b"--":
-            self.state = "epilogue"
-            return True
-        end = self.buf.find(b"\r\n")
-        if end < 0:
-            if len(self.buf) > 1024:
-                raise MultipartError("malformed multipart delimiter line")
-            return False
-        del self.buf[:end + 2]
-        self.state = "headers"
-        return True
-
-    def _headers(self) -> bool:
-        if self.buf[:2] == b"\r\n":
-            raw, consumed = b"", 2
-        else:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buf) > _HEADER_LIMIT:
-                    raise MultipartError("part headers larger than 16 KiB")
-                return False
-            raw, consumed = bytes(self.buf[:end]), end + 4
-        del self.buf[:consumed]
-        self.parts += 1
-        if self.parts > self.max_parts:
-            raise MultipartError(f"more than {self.max_parts} parts", 413)
-        headers = {k.strip().lower(): v.strip() for k, _, v in
-                   (line.partition(":") for line in raw.decode("latin-1").split("\r\n")) if k.strip()}
-        self.current = PartWriter(self.spool, self.max_dataset, headers.get("content-type", ""), self.source_ae)
-        self.state = "body"
-        return True
-
-    def _body(self) -> bool:
-        assert self.current is not None
-        marker = b"\r\n" + self.delim
-        at = self.buf.find(marker)
-        if at < 0:
-            keep = len(marker) - 1
-            if len(self.buf) > keep:
-                self.current.feed(bytes(self.buf[:-keep]))
-                del self.buf[:-keep]
-            return False
-        self.current.feed(bytes(self.buf[:at]))
-        del self.buf[:at + len(marker)]
-        self.completed.append(self.current.finish())
-        self.current = None
-        self.state = "delimiter"
-        return True
+        return self._reader.take()
 
     def close(self) -> None:
-        """The body ended: it must have ended with the close delimiter."""
-        if self.state != "epilogue":
+        """The body ended: it must have ended with the close delimiter (else discard and raise)."""
+        try:
+            self._reader.close()
+        except MultipartError:
             self.abort()
-            raise MultipartError("multipart body ended before its close delimiter")
+            raise
 
     def abort(self) -> None:
-        """Discard every staged temporary file not yet taken."""
-        if self.current is not None:
-            self.current.discard()
-            self.current = None
+        """Discard every staged temporary file not yet taken, and the part still open."""
+        current = self._reader.current
+        if isinstance(current, PartWriter):
+            current.discard()
+        self._reader.current = None
         for part in self.take():
             if part.temp is not None:
                 self.spool.discard(part.fd, part.temp)
