@@ -32,12 +32,12 @@ from dicom_node.delivery.config import (
     DimseDestination,
     KnownPeer,
     ReplyToCaller,
-    RetryPolicy,
 )
 from dicom_node.delivery.deliverer import Caller, Deliverer
 from dicom_node.delivery.dimse import plan_contexts
 from dicom_node.index import deliveries as ledger
 from dicom_node.index.writer import IndexWriter
+from dicom_node.net.retry import RetryPolicy
 from dicom_node.synthetic import SeriesSpec, ct_datasets, synthetic_uid
 from tests.conftest import free_port, require_tool, wait_for, wait_port
 from tests.receiver import SCP_AE, SEG, SR3D, RecordingSCP

@@ -1,4 +1,4 @@
-"""Delivery rules without peers: destination config and SSRF checks, failure classification, backoff."""
+"""Delivery rules without peers: destination config and failure classification (SSRF and backoff: test_net_*)."""
 
 from __future__ import annotations
 
@@ -9,67 +9,14 @@ from pydantic import ValidationError
 
 from dicom_node.delivery.classify import (
     Verdict,
-    backoff,
     classify_dimse_status,
     classify_exception,
     classify_http_status,
     classify_rejection,
 )
-from dicom_node.delivery.config import DeliveryConfig, RetryPolicy, StowDestination, check_outbound_url
-from dicom_node.errors import DeliveryError
+from dicom_node.delivery.config import DeliveryConfig, StowDestination
 
-# --- SSRF ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "http://127.0.0.1:8042/dicom-web",
-        "https://pacs.example.org/dicom-web/",
-        "http://10.1.2.3/dicomweb",
-        "http://192.168.0.5:8080/",
-        "http://172.16.4.4/",
-        "http://[::1]:8042/dicom-web",
-        "http://localhost:8042/dicom-web",
-    ],
-)
-def test_loopback_private_and_public_urls_pass(url: str) -> None:
-    assert check_outbound_url(url) == url.rstrip("/")
-
-
-@pytest.mark.parametrize(
-    ("url", "why"),
-    [
-        ("http://169.254.169.254/latest/meta-data/", "169.254.0.0/16"),
-        ("http://169.254.10.1:8042/", "169.254.0.0/16"),
-        ("http://[fd00:ec2::254]/latest/", "fd00:ec2::254"),
-        ("http://[fe80::1]/", "fe80::/10"),
-        ("http://[::ffff:169.254.169.254]/", "169.254.0.0/16"),
-        ("http://100.100.100.200/", "100.100.100.200"),
-        ("http://metadata.google.internal/computeMetadata/v1/", "metadata"),
-        ("http://0.0.0.0:8042/", "0.0.0.0/8"),
-        ("ftp://pacs.example.org/", "scheme"),
-        ("file:///etc/passwd", "scheme"),
-        ("gopher://127.0.0.1:25/", "scheme"),
-        ("http://user:pw@pacs.example.org/", "user info"),
-        ("http://evil@169.254.169.254/", "user info"),
-        ("http:///nohost", "no host"),
-        ("http://pacs.example.org:99999/", "malformed"),
-    ],
-)
-def test_forbidden_urls_are_refused_with_the_reason(url: str, why: str) -> None:
-    with pytest.raises(DeliveryError, match="refused|not allowed|no host|malformed|user info") as info:
-        check_outbound_url(url)
-    assert why in str(info.value) and not info.value.retryable
-
-
-def test_link_local_can_be_allowed_explicitly() -> None:
-    assert check_outbound_url("http://169.254.1.2:8042/x", allow_link_local=True) == "http://169.254.1.2:8042/x"
-
-
-def test_resolved_host_names_are_checked() -> None:
-    # "localhost" resolves to loopback: allowed even when resolving.
-    check_outbound_url("http://localhost:8042/", resolve=True)
+# --- destination config (the SSRF rules themselves are tested in test_net_policy.py) ----------------
 
 
 def test_destination_config_rejects_bad_urls_and_cleartext_credentials() -> None:
@@ -149,19 +96,3 @@ def test_rejections_and_transport_errors() -> None:
     assert classify_exception(TimeoutError()) is Verdict.RETRY
     assert classify_exception(ssl.SSLCertVerificationError()) is Verdict.DEAD
     assert Verdict.WARNING.delivered and not Verdict.RETRY.delivered
-
-
-# --- backoff ---------------------------------------------------------------------------------------
-
-
-def test_default_backoff_schedule_doubles_from_30_s_to_a_600_s_cap() -> None:
-    policy = RetryPolicy()
-    assert policy.attempts == 10
-    assert [backoff(n, policy) for n in range(1, policy.attempts)] == [30, 60, 120, 240, 480, 600, 600, 600, 600]
-    assert backoff(0, policy) == 0.0
-    assert backoff(10_000, policy) == 600.0
-
-
-def test_backoff_is_configurable() -> None:
-    policy = RetryPolicy(attempts=4, initial=5, factor=3, cap=100)
-    assert [backoff(n, policy) for n in (1, 2, 3, 4)] == [5, 15, 45, 100]

@@ -19,10 +19,12 @@ from peers.orthanc import OrthancPeer, find_dicomweb_plugin, run_orthanc
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_node.delivery.config import BasicAuth, BearerAuth, DimseDestination, RetryPolicy, StowDestination
+from dicom_node.delivery.config import DimseDestination, StowDestination
 from dicom_node.delivery.deliverer import Deliverer
 from dicom_node.delivery.stowrs import build_session
 from dicom_node.index.writer import IndexWriter
+from dicom_node.net.auth import BasicAuth, BearerAuth
+from dicom_node.net.retry import RetryPolicy
 from dicom_node.synthetic import SeriesSpec, ct_datasets, synthetic_uid
 from tests.conftest import free_port, peers_required, require_tool
 

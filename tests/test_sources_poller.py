@@ -347,7 +347,8 @@ def test_max_studies_defers_the_rest_and_the_watermark_moves_only_after_a_full_s
 def test_retry_after_forms_and_the_accept_header_order() -> None:
     import email.utils
 
-    from dicom_node.sources.dicomweb import ACCEPTED_SYNTAXES, accept_header, retry_after_seconds
+    from dicom_node.net.retry import parse_retry_after as retry_after_seconds
+    from dicom_node.sources.dicomweb import ACCEPTED_SYNTAXES, accept_header
 
     now = time.time()
     assert retry_after_seconds("120") == 120.0

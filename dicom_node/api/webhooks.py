@@ -20,8 +20,11 @@ newline that the operator did not mean as part of the key, and a receiver
 configured with the key as typed must still verify. The generated file holds
 exactly 64 lowercase hex characters and nothing else (no newline, mode 0600), so
 for it "the file's content" and "the stripped content" are the same bytes.
-Retries: exponential backoff (1, 2, 4 ... s, capped), a bounded number of attempts;
-the URL is checked against SSRF before every attempt; redirects are not followed.
+Retries: exponential backoff (1, 2, 4 ... s, capped, plus up to 10 % jitter; a longer
+Retry-After of the receiver is honoured up to the cap) on the one
+:class:`~dicom_node.net.retry.RetryPolicy`, a bounded number of attempts; the URL is
+checked against SSRF before every attempt and the connection goes to the checked
+address; redirects are not followed.
 """
 
 from __future__ import annotations
@@ -38,11 +41,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from dicom_node.api.outbound import OutboundRefused, post
+from dicom_node.api.outbound import OutboundError, OutboundRefused, post
 from dicom_node.errors import DicomNodeError
 from dicom_node.index import invocations
+from dicom_node.net.retry import RetryPolicy, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +100,12 @@ class InvocationService:
     attempts : int
         Webhook attempts before giving up.
     initial, cap : float
-        Backoff: ``initial * 2**(attempt-1)`` seconds, at most ``cap``.
+        Backoff: ``initial * 2**(attempt-1)`` seconds, at most ``cap``, plus up to 10 % jitter.
     """
 
     def __init__(self, node: Any, attempts: int = 10, initial: float = 1.0, cap: float = 300.0) -> None:
         self.node = node
-        self.attempts = attempts
-        self.initial = initial
-        self.cap = cap
+        self.retry = RetryPolicy(attempts=attempts, initial=initial, factor=2.0, cap=cap, jitter=0.1)
         self._secret: bytes | None = None
         self._stop = threading.Event()
         self._work = threading.Event()
@@ -217,23 +217,26 @@ class InvocationService:
         secret = self._secret or load_secret(self.node.config)
         headers = {"Content-Type": "application/json", "X-Signature-SHA256": signature(body, secret),
                    "X-Request-UUID": rid}
+        retry_after: float | None = None
         try:
-            status = post(row["webhook_url"], self.node.config.api.outbound_allowlist, body, headers)
+            reply = post(row["webhook_url"], self.node.config.api.outbound_allowlist, body, headers)
         except OutboundRefused as exc:
             self._update(rid, webhook_state="refused", webhook_attempts=attempt, webhook_error=str(exc))
             log.warning("webhook refused id=%s reason=%s", rid, exc)
             return
-        except httpx.HTTPError as exc:
-            status, why = 0, f"{type(exc).__name__}: {exc}"
+        except OutboundError as exc:
+            status, why = 0, str(exc)
         else:
+            status = reply.status_code
             why = f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
+            retry_after = parse_retry_after(reply.headers.get("Retry-After"))
         if 200 <= status < 300:
             self._update(rid, webhook_state="delivered", webhook_attempts=attempt, webhook_error=None)
             log.info("webhook delivered id=%s attempts=%d", rid, attempt)
-        elif attempt >= self.attempts:
+        elif self.retry.exhausted(attempt):
             self._update(rid, webhook_state="failed", webhook_attempts=attempt, webhook_error=why)
             log.warning("webhook gave up id=%s attempts=%d last=%s", rid, attempt, why)
         else:
-            delay = min(self.cap, self.initial * 2 ** (attempt - 1))
+            delay = self.retry.delay(attempt, retry_after)
             self._update(rid, webhook_attempts=attempt, next_webhook_at=time.time() + delay, webhook_error=why)
             log.info("webhook retry id=%s attempt=%d in=%.1fs last=%s", rid, attempt, delay, why)

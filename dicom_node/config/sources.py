@@ -25,7 +25,8 @@
     kind = "dimse"
     remote = "pacs"
 
-Outbound hosts and URLs pass the same SSRF checks as delivery destinations.
+Outbound hosts and URLs pass the same SSRF checks as delivery destinations
+(:class:`dicom_node.net.policy.OutboundPolicy`).
 """
 
 from __future__ import annotations
@@ -33,17 +34,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dicom_node.delivery.config import (
-    DimsePeer,
-    HttpAuth,
-    NoAuth,
-    check_outbound_url,
-)
-from dicom_node.errors import DeliveryError
+from dicom_node.net.auth import HttpAuth, NoAuth
+from dicom_node.net.peers import DimsePeer
+from dicom_node.net.policy import OutboundPolicy, OutboundRefused
 from dicom_node.validators import check_ae_title, is_loopback
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,15}")
@@ -143,10 +139,9 @@ class Poller(_Model):
             if not self.url:
                 raise ValueError("a dicomweb poller needs url")
             try:
-                url = check_outbound_url(self.url, allow_link_local=self.allow_link_local)
-            except DeliveryError as exc:
+                parts = OutboundPolicy.configured(self.allow_link_local).check_url(self.url)
+            except OutboundRefused as exc:
                 raise ValueError(str(exc)) from exc
-            parts = urlsplit(url)
             if (parts.scheme == "http" and self.auth.type != "none" and not self.allow_insecure_http
                     and not is_loopback(parts.hostname or "")):
                 raise ValueError("credentials over plain http are refused; use https or set allow_insecure_http = true")

@@ -1,9 +1,10 @@
 """Result delivery: C-STORE (PS3.4 Annex B) and STOW-RS (PS3.18 10.5) with retries and a ledger.
 
-- :mod:`~dicom_node.delivery.config` — destinations, retry policy, SSRF checks;
+- :mod:`~dicom_node.delivery.config` — the ``[delivery]`` section: destinations, retry numbers, known peers
+  (peers, auth, the retry policy and the SSRF policy are shared plumbing in :mod:`dicom_node.net`);
 - :mod:`~dicom_node.delivery.dimse` — pynetdicom Storage SCU with transfer-syntax fallback;
 - :mod:`~dicom_node.delivery.stowrs` — dicomweb-client STOW-RS;
-- :mod:`~dicom_node.delivery.classify` — retry / dead-letter classification and backoff;
+- :mod:`~dicom_node.delivery.classify` — retry / dead-letter classification;
 - :mod:`~dicom_node.index.deliveries` — the ``deliveries`` table (never send a result twice);
 - :mod:`~dicom_node.delivery.deliverer` — :class:`Deliverer`, used by the job worker.
 
@@ -13,6 +14,6 @@ heavy so configuration loading stays cheap.
 
 from __future__ import annotations
 
-from dicom_node.delivery.config import DeliveryConfig, RetryPolicy, check_outbound_url
+from dicom_node.delivery.config import DeliveryConfig
 
-__all__ = ["DeliveryConfig", "RetryPolicy", "check_outbound_url"]
+__all__ = ["DeliveryConfig"]

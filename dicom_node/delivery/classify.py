@@ -1,4 +1,4 @@
-"""Classify delivery failures as retry or dead-letter, and the backoff schedule.
+"""Classify delivery failures as retry or dead-letter.
 
 =================================================  ==========
 Failure                                            Verdict
@@ -18,8 +18,9 @@ HTTP other 4xx (401, 403, 404, 409, 413, 415 ...)  DEAD
 TLS certificate errors, redirects, bad URLs        DEAD
 =================================================  ==========
 
-DEAD outcomes are dead-lettered straight away; RETRY outcomes are retried
-after :func:`backoff` until the policy's attempts run out, then dead-lettered.
+DEAD outcomes are dead-lettered straight away; RETRY outcomes are retried on the
+schedule of :class:`dicom_node.net.retry.RetryPolicy` until its attempts run out,
+then dead-lettered.
 """
 
 from __future__ import annotations
@@ -29,10 +30,8 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from dicom_node.delivery.config import RetryPolicy
-
 __all__ = [
-    "Outcome", "Verdict", "backoff", "classify_dimse_status", "classify_exception", "classify_http_status",
+    "Outcome", "Verdict", "classify_dimse_status", "classify_exception", "classify_http_status",
     "classify_rejection",
 ]
 
@@ -159,27 +158,3 @@ def classify_exception(exc: BaseException) -> Verdict:
         return Verdict.RETRY
     return Verdict.DEAD
 
-
-def backoff(attempt: int, policy: RetryPolicy) -> float:
-    """Seconds to wait after the ``attempt``-th failed attempt.
-
-    ``initial * factor**(attempt - 1)``, capped at ``cap``; with the defaults
-    30, 60, 120, 240, 480, 600, 600, ... seconds.
-
-    Parameters
-    ----------
-    attempt : int
-        Failed attempts so far (1 after the first failure).
-    policy : RetryPolicy
-        The schedule.
-
-    Returns
-    -------
-    float
-        Delay in seconds (0 for ``attempt < 1``).
-    """
-    if attempt < 1:
-        return 0.0
-    # Bound the exponent so huge attempt counts cannot overflow a float.
-    exponent = min(attempt - 1, 64)
-    return float(min(policy.cap, policy.initial * policy.factor**exponent))

@@ -7,7 +7,7 @@
    that were dead-lettered (``dead``; an operator requeues those);
 3. send the rest by C-STORE (PS3.4 Annex B) or STOW-RS (PS3.18 10.5);
 4. record each outcome as it arrives: ``sent`` right after a success, the
-   next attempt time for a retryable failure (:func:`~dicom_node.delivery.classify.backoff`),
+   next attempt time for a retryable failure (:class:`~dicom_node.net.retry.RetryPolicy`),
    ``dead`` for a permanent failure or when the policy's attempts are spent.
 
 All ledger operations go through ``conn_runner`` (the index writer's ``run``),
@@ -28,21 +28,21 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dicom_node.delivery.classify import Outcome, Verdict, backoff
+from dicom_node.delivery.classify import Outcome, Verdict
 from dicom_node.delivery.config import (
     DeliveryConfig,
     Destination,
     DimseDestination,
     KnownPeer,
     ReplyToCaller,
-    RetryPolicy,
     StowDestination,
-    check_outbound_host,
 )
 from dicom_node.delivery.dimse import send_dimse
 from dicom_node.delivery.stowrs import send_stow
 from dicom_node.errors import DeliveryError
 from dicom_node.index import deliveries as ledger
+from dicom_node.net.policy import OutboundError
+from dicom_node.net.retry import RetryPolicy
 
 __all__ = ["Caller", "Deliverer", "DeliveryResult", "ObjectResult", "resolve_reply"]
 
@@ -252,8 +252,8 @@ class Deliverer:
                 send_stow(dest, datasets, record)
             else:
                 target = resolve_reply(dest, self._known_peers, caller) if isinstance(dest, ReplyToCaller) else dest
-                check_outbound_host(target.host, allow_link_local=target.allow_link_local, resolve=True)
-                send_dimse(target, datasets, record)
+                # Resolved and checked once; the association goes to that address (DNS pinning).
+                send_dimse(_pinned(target), datasets, record)
         except DeliveryError as exc:
             verdict = Verdict.RETRY if exc.retryable else Verdict.DEAD
             log.warning("delivery destination=%s failed before sending verdict=%s error=%s", dest.name, verdict.value, exc)
@@ -285,8 +285,16 @@ class Deliverer:
         """In one transaction: schedule the next attempt, or dead-letter when the attempts are spent."""
         row = ledger.lookup(conn, [uid], dest_name).get(uid)
         attempts = (row.attempts if row else 0) + 1
-        if attempts < self._policy.attempts:
-            when = now + backoff(attempts, self._policy)
+        if not self._policy.exhausted(attempts):
+            when = self._policy.next_attempt_at(attempts, now)
             return "pending", ledger.record_attempt(conn, uid, dest_name, error, when, path), when, error
         detail = f"gave up after {attempts} attempts: {error}"
         return "dead", ledger.mark_dead(conn, uid, dest_name, detail, path), None, detail
+
+
+def _pinned(target: DimseDestination) -> DimseDestination:
+    """``target`` pinned to one checked address (:meth:`dicom_node.net.peers.DimsePeer.pinned`)."""
+    try:
+        return target.pinned()
+    except OutboundError as exc:
+        raise DeliveryError(str(exc), retryable=exc.retryable) from exc

@@ -16,22 +16,20 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
-from pynetdicom.events import Event
-from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext, build_context
 
 from dicom_node.delivery.classify import Outcome, Verdict, classify_dimse_status, classify_rejection, describe_status
 from dicom_node.delivery.config import DimseDestination
 from dicom_node.errors import DeliveryError, PixelError
+from dicom_node.net.peers import AssociationProbe
 from dicom_node.pixels.transcode import transcode
 
-__all__ = ["AssociationProbe", "plan_contexts", "send_dimse"]
+__all__ = ["plan_contexts", "send_dimse"]
 
 log = logging.getLogger(__name__)
 
@@ -40,29 +38,6 @@ MAX_CONTEXTS = 128
 _NATIVE_LE = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
 
 OnOutcome = Callable[[Outcome], None]
-
-
-@dataclass
-class AssociationProbe:
-    """Captures what pynetdicom does not keep: whether TCP connected and the A-ASSOCIATE response.
-
-    Bind ``on_open`` to ``evt.EVT_CONN_OPEN`` and ``on_acse`` to ``evt.EVT_ACSE_RECV``; used by
-    delivery and by the query/retrieve sources to say why an association did not come up.
-    """
-
-    connected: bool = False
-    response: A_ASSOCIATE | None = None
-
-    def on_open(self, event: Event) -> None:
-        """EVT_CONN_OPEN: the TCP (and TLS) connection is up."""
-        self.connected = True
-
-    def on_acse(self, event: Event) -> None:
-        """EVT_ACSE_RECV: keep the A-ASSOCIATE-AC/RJ primitive (PS3.8 9.3.3, 9.3.4)."""
-        # pynetdicom attaches ``primitive`` to ACSE events at run time; Event does not declare it.
-        primitive = getattr(event, "primitive", None)
-        if isinstance(primitive, A_ASSOCIATE) and primitive.result is not None:
-            self.response = primitive
 
 
 def _syntax(ds: Dataset) -> str:
@@ -136,7 +111,7 @@ def _associate(dest: DimseDestination, contexts: list[PresentationContext], prob
     ae.network_timeout = dest.network_timeout
     ae.maximum_pdu_size = dest.max_pdu
     return ae.associate(
-        dest.host, dest.port, contexts=contexts, ae_title=dest.ae_title, max_pdu=dest.max_pdu,
+        dest.connect_host, dest.port, contexts=contexts, ae_title=dest.ae_title, max_pdu=dest.max_pdu,
         tls_args=_tls_args(dest),
         evt_handlers=[(evt.EVT_CONN_OPEN, probe.on_open), (evt.EVT_ACSE_RECV, probe.on_acse)],
     )

@@ -9,9 +9,11 @@ carry a Failure Reason that is a PS3.4 status and is classified like a C-STORE
 status. HTTP errors without a usable body are classified by HTTP status
 (:func:`dicom_node.delivery.classify.classify_http_status`).
 
-Redirects are never followed (a redirect could lead a POST of results to a host
-the configuration did not name); the library's own retries are off because the
-delivery ledger schedules retries.
+The session comes from :func:`dicom_node.net.http.new_session`: every request is
+checked against the destination's outbound policy and sent to the address that
+was checked (DNS pinning). Redirects are never followed (a redirect could lead a
+POST of results to a host the configuration did not name); the library's own
+retries are off because the delivery ledger schedules retries.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from dicom_node.delivery.classify import Outcome, Verdict, classify_dimse_status, classify_http_status, describe_status
-from dicom_node.delivery.config import StowDestination, check_outbound_url
+from dicom_node.delivery.config import StowDestination
 from dicom_node.errors import DeliveryError
+from dicom_node.net.http import new_session
+from dicom_node.net.policy import OutboundError
 
 __all__ = ["build_session", "send_stow"]
 
@@ -39,27 +43,31 @@ _JSON_TYPES = ("application/dicom+json", "application/json")
 
 
 def build_session(dest: StowDestination) -> requests.Session:
-    """A requests session for ``dest``: auth, CA bundle, no redirects, no .netrc or proxy variables."""
-    session = requests.Session()
-    session.max_redirects = 0
-    # .netrc credentials must not be attached to a URL the config did not give them for.
-    session.trust_env = False
-    session.verify = str(dest.ca_file) if dest.ca_file is not None else True
-    if dest.auth.type == "basic":
-        session.auth = (dest.auth.username, dest.auth.secret())
-    elif dest.auth.type == "bearer":
-        session.headers["Authorization"] = f"Bearer {dest.auth.secret()}"
-    return session
+    """A pinned session for ``dest``: its policy, auth and CA bundle; no redirects, no .netrc or proxy variables.
+
+    Raises
+    ------
+    DeliveryError
+        A credentials file cannot be read (not retryable).
+    """
+    try:
+        return new_session(dest.policy(), dest.auth, dest.ca_file)
+    except OutboundError as exc:
+        raise DeliveryError(str(exc), retryable=exc.retryable) from exc
 
 
 def _client(dest: StowDestination, statuses: list[int]) -> DICOMwebClient:
-    url = check_outbound_url(dest.url, allow_link_local=dest.allow_link_local, resolve=True)
+    try:
+        # Checked (and resolved) here so a refused URL fails every object at once; the session pins each request.
+        dest.policy().pin(dest.url)
+    except OutboundError as exc:
+        raise DeliveryError(str(exc), retryable=exc.retryable) from exc
 
     def _remember(response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
         statuses.append(int(response.status_code))
         return response
 
-    client = DICOMwebClient(url, session=build_session(dest), timeout=dest.timeout, callback=_remember)
+    client = DICOMwebClient(dest.url.rstrip("/"), session=build_session(dest), timeout=dest.timeout, callback=_remember)
     client.set_http_retry_params(retry=False)
     return client
 
@@ -79,6 +87,8 @@ def _body(response: requests.Response | None) -> Dataset | None:
 def _wrap(exc: Exception, dest: StowDestination) -> DeliveryError:
     """Map a requests/dicomweb-client exception to a DeliveryError (PS3.18 8.6 / RFC 9110 semantics)."""
     where = f"STOW-RS {dest.name}"
+    if isinstance(exc, OutboundError):  # the policy refused the pinned request (e.g. the name now resolves elsewhere)
+        return DeliveryError(f"{where}: {exc}", retryable=exc.retryable)
     if isinstance(exc, requests.HTTPError):
         code = exc.response.status_code if exc.response is not None else 0
         verdict = classify_http_status(code)
@@ -120,7 +130,7 @@ def _post_batch(client: DICOMwebClient, dest: StowDestination, batch: Sequence[D
         result: Dataset | None = client.store_instances(list(batch))
         http_status = statuses[-1] if statuses else 200
         error: DeliveryError | None = None
-    except (requests.RequestException, ValueError, KeyError) as exc:
+    except (requests.RequestException, OutboundError, ValueError, KeyError) as exc:
         error = _wrap(exc, dest)
         response = exc.response if isinstance(exc, requests.HTTPError) else None
         result = _body(response)

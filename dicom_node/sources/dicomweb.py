@@ -12,7 +12,7 @@
   per instance when only some are wanted) with ``Accept: multipart/related;
   type="application/dicom"; transfer-syntax=...`` listing every syntax the
   decoder handles. The body is split as it streams by the STOW-RS
-  :class:`~dicom_node.staging.Part10Reader`: each part goes straight into a
+  :class:`~dicom_node.api.stow.MultipartReader`: each part goes straight into a
   spool temporary file, so memory stays bounded by one chunk whatever the study
   size, and is stored through the sink as soon as it is complete.
 
@@ -26,36 +26,38 @@ syntax; the node decodes or refuses it later). Orthanc also answers nothing for
 the scan is not counted as complete (see :mod:`dicom_node.sources.poller`).
 
 UIDs from the server are checked (:func:`~dicom_node.validators.is_uid`) before
-they become part of a URL. Every request first checks the service root against
-SSRF rules (:func:`~dicom_node.delivery.config.check_outbound_url` with DNS
-resolution), sends the configured credentials, never follows redirects and
-ignores proxy/.netrc settings of the environment.
+they become part of a URL. Requests go through a pinned session
+(:func:`dicom_node.net.http.new_session`): each one is checked against the
+poller's outbound policy, its host resolved once and the checked address
+connected to; it sends the configured credentials (read at each request, so a
+rotated token file needs no restart), never follows redirects and ignores
+proxy/.netrc settings of the environment.
 
 Errors raise :class:`HttpSourceError` (a :class:`~dicom_node.errors.SourceError`)
 with the HTTP ``status`` (0 for connection failures) and the server's
-``Retry-After`` in seconds when it gave one.
+``Retry-After`` in seconds when it gave one
+(:func:`~dicom_node.net.retry.parse_retry_after`).
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
 
+from dicom_node.api.stow import MultipartError, MultipartReader, Part, boundary_of
 from dicom_node.config.sources import Poller
-from dicom_node.delivery.config import check_outbound_url
-from dicom_node.dicomweb.multipart import MultipartError, boundary_of
-from dicom_node.errors import DeliveryError, SourceError
+from dicom_node.errors import SourceError
+from dicom_node.net.http import new_session
+from dicom_node.net.policy import OutboundError, OutboundPolicy
+from dicom_node.net.retry import parse_retry_after
 from dicom_node.pixels.syntaxes import COMPRESSED_SYNTAXES, EXPLICIT_VR_LE, UNCOMPRESSED_SYNTAXES
 from dicom_node.sources.base import RetrieveResult, SeriesSummary, StudySummary
 from dicom_node.sources.sink import NodeStorage, RetrievalSink, StagingSink, Stored
 from dicom_node.spool import Spool
-from dicom_node.staging import Part, Part10Reader
 from dicom_node.validators import is_uid
 
 log = logging.getLogger(__name__)
@@ -84,32 +86,14 @@ class HttpSourceError(SourceError):
         self.retry_after = retry_after
 
 
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """Seconds a ``Retry-After`` header asks to wait (RFC 9110 10.2.3: delay-seconds or an HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
 def accept_header(syntaxes: Sequence[str]) -> str:
     """``Accept`` for a WADO-RS retrieval of PS3.10 instances in any of ``syntaxes`` (PS3.18 8.7.3.5)."""
     return ", ".join(f'multipart/related; type="application/dicom"; transfer-syntax={ts}' for ts in syntaxes)
 
 
 def build_session(poller: Poller) -> requests.Session:
-    """A session with the poller's credentials and CA bundle; no redirects, no environment proxies or .netrc."""
-    session = requests.Session()
-    session.max_redirects = 0
-    session.trust_env = False
-    session.verify = str(poller.ca_file) if poller.ca_file is not None else True
-    return session
+    """A pinned session with the poller's policy and CA bundle (credentials go with each request)."""
+    return new_session(policy(poller), ca_file=poller.ca_file)
 
 
 def _value(obj: dict[str, Any], tag: str) -> Any:
@@ -163,11 +147,8 @@ class DicomwebSource:
     # -- HTTP ------------------------------------------------------------------------------------------------
 
     def _base(self) -> str:
-        """The service root, checked against SSRF rules (resolving its host) before every request."""
-        try:
-            return check_url(self.poller)
-        except DeliveryError as exc:
-            raise HttpSourceError(f"DICOMweb {self.name}: {exc}", retryable=exc.retryable) from exc
+        """The service root (the session checks, resolves and pins every request's host)."""
+        return self.poller.url.rstrip("/")
 
     def _headers(self, accept: str) -> dict[str, str]:
         headers = {"Accept": accept}
@@ -175,7 +156,7 @@ class DicomwebSource:
         try:
             if auth.type == "bearer":
                 headers["Authorization"] = f"Bearer {auth.secret()}"
-        except DeliveryError as exc:
+        except OutboundError as exc:
             raise HttpSourceError(f"DICOMweb {self.name}: {exc}", retryable=False) from exc
         return headers
 
@@ -185,7 +166,7 @@ class DicomwebSource:
             return None
         try:
             return (auth.username, auth.secret())
-        except DeliveryError as exc:
+        except OutboundError as exc:
             raise HttpSourceError(f"DICOMweb {self.name}: {exc}", retryable=False) from exc
 
     def _get(self, path: str, accept: str, params: dict[str, Any] | None = None, stream: bool = False) -> requests.Response:
@@ -198,6 +179,8 @@ class DicomwebSource:
         try:
             response = self._session.get(url, params=params, headers=self._headers(accept), auth=self._auth(),
                                          timeout=(min(10.0, timeout), timeout), stream=stream, allow_redirects=False)
+        except OutboundError as exc:  # the policy refused the URL or an address of its host, or DNS failed
+            raise HttpSourceError(f"DICOMweb {self.name}: {exc}", retryable=exc.retryable) from exc
         except requests.exceptions.SSLError as exc:
             raise HttpSourceError(f"DICOMweb {self.name}: TLS failure: {type(exc).__name__}", retryable=False) from exc
         except requests.RequestException as exc:
@@ -210,7 +193,7 @@ class DicomwebSource:
 
     def _http_error(self, response: requests.Response, what: str) -> HttpSourceError:
         code = response.status_code
-        wait = retry_after_seconds(response.headers.get("Retry-After"))
+        wait = parse_retry_after(response.headers.get("Retry-After"))
         if code in (401, 403):
             hint = "check the credentials" if code == 401 else "the credentials lack permission"
             message = f"DICOMweb {self.name}: HTTP {code} {response.reason} for {_kind(what)}; {hint}"
@@ -335,14 +318,14 @@ class DicomwebSource:
     def _retrieve_path(self, path: str, sink: StagingSink, result: RetrieveResult) -> None:
         response = self._open_retrieval(path)
         spool, cfg = self.node.spool, self.node.config
-        reader: Part10Reader | None = None
+        reader: MultipartReader | None = None
         try:
             try:
                 boundary = boundary_of(response.headers.get("Content-Type", ""))
             except MultipartError as exc:
                 raise HttpSourceError(f"DICOMweb {self.name}: WADO-RS answer is not multipart/related DICOM: {exc}",
                                       retryable=False) from exc
-            reader = Part10Reader(boundary, spool, _MAX_PARTS, cfg.scp.max_dataset_bytes, self.name[:16])
+            reader = MultipartReader(boundary, spool, _MAX_PARTS, cfg.scp.max_dataset_bytes, self.name[:16])
             for chunk in response.iter_content(_CHUNK):
                 reader.feed(chunk)
                 _store_taken(reader.take(), sink, result, spool)
@@ -361,9 +344,9 @@ class DicomwebSource:
             response.close()
 
 
-def check_url(poller: Poller) -> str:
-    """The poller's service root after the SSRF checks with DNS resolution (raises DeliveryError)."""
-    return check_outbound_url(poller.url, allow_link_local=poller.allow_link_local, resolve=True)
+def policy(poller: Poller) -> OutboundPolicy:
+    """The outbound policy of a poller's service root (operator-configured: private ranges allowed)."""
+    return OutboundPolicy.configured(poller.allow_link_local)
 
 
 def _checked(uid: str, what: str) -> str:

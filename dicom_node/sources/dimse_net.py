@@ -26,9 +26,9 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from dicom_node.config.sources import RemoteNode
 from dicom_node.delivery.classify import classify_rejection, describe_status
-from dicom_node.delivery.config import check_outbound_host
-from dicom_node.delivery.dimse import AssociationProbe
-from dicom_node.errors import DeliveryError, SourceError
+from dicom_node.errors import SourceError
+from dicom_node.net.peers import AssociationProbe
+from dicom_node.net.policy import OutboundError
 
 __all__ = [
     "FIND_MODEL", "GET_MODEL", "GET_STORAGE_CLASSES", "MOVE_MODEL", "associate", "describe", "get_contexts",
@@ -147,8 +147,9 @@ def associate(remote: RemoteNode, calling_ae: str, contexts: list[PresentationCo
         association is rejected, refused, aborted or times out.
     """
     try:
-        check_outbound_host(remote.host, allow_link_local=remote.allow_link_local, resolve=True)
-    except DeliveryError as exc:
+        # Resolved and checked once; the association goes to that address (DNS pinning), TLS verifies the name.
+        pinned = remote.pinned()
+    except OutboundError as exc:
         raise SourceError(f"remote {remote.name}: {exc}", retryable=exc.retryable) from exc
     exchange = exchange or Exchange()
     ae = AE(ae_title=calling_ae)
@@ -158,7 +159,7 @@ def associate(remote: RemoteNode, calling_ae: str, contexts: list[PresentationCo
     ae.maximum_pdu_size = remote.max_pdu
     probe = AssociationProbe()
     assoc = ae.associate(
-        remote.host, remote.port, contexts=contexts, ae_title=remote.ae_title, max_pdu=remote.max_pdu,
+        pinned.connect_host, remote.port, contexts=contexts, ae_title=remote.ae_title, max_pdu=remote.max_pdu,
         ext_neg=list(exchange.roles) or None, tls_args=_tls_args(remote),
         evt_handlers=[(evt.EVT_CONN_OPEN, probe.on_open), (evt.EVT_ACSE_RECV, probe.on_acse), *exchange.handlers],
     )

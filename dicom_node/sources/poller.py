@@ -23,8 +23,9 @@ A poll cycle of one source (:class:`PollCycle`):
 
 Scheduling: ``next_poll_at`` is persisted. HTTP 429/503/504/5xx, connection
 errors and other retryable source errors put the source in ``backoff`` for
-``backoff_initial * 2**(failures-1)`` seconds (capped at ``backoff_max``), or
-longer when the server's Retry-After asks for it. HTTP 401/403, and any
+``backoff_initial * 2**(failures-1)`` seconds (capped at ``backoff_max``) plus up
+to 10 % jitter, or longer when the server's Retry-After asks for it (up to
+``backoff_max``), on the node's one :class:`~dicom_node.net.retry.RetryPolicy`. HTTP 401/403, and any
 non-retryable failure of the study query itself (a bad filter, a refused
 association), put it in ``stopped``: it is not polled again until the service
 restarts or ``dicom-node sources poll-now`` succeeds; /readyz reports it.
@@ -51,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from dicom_node.config.sources import Poller
 from dicom_node.errors import DicomNodeError, SourceError, StorageError
 from dicom_node.index import sources as state
+from dicom_node.net.retry import RetryPolicy
 from dicom_node.sources.factory import make_source, source_label
 from dicom_node.sources.sink import NodeStorage, RetrievalSink, Stored
 
@@ -388,10 +390,8 @@ class PollerService:
             failures = state.failures(conn, poller.name) + 1
         finally:
             conn.close()
-        delay = min(poller.backoff_max, poller.backoff_initial * 2 ** (failures - 1))
         retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            delay = max(delay, min(float(retry_after), poller.backoff_max))
+        delay = backoff_policy(poller).delay(failures, float(retry_after) if retry_after is not None else None)
         report.state, report.retry_in = state.BACKOFF, delay
         self.node.writer.run(lambda c: state.failed(c, poller.name, self.owner, now, state.BACKOFF, str(exc),
                                                     now + delay, report.retrieved))
@@ -411,6 +411,13 @@ class PollerService:
     def readiness(self) -> dict[str, str]:
         """For /readyz: ``"ok"``, ``"backoff until ...: error"`` or ``"stopped: reason"`` per enabled source."""
         return readiness(self.status(), list(self.pollers))
+
+
+def backoff_policy(poller: Poller) -> RetryPolicy:
+    """The poller's backoff: from ``backoff_initial`` doubling to ``backoff_max``, 10 % jitter; it never gives up."""
+    # A source is polled again however often it failed (attempts is not consulted); jitter spreads
+    # the polls of several nodes that an outage of one server put in backoff at the same moment.
+    return RetryPolicy(attempts=1000, initial=poller.backoff_initial, factor=2.0, cap=poller.backoff_max, jitter=0.1)
 
 
 def readiness(rows: dict[str, dict[str, Any]], names: list[str]) -> dict[str, str]:
