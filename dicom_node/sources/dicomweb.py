@@ -12,7 +12,7 @@
   per instance when only some are wanted) with ``Accept: multipart/related;
   type="application/dicom"; transfer-syntax=...`` listing every syntax the
   decoder handles. The body is split as it streams by the STOW-RS
-  :class:`~dicom_node.api.stow.MultipartReader`: each part goes straight into a
+  :class:`~dicom_node.staging.Part10Reader`: each part goes straight into a
   spool temporary file, so memory stays bounded by one chunk whatever the study
   size, and is stored through the sink as soon as it is complete.
 
@@ -48,8 +48,8 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from dicom_node.api.stow import MultipartError, MultipartReader, Part, boundary_of
 from dicom_node.config.sources import Poller
+from dicom_node.dicomweb.multipart import MultipartError, boundary_of
 from dicom_node.errors import SourceError
 from dicom_node.net.http import new_session
 from dicom_node.net.policy import OutboundError, OutboundPolicy
@@ -58,6 +58,7 @@ from dicom_node.pixels.syntaxes import COMPRESSED_SYNTAXES, EXPLICIT_VR_LE, UNCO
 from dicom_node.sources.base import RetrieveResult, SeriesSummary, StudySummary
 from dicom_node.sources.sink import NodeStorage, RetrievalSink, StagingSink, Stored
 from dicom_node.spool import Spool
+from dicom_node.staging import Part, Part10Reader
 from dicom_node.validators import is_uid
 
 log = logging.getLogger(__name__)
@@ -318,14 +319,14 @@ class DicomwebSource:
     def _retrieve_path(self, path: str, sink: StagingSink, result: RetrieveResult) -> None:
         response = self._open_retrieval(path)
         spool, cfg = self.node.spool, self.node.config
-        reader: MultipartReader | None = None
+        reader: Part10Reader | None = None
         try:
             try:
                 boundary = boundary_of(response.headers.get("Content-Type", ""))
             except MultipartError as exc:
                 raise HttpSourceError(f"DICOMweb {self.name}: WADO-RS answer is not multipart/related DICOM: {exc}",
                                       retryable=False) from exc
-            reader = MultipartReader(boundary, spool, _MAX_PARTS, cfg.scp.max_dataset_bytes, self.name[:16])
+            reader = Part10Reader(boundary, spool, _MAX_PARTS, cfg.scp.max_dataset_bytes, self.name[:16])
             for chunk in response.iter_content(_CHUNK):
                 reader.feed(chunk)
                 _store_taken(reader.take(), sink, result, spool)
