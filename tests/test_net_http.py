@@ -18,9 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from dicom_node.api import outbound
 from dicom_node.net.auth import BearerAuth
-from dicom_node.net.http import fetch, new_session, post
+from dicom_node.net.http import Outbound, fetch, new_session, post
 from dicom_node.net.policy import OutboundError, OutboundPolicy, OutboundRefused
 from tests.test_net_policy import fake_resolver
 
@@ -77,36 +76,42 @@ def _port(httpd: ThreadingHTTPServer) -> int:
     return int(httpd.server_address[1])
 
 
-LOOPBACK_ALLOWED = ["127.0.0.1"]
+#: The Outbound service as the node builds it with ``api.outbound_allowlist = ["127.0.0.1"]``.
+ALLOWED = Outbound(["127.0.0.1"])
+#: ... and with an empty allowlist (the default).
+DEFAULT = Outbound()
 
 
 def test_fetch_and_post_reach_an_allowlisted_loopback_server(server: ThreadingHTTPServer) -> None:
     base = f"http://127.0.0.1:{_port(server)}"
-    reply = outbound.fetch(base + "/ok", LOOPBACK_ALLOWED, {"Accept": "text/plain"}, max_bytes=1000)
+    reply = ALLOWED.fetch(base + "/ok", {"Accept": "text/plain"}, max_bytes=1000)
     assert reply.status_code == 200 and reply.content == b"hello" and reply.headers["content-type"] == "text/plain"
-    assert outbound.post(base + "/hook", LOOPBACK_ALLOWED, b'{"a": 1}', {"Content-Type": "application/json"}).status_code == 200
+    assert ALLOWED.post(base + "/hook", b'{"a": 1}', {"Content-Type": "application/json"}).status_code == 200
     assert [(m, p, b) for m, p, _h, b in _Handler.seen] == [("GET", "/ok", b""), ("POST", "/hook", b'{"a": 1}')]
     assert _Handler.seen[0][2]["Host"] == f"127.0.0.1:{_port(server)}"
 
 
 def test_without_the_allowlist_nothing_is_sent(server: ThreadingHTTPServer) -> None:
     with pytest.raises(OutboundRefused, match="loopback"):
-        outbound.post(f"http://127.0.0.1:{_port(server)}/hook", [], b"{}", {})
+        DEFAULT.check(f"http://127.0.0.1:{_port(server)}/hook")
+    assert ALLOWED.check(f"http://127.0.0.1:{_port(server)}/hook").endswith("/hook")
+    with pytest.raises(OutboundRefused, match="loopback"):
+        DEFAULT.post(f"http://127.0.0.1:{_port(server)}/hook", b"{}", {})
     with pytest.raises(OutboundRefused, match="api.outbound_allowlist"):
-        outbound.fetch(f"http://127.0.0.1:{_port(server)}/ok", [], {}, 1000)
+        DEFAULT.fetch(f"http://127.0.0.1:{_port(server)}/ok", {}, 1000)
     with pytest.raises(OutboundRefused, match="scheme"):  # every scheme reaches the policy, not a requests error
-        outbound.fetch("file:///etc/passwd", LOOPBACK_ALLOWED, {}, 1000)
+        ALLOWED.fetch("file:///etc/passwd", {}, 1000)
     assert _Handler.seen == []
 
 
 def test_redirects_are_not_followed_and_bodies_are_bounded(server: ThreadingHTTPServer) -> None:
     base = f"http://127.0.0.1:{_port(server)}"
-    with pytest.raises(OutboundRefused, match="redirect"):
-        outbound.fetch(base + "/redirect", LOOPBACK_ALLOWED, {}, 1000)
-    assert outbound.post(base + "/redirect", LOOPBACK_ALLOWED, b"", {}).status_code == 302
-    with pytest.raises(OutboundRefused, match="larger than 1000 bytes"):
-        outbound.fetch(base + "/big", LOOPBACK_ALLOWED, {}, 1000)
-    reply = outbound.post(base + "/status/503", LOOPBACK_ALLOWED, b"", {})
+    with pytest.raises(OutboundError, match="redirect"):
+        ALLOWED.fetch(base + "/redirect", {}, 1000)
+    assert ALLOWED.post(base + "/redirect", b"", {}).status_code == 302
+    with pytest.raises(OutboundError, match="larger than 1000 bytes"):
+        ALLOWED.fetch(base + "/big", {}, 1000)
+    reply = ALLOWED.post(base + "/status/503", b"", {})
     assert reply.status_code == 503 and reply.headers["Retry-After"] == "7"
     assert [p for _m, p, _h, _b in _Handler.seen] == ["/redirect", "/redirect", "/big", "/status/503"]
 
@@ -142,7 +147,7 @@ def test_the_connection_goes_to_the_checked_address_not_a_second_answer(
     reaches 127.0.0.1, so the name was resolved once and the checked address connected to."""
     calls: list[str] = []
     monkeypatch.setattr(socket, "getaddrinfo", fake_resolver({"hooks.test": [["127.0.0.1"], ["127.0.0.2"]]}, calls))
-    reply = outbound.post(f"http://hooks.test:{_port(server)}/hook", ["127.0.0.1"], b"{}", {})
+    reply = ALLOWED.post(f"http://hooks.test:{_port(server)}/hook", b"{}", {})
     assert reply.status_code == 200 and calls == ["hooks.test"]
     assert _Handler.seen[0][2]["Host"] == f"hooks.test:{_port(server)}"
 
