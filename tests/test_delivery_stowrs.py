@@ -8,8 +8,11 @@ API (``/tools/lookup``) and through QIDO-RS with dicomweb-client.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -19,7 +22,7 @@ from peers.orthanc import OrthancPeer, find_dicomweb_plugin, run_orthanc
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_node.delivery.config import DimseDestination, StowDestination
+from dicom_node.config.delivery import DimseDestination, StowDestination
 from dicom_node.delivery.deliverer import Deliverer
 from dicom_node.delivery.stowrs import build_session
 from dicom_node.index.writer import IndexWriter
@@ -122,6 +125,42 @@ def test_connection_refused_is_retried(writer: IndexWriter, tmp_path: Path) -> N
     result = Deliverer([dest], RetryPolicy(initial=30)).deliver(write_objects(tmp_path / "r", "down"), "down", writer.run)
     assert [o.state for o in result.objects] == ["pending", "pending"]
     assert "ConnectionError" in result.objects[0].detail and result.next_attempt_at is not None
+
+
+class _Busy(BaseHTTPRequestHandler):
+    """A STOW-RS origin that is overloaded: 503 with Retry-After (RFC 9110 10.2.3) to every POST."""
+
+    retry_after = "120"
+    posts = 0
+
+    def do_POST(self) -> None:  # noqa: N802 (the name http.server dispatches to)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).posts += 1
+        self.send_response(503)
+        self.send_header("Retry-After", type(self).retry_after)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (signature of the base class)
+        return
+
+
+@pytest.mark.parametrize(("header", "wait"), [("120", 120.0), ("1", 30.0)])
+def test_503_retry_after_schedules_no_earlier_than_the_server_asks(writer: IndexWriter, tmp_path: Path,
+                                                                   header: str, wait: float) -> None:
+    _Busy.retry_after, _Busy.posts = header, 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        dest = StowDestination(name="busy", url=f"http://127.0.0.1:{server.server_address[1]}/dicom-web", timeout=5)
+        deliverer = Deliverer([dest], RetryPolicy(initial=30, cap=600), clock=lambda: 1000.0)
+        result = deliverer.deliver(write_objects(tmp_path / "r", "busy"), "busy", writer.run)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _Busy.posts == 1
+    assert [(o.state, o.next_attempt_at) for o in result.objects] == [("pending", 1000.0 + wait)] * 2
+    assert "HTTP 503" in result.objects[0].detail
 
 
 def test_c_store_into_orthanc(orthanc: OrthancPeer, writer: IndexWriter, tmp_path: Path) -> None:

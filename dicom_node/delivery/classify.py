@@ -69,6 +69,8 @@ class Outcome:
         The DIMSE status (PS3.7 C) or STOW-RS failure/warning reason, when there was one.
     http_status : int or None
         The HTTP status of the STOW-RS response, when there was one.
+    retry_after : float or None
+        Seconds the server's Retry-After asked to wait (RFC 9110 10.2.3), honoured by the retry policy.
     """
 
     sop_instance_uid: str
@@ -76,6 +78,7 @@ class Outcome:
     detail: str = ""
     status: int | None = None
     http_status: int | None = None
+    retry_after: float | None = None
 
 
 def classify_dimse_status(status: int) -> Verdict:

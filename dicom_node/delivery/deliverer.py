@@ -28,8 +28,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dicom_node.delivery.classify import Outcome, Verdict
-from dicom_node.delivery.config import (
+from dicom_node.config.delivery import (
     DeliveryConfig,
     Destination,
     DimseDestination,
@@ -37,6 +36,7 @@ from dicom_node.delivery.config import (
     ReplyToCaller,
     StowDestination,
 )
+from dicom_node.delivery.classify import Outcome, Verdict
 from dicom_node.delivery.dimse import send_dimse
 from dicom_node.delivery.stowrs import send_stow
 from dicom_node.errors import DeliveryError
@@ -270,7 +270,8 @@ class Deliverer:
             attempts = conn_runner(lambda c: ledger.mark_sent(c, uid, dest_name, now, warning))
             return ObjectResult(path, uid, "sent", attempts, outcome.detail)
         if outcome.verdict is Verdict.RETRY:
-            state, attempts, when, detail = conn_runner(lambda c: self._retry_or_bury(c, dest_name, uid, str(path), outcome.detail, now))
+            state, attempts, when, detail = conn_runner(
+                lambda c: self._retry_or_bury(c, dest_name, uid, str(path), outcome.detail, now, outcome.retry_after))
             if state == "pending":
                 return ObjectResult(path, uid, "pending", attempts, detail, when)
         else:
@@ -281,12 +282,13 @@ class Deliverer:
 
     def _retry_or_bury(
         self, conn: sqlite3.Connection, dest_name: str, uid: str, path: str, error: str, now: float,
+        retry_after: float | None = None,
     ) -> tuple[str, int, float | None, str]:
         """In one transaction: schedule the next attempt, or dead-letter when the attempts are spent."""
         row = ledger.lookup(conn, [uid], dest_name).get(uid)
         attempts = (row.attempts if row else 0) + 1
         if not self._policy.exhausted(attempts):
-            when = self._policy.next_attempt_at(attempts, now)
+            when = self._policy.next_attempt_at(attempts, now, retry_after)
             return "pending", ledger.record_attempt(conn, uid, dest_name, error, when, path), when, error
         detail = f"gave up after {attempts} attempts: {error}"
         return "dead", ledger.mark_dead(conn, uid, dest_name, detail, path), None, detail

@@ -26,11 +26,12 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
+from dicom_node.config.delivery import StowDestination
 from dicom_node.delivery.classify import Outcome, Verdict, classify_dimse_status, classify_http_status, describe_status
-from dicom_node.delivery.config import StowDestination
 from dicom_node.errors import DeliveryError
 from dicom_node.net.http import new_session
 from dicom_node.net.policy import OutboundError
+from dicom_node.net.retry import parse_retry_after
 
 __all__ = ["build_session", "send_stow"]
 
@@ -130,18 +131,21 @@ def _post_batch(client: DICOMwebClient, dest: StowDestination, batch: Sequence[D
         result: Dataset | None = client.store_instances(list(batch))
         http_status = statuses[-1] if statuses else 200
         error: DeliveryError | None = None
+        retry_after: float | None = None
     except (requests.RequestException, OutboundError, ValueError, KeyError) as exc:
         error = _wrap(exc, dest)
         response = exc.response if isinstance(exc, requests.HTTPError) else None
         result = _body(response)
         http_status = response.status_code if response is not None else 0
+        # A 429/503 may say when to come back (RFC 9110 10.2.3); the ledger schedules the retry no earlier.
+        retry_after = parse_retry_after(response.headers.get("Retry-After")) if response is not None else None
         log.warning("stow-rs failed destination=%s instances=%d error=%s", dest.name, len(batch), error)
     outcomes = []
     for uid in uids:
         outcome = _per_instance(result, uid, http_status)
         if outcome is None and error is not None:
             verdict = Verdict.RETRY if error.retryable else Verdict.DEAD
-            outcome = Outcome(uid, verdict, str(error), http_status=http_status or None)
+            outcome = Outcome(uid, verdict, str(error), http_status=http_status or None, retry_after=retry_after)
         elif outcome is None:
             # PS3.18 10.5.3: 200 means every instance was stored; 202 without this UID is unknown, so retry.
             verdict = Verdict.SUCCESS if http_status == 200 else Verdict.RETRY
