@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
-from dicom_node.delivery.config import DimseDestination
+from dicom_node.config.delivery import DimseDestination
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 SR3D = "1.2.840.10008.5.1.4.1.1.88.34"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dicom_node.config import load_config
-from dicom_node.delivery.config import DimseDestination, StowDestination
+from dicom_node.config.delivery import DimseDestination, StowDestination
 from dicom_node.errors import ConfigError
 from dicom_node.net.auth import BasicAuth, BearerAuth
 from tests.conftest import dicom_node_exe

@@ -28,7 +28,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 
-from dicom_node.delivery.config import (
+from dicom_node.config.delivery import (
     DimseDestination,
     KnownPeer,
     ReplyToCaller,

@@ -7,6 +7,7 @@ import ssl
 import pytest
 from pydantic import ValidationError
 
+from dicom_node.config.delivery import DeliveryConfig, StowDestination
 from dicom_node.delivery.classify import (
     Verdict,
     classify_dimse_status,
@@ -14,7 +15,6 @@ from dicom_node.delivery.classify import (
     classify_http_status,
     classify_rejection,
 )
-from dicom_node.delivery.config import DeliveryConfig, StowDestination
 
 # --- destination config (the SSRF rules themselves are tested in test_net_policy.py) ----------------
 

@@ -38,9 +38,9 @@ from pydantic import (
 )
 
 from dicom_node.config.api import ApiConfig
+from dicom_node.config.delivery import DeliveryConfig
 from dicom_node.config.routing import RoutingConfig
 from dicom_node.config.sources import SourcesConfig
-from dicom_node.delivery.config import DeliveryConfig
 from dicom_node.errors import ConfigError
 from dicom_node.pixels.syntaxes import ACCEPTED_BY_DEFAULT
 from dicom_node.validators import check_ae_title, is_loopback, is_uid

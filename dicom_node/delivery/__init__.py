@@ -1,6 +1,6 @@
 """Result delivery: C-STORE (PS3.4 Annex B) and STOW-RS (PS3.18 10.5) with retries and a ledger.
 
-- :mod:`~dicom_node.delivery.config` — the ``[delivery]`` section: destinations, retry numbers, known peers
+- :mod:`~dicom_node.config.delivery` — the ``[delivery]`` section: destinations, retry numbers, known peers
   (peers, auth, the retry policy and the SSRF policy are shared plumbing in :mod:`dicom_node.net`);
 - :mod:`~dicom_node.delivery.dimse` — pynetdicom Storage SCU with transfer-syntax fallback;
 - :mod:`~dicom_node.delivery.stowrs` — dicomweb-client STOW-RS;
@@ -14,6 +14,6 @@ heavy so configuration loading stays cheap.
 
 from __future__ import annotations
 
-from dicom_node.delivery.config import DeliveryConfig
+from dicom_node.config.delivery import DeliveryConfig
 
 __all__ = ["DeliveryConfig"]

@@ -23,8 +23,8 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
+from dicom_node.config.delivery import DimseDestination
 from dicom_node.delivery.classify import Outcome, Verdict, classify_dimse_status, classify_rejection, describe_status
-from dicom_node.delivery.config import DimseDestination
 from dicom_node.errors import DeliveryError, PixelError
 from dicom_node.net.peers import AssociationProbe
 from dicom_node.pixels.transcode import transcode

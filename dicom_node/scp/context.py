@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from pynetdicom.presentation import PresentationContext
 
 from dicom_node.config import NodeConfig, ScpConfig
-from dicom_node.delivery.config import DimseDestination
+from dicom_node.config.delivery import DimseDestination
 from dicom_node.index import Index, IndexWriter
 from dicom_node.ingest import Ingestor
 from dicom_node.spool import Spool
