@@ -1,10 +1,19 @@
-"""The running node: wires spool, index, SCP, assembler and job workers together."""
+"""The running node: the composition root.
+
+:class:`Node` builds the typed services (:class:`~dicom_node.services.Storage`,
+:class:`~dicom_node.registry.ModelRegistry`) and the components that use them
+(SCP, assembler, job workers, pollers, retrieval sessions), handing each only what
+it needs. Front ends above it (the REST API, in :mod:`dicom_node.api.server`) are
+passed in as a :class:`Frontend` factory, so this module imports nothing from
+``api`` or ``commands``.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 from dicom_node.assembler import Assembler
 from dicom_node.config import NodeConfig
@@ -14,19 +23,15 @@ from dicom_node.ingest import Ingestor
 from dicom_node.jobs.pipeline import Pipeline
 from dicom_node.jobs.stages import FileResultWriter, JobDelivery
 from dicom_node.jobs.worker import JobWorker
+from dicom_node.registry import ModelRegistry
 from dicom_node.scp.context import ResultArchive, ScpContext
 from dicom_node.scp.negotiation import supported_contexts
 from dicom_node.scp.server import StorageServer
+from dicom_node.services import Storage
 from dicom_node.sources.factory import source_rules
+from dicom_node.sources.poller import PollerService
+from dicom_node.sources.sessions import SessionService
 from dicom_node.spool import Spool
-
-if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
-
-    from dicom_node.api.server import ApiServer
-    from dicom_node.api.webhooks import InvocationService
-    from dicom_node.sources.poller import PollerService
-    from dicom_node.sources.sessions import SessionService
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,21 @@ def open_index(config: NodeConfig) -> Index:
     return Index(config.storage.root / INDEX_NAME)
 
 
+class Frontend(Protocol):
+    """A front end started after the node's core and stopped before it (the REST API)."""
+
+    @property
+    def port(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+#: Builds the front end of a node whose core is about to start (``dicom_node.api.server.ApiFrontend``).
+FrontendFactory = Callable[["Node"], Frontend]
+
+
 class Node:
     """Everything ``dicom-node serve`` runs, startable and stoppable in-process.
 
@@ -45,17 +65,20 @@ class Node:
     ----------
     config : NodeConfig
         The validated configuration.
+    frontend : callable, optional
+        Builds the REST front end when ``[api] enabled``; ``serve`` passes
+        :class:`dicom_node.api.server.ApiFrontend`. Without it the node runs no API.
     """
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, frontend: FrontendFactory | None = None) -> None:
         self.config = config
         st = config.storage
-        self.spool = Spool(st.root, fsync=st.fsync, min_free_bytes=st.min_free_bytes)
-        self.index = open_index(config)
-        self.writer = IndexWriter(self.index.path, durable=st.fsync)
-        self.ingestor = Ingestor(
-            self.spool, self.index, self.writer, st.duplicate_policy == "replace", config.scp.max_inflated_bytes
-        )
+        spool = Spool(st.root, fsync=st.fsync, min_free_bytes=st.min_free_bytes)
+        index = open_index(config)
+        writer = IndexWriter(index.path, durable=st.fsync)
+        ingestor = Ingestor(spool, index, writer, st.duplicate_policy == "replace", config.scp.max_inflated_bytes)
+        self.storage = Storage(spool, index, writer, ingestor)
+        self.models = ModelRegistry(config.inference)
         self.scp = StorageServer(
             ScpContext(config.scp, self.spool, self.writer, self.ingestor, supported_contexts(config.scp),
                        archive=ResultArchive.from_config(config, self.index))
@@ -63,31 +86,39 @@ class Node:
         self.assembler = Assembler(config.assembly, self.writer)
         results = FileResultWriter(config)
         self.pipeline = Pipeline(config, self.index, self.writer, self.spool, results,
-                                 JobDelivery(config, self.index, self.writer, results))
-        # Set in start() when configured (imported there: the API and pull sources are optional).
-        self.api: ApiServer | None = None
-        self.invocations: InvocationService | None = None
+                                 JobDelivery(config, self.index, self.writer, results), self.models)
+        self._frontend = frontend
+        # Set in start() when configured.
+        self.api: Frontend | None = None
         self.pollers: PollerService | None = None
-        self.sessions: SessionService | None = None
-        self.metrics_registry: CollectorRegistry | None = None
+        #: Retrieval sessions: built here (no thread until started) so the API can start it on first use.
+        self.sessions = SessionService(self)
         self.workers = [
             JobWorker(config.routing, self.index, self.writer, self.spool, self.pipeline, config.jobs.poll_interval,
                       source_rules(config.sources))
             for _ in range(config.jobs.workers)
         ]
 
-    def model_status(self) -> dict[str, str | None]:
-        """Each model of the store: None when a backend can run it, else why not (for /readyz)."""
-        from dicom_node.commands.models import backend_options, open_store
-        from inference.backends import select_backend
+    # The storage members, for consumers typed by ``sources.sink.NodeStorage`` (pollers, sessions, sinks).
+    @property
+    def spool(self) -> Spool:
+        """The instance files."""
+        return self.storage.spool
 
-        store = open_store(self.config)
-        status: dict[str, str | None] = {str(path.parent.name): f"invalid spec: {msg}" for path, msg in store.errors.items()}
-        for name in store.names():
-            selection = select_backend(store.get(name).spec, list(self.config.inference.backends), backend_options(self.config))
-            status[name] = None if selection.name else "no backend: " + "; ".join(
-                f"{k}: {v}" for k, v in selection.passed_over.items())
-        return status
+    @property
+    def index(self) -> Index:
+        """Read connections to the index."""
+        return self.storage.index
+
+    @property
+    def writer(self) -> IndexWriter:
+        """The single index writer."""
+        return self.storage.writer
+
+    @property
+    def ingestor(self) -> Ingestor:
+        """Stores arrivals into spool and index."""
+        return self.storage.ingestor
 
     def start(self) -> None:
         """Recover from any crash, then start the writer, the SCP and the assembler."""
@@ -104,34 +135,20 @@ class Node:
         for worker in self.workers:
             worker.start()
         if any(p.enabled for p in self.config.sources.pollers):  # DICOMweb/DIMSE pollers (dicom_node.sources.poller)
-            from dicom_node.sources.poller import PollerService
             self.pollers = PollerService(self)
             self.pollers.start()
         if self.config.api.enabled:
-            from dicom_node.api.app import ApiContext, create_app
-            from dicom_node.api.metrics import registry_for
-            from dicom_node.api.server import ApiServer
-
-            # --- REST invocations: resume queued work and pending webhooks (dicom_node.api.webhooks) ---
-            from dicom_node.api.webhooks import InvocationService
-            self.invocations = InvocationService(self)
-            self.invocations.start()
-            # --- Retrieval sessions (dicom_node.sources.sessions): resume sweeping what a previous run kept ---
-            from dicom_node.sources.sessions import SessionService
-            self.sessions = SessionService(self)
+            # Retrieval sessions: resume sweeping what a previous run kept (they are reached only through the API).
             self.sessions.start()
-            self.metrics_registry = registry_for(self)
-            self.api = ApiServer(create_app(ApiContext(self.config, self)), self.config.api.host, self.config.api.port)
-            self.api.start()
+            if self._frontend is not None:
+                self.api = self._frontend(self)
+                self.api.start()
 
     def stop(self) -> None:
         """Stop accepting, stop assembly, flush the index."""
-        if self.api is not None:
+        if self.api is not None:  # the API and the invocation service it owns
             self.api.stop()
-        if self.invocations is not None:  # REST invocations (dicom_node.api.webhooks)
-            self.invocations.stop()
-        if self.sessions is not None:  # retrieval sessions (dicom_node.sources.sessions)
-            self.sessions.stop()
+        self.sessions.stop()  # retrieval sessions (a no-op when never started)
         if self.pollers is not None:  # before the SCP and the writer: a running retrieval is aborted cleanly
             self.pollers.stop()
         self.scp.stop()
@@ -139,4 +156,5 @@ class Node:
         for worker in self.workers:
             worker.stop()
         self.pipeline.close()
+        self.models.close()
         self.writer.stop()

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from dicom_node.api.server import ApiFrontend
 from dicom_node.config import NodeConfig
 from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, write_ct_series
@@ -79,7 +80,7 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     nodes: list[Node] = []
 
     def _start(root: Path | None = None, **sections: dict[str, Any]) -> Node:
-        node = Node(node_config(root or tmp_path / "node", **sections))
+        node = Node(node_config(root or tmp_path / "node", **sections), frontend=ApiFrontend)
         node.start()
         nodes.append(node)
         return node

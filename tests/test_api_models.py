@@ -12,7 +12,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from dicom_node.api.app import ApiContext, create_app
+from dicom_node.api.app import create_app
+from dicom_node.api.deps import ApiServices
 from dicom_node.api.modelfiles import dump_toml, merge_patch
 from dicom_node.node import Node
 from tests.conftest import node_config
@@ -30,7 +31,7 @@ def models_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def client(tmp_path: Path, models_dir: Path) -> TestClient:
     config = node_config(tmp_path / "node", api={"enabled": False}, inference={"models_dir": str(models_dir)})
-    return TestClient(create_app(ApiContext(config, Node(config))))
+    return TestClient(create_app(config, ApiServices.of(Node(config))))
 
 
 def upload(name: str, toml: str, onnx: bytes | None) -> dict[str, Any]:
@@ -108,13 +109,16 @@ class FakePredictor:
 
 
 def test_patch_persists_and_reloads(client: TestClient, models_dir: Path) -> None:
-    node = client.app.state.ctx.node  # type: ignore[attr-defined]
+    models = client.app.state.services.models  # type: ignore[attr-defined]
+    store = models.store()
+    assert models.store() is store  # scanned once, not per request
     fake = FakePredictor()
-    node.pipeline._predictors["ct-body"] = fake
+    models._predictors["ct-body"] = fake
     r = client.patch("/admin/models/ct-body", json={"description": "patched", "postprocessing": {"threshold": 0.4}})
     assert r.status_code == 200, r.text
     assert r.json()["spec"]["postprocessing"]["threshold"] == 0.4 and r.json()["description"] == "patched"
-    assert fake.closed and "ct-body" not in node.pipeline._predictors
+    assert fake.closed and "ct-body" not in models._predictors
+    assert models.store() is not store  # the admin change reloaded the store
     on_disk = tomllib.loads((models_dir / "ct-body" / "model.toml").read_text())
     assert on_disk["postprocessing"]["threshold"] == 0.4 and on_disk["labels"][0]["name"] == "Body"
     before = (models_dir / "ct-body" / "model.toml").read_text()

@@ -27,7 +27,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import CHECKS, load_all_checks
 
-from dicom_node.api.app import ApiContext, create_app
+from dicom_node.api.app import create_app
+from dicom_node.api.server import ApiFrontend
 from dicom_node.node import Node
 from tests.conftest import node_config
 
@@ -42,7 +43,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("DICOM_NODE_SCHEMATHESIS") == "0"
 def api_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     root = tmp_path_factory.mktemp("schemathesis")
     shutil.copytree(ENGINES, root / "engines", ignore=shutil.ignore_patterns("*.plan", "__pycache__"))
-    node = Node(node_config(root / "node", inference={"models_dir": str(root / "engines")}))
+    node = Node(node_config(root / "node", inference={"models_dir": str(root / "engines")}), frontend=ApiFrontend)
     node.start()
     yield node
     node.stop()
@@ -51,7 +52,7 @@ def api_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 def _openapi() -> dict[str, Any]:
     """The OpenAPI document of the application (no node needed to render it)."""
     config = node_config(Path("/nonexistent-schemathesis-root"), inference={"models_dir": str(ENGINES)})
-    return create_app(ApiContext(config, None)).openapi()
+    return create_app(config, None).openapi()
 
 
 OPENAPI = _openapi()

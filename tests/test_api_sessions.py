@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
+from dicom_node.api.server import ApiFrontend
 from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, ct_datasets
 from tests.conftest import free_port, node_config, require_tool, wait_for
@@ -148,7 +149,7 @@ def test_form_upload_bad_parts_and_series_choice(start_node: Any, models_dir: Pa
 def test_expiry_sweeps_and_restart_keeps_sessions(tmp_path: Path, start_node: Any, models_dir: Path) -> None:
     root = tmp_path / "restart"
     config = node_config(root, inference={"models_dir": str(models_dir), "backends": ["onnxruntime"]})
-    first = Node(config)
+    first = Node(config, frontend=ApiFrontend)
     first.start()
     try:
         files = dicom_files(slices=2, seed="restart")

@@ -446,12 +446,13 @@ def test_configuration_table_names_real_keys() -> None:
 
 def test_rest_paths_and_query_parameters_exist(tmp_path: Path) -> None:
     """Every `METHOD /path?param=` the README names is a route of the app, with those query parameters."""
-    from dicom_node.api.app import ApiContext, create_app
+    from dicom_node.api.app import create_app
+    from dicom_node.api.deps import ApiServices
     from dicom_node.node import Node
     from tests.conftest import node_config
 
     config = node_config(tmp_path / "node", api={"enabled": False}, inference={"models_dir": str(ROOT / "engines")})
-    spec = create_app(ApiContext(config, Node(config))).openapi()
+    spec = create_app(config, ApiServices.of(Node(config))).openapi()
     routes: dict[tuple[str, str], set[str]] = {}
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -19,10 +18,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from dicom_node.index import Index
 from dicom_node.index import metrics as counts_q
-
-if TYPE_CHECKING:  # dicom_node.node imports this module when the API starts
-    from dicom_node.node import Node
+from dicom_node.registry import ModelRegistry
+from dicom_node.scp.server import StorageServer
 
 #: Jobs whose stage times feed the latency histograms (the most recently updated ones).
 RECENT_JOBS = 10000
@@ -34,21 +33,33 @@ JOB_STATES = ("queued", "validating", "decoding", "inferring", "writing", "deliv
 
 
 class NodeCollector(Collector):
-    """SCP counters, index counts, jobs per state and deliveries of one node."""
+    """SCP counters, index counts, jobs per state and deliveries of one node.
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    Parameters
+    ----------
+    scp : StorageServer
+        The node's DIMSE server (association and C-STORE counters).
+    index : Index
+        The node's index (jobs, series, deliveries, sources, sessions).
+    models : ModelRegistry
+        The node's open predictors (batch sizes).
+    """
+
+    def __init__(self, scp: StorageServer, index: Index, models: ModelRegistry) -> None:
+        self.scp = scp
+        self.index = index
+        self.models = models
 
     def collect(self) -> Iterator[Metric]:
         """Yield the current values."""
-        m = self.node.scp.ctx.metrics
-        yield GaugeMetricFamily("dicom_node_associations_active", "DIMSE associations being served", self.node.scp.active)
+        m = self.scp.ctx.metrics
+        yield GaugeMetricFamily("dicom_node_associations_active", "DIMSE associations being served", self.scp.active)
         yield CounterMetricFamily("dicom_node_instances_received", "Instances stored (duplicates excluded)", m.instances)
         yield CounterMetricFamily("dicom_node_bytes_received", "Dataset bytes stored", m.bytes)
         yield CounterMetricFamily("dicom_node_duplicates_received", "Duplicate instances received", m.duplicates)
         yield CounterMetricFamily("dicom_node_associations_rejected", "Associations rejected", m.rejected)
         yield CounterMetricFamily("dicom_node_refused_disk_reserve", "C-STOREs refused at the disk reserve", m.refused_disk)
-        conn = self.node.index.reader()
+        conn = self.index.reader()
         try:
             counts = counts_q.jobs_by_state(conn)
             series = counts_q.series_by_state(conn)
@@ -75,7 +86,7 @@ class NodeCollector(Collector):
         yield from self._source_metrics()
 
     def _stage_histograms(self) -> Iterator[Metric]:
-        conn = self.node.index.reader()
+        conn = self.index.reader()
         try:
             rows = counts_q.recent_stage_times(conn, RECENT_JOBS)
         finally:
@@ -101,14 +112,13 @@ class NodeCollector(Collector):
         hist = HistogramMetricFamily("dicom_node_inference_batch_size",
                                      "Items per inference batch of the job pipeline's models (since each was loaded)",
                                      labels=["model"])
-        predictors = dict(getattr(self.node.pipeline, "_predictors", {}))
-        for name, predictor in sorted(predictors.items()):
+        for name, predictor in sorted(self.models.loaded().items()):
             buckets, total = histogram([float(n) for n in predictor.stats().sizes], BATCH_BUCKETS)
             hist.add_metric([name], buckets, total)
         return hist
 
     def _job_and_webhook_counters(self) -> Iterator[Metric]:
-        conn = self.node.index.reader()
+        conn = self.index.reader()
         try:
             job_retries = counts_q.job_retries(conn)
             hooks = counts_q.webhook_failures(conn)
@@ -121,7 +131,7 @@ class NodeCollector(Collector):
 
     def _source_metrics(self) -> Iterator[Metric]:
         """Pollers (state, polls, retrieved instances, consecutive failures) and retrieval sessions."""
-        conn = self.node.index.reader()
+        conn = self.index.reader()
         try:
             sources = counts_q.source_counters(conn)
             sessions = counts_q.sessions_by_status(conn)
@@ -152,8 +162,8 @@ def histogram(values: list[float], bounds: tuple[float, ...]) -> tuple[list[tupl
     return buckets, float(sum(values))
 
 
-def registry_for(node: Node) -> CollectorRegistry:
+def registry_for(scp: StorageServer, index: Index, models: ModelRegistry) -> CollectorRegistry:
     """A registry holding one :class:`NodeCollector`."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(node))
+    registry.register(NodeCollector(scp, index, models))
     return registry

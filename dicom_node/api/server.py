@@ -1,4 +1,4 @@
-"""uvicorn in a background thread of the node process."""
+"""uvicorn in a background thread of the node process, and the REST front end of a node."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
+from dicom_node.api.app import create_app
+from dicom_node.api.deps import ApiServices
 from dicom_node.errors import StorageError
+from dicom_node.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +54,36 @@ class ApiServer:
         self._server.should_exit = True
         if self._thread.is_alive():
             self._thread.join(10)
+
+
+class ApiFrontend:
+    """The REST API of one node: its services, the invocation service and uvicorn.
+
+    Passed to :class:`~dicom_node.node.Node` as its front-end factory (``Node(config,
+    frontend=ApiFrontend)``); the node starts it after its core and stops it first.
+
+    Parameters
+    ----------
+    node : Node
+        The node whose services the routes use.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.services = ApiServices.of(node)
+        api = node.config.api
+        self.server = ApiServer(create_app(node.config, self.services), api.host, api.port)
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return self.server.port
+
+    def start(self) -> None:
+        """Resume queued invocations and pending webhooks, then listen."""
+        self.services.invocations.start()
+        self.server.start()
+
+    def stop(self) -> None:
+        """Stop listening, then stop the invocation service."""
+        self.server.stop()
+        self.services.invocations.stop()

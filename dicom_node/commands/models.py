@@ -13,9 +13,11 @@ import json
 import sys
 from typing import Any
 
+from dicom_node import registry
 from dicom_node.commands.output import echo
 from dicom_node.config import NodeConfig
 from dicom_node.progress import bar
+from dicom_node.registry import ModelRegistry
 from inference.backends import (
     BackendOptions,
     availability,
@@ -44,12 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def backend_options(config: NodeConfig) -> BackendOptions:
     """The backend settings of the node's ``[inference]`` section."""
-    return BackendOptions(onnxruntime_threads=config.inference.onnxruntime_threads, triton_url=config.inference.triton_url)
+    return registry.backend_options(config.inference)
 
 
 def open_store(config: NodeConfig) -> ModelStore:
-    """The model store under ``[inference] models_dir``."""
-    return ModelStore([config.inference.models_dir])
+    """The model store under ``[inference] models_dir``, scanned once for this command."""
+    return ModelRegistry(config.inference).store()
 
 
 def run(args: argparse.Namespace, config: NodeConfig) -> int:

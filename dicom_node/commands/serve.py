@@ -22,10 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace, config: NodeConfig) -> int:
     """Start the node and block until a termination signal."""
+    # Deferred: the node pulls in pydicom, pynetdicom and uvicorn, which other commands' --help never needs.
+    from dicom_node.api.server import ApiFrontend
     from dicom_node.node import Node
 
     setup_logging(config.logging)
-    node = Node(config)
+    node = Node(config, frontend=ApiFrontend)
     node.start()
     done = threading.Event()
 

@@ -115,6 +115,7 @@ def run_poll_now(args: argparse.Namespace, config: NodeConfig) -> int:
     finally:
         service.stop()
         node.pipeline.close()
+        node.models.close()
         node.writer.stop()
     if args.json:
         echo(json.dumps({"source": report.source, "ok": report.ok, "state": report.state, "error": report.error,

@@ -1,26 +1,36 @@
-"""One job's stages: validate -> decode -> infer -> write -> deliver.
+"""One job's production stages: validate -> decode -> infer -> write; then it is ``delivering``.
 
-Each stage boundary is a committed state change, so a crash resumes from the
-last boundary (mid-stage work is redone; result UIDs are deterministic). A
-failure of the input (contract, decoding) ends the job ``failed`` with the
-reason; a delivery failure is retried or dead-lettered by the delivery stage.
+Each stage boundary is a committed state change; a crash runs the job again from
+the start (mid-stage work is redone; result UIDs are deterministic), which the
+work queue counts as an attempt (:mod:`dicom_node.workqueue`). A failure of the
+input (contract, decoding) ends the job ``failed`` with the reason. Delivery is
+its own kind of work (:class:`dicom_node.jobs.worker.DeliveryHandler`), queued
+when the job reaches ``delivering``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dicom_node.config import NodeConfig
-from dicom_node.errors import ContractViolation, DicomNodeError, InferenceError, PixelError, ValidationError
+from dicom_node.errors import (
+    ContractViolation,
+    DicomNodeError,
+    InferenceError,
+    ModelError,
+    PixelError,
+    ValidationError,
+)
 from dicom_node.index import Index, IndexWriter
 from dicom_node.index import jobs as ops
 from dicom_node.jobs.facts import series_files
+from dicom_node.registry import ModelRegistry
 from dicom_node.spool import Spool
 
 if TYPE_CHECKING:
@@ -28,7 +38,7 @@ if TYPE_CHECKING:
 
     from dicom_node.pixels.pool import DecodePool
     from dicom_node.pixels.volume import Volume
-    from inference.predictor import Prediction, Predictor
+    from inference.predictor import Prediction
     from inference.store import ModelEntry
 
 log = logging.getLogger(__name__)
@@ -48,12 +58,13 @@ class ResultWriter(Protocol):
         ...
 
 
-class DeliveryStage(Protocol):
-    """Delivers a job's result objects to its destinations."""
+class StageTimer(Protocol):
+    """Times named stages (:class:`dicom_node.workqueue.WorkItem`: the queue records the timings)."""
 
-    def deliver(self, job: dict[str, Any]) -> tuple[str, str | None, float]:
-        """Returns ``(state, reason, next_attempt_at)``: done, delivering (retry later) or dead-letter."""
-        ...
+    @property
+    def stage_times(self) -> dict[str, float]: ...
+
+    def stage(self, name: str) -> AbstractContextManager[None]: ...
 
 
 class Pipeline:
@@ -67,102 +78,91 @@ class Pipeline:
         Storage.
     results : ResultWriter
         Writes the result objects.
-    delivery : DeliveryStage
-        Sends them.
+    models : ModelRegistry
+        The node's model store and shared predictors.
     """
 
     def __init__(self, config: NodeConfig, index: Index, writer: IndexWriter, spool: Spool,
-                 results: ResultWriter, delivery: DeliveryStage) -> None:
+                 results: ResultWriter, models: ModelRegistry) -> None:
         self.config = config
         self.index = index
         self.writer = writer
         self.spool = spool
         self.results = results
-        self.delivery = delivery
-        self._predictors: dict[str, Predictor] = {}
+        self.models = models
         self._pool: DecodePool | None = None  # one decode pool for the node's lifetime (spawning workers costs ~0.5 s)
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        """Close the models this pipeline opened."""
+        """Close the decode pool (the predictors belong to the :class:`ModelRegistry`)."""
         with self._lock:
-            for predictor in self._predictors.values():
-                predictor.close()
-            self._predictors.clear()
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
 
-    def forget_model(self, name: str) -> None:
-        """Close and drop the cached predictor of model ``name`` (its files changed or were removed)."""
-        with self._lock:
-            predictor = self._predictors.pop(name, None)
-        if predictor is not None:
-            predictor.close()
+    def run(self, job: dict[str, Any], timer: StageTimer) -> str | None:
+        """Produce ``job``'s results (it is ``validating``), leaving it ``delivering``; stages timed by ``timer``.
 
-    def run(self, job: dict[str, Any]) -> None:
-        """Run ``job`` from its current state to done, failed, dead-letter or a parked delivery."""
+        Returns
+        -------
+        str or None
+            None when the job reached ``delivering``; the reason when it ended ``failed``.
+        """
         jid = job["id"]
         try:
-            if job["state"] == "validating":
-                self._produce(job)
-            self._deliver(job)
+            self._produce(job, timer)
+            return None
         except ContractViolation as exc:
-            self._fail(jid, f"input does not satisfy the model's contract: {exc}", exc.issues)
+            return self._fail(jid, f"input does not satisfy the model's contract: {exc}", exc.issues)
         except ValidationError as exc:
-            self._fail(jid, f"input does not form a valid volume: {exc}")
+            return self._fail(jid, f"input does not form a valid volume: {exc}")
         except PixelError as exc:
-            self._fail(jid, f"pixel data could not be decoded: {exc}")
-        except InferenceError as exc:
-            self._fail(jid, f"inference failed: {exc}")
+            return self._fail(jid, f"pixel data could not be decoded: {exc}")
+        except (ModelError, InferenceError) as exc:  # InferenceError: a spec read outside the wrapped calls
+            return self._fail(jid, f"inference failed: {exc}")
         except DicomNodeError as exc:
-            self._fail(jid, str(exc))
+            return self._fail(jid, str(exc))
         except (OSError, ValueError, RuntimeError, MemoryError) as exc:
             log.exception("job failed unexpectedly job=%s", jid)
-            self._fail(jid, f"internal error: {type(exc).__name__}")
+            return self._fail(jid, f"internal error: {type(exc).__name__}")
 
-    def _fail(self, jid: str, reason: str, details: Any = None) -> None:
+    def _fail(self, jid: str, reason: str, details: Any = None) -> str:
         log.warning("job failed job=%s reason=%s", jid, reason)
         self.writer.run(lambda c: ops.finish(c, jid, "failed", time.time(), reason, details))
+        return reason
 
-    def _stage(self, jid: str, next_state: str, work: Callable[[], _T], name: str,
+    def _stage(self, jid: str, timer: StageTimer, next_state: str, work: Callable[[], _T], name: str,
                result: Callable[[_T], dict[str, Any] | None] | None = None) -> _T:
-        t0 = time.perf_counter()
-        value = work()
-        seconds = time.perf_counter() - t0
+        with timer.stage(name):
+            value = work()
+        seconds = timer.stage_times[name]
         payload = result(value) if result else None
         self.writer.run(lambda c: ops.advance(c, jid, next_state, time.time(), {name: seconds}, payload))
         return value
 
-    def _produce(self, job: dict[str, Any]) -> None:
-        from dicom_node.commands.models import open_store
-
+    def _produce(self, job: dict[str, Any], timer: StageTimer) -> None:
         jid = job["id"]
         conn = self.index.reader()
         try:
             files = series_files(conn, self.spool, job["series_instance_uid"])
         finally:
             conn.close()
-        entry = open_store(self.config).get(job["model"])
+        entry = self.models.get(job["model"])
         # Headers are read once: the contract check and the SEG/SR writers share them.
         headers: dict[str, Dataset] = {}
-        self._stage(jid, "decoding", lambda: self._validate(entry, self._headers(files, headers)), "validate")
-        volume = self._stage(jid, "inferring", lambda: self._decode(files), "decode")
-        ran, prediction = self._stage(jid, "writing", lambda: self._infer(entry, volume), "infer")
-        rows = self._stage(
-            jid, "delivering", lambda: self._write(job, ran, volume, prediction, headers), "write",
+        self._stage(jid, timer, "decoding", lambda: self._validate(entry, self._headers(files, headers)), "validate")
+        volume = self._stage(jid, timer, "inferring", lambda: self._decode(files), "decode")
+        ran, prediction = self._stage(jid, timer, "writing", lambda: self._infer(entry, volume), "infer")
+        self._stage(
+            jid, timer, "delivering", lambda: self._write(job, ran, volume, prediction, headers), "write",
             result=lambda rows: {"objects": [{k: r[k] for k in ("sop_instance_uid", "kind", "path")} for r in rows]},
         )
-        job["state"] = "delivering"
-        job["result"] = json.dumps({"objects": [{k: r[k] for k in ("sop_instance_uid", "kind", "path")} for r in rows]})
 
     def satisfies_contract(self, model: str, files: list[Path]) -> bool:
         """True when ``files`` pass the model's input contract (headers only); False also for unknown models."""
-        from dicom_node.commands.models import open_store
-
         try:
-            self._validate(open_store(self.config).get(model), self._headers(files, {}))
-        except (ValidationError, InferenceError, PixelError) as exc:
+            self._validate(self.models.get(model), self._headers(files, {}))
+        except (ValidationError, ModelError, InferenceError, PixelError) as exc:
             log.info("routing: contract of model=%s not satisfied: %s", model, exc)
             return False
         return True
@@ -199,54 +199,20 @@ class Pipeline:
         return load_series(files, pool=pool, gpu=self.config.pixels.gpu_decode,
                            max_inflated_bytes=self.config.scp.max_inflated_bytes)
 
-    def predictor_for(self, name: str) -> Predictor:
-        """The shared predictor of model ``name`` (opened on first use), for the REST facade.
-
-        Jobs and REST callers share one predictor per model, so their work items
-        fill the same micro-batcher.
-
-        Raises
-        ------
-        inference.errors.ModelNotFoundError
-            No such model in the store.
-        inference.errors.BackendUnavailableError
-            No backend can run it here.
-        """
-        from dicom_node.commands.models import open_store
-
-        with self._lock:
-            predictor = self._predictors.get(name)
-        return predictor if predictor is not None else self._predictor(open_store(self.config).get(name))
-
-    def _predictor(self, entry: ModelEntry) -> Predictor:
-        from dicom_node.commands.models import backend_options
-        from inference.predictor import open_predictor
-
-        with self._lock:
-            predictor = self._predictors.get(entry.spec.name)
-            if predictor is None:
-                predictor = open_predictor(entry, backend_options(self.config), list(self.config.inference.backends),
-                                           max_delay_s=self.config.inference.max_batch_delay_ms / 1000.0)
-                self._predictors[entry.spec.name] = predictor
-            return predictor
-
     def _infer(self, entry: ModelEntry, volume: Volume) -> tuple[ModelEntry, Prediction]:
         """Run the shared predictor of ``entry``'s model; returns the entry it was opened with and its prediction.
 
         The predictor may predate ``entry`` (it is kept across jobs), so the
         results are labelled with the entry that was actually loaded.
         """
-        predictor = self._predictor(entry)
-        return predictor.entry, predictor.predict(volume.array, {})
+        predictor = self.models.predictor_of(entry)
+        try:
+            return predictor.entry, predictor.predict(volume.array, {})
+        except InferenceError as exc:  # the boundary into dicom-node's tree (see dicom_node.errors)
+            raise ModelError.wrap(exc) from exc
 
     def _write(self, job: dict[str, Any], entry: ModelEntry, volume: Volume, prediction: Prediction,
                headers: dict[str, Dataset]) -> list[dict[str, Any]]:
         rows = self.results.write(job, entry, volume, prediction, headers)
         self.writer.run(lambda c: ops.record_results(c, rows))
         return rows
-
-    def _deliver(self, job: dict[str, Any]) -> None:
-        jid = job["id"]
-        state, reason, next_at = self.delivery.deliver(job)
-        self.writer.run(lambda c: ops.finish(c, jid, state, time.time(), reason, None, next_at))
-        log.info("job %s job=%s%s", state, jid, f" reason={reason}" if reason else "")

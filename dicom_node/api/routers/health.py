@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from dicom_node.api.deps import ApiServices, MetricsDep, ServicesDep
 from dicom_node.errors import StorageError
 
 router = APIRouter(tags=["health"])
@@ -27,33 +28,33 @@ def healthz(request: Request) -> dict[str, str]:
     return {"status": "alive"}
 
 
-def _checks(request: Request) -> dict[str, Any]:
-    node = request.app.state.ctx.node
+def _checks(services: ApiServices) -> dict[str, Any]:
+    storage = services.storage
     checks: dict[str, Any] = {}
     try:
-        node.index.counts()
+        storage.index.counts()
         checks["index"] = "ok"
     except Exception as exc:  # any failure to read the index means not ready; reported, not raised
         checks["index"] = f"unavailable: {type(exc).__name__}"
-    checks["spool"] = "ok" if os.access(node.spool.tmp, os.W_OK) else "not writable"
-    checks["scp"] = "ok" if node.scp.listening else "not listening"
+    checks["spool"] = "ok" if os.access(storage.spool.tmp, os.W_OK) else "not writable"
+    checks["scp"] = "ok" if services.scp.listening else "not listening"
     models: dict[str, str] = {}
-    for name, error in node.model_status().items():
+    for name, error in services.models.status().items():
         models[name] = "ok" if error is None else error
     checks["models"] = models
-    if node.pollers is not None:
+    if services.pollers is not None:
         # A source in backoff is reported but the node still serves; a stopped one (401/403) needs an operator.
         try:
-            checks["sources"] = node.pollers.readiness()
+            checks["sources"] = services.pollers.readiness()
         except (StorageError, sqlite3.Error) as exc:
             checks["sources"] = {"*": f"unavailable: {type(exc).__name__}"}
     return checks
 
 
 @router.get("/readyz", summary="Readiness: index open, spool writable, SCP listening, each model loadable, no source stopped")
-def readyz(request: Request) -> JSONResponse:
+def readyz(services: ServicesDep) -> JSONResponse:
     """200 with the checks when all pass, else 503 naming what is not ready."""
-    checks = _checks(request)
+    checks = _checks(services)
     ready = (all(v == "ok" for k, v in checks.items() if k not in ("models", "sources"))
              and all(v == "ok" for v in checks["models"].values())
              and not any(v.startswith("stopped") for v in checks.get("sources", {}).values()))
@@ -61,6 +62,6 @@ def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-def metrics(request: Request) -> Response:
+def metrics(registry: MetricsDep) -> Response:
     """Prometheus text format."""
-    return Response(generate_latest(request.app.state.ctx.node.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

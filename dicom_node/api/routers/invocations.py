@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from dicom_node.api.auth import Principal, require
+from dicom_node.api.deps import ConfigDep, InvocationsDep, ServicesDep
 from dicom_node.api.errors import ApiError
 from dicom_node.api.inputs import (
     InputRejected,
@@ -42,7 +43,11 @@ from dicom_node.api.inputs import (
 from dicom_node.api.outbound import OutboundRefused, check_url
 from dicom_node.api.routers.predict import get_predictor, instance_error, run_decoded
 from dicom_node.api.schemas import error_responses
-from dicom_node.api.webhooks import InvocationService, upload_path
+from dicom_node.api.webhooks import upload_path
+from dicom_node.config import NodeConfig
+from dicom_node.errors import ModelError
+from dicom_node.node import Node
+from dicom_node.registry import ModelRegistry
 from inference.errors import InferenceError, ParameterError
 
 log = logging.getLogger(__name__)
@@ -101,16 +106,6 @@ MAX_PARAMETERS_CHARS = 4096
 _SCALARS = (bool, int, float, str, type(None))
 
 
-async def service_for(node: Any) -> InvocationService:
-    """The node's invocation service, started on first use when the node did not start one."""
-    service = getattr(node, "invocations", None)
-    if service is None:  # created on the event loop thread: no race between requests
-        service = InvocationService(node)
-        node.invocations = service
-    await run_in_threadpool(service.start)
-    return service
-
-
 def _json_safe(value: Any, depth: int = 0) -> bool:
     if isinstance(value, _SCALARS):
         return True
@@ -149,7 +144,7 @@ def parse_parameters(text: str | None) -> dict[str, Any]:
     return value
 
 
-def default_model(node: Any, image: bool = False) -> str:
+def default_model(models: ModelRegistry, image: bool = False) -> str:
     """The first segmentation model of the store, by name, that takes this kind of input.
 
     Images (PNG, JPEG, ...) go to the first model with ``preprocessing.rescale = false``
@@ -161,9 +156,7 @@ def default_model(node: Any, image: bool = False) -> str:
     ApiError
         404 when the store holds no segmentation model.
     """
-    from dicom_node.commands.models import open_store
-
-    store = open_store(node.config)
+    store = models.store()
     specs = [store.get(n).spec for n in store.names() if store.get(n).spec.task == "segmentation"]
     for spec in specs:
         if spec.preprocessing.rescale != image:
@@ -173,19 +166,19 @@ def default_model(node: Any, image: bool = False) -> str:
     raise ApiError(404, "model_not_found", "no segmentation model in the store; name one with Model-Name or ?model=")
 
 
-def execute(node: Any, row: dict[str, Any], upload: Path) -> dict[str, Any]:
+def execute(node: Node, row: dict[str, Any], upload: Path) -> dict[str, Any]:
     """Run one stored invocation; returns ``{"prediction", "modelVersionId"}`` or ``{"error": {...}}``.
 
     Called by the invocation worker thread; never raises for bad input or a model failure.
     """
     try:
-        predictor = node.pipeline.predictor_for(row["model"])
+        predictor = node.models.predictor(row["model"])
         data = upload.read_bytes()
         decoded = decode_for_model(data, predictor.spec, node.spool.tmp, node.config.api.max_pixels,
                                    gpu=node.config.pixels.gpu_decode)
     except InputRejected as exc:
         return instance_error(exc.code, exc.description)
-    except InferenceError as exc:
+    except (ModelError, InferenceError) as exc:
         return instance_error("model_unavailable", str(exc))
     except OSError as exc:
         log.error("invocation upload unreadable id=%s error=%s", row["id"], exc.strerror)
@@ -205,10 +198,9 @@ def _store_upload(tmp_dir: Path, request_uuid: str, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-async def _read_image(request: Request) -> tuple[str, bytes]:
+async def _read_image(request: Request, limit: int) -> tuple[str, bytes]:
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data with the file in a part named 'image'")
-    limit = request.app.state.ctx.config.api.max_multipart_parts
     try:
         form = await request.form(max_files=limit, max_fields=limit)
     except (ValueError, KeyError) as exc:
@@ -219,11 +211,11 @@ async def _read_image(request: Request) -> tuple[str, bytes]:
     return Path(image.filename or "image").name, await image.read()
 
 
-def _check_webhook(node: Any, url: str | None) -> None:
+def _check_webhook(config: NodeConfig, url: str | None) -> None:
     if url is None:
         return
     try:
-        check_url(url, node.config.api.outbound_allowlist)
+        check_url(url, config.api.outbound_allowlist)
     except OutboundRefused as exc:
         raise ApiError(400, "webhook_refused", f"Webhook-Url refused: {exc}") from exc
 
@@ -231,7 +223,8 @@ def _check_webhook(node: Any, url: str | None) -> None:
 @router.post("/v1/invocations", status_code=202, summary="Asynchronous inference on one upload; the result goes to a webhook",
              responses=_ACCEPT_RESPONSES, response_class=JSONResponse, openapi_extra=_UPLOAD_BODY)
 async def invoke(
-    request: Request, _: Submitter, model: str | None = None,
+    request: Request, services: ServicesDep, config: ConfigDep, service: InvocationsDep, _: Submitter,
+    model: str | None = None,
     webhook_url: Annotated[str | None, Header(alias="Webhook-Url", description="Where the signed result is POSTed")] = None,
     examination_id: Annotated[str | None, Header(alias="Examination-ID", max_length=256)] = None,
     inference_parameters: Annotated[str | None, Header(alias="Inference-Parameters",
@@ -239,26 +232,24 @@ async def invoke(
     model_name: Annotated[str | None, Header(alias="Model-Name")] = None,
 ) -> JSONResponse:
     """Accept an upload, queue it durably, answer 202 with the request UUID."""
-    node = request.app.state.ctx.node
     params = parse_parameters(inference_parameters)
     webhook = webhook_url or None
-    await run_in_threadpool(_check_webhook, node, webhook)
-    filename, data = await _read_image(request)
+    await run_in_threadpool(_check_webhook, config, webhook)
+    filename, data = await _read_image(request, config.api.max_multipart_parts)
     kind = sniff(data)
     if kind is None:
         raise ApiError(415, "unsupported_media_type", unsupported_reason(data))
     name = model or model_name
     if not name:
-        name = await run_in_threadpool(default_model, node, kind != "dicom")
-    predictor = await run_in_threadpool(get_predictor, node, name)
+        name = await run_in_threadpool(default_model, services.models, kind != "dicom")
+    predictor = await run_in_threadpool(get_predictor, services.models, name)
     try:
         predictor.spec.resolve_parameters(params)
     except ParameterError as exc:
         raise ApiError(400, "invalid_parameters", str(exc)) from exc
     examination = examination_id
     request_uuid = str(uuid.uuid4())
-    service = await service_for(node)
-    await run_in_threadpool(_store_upload, node.spool.tmp, request_uuid, data)
+    await run_in_threadpool(_store_upload, services.storage.spool.tmp, request_uuid, data)
     await run_in_threadpool(service.submit, {
         "id": request_uuid, "examination_id": examination, "model": name, "parameters": json.dumps(params),
         "webhook_url": webhook, "filename": filename,
@@ -270,9 +261,8 @@ async def invoke(
 
 @router.get("/v1/invocations/{request_uuid}", summary="State and result of one invocation", response_model=Invocation,
             responses=error_responses(401, 403, 404))
-async def get_invocation(request_uuid: str, request: Request, _: Reader) -> dict[str, Any]:
+async def get_invocation(request_uuid: str, service: InvocationsDep, _: Reader) -> dict[str, Any]:
     """The invocation's state, result (the webhook body once done) and webhook delivery state."""
-    service = await service_for(request.app.state.ctx.node)
     row = await run_in_threadpool(service.get, request_uuid)
     if row is None:
         raise ApiError(404, "not_found", f"no invocation {request_uuid!r}")

@@ -15,14 +15,16 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
 from dicom_node.api.auth import Principal, require
+from dicom_node.api.deps import StorageDep
 from dicom_node.api.errors import ApiError
 from dicom_node.api.schemas import UID_PATTERN, error_responses
 from dicom_node.index import jobs as ops
+from dicom_node.services import Storage
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,7 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
 
 @router.get("/v1/jobs", response_model=JobPage, responses=error_responses(401, 403), summary="List jobs, newest first")
 def list_jobs(
-    request: Request,
+    storage: StorageDep,
     _principal: Annotated[Principal, Depends(require("read"))],
     status: Annotated[JobState | None, Query()] = None,
     study_uid: Annotated[str | None, Query(max_length=64, pattern=UID_PATTERN)] = None,
@@ -132,7 +134,7 @@ def list_jobs(
     """Filtered jobs (series jobs and invocations); page with ``cursor`` (stable while jobs are added) or ``offset``."""
     query = ops.JobFilter(status=status, study_uid=study_uid, model=model, examination_id=examination_id,
                           since=epoch(since), until=epoch(until), before=_decode_cursor(cursor) if cursor else None)
-    conn = request.app.state.ctx.node.index.reader()
+    conn = storage.index.reader()
     try:
         rows = ops.list_jobs(conn, query, limit + 1, offset)
     finally:
@@ -147,9 +149,9 @@ def job_key() -> Any:
     return PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$", description="Job id or request UUID")
 
 
-def _load_job(request: Request, job_id: str) -> ops.JobView:
+def _load_job(storage: Storage, job_id: str) -> ops.JobView:
     """The job row by id or request UUID; 404 when there is none."""
-    conn = request.app.state.ctx.node.index.reader()
+    conn = storage.index.reader()
     try:
         row = ops.find_job(conn, job_id)
     finally:
@@ -161,21 +163,22 @@ def _load_job(request: Request, job_id: str) -> ops.JobView:
 
 @router.get("/v1/jobs/{job_id}", response_model=Job, responses=error_responses(401, 403, 404),
             summary="One job by id or request UUID")
-def get_job(request: Request, job_id: Annotated[str, job_key()], _principal: Annotated[Principal, Depends(require("read"))]) -> dict[str, Any]:
+def get_job(storage: StorageDep, job_id: Annotated[str, job_key()],
+            _principal: Annotated[Principal, Depends(require("read"))]) -> dict[str, Any]:
     """The job, its stage times, failure reason and result objects; an invocation is found by its request UUID."""
-    return to_job(_load_job(request, job_id))
+    return to_job(_load_job(storage, job_id))
 
 
 @router.post("/v1/jobs/{job_id}/retry", response_model=Job, responses=error_responses(401, 403, 404, 409),
              summary="Queue a failed or dead-lettered job again")
-def retry_job(request: Request, job_id: Annotated[str, job_key()], _principal: Annotated[Principal, Depends(require("submit"))]) -> dict[str, Any]:
+def retry_job(storage: StorageDep, job_id: Annotated[str, job_key()],
+              _principal: Annotated[Principal, Depends(require("submit"))]) -> dict[str, Any]:
     """Re-queue the job (``dicom-node jobs retry``); 409 unless it is failed or dead-lettered."""
-    node = request.app.state.ctx.node
-    row = _load_job(request, job_id)
+    row = _load_job(storage, job_id)
     jid = row["id"]
     if row["kind"] == "invocation":
         raise ApiError(409, "not_retryable", "an invocation is not retried; POST the upload to /v1/invocations again")
-    if not node.writer.run(lambda c: ops.retry(c, jid, time.time())):
+    if not storage.writer.run(lambda c: ops.retry(c, jid, time.time())):
         raise ApiError(409, "not_retryable", f"job is {row['state']}; only failed or dead-letter jobs can be retried")
     log.info("job retried via the API job=%s", jid)
-    return to_job(_load_job(request, jid))
+    return to_job(_load_job(storage, jid))

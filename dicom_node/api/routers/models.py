@@ -23,12 +23,14 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import UploadFile
 
 from dicom_node.api import modelfiles
-from dicom_node.api.auth import require
+from dicom_node.api.auth import Principal, require
+from dicom_node.api.deps import ModelsDep
 from dicom_node.api.errors import ApiError
 from dicom_node.api.schemas import error_responses
-from inference.errors import InferenceError
+from dicom_node.errors import ModelError
+from dicom_node.registry import ModelRegistry
 from inference.spec import ModelSpec
-from inference.store import ModelEntry, ModelStore
+from inference.store import ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -83,22 +85,8 @@ class ModelDetail(ModelSummary):
     spec: dict[str, Any]
 
 
-def _store(request: Request) -> ModelStore:
-    from dicom_node.commands.models import open_store
-
-    return open_store(request.app.state.ctx.config)
-
-
-def _selection(request: Request, spec: ModelSpec) -> Any:
-    from dicom_node.commands.models import backend_options
-    from inference.backends import select_backend
-
-    config = request.app.state.ctx.config
-    return select_backend(spec, list(config.inference.backends), backend_options(config))
-
-
-def _summary(request: Request, spec: ModelSpec) -> dict[str, Any]:
-    selection = _selection(request, spec)
+def _summary(models: ModelRegistry, spec: ModelSpec) -> dict[str, Any]:
+    selection = models.select(spec)
     return {
         "name": spec.name, "version": spec.version, "task": spec.task, "description": spec.description,
         "labels": [lab.name for lab in spec.labels], "backend": selection.name,
@@ -106,11 +94,11 @@ def _summary(request: Request, spec: ModelSpec) -> dict[str, Any]:
     }
 
 
-def _entry(request: Request, name: str) -> ModelEntry:
+def _entry(models: ModelRegistry, name: str) -> ModelEntry:
     try:
-        return _store(request).get(name)
-    except InferenceError as exc:
-        raise ApiError(404, "not_found", str(exc).replace(str(request.app.state.ctx.config.inference.models_dir), "<models_dir>")) from exc
+        return models.get(name)
+    except ModelError as exc:
+        raise ApiError(404, "not_found", str(exc).replace(str(models.models_dir), "<models_dir>")) from exc
 
 
 #: Model types of Clara AIAA's ``GET /v1/models?type=`` -> the spec ``task`` they select here. AIAA's
@@ -136,8 +124,8 @@ def _known_query(request: Request) -> None:
 @router.get("/v1/models", response_model=ModelList, responses=error_responses(401, 403),
             summary="List models, filtered by task (or AIAA type), label or name (or AIAA model)")
 def list_models(
-    request: Request,
-    _principal: Annotated[Any, Depends(require("read"))],
+    models: ModelsDep,
+    _principal: Annotated[Principal, Depends(require("read"))],
     _query: Annotated[None, Depends(_known_query)],
     task: Annotated[str | None, Query(max_length=64, description="segmentation, classification or embedding")] = None,
     model_type: Annotated[ModelType | None, Query(alias="type", description="Clara AIAA model type; selects as task "
@@ -152,7 +140,7 @@ def list_models(
     ``model`` as AIAA's client sends it, an exact name like ``name``). An unknown
     query parameter is answered 400 naming it.
     """
-    store = _store(request)
+    store = models.store()
     rows = []
     for entry_name in store.names():
         spec = store.get(entry_name).spec
@@ -162,14 +150,14 @@ def list_models(
             continue
         if label and label.casefold() not in {lab.name.casefold() for lab in spec.labels}:
             continue
-        rows.append(_summary(request, spec))
+        rows.append(_summary(models, spec))
     return {"models": rows}
 
 
-def _detail(request: Request, entry: ModelEntry) -> dict[str, Any]:
-    selection = _selection(request, entry.spec)
+def _detail(models: ModelRegistry, entry: ModelEntry) -> dict[str, Any]:
+    selection = models.select(entry.spec)
     return {
-        **_summary(request, entry.spec), "backend_detail": selection.detail,
+        **_summary(models, entry.spec), "backend_detail": selection.detail,
         "backends_unavailable": dict(selection.passed_over), "onnx_sha256": entry.onnx_sha256(),
         "spec": entry.spec.model_dump(mode="json"),
     }
@@ -177,9 +165,10 @@ def _detail(request: Request, entry: ModelEntry) -> dict[str, Any]:
 
 @router.get("/v1/models/{name:modelname}", response_model=ModelDetail, responses=error_responses(401, 403, 404),
             summary="One model: spec, version, backend and state")
-def get_model(request: Request, name: Annotated[str, name_param()], _principal: Annotated[Any, Depends(require("read"))]) -> dict[str, Any]:
+def get_model(models: ModelsDep, name: Annotated[str, name_param()],
+              _principal: Annotated[Principal, Depends(require("read"))]) -> dict[str, Any]:
     """The spec as JSON, the backend that would run it here and why the others cannot."""
-    return _detail(request, _entry(request, name))
+    return _detail(models, _entry(models, name))
 
 
 _UPLOAD_BODY = {
@@ -222,23 +211,23 @@ async def _read_upload(request: Request, name: str) -> tuple[bytes, ModelSpec, l
 
 @router.put("/admin/models/{name}", response_model=ModelDetail, responses=error_responses(401, 403, 411, 413, 415),
             summary="Upload or replace a model (model.toml + ONNX file, optional plan)", openapi_extra=_UPLOAD_BODY)
-async def put_model(request: Request, name: Annotated[str, name_param()], _principal: Annotated[Any, Depends(require("admin"))]) -> dict[str, Any]:
+async def put_model(request: Request, models: ModelsDep, name: Annotated[str, name_param()],
+                    _principal: Annotated[Principal, Depends(require("admin"))]) -> dict[str, Any]:
     """Validate the spec, then write the folder atomically and make the store use it."""
     modelfiles.check_name(name)
     raw, spec, files = await _read_upload(request, name)
-    models_dir = request.app.state.ctx.config.inference.models_dir
-    await run_in_threadpool(modelfiles.install, models_dir, name, raw, files)
-    _forget(request, name)
+    await run_in_threadpool(modelfiles.install, models.models_dir, name, raw, files)
+    models.forget(name)
     log.info("model uploaded model=%s version=%s", name, spec.version)
-    return _detail(request, _entry(request, name))
+    return _detail(models, _entry(models, name))
 
 
 @router.patch("/admin/models/{name}", response_model=ModelDetail, responses=error_responses(401, 403, 404),
               summary="Change spec fields (JSON merge patch); the model reloads without a re-upload")
-def patch_model(request: Request, patch: dict[str, Any], name: Annotated[str, name_param()],
-                _principal: Annotated[Any, Depends(require("admin"))]) -> dict[str, Any]:
+def patch_model(models: ModelsDep, patch: dict[str, Any], name: Annotated[str, name_param()],
+                _principal: Annotated[Principal, Depends(require("admin"))]) -> dict[str, Any]:
     """Merge ``patch`` (RFC 7396) into the spec, validate, persist ``model.toml``, reload."""
-    entry = _entry(request, name)
+    entry = _entry(models, name)
     if "name" in patch and patch["name"] != name:
         raise ApiError(400, "invalid_spec", "name: a model cannot be renamed by PATCH")
     current = modelfiles.parse_toml((entry.directory / "model.toml").read_bytes())
@@ -247,23 +236,18 @@ def patch_model(request: Request, patch: dict[str, Any], name: Annotated[str, na
     if not (entry.directory / spec.onnx).is_file() or not _FILE_NAME.fullmatch(spec.onnx):
         raise ApiError(400, "invalid_spec", f"onnx: file {spec.onnx!r} is not in the model folder")
     modelfiles.write_spec(entry.directory, modelfiles.dump_toml(merged))
-    _forget(request, name)
+    models.forget(name)
     log.info("model patched model=%s fields=%s", name, ",".join(sorted(patch)))
-    return _detail(request, _entry(request, name))
+    return _detail(models, _entry(models, name))
 
 
 @router.delete("/admin/models/{name}", status_code=204, response_model=None,
                responses={204: {"description": "Removed"}, **error_responses(401, 403, 404)},
                summary="Remove a model folder")
-def delete_model(request: Request, name: Annotated[str, name_param()], _principal: Annotated[Any, Depends(require("admin"))]) -> None:
+def delete_model(models: ModelsDep, name: Annotated[str, name_param()],
+                 _principal: Annotated[Principal, Depends(require("admin"))]) -> None:
     """Remove ``<models_dir>/<name>/``; jobs queued for it fail with 'no model'."""
     modelfiles.check_name(name)
-    if not modelfiles.remove(request.app.state.ctx.config.inference.models_dir, name):
+    if not modelfiles.remove(models.models_dir, name):
         raise ApiError(404, "not_found", f"no model folder named {name!r}")
-    _forget(request, name)
-
-
-def _forget(request: Request, name: str) -> None:
-    pipeline = getattr(request.app.state.ctx.node, "pipeline", None)
-    if pipeline is not None:
-        pipeline.forget_model(name)
+    models.forget(name)

@@ -30,12 +30,13 @@ import logging
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from dicom_node.api.auth import Principal, require
+from dicom_node.api.deps import ApiServices, ConfigDep, ServicesDep
 from dicom_node.api.errors import ApiError
 from dicom_node.api.inputs import (
     DecodedInput,
@@ -48,13 +49,17 @@ from dicom_node.api.inputs import (
 )
 from dicom_node.api.outbound import OutboundRefused, fetch
 from dicom_node.api.schemas import error_responses
+from dicom_node.config import NodeConfig
+from dicom_node.errors import ModelError
+from dicom_node.registry import ModelRegistry
+from dicom_node.sources.sessions import SessionService, SessionUnavailable
 from inference.errors import (
-    BackendUnavailableError,
     InferenceError,
     InputError,
-    ModelNotFoundError,
     ParameterError,
 )
+from inference.predictor import Prediction, Predictor
+from inference.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +102,19 @@ def instance_error(code: str, description: str) -> dict[str, Any]:
     return {"error": {"code": code, "description": description}}
 
 
-def get_predictor(node: Any, name: str) -> Any:
+def get_predictor(models: ModelRegistry, name: str) -> Predictor:
     """The node's shared predictor of ``name``, or an :class:`ApiError` (404 unknown, 503 no backend)."""
     try:
-        return node.pipeline.predictor_for(name)
-    except ModelNotFoundError as exc:
-        raise ApiError(404, "model_not_found", str(exc)) from exc
-    except BackendUnavailableError as exc:
-        raise ApiError(503, "model_unavailable", str(exc)) from exc
+        return models.predictor(name)
+    except ModelError as exc:
+        if exc.kind == "not_found":
+            raise ApiError(404, "model_not_found", str(exc)) from exc
+        if exc.kind == "unavailable":
+            raise ApiError(503, "model_unavailable", str(exc)) from exc
+        raise
 
 
-def _masks(spec: Any, result: np.ndarray) -> dict[int, np.ndarray]:
+def _masks(spec: ModelSpec, result: np.ndarray) -> dict[int, np.ndarray]:
     """Label channel -> boolean ``(slices, rows, cols)`` mask, for 2D and 3D, threshold and argmax."""
     out: dict[int, np.ndarray] = {}
     for label in spec.labels:
@@ -152,7 +159,7 @@ def _per_slice(values: np.ndarray, make: Any) -> dict[str, Any]:
     return items[0] if len(items) == 1 else {"slices": items}
 
 
-def summarise(spec: Any, prediction: Any, decoded: DecodedInput) -> dict[str, Any]:
+def summarise(spec: ModelSpec, prediction: Prediction, decoded: DecodedInput) -> dict[str, Any]:
     """The JSON prediction of one instance (see the module docstring)."""
     if spec.task == "segmentation":
         masks = _masks(spec, prediction.result)
@@ -185,7 +192,7 @@ def _input_bytes(value: Any) -> bytes:
             raise InputRejected("invalid_instance", "input_bytes is not valid base64") from exc
 
 
-def fetch_dicomweb(node: Any, uri: str, token: str | None) -> list[bytes]:
+def fetch_dicomweb(config: NodeConfig, uri: str, token: str | None) -> list[bytes]:
     """WADO-RS retrieve of a study, series or instance: the Part 10 payloads (PS3.18 10.4).
 
     Raises
@@ -193,7 +200,7 @@ def fetch_dicomweb(node: Any, uri: str, token: str | None) -> list[bytes]:
     InputRejected
         ``fetch_failed`` (refused URL, HTTP error, size bound) or ``undecodable``.
     """
-    api = node.config.api
+    api = config.api
     # One media range: Orthanc's DICOMweb plugin (1.7) reads everything after "transfer-syntax=" as the
     # syntax and answers 400 to a list; a server answering application/dicom anyway is still read below.
     headers = {"Accept": _WADO_ACCEPT}
@@ -217,7 +224,7 @@ def fetch_dicomweb(node: Any, uri: str, token: str | None) -> list[bytes]:
     return parts
 
 
-def decode_session(node: Any, spec: Any, instance: dict[str, Any]) -> DecodedInput:
+def decode_session(sessions: SessionService, config: NodeConfig, spec: ModelSpec, instance: dict[str, Any]) -> DecodedInput:
     """Decode one series of a ready retrieval session (``{"session_id", "series_uid"?}``).
 
     Raises
@@ -225,17 +232,13 @@ def decode_session(node: Any, spec: Any, instance: dict[str, Any]) -> DecodedInp
     InputRejected
         ``session_unavailable`` (unknown, expired, not ready, ambiguous series) or any code of the decoders.
     """
-    from dicom_node.sources.sessions import SessionService, SessionUnavailable
-
     session_id, series_uid = instance["session_id"], instance.get("series_uid")
     if not isinstance(session_id, str) or (series_uid is not None and not isinstance(series_uid, str)):
         raise InputRejected("invalid_instance", "session_id and series_uid must be strings")
-    service = getattr(node, "sessions", None) or SessionService(node)  # reads the index; needs no thread
     try:
-        paths = service.series_files(session_id, series_uid)
+        paths = sessions.series_files(session_id, series_uid)  # reads the index; needs no running service
     except SessionUnavailable as exc:
         raise InputRejected("session_unavailable", str(exc)) from exc
-    config = node.config
     return decode_dicom_files(paths, spec, config.api.max_pixels, gpu=config.pixels.gpu_decode)
 
 
@@ -249,7 +252,7 @@ _KNOWN_FIELDS = frozenset().union(*INSTANCE_FIELDS.values())
 _FIELDS_HELP = "an instance takes input_bytes, dicomweb_uri (with bearer_token) or session_id (with series_uid)"
 
 
-def check_fields(spec: Any, instance: dict[str, Any]) -> str:
+def check_fields(spec: ModelSpec, instance: dict[str, Any]) -> str:
     """The input field of an instance, after refusing every field the node would otherwise ignore.
 
     Vertex AI instances may carry more than an image (``prompt_query`` for a text
@@ -277,7 +280,7 @@ def check_fields(spec: Any, instance: dict[str, Any]) -> str:
     return given[0]
 
 
-def decode_instance(node: Any, spec: Any, instance: Any) -> DecodedInput:
+def decode_instance(services: ApiServices, config: NodeConfig, spec: ModelSpec, instance: Any) -> DecodedInput:
     """Decode one request instance (``input_bytes``, ``dicomweb_uri`` or ``session_id``) for ``spec``.
 
     Raises
@@ -285,23 +288,23 @@ def decode_instance(node: Any, spec: Any, instance: Any) -> DecodedInput:
     InputRejected
         With a code and an actionable description (see :func:`check_fields` for the fields).
     """
-    config = node.config
+    tmp = services.storage.spool.tmp
     if not isinstance(instance, dict):
         raise InputRejected("invalid_instance", "an instance must be an object with input_bytes, dicomweb_uri or session_id")
     check_fields(spec, instance)
     if "session_id" in instance:
-        return decode_session(node, spec, instance)
+        return decode_session(services.sessions, config, spec, instance)
     if "input_bytes" in instance:
-        return decode_for_model(_input_bytes(instance["input_bytes"]), spec, node.spool.tmp,
+        return decode_for_model(_input_bytes(instance["input_bytes"]), spec, tmp,
                                 config.api.max_pixels, gpu=config.pixels.gpu_decode)
     uri, token = instance["dicomweb_uri"], instance.get("bearer_token")
     if not isinstance(uri, str) or (token is not None and not isinstance(token, str)):
         raise InputRejected("invalid_instance", "dicomweb_uri and bearer_token must be strings")
-    parts = fetch_dicomweb(node, uri, token)
-    return decode_dicom(parts, spec, node.spool.tmp, config.api.max_pixels, gpu=config.pixels.gpu_decode)
+    parts = fetch_dicomweb(config, uri, token)
+    return decode_dicom(parts, spec, tmp, config.api.max_pixels, gpu=config.pixels.gpu_decode)
 
 
-def run_decoded(predictor: Any, decoded: DecodedInput, params: dict[str, Any]) -> dict[str, Any]:
+def run_decoded(predictor: Predictor, decoded: DecodedInput, params: dict[str, Any]) -> dict[str, Any]:
     """Predict on a decoded input and summarise, mapping model errors to an instance error."""
     try:
         prediction = predictor.predict(decoded.array, params)
@@ -313,10 +316,11 @@ def run_decoded(predictor: Any, decoded: DecodedInput, params: dict[str, Any]) -
     return summarise(predictor.spec, prediction, decoded)
 
 
-def run_instance(node: Any, predictor: Any, instance: Any, params: dict[str, Any]) -> dict[str, Any]:
+def run_instance(services: ApiServices, config: NodeConfig, predictor: Predictor, instance: Any,
+                 params: dict[str, Any]) -> dict[str, Any]:
     """One instance from request to answer entry; never raises for a bad input."""
     try:
-        decoded = decode_instance(node, predictor.spec, instance)
+        decoded = decode_instance(services, config, predictor.spec, instance)
     except InputRejected as exc:
         return instance_error(exc.code, exc.description)
     except (OSError, MemoryError) as exc:
@@ -327,7 +331,8 @@ def run_instance(node: Any, predictor: Any, instance: Any, params: dict[str, Any
 
 @router.post("/v1/models/{name}:predict", summary="Synchronous micro-batched prediction (Vertex AI style)",
              responses=_RESPONSES, response_class=JSONResponse)
-async def predict(name: str, body: PredictRequest, request: Request, _: Submitter) -> JSONResponse:
+async def predict(name: str, body: PredictRequest, services: ServicesDep, config: ConfigDep,
+                  _: Submitter) -> JSONResponse:
     """Answer one prediction or error per instance, in order.
 
     Raises
@@ -336,9 +341,8 @@ async def predict(name: str, body: PredictRequest, request: Request, _: Submitte
         400 over ``api.max_instances`` or with invalid parameters, 404 unknown model,
         503 when no backend can run it.
     """
-    node = request.app.state.ctx.node
-    predictor = await run_in_threadpool(get_predictor, node, name)
-    cap = node.config.api.max_instances
+    predictor = await run_in_threadpool(get_predictor, services.models, name)
+    cap = config.api.max_instances
     if len(body.instances) > cap:
         raise ApiError(400, "too_many_instances",
                        f"{len(body.instances)} instances sent; at most {cap} per request (api.max_instances)")
@@ -347,7 +351,8 @@ async def predict(name: str, body: PredictRequest, request: Request, _: Submitte
     except ParameterError as exc:
         raise ApiError(400, "invalid_parameters", str(exc)) from exc
     predictions = await asyncio.gather(
-        *(run_in_threadpool(run_instance, node, predictor, inst, body.parameters) for inst in body.instances)
+        *(run_in_threadpool(run_instance, services, config, predictor, inst, body.parameters)
+          for inst in body.instances)
     )
     log.info("predict model=%s instances=%d errors=%d", name, len(predictions),
              sum(1 for p in predictions if "error" in p))

@@ -15,17 +15,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pydicom
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dicom_node.api.auth import require
+from dicom_node.api.auth import Principal, require
+from dicom_node.api.deps import StorageDep
 from dicom_node.api.errors import ApiError
 from dicom_node.api.schemas import UID_PATTERN, error_responses, is_uid
 from dicom_node.index import results as result_queries
+from dicom_node.services import Storage
 
 log = logging.getLogger(__name__)
 
@@ -121,18 +123,17 @@ def findings(path: Path) -> list[dict[str, Any]]:
         return []
 
 
-def result_path(request: Request, relpath: str) -> Path:
-    """Absolute path of a result file, refusing anything outside the storage root."""
-    root = Path(request.app.state.ctx.config.storage.root).resolve()
+def result_path(root: Path, relpath: str) -> Path:
+    """Absolute path of a result file, refusing anything outside the storage root ``root`` (resolved)."""
     path = (root / relpath).resolve()
     if root not in path.parents:
         raise ApiError(404, "not_found", "result file missing")
     return path
 
 
-def study_results(request: Request, study_uid: str) -> list[dict[str, Any]]:
+def study_results(storage: Storage, study_uid: str) -> list[dict[str, Any]]:
     """Summaries of every result object of a study, oldest first."""
-    conn = request.app.state.ctx.node.index.reader()
+    conn = storage.index.reader()
     try:
         rows = result_queries.list_results(conn, study_uid)
     finally:
@@ -142,34 +143,36 @@ def study_results(request: Request, study_uid: str) -> list[dict[str, Any]]:
         item: dict[str, Any] = {k: getattr(row, k) for k in (
             "sop_instance_uid", "series_instance_uid", "sop_class_uid", "kind", "model", "model_version", "job_id",
             "source_series_uid", "created_at")}
-        item["findings"] = findings(result_path(request, row.path)) if row.kind == "SR" else []
+        item["findings"] = findings(result_path(storage.spool.root, row.path)) if row.kind == "SR" else []
         out.append(item)
     return out
 
 
 @router.get("/v1/studies/{study_uid}/results", response_model=StudyResults, responses=error_responses(401, 403),
             summary="Every result object of a study, with findings parsed from its SR")
-def get_study_results(request: Request, study_uid: Annotated[str, uid_param()], _principal: Annotated[Any, Depends(require("read"))]) -> dict[str, Any]:
+def get_study_results(storage: StorageDep, study_uid: Annotated[str, uid_param()],
+                      _principal: Annotated[Principal, Depends(require("read"))]) -> dict[str, Any]:
     """Result objects of the study (empty list when none yet)."""
-    return {"study_uid": study_uid, "results": study_results(request, study_uid)}
+    return {"study_uid": study_uid, "results": study_results(storage, study_uid)}
 
 
 @router.get("/v1/results/{sop_instance_uid}", response_class=FileResponse,
             responses={200: {"content": {"application/dicom": {"schema": {"type": "string", "format": "binary"}}},
                              "description": "The DICOM Part 10 object"}, **error_responses(401, 403, 404)},
             summary="One result object (SEG or SR) as application/dicom")
-def get_result(request: Request, sop_instance_uid: Annotated[str, uid_param()], _principal: Annotated[Any, Depends(require("read"))]) -> FileResponse:
+def get_result(storage: StorageDep, sop_instance_uid: Annotated[str, uid_param()],
+               _principal: Annotated[Principal, Depends(require("read"))]) -> FileResponse:
     """Stream the stored Part 10 file."""
     if not is_uid(sop_instance_uid):
         raise ApiError(400, "invalid_request", "not a valid UID")
-    conn = request.app.state.ctx.node.index.reader()
+    conn = storage.index.reader()
     try:
         row = result_queries.get_result(conn, sop_instance_uid)
     finally:
         conn.close()
     if row is None:
         raise ApiError(404, "not_found", "no result object with this SOP Instance UID")
-    path = result_path(request, row.path)
+    path = result_path(storage.spool.root, row.path)
     if not path.is_file():
         raise ApiError(404, "not_found", "result file missing")
     return FileResponse(path, media_type="application/dicom", filename=f"{sop_instance_uid}.dcm")

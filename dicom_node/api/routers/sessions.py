@@ -35,6 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from dicom_node.api.auth import Principal, require
+from dicom_node.api.deps import ApiServices, ConfigDep, ServicesDep, SessionsDep
 from dicom_node.api.errors import ApiError
 from dicom_node.api.schemas import (
     SessionCreate,
@@ -42,7 +43,8 @@ from dicom_node.api.schemas import (
     SessionInfo,
     error_responses,
 )
-from dicom_node.dicomweb.multipart import MultipartError, boundary_of
+from dicom_node.api.stow import MultipartError, MultipartReader, boundary_of
+from dicom_node.config import NodeConfig
 from dicom_node.errors import StorageError
 from dicom_node.sources.sessions import SessionRefused, SessionService
 from dicom_node.sources.sessions_request import (
@@ -52,7 +54,8 @@ from dicom_node.sources.sessions_request import (
     resolve_remote,
 )
 from dicom_node.sources.sessions_sink import SessionSink
-from dicom_node.staging import Part10Reader
+from dicom_node.sources.sink import NodeStorage
+from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +97,6 @@ _PUT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def service_for(node: Any) -> SessionService:
-    """The node's session service, started on first use when the node did not start one."""
-    service = getattr(node, "sessions", None)
-    if service is None:  # created on the event loop thread: no race between requests
-        service = SessionService(node)
-        node.sessions = service
-    await run_in_threadpool(service.start)
-    return service
-
-
 def _refused(exc: SessionRefused) -> ApiError:
     return ApiError(exc.status, exc.code, str(exc))
 
@@ -130,19 +123,18 @@ async def _json_body(request: Request) -> SessionCreate:
     return body
 
 
-async def _retrieve(request: Request, service: SessionService, expiry: float) -> JSONResponse:
-    node = request.app.state.ctx.node
+async def _retrieve(request: Request, pull: NodeStorage, service: SessionService, expiry: float) -> JSONResponse:
     body = await _json_body(request)
     try:
         if body.dicom is not None:
             fields = body.dicom.model_dump()
-            kind, entry = "dicom", resolve_remote(node.config, fields)
+            kind, entry = "dicom", resolve_remote(pull.config, fields)
         else:
             assert body.dicomweb is not None
             fields = body.dicomweb.model_dump()
-            kind, entry = "dicomweb", resolve_poller(node.config, fields)
+            kind, entry = "dicomweb", resolve_poller(pull.config, fields)
         plan = plan_of(fields)
-        source = make_source(kind, entry, node)
+        source = make_source(kind, entry, pull)
     except SessionRefused as exc:
         log.info("session refused kind=%s code=%s", "dicom" if body.dicom else "dicomweb", exc.code)
         raise _refused(exc) from exc
@@ -153,14 +145,13 @@ async def _retrieve(request: Request, service: SessionService, expiry: float) ->
     return _created(row, expiry, 202)
 
 
-async def _receive_related(request: Request, sink: SessionSink, content_type: str) -> int:
-    cfg = request.app.state.ctx.config
+async def _receive_related(request: Request, cfg: NodeConfig, spool: Spool, sink: SessionSink,
+                           content_type: str) -> int:
     try:
         boundary = boundary_of(content_type)
     except MultipartError as exc:
         raise ApiError(exc.status, "unsupported_media_type" if exc.status == 415 else "invalid_request", str(exc)) from exc
-    node = request.app.state.ctx.node
-    reader = Part10Reader(boundary, node.spool, cfg.api.max_multipart_parts, cfg.scp.max_dataset_bytes)
+    reader = MultipartReader(boundary, spool, cfg.api.max_multipart_parts, cfg.scp.max_dataset_bytes)
     parts, received = 0, 0
     try:
         async for chunk in request.stream():
@@ -186,8 +177,7 @@ def _chunks(upload: UploadFile) -> Any:
     return iter(lambda: upload.file.read(_CHUNK), b"")
 
 
-async def _receive_form(request: Request, sink: SessionSink) -> int:
-    limit = request.app.state.ctx.config.api.max_multipart_parts
+async def _receive_form(request: Request, limit: int, sink: SessionSink) -> int:
     try:
         form = await request.form(max_files=limit, max_fields=limit)
     except (ValueError, KeyError) as exc:
@@ -203,15 +193,17 @@ async def _receive_form(request: Request, sink: SessionSink) -> int:
     return parts
 
 
-async def _upload(request: Request, service: SessionService, expiry: float, content_type: str) -> JSONResponse:
+async def _upload(request: Request, services: ApiServices, cfg: NodeConfig, expiry: float,
+                  content_type: str) -> JSONResponse:
+    service = services.sessions
     row = await run_in_threadpool(service.open, "upload", "upload", {}, expiry)
     sink = service.sink(row["id"])
     done = False
     try:
         if content_type.lower().startswith("multipart/form-data"):
-            parts = await _receive_form(request, sink)
+            parts = await _receive_form(request, cfg.api.max_multipart_parts, sink)
         else:
-            parts = await _receive_related(request, sink, content_type)
+            parts = await _receive_related(request, cfg, services.storage.spool, sink, content_type)
         if not parts:
             raise ApiError(400, "invalid_request", "the multipart body holds no file")
         if not sink.ok_count:
@@ -231,7 +223,7 @@ async def _upload(request: Request, service: SessionService, expiry: float, cont
 @router.put("/v1/sessions", summary="Open a retrieval session (DICOM C-GET/C-MOVE, DICOMweb WADO-RS, or an upload)",
             responses=_PUT_RESPONSES, response_class=JSONResponse, openapi_extra=_PUT_BODY)
 async def create_session(
-    request: Request, _: Submitter,
+    request: Request, services: ServicesDep, config: ConfigDep, service: SessionsDep, _: Submitter,
     expiry: Annotated[float | None, Query(gt=0, description="Seconds until the session and its files are removed "
                                                   "(default sources.session_expiry, at most sources.max_session_expiry)")] = None,
 ) -> JSONResponse:
@@ -243,8 +235,6 @@ async def create_session(
         400 invalid body or expiry, 403 a node that is not configured, 413 over a limit,
         415 another media type, 429 too many retrievals running, 503 a source kind this build lacks.
     """
-    node = request.app.state.ctx.node
-    service = await service_for(node)
     try:
         seconds = service.expiry_for(expiry)
     except SessionRefused as exc:
@@ -253,9 +243,9 @@ async def create_session(
     main = content_type.split(";")[0].strip().lower()
     try:
         if main == "application/json":
-            return await _retrieve(request, service, seconds)
+            return await _retrieve(request, services.pull, service, seconds)
         if main in ("multipart/related", "multipart/form-data"):
-            return await _upload(request, service, seconds, content_type)
+            return await _upload(request, services, config, seconds, content_type)
     except StorageError as exc:
         log.error("session could not be stored error=%s", exc)
         raise ApiError(503, "storage_unavailable", "the session could not be stored; try again later") from exc
@@ -271,9 +261,8 @@ def _info(session: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/v1/sessions/{session_id}", summary="Status and series of a retrieval session", response_model=SessionInfo,
             responses=error_responses(401, 403, 404))
-async def get_session(session_id: str, request: Request, _: Reader) -> dict[str, Any]:
+async def get_session(session_id: str, service: SessionsDep, _: Reader) -> dict[str, Any]:
     """The session's status (retrieving, ready, failed), reason, expiry and series."""
-    service = await service_for(request.app.state.ctx.node)
     session = await run_in_threadpool(service.get, session_id)
     if session is None:
         raise ApiError(404, "not_found", f"no session {session_id[:64]!r} (unknown, deleted or expired)")
@@ -283,9 +272,8 @@ async def get_session(session_id: str, request: Request, _: Reader) -> dict[str,
 @router.delete("/v1/sessions/{session_id}", summary="Close a retrieval session and remove its files",
                responses={200: {"description": "Closed"}, **error_responses(401, 403, 404)},
                response_class=JSONResponse)
-async def delete_session(session_id: str, request: Request, _: Submitter) -> JSONResponse:
+async def delete_session(session_id: str, service: SessionsDep, _: Submitter) -> JSONResponse:
     """Cancel any retrieval, remove the session and its files."""
-    service = await service_for(request.app.state.ctx.node)
     if not await run_in_threadpool(service.delete, session_id):
         raise ApiError(404, "not_found", f"no session {session_id[:64]!r} (unknown, deleted or expired)")
     return JSONResponse({"session_id": session_id, "status": "closed"})

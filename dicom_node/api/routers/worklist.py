@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from dicom_node.api.auth import require
+from dicom_node.api.auth import Principal, require
+from dicom_node.api.deps import StorageDep
 from dicom_node.api.routers.results import findings, result_path
 from dicom_node.api.schemas import error_responses
 from dicom_node.index import worklist as worklist_queries
@@ -91,14 +93,14 @@ def _jobs(conn: sqlite3.Connection, study: str) -> tuple[list[dict[str, Any]], w
     return list(models.values()), worklist_queries.last_failure(conn, study)
 
 
-def top_finding(request: Request, conn: sqlite3.Connection, study: str,
+def top_finding(root: Path, conn: sqlite3.Connection, study: str,
                 failed: worklist_queries.Failure | None) -> dict[str, Any] | None:
     """The study's highest-priority finding (module docstring), or None."""
     if failed is not None:
         return {"kind": "failed", "model": failed.model, "reason": failed.reason}
     best: tuple[tuple[int, float], dict[str, Any]] | None = None
     for row in worklist_queries.sr_results(conn, study):
-        for f in findings(result_path(request, row.path)):
+        for f in findings(result_path(root, row.path)):
             if f["probability"] is not None:
                 key, item = (2, f["probability"]), {"kind": "classification", "probability": f["probability"]}
             elif f["volume_ml"] is not None:
@@ -112,10 +114,10 @@ def top_finding(request: Request, conn: sqlite3.Connection, study: str,
 
 @router.get("/v1/worklist", response_model=Worklist, responses=error_responses(401, 403),
             summary="Recent studies with their AI status and top finding")
-def worklist(request: Request, _principal: Annotated[Any, Depends(require("read"))],
+def worklist(storage: StorageDep, _principal: Annotated[Principal, Depends(require("read"))],
              limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
     """Studies by most recent arrival, newest first."""
-    conn = request.app.state.ctx.node.index.reader()
+    conn = storage.index.reader()
     try:
         studies = []
         for row in worklist_queries.recent_studies(conn, limit):
@@ -124,7 +126,7 @@ def worklist(request: Request, _principal: Annotated[Any, Depends(require("read"
                 "study_uid": row.study_uid, "last_received_at": row.last_received_at, "series": row.series,
                 "instances": row.instances, "modalities": row.modalities,
                 "status": _status(models), "models": models,
-                "top_finding": top_finding(request, conn, row.study_uid, failed),
+                "top_finding": top_finding(storage.spool.root, conn, row.study_uid, failed),
             })
     finally:
         conn.close()
