@@ -1,7 +1,7 @@
 """DICOMweb: STOW-RS ingest (PS3.18 10.5) and WADO-RS retrieval of instances and series (PS3.18 10.4).
 
 STOW-RS parts take the same durable path as C-STORE: each is staged in the
-spool (:mod:`dicom_node.api.stow`) and stored by the node's Ingestor under a
+spool (:mod:`dicom_node.staging`) and stored by the node's Ingestor under a
 pseudo-association (calling AE ``STOW-RS``) that is released when the request
 ends, so series assembly and routing treat it like a DIMSE sender.
 WADO-RS answers result objects (SEG, SR) and received instances as
@@ -27,19 +27,19 @@ from dicom_node.api.auth import Principal, require
 from dicom_node.api.deps import ApiServices, ConfigDep, ServicesDep, StorageDep
 from dicom_node.api.errors import ApiError
 from dicom_node.api.schemas import UID_PATTERN, error_responses
-from dicom_node.api.stow import (
-    MISMATCH,
-    OUT_OF_RESOURCES,
-    MultipartError,
-    MultipartReader,
-    Part,
-    boundary_of,
-)
 from dicom_node.config import NodeConfig
+from dicom_node.dicomweb.multipart import (
+    MultipartError,
+    boundary_of,
+    new_boundary,
+    related_content_type,
+    write_related,
+)
 from dicom_node.errors import IngestError, StorageError
 from dicom_node.index import instances, ops
 from dicom_node.ingest import Arrival, read_header
 from dicom_node.services import Storage
+from dicom_node.staging import MISMATCH, OUT_OF_RESOURCES, Part, Part10Reader
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _response(request: Request, outcomes: list[tuple[Part, int, str | None, str 
     return JSONResponse(body, status_code=code, media_type=DICOM_JSON)
 
 
-async def _receive(request: Request, services: ApiServices, config: NodeConfig, reader: MultipartReader,
+async def _receive(request: Request, services: ApiServices, config: NodeConfig, reader: Part10Reader,
                    assoc_id: str, study: str | None) -> list[Any]:
     limit = config.api.max_body_bytes
     outcomes: list[Any] = []
@@ -170,7 +170,7 @@ async def _stow(request: Request, services: ApiServices, cfg: NodeConfig, study:
         boundary = boundary_of(request.headers.get("content-type", ""))
     except MultipartError as exc:
         raise ApiError(exc.status, "unsupported_media_type" if exc.status == 415 else "invalid_request", str(exc)) from exc
-    reader = MultipartReader(boundary, services.storage.spool, cfg.api.max_multipart_parts, cfg.scp.max_dataset_bytes)
+    reader = Part10Reader(boundary, services.storage.spool, cfg.api.max_multipart_parts, cfg.scp.max_dataset_bytes)
     assoc_id = uuid.uuid4().hex
     peer = request.client.host if request.client else ""
     await run_in_threadpool(writer.run, lambda c: ops.begin_association(
@@ -236,14 +236,9 @@ def _files(storage: Storage, study: str, series: str, sop: str | None) -> list[P
     return [p for p in paths if p.is_file()]
 
 
-def _multipart(paths: list[Path], syntaxes: list[str], boundary: str) -> Iterator[bytes]:
-    for path, syntax in zip(paths, syntaxes, strict=False):
-        yield (f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={syntax}\r\n"
-               f"Content-Length: {path.stat().st_size}\r\n\r\n").encode("ascii")
-        with open(path, "rb") as fh:
-            yield from iter(lambda: fh.read(1 << 20), b"")
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode("ascii")
+def _chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        yield from iter(lambda: fh.read(1 << 20), b"")
 
 
 def _retrieve(request: Request, storage: Storage, study: str, series: str, sop: str | None) -> StreamingResponse:
@@ -256,9 +251,10 @@ def _retrieve(request: Request, storage: Storage, study: str, series: str, sop: 
     syntaxes = [str(read_file_meta_info(p).TransferSyntaxUID) for p in paths]
     if "*" not in wanted and any(s not in wanted for s in syntaxes):
         raise ApiError(406, "not_acceptable", "transcoding on retrieve is not supported; ask for transfer-syntax=*")
-    boundary = uuid.uuid4().hex
-    return StreamingResponse(_multipart(paths, syntaxes, boundary),
-                             media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
+    boundary = new_boundary()
+    parts = ((f"application/dicom; transfer-syntax={syntax}", path.stat().st_size, _chunks(path))
+             for path, syntax in zip(paths, syntaxes, strict=False))
+    return StreamingResponse(write_related(parts, boundary), media_type=related_content_type(boundary))
 
 
 @router.get("/dicomweb/studies/{study}/series/{series}", responses=_WADO_RESPONSES, response_class=StreamingResponse,

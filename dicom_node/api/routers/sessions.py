@@ -43,8 +43,8 @@ from dicom_node.api.schemas import (
     SessionInfo,
     error_responses,
 )
-from dicom_node.api.stow import MultipartError, MultipartReader, boundary_of
 from dicom_node.config import NodeConfig
+from dicom_node.dicomweb.multipart import MultipartError, boundary_of
 from dicom_node.errors import StorageError
 from dicom_node.sources.sessions import SessionRefused, SessionService
 from dicom_node.sources.sessions_request import (
@@ -56,6 +56,7 @@ from dicom_node.sources.sessions_request import (
 from dicom_node.sources.sessions_sink import SessionSink
 from dicom_node.sources.sink import NodeStorage
 from dicom_node.spool import Spool
+from dicom_node.staging import Part10Reader
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ async def _receive_related(request: Request, cfg: NodeConfig, spool: Spool, sink
         boundary = boundary_of(content_type)
     except MultipartError as exc:
         raise ApiError(exc.status, "unsupported_media_type" if exc.status == 415 else "invalid_request", str(exc)) from exc
-    reader = MultipartReader(boundary, spool, cfg.api.max_multipart_parts, cfg.scp.max_dataset_bytes)
+    reader = Part10Reader(boundary, spool, cfg.api.max_multipart_parts, cfg.scp.max_dataset_bytes)
     parts, received = 0, 0
     try:
         async for chunk in request.stream():
