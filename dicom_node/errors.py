@@ -30,6 +30,7 @@ for peers)::
     ├── SessionRefused              a retrieval session cannot be opened (``status``, ``code``; sources.sessions)
     ├── SessionUnavailable          a session is unknown, expired or not ready (sources.sessions)
     ├── PollCancelled               a poll cycle was stopped (sources.poller)
+    ├── MultipartError              a malformed multipart body or one over a limit (``status``; dicomweb.multipart)
     ├── ApiError                    answered to a REST caller with ``status`` and a JSON body (api.errors)
     │   └── BodyTooLarge            the request body is over ``api.max_body_bytes`` (api.limits)
     └── InputRejected               one predict/invocation input cannot be used (``code``; api.inputs)
@@ -47,8 +48,6 @@ Errors that are not ``DicomNodeError`` and the one place each is mapped:
                                      REST predict/invocation routes calling ``Predictor.predict`` (per-instance
                                      errors, :func:`dicom_node.api.routers.predict.run_decoded`) and the CLI's
                                      ``models``/``infer`` commands, which print it and exit 1.
-``MultipartError`` (multipart)      a malformed multipart body; every caller maps it to an ``ApiError``
-                                     (400/413/415) or a per-part failure status.
 third-party (pydicom, pynetdicom,    wrapped where they are raised into the nearest class above
 sqlite3, httpx, OS errors)           (``StorageError``, ``IngestError``, ``SourceError``, ...).
 =================================  ==========================================================================
