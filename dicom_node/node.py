@@ -23,6 +23,7 @@ from dicom_node.ingest import Ingestor
 from dicom_node.jobs.pipeline import Pipeline
 from dicom_node.jobs.stages import FileResultWriter, JobDelivery
 from dicom_node.jobs.worker import JobWorker
+from dicom_node.net.http import Outbound
 from dicom_node.registry import ModelRegistry
 from dicom_node.scp.context import ResultArchive, ScpContext
 from dicom_node.scp.negotiation import supported_contexts
@@ -79,6 +80,8 @@ class Node:
         ingestor = Ingestor(spool, index, writer, st.duplicate_policy == "replace", config.scp.max_inflated_bytes)
         self.storage = Storage(spool, index, writer, ingestor)
         self.models = ModelRegistry(config.inference)
+        #: The one outbound HTTP stack and SSRF policy for caller-supplied URLs (webhooks, dicomweb_uri).
+        self.outbound = Outbound(config.api.outbound_allowlist)
         self.scp = StorageServer(
             ScpContext(config.scp, self.spool, self.writer, self.ingestor, supported_contexts(config.scp),
                        archive=ResultArchive.from_config(config, self.index))

@@ -13,6 +13,8 @@ Service                What it holds                                          Wh
                                                                               metrics, pull sources (as ``NodeStorage``)
 ``ModelRegistry``      the cached model store and one predictor per model     the job pipeline, ``/readyz``, the model,
                                                                               predict and invocation routes, metrics
+``Outbound``           the one HTTP client stack and the SSRF policy for      predict (``dicomweb_uri``), invocation
+                       caller-supplied URLs (:mod:`dicom_node.net.http`)      webhooks (``api.deps.OutboundDep``)
 =====================  =====================================================  ==========================================
 """
 
@@ -22,10 +24,11 @@ from dataclasses import dataclass
 
 from dicom_node.index import Index, IndexWriter
 from dicom_node.ingest import Ingestor
+from dicom_node.net.http import Outbound
 from dicom_node.registry import ModelRegistry
 from dicom_node.spool import Spool
 
-__all__ = ["ModelRegistry", "Storage"]
+__all__ = ["ModelRegistry", "Outbound", "Storage"]
 
 
 @dataclass(frozen=True)

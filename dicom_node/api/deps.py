@@ -20,6 +20,7 @@ from dicom_node.api.errors import ApiError
 from dicom_node.api.metrics import registry_for
 from dicom_node.api.webhooks import InvocationService
 from dicom_node.config import NodeConfig
+from dicom_node.net.http import Outbound
 from dicom_node.node import Node
 from dicom_node.registry import ModelRegistry
 from dicom_node.scp.server import StorageServer
@@ -49,6 +50,8 @@ class ApiServices:
         Queued invocations and their webhooks (``/v1/invocations``).
     pull : NodeStorage
         What a pull source of a retrieval session writes through (``sources.sink.NodeStorage``).
+    outbound : Outbound
+        The HTTP client and SSRF policy for caller-supplied URLs (``dicomweb_uri``, ``Webhook-Url``).
     metrics : CollectorRegistry
         What ``/metrics`` exposes.
     """
@@ -60,6 +63,7 @@ class ApiServices:
     sessions: SessionService
     invocations: InvocationService
     pull: NodeStorage
+    outbound: Outbound
     metrics: CollectorRegistry
 
     @classmethod
@@ -73,6 +77,7 @@ class ApiServices:
             sessions=node.sessions,
             invocations=InvocationService(node),
             pull=node,
+            outbound=node.outbound,
             metrics=registry_for(node.scp, node.index, node.models),
         )
 
@@ -117,6 +122,11 @@ def pollers(found: ServicesDep) -> PollerService | None:
     return found.pollers
 
 
+def outbound(found: ServicesDep) -> Outbound:
+    """The outbound HTTP service for caller-supplied URLs."""
+    return found.outbound
+
+
 def metrics(found: ServicesDep) -> CollectorRegistry:
     """The Prometheus registry of ``/metrics``."""
     return found.metrics
@@ -127,6 +137,7 @@ ModelsDep = Annotated[ModelRegistry, Depends(models)]
 ScpDep = Annotated[StorageServer, Depends(scp)]
 PollersDep = Annotated[PollerService | None, Depends(pollers)]
 MetricsDep = Annotated[CollectorRegistry, Depends(metrics)]
+OutboundDep = Annotated[Outbound, Depends(outbound)]
 
 
 def session_reader(found: ServicesDep) -> SessionService:
