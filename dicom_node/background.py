@@ -1,4 +1,9 @@
-"""A named daemon thread that calls ``step()`` until stopped (assembler, job workers)."""
+"""A named daemon thread that calls ``step()`` until stopped: the node's periodic scans.
+
+Scans, not queued work: the assembler (series whose quiet period ended) and the job router
+(completion events into jobs). Work itself (jobs, deliveries, ...) runs on the one work queue,
+:mod:`dicom_node.workqueue`, which has its own worker threads, retries and crash recovery.
+"""
 
 from __future__ import annotations
 

@@ -18,11 +18,10 @@ from typing import Protocol
 from dicom_node.assembler import Assembler
 from dicom_node.config import NodeConfig
 from dicom_node.index import Index, IndexWriter, ops
-from dicom_node.index import jobs as job_ops
 from dicom_node.ingest import Ingestor
 from dicom_node.jobs.pipeline import Pipeline
 from dicom_node.jobs.stages import FileResultWriter, JobDelivery
-from dicom_node.jobs.worker import JobWorker
+from dicom_node.jobs.worker import DELIVERY, JOB, DeliveryHandler, JobRouter, SeriesJobHandler
 from dicom_node.net.http import Outbound
 from dicom_node.registry import ModelRegistry
 from dicom_node.scp.context import ResultArchive, ScpContext
@@ -33,10 +32,13 @@ from dicom_node.sources.factory import source_rules
 from dicom_node.sources.poller import PollerService
 from dicom_node.sources.sessions import SessionService
 from dicom_node.spool import Spool
+from dicom_node.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
 INDEX_NAME = "index.sqlite3"
+#: Result deliveries running at once (each holds at most one association or HTTP request per destination).
+DELIVERY_WORKERS = 2
 
 
 def open_index(config: NodeConfig) -> Index:
@@ -88,19 +90,25 @@ class Node:
         )
         self.assembler = Assembler(config.assembly, self.writer)
         results = FileResultWriter(config)
-        self.pipeline = Pipeline(config, self.index, self.writer, self.spool, results,
-                                 JobDelivery(config, self.index, self.writer, results), self.models)
+        self.pipeline = Pipeline(config, self.index, self.writer, self.spool, results, self.models)
+        #: The one work queue: every kind of background work, one pool of threads, per-kind limits.
+        self.queue = WorkQueue(self.writer, config.jobs.poll_interval)
+        self.queue.register(JOB, SeriesJobHandler(self.writer, self.pipeline, self.queue), config.jobs.workers,
+                            config.jobs.max_attempts)
+        # A delivery's retries are bounded per object by [delivery.retry] (the ledger); its work row may
+        # be claimed that often, plus jobs.max_attempts runs interrupted by a crash.
+        self.queue.register(DELIVERY, DeliveryHandler(self.index, self.writer,
+                                                      JobDelivery(config, self.index, self.writer, results)),
+                            DELIVERY_WORKERS, config.delivery.retry.attempts + config.jobs.max_attempts)
         self._frontend = frontend
         # Set in start() when configured.
         self.api: Frontend | None = None
         self.pollers: PollerService | None = None
         #: Retrieval sessions: built here (no thread until started) so the API can start it on first use.
         self.sessions = SessionService(self)
-        self.workers = [
-            JobWorker(config.routing, self.index, self.writer, self.spool, self.pipeline, config.jobs.poll_interval,
-                      source_rules(config.sources))
-            for _ in range(config.jobs.workers)
-        ]
+        #: Routes completed series into jobs (a periodic scan of completion events; the jobs run on the queue).
+        self.router = JobRouter(config.routing, self.index, self.writer, self.spool, self.pipeline, self.queue,
+                                config.jobs.poll_interval, source_rules(config.sources))
 
     # The storage members, for consumers typed by ``sources.sink.NodeStorage`` (pollers, sessions, sinks).
     @property
@@ -130,13 +138,11 @@ class Node:
         dead = self.writer.run(lambda c: ops.recover(c, time.time()))
         if dead:
             log.warning("associations left open by a previous run counted as aborted count=%d", dead)
-        requeued = self.writer.run(lambda c: job_ops.recover(c, time.time(), self.config.jobs.max_attempts))
-        if requeued:
-            log.warning("jobs interrupted by a previous run queued again count=%d", requeued)
         self.scp.start()
         self.assembler.start()
-        for worker in self.workers:
-            worker.start()
+        if self.config.jobs.workers:  # workers = 0: series are stored and indexed, never routed
+            self.router.start()
+        self.queue.start()  # work a previous run left running is claimed again
         if any(p.enabled for p in self.config.sources.pollers):  # DICOMweb/DIMSE pollers (dicom_node.sources.poller)
             self.pollers = PollerService(self)
             self.pollers.start()
@@ -156,8 +162,8 @@ class Node:
             self.pollers.stop()
         self.scp.stop()
         self.assembler.stop()
-        for worker in self.workers:
-            worker.stop()
+        self.router.stop()
+        self.queue.stop()
         self.pipeline.close()
         self.models.close()
         self.writer.stop()

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from dicom_node.errors import StorageError
-from dicom_node.index import Index, deliveries, jobs, results, schema, sessions, sources
+from dicom_node.index import Index, deliveries, jobs, results, schema, sessions, sources, work
 from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, ct_datasets
 from tests.conftest import wait_for
@@ -183,3 +183,51 @@ def test_node_restarts_on_a_database_of_the_previous_release(
     assert send_all(node.scp.port, datasets) == [0, 0]
     assert wait_for(lambda: node.index.counts()["instances"] == 5)
     assert node.index.counts()["series"] == 2
+
+
+def test_work_in_flight_in_an_old_database_runs_after_the_upgrade(
+    tmp_path: Path, start_node: Callable[..., Node]
+) -> None:
+    """Migration 2 queues the old release's unfinished jobs on the work queue: they run after the upgrade."""
+    root = tmp_path / "root"
+    root.mkdir()
+    path = root / "index.sqlite3"
+    _load_old(path)
+    conn = sqlite3.connect(path)
+    # Queued and interrupted mid-stage (the previous release's states), and one waiting to deliver to nobody.
+    for n, (jid, state, attempts, model) in enumerate((("old-queued", "queued", 0, "no-such-model"),
+                                                       ("old-inferring", "inferring", 1, "no-such-model"),
+                                                       ("old-delivering", "delivering", 1, "spleen"))):
+        conn.execute(
+            """INSERT INTO jobs(id, event_id, series_instance_uid, study_instance_uid, model, rule, destinations,
+                   state, attempts, created_at, updated_at, result)
+               SELECT ?, event_id + 100 + ?, series_instance_uid, study_instance_uid, ?, rule, '[]', ?, ?, 1.0, 1.0,
+                      result FROM jobs WHERE id = ?""",
+            (jid, n, model, state, attempts, OLD_JOB))
+    conn.commit()
+    conn.close()
+
+    node = start_node(root)
+    assert _version(path) == schema.LATEST
+
+    def job(jid: str) -> dict[str, object]:
+        conn = node.index.reader()
+        try:
+            row = jobs.job_row(conn, jid)
+        finally:
+            conn.close()
+        assert row is not None
+        return row
+
+    assert wait_for(lambda: all(job(j)["state"] in ("done", "failed") for j in
+                                ("old-queued", "old-inferring", "old-delivering")), timeout=30)
+    for jid, attempts in (("old-queued", 1), ("old-inferring", 2)):
+        row = job(jid)
+        assert row["state"] == "failed" and "no-such-model" in str(row["reason"]), row
+        assert row["attempts"] == attempts, "the interrupted run counted as the previous release counted it"
+    assert job("old-delivering")["state"] == "done", "nothing to deliver to: the delivery finishes"
+    conn = node.index.reader()
+    try:
+        assert {(k, s) for (k, s), _n in work.counts(conn).items()} == {("job", "failed"), ("delivery", "done")}
+    finally:
+        conn.close()

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypedDict, cast
 
-from dicom_node.index import deliveries
+from dicom_node.index import deliveries, work
 
 
 class Route(Protocol):
@@ -79,25 +79,17 @@ def consume_event(
     return ids
 
 
-def claim(conn: sqlite3.Connection, now: float) -> dict[str, Any] | None:
-    """Take the oldest runnable job: queued, or delivering with its retry time reached."""
-    row = conn.execute(
-        """SELECT * FROM jobs WHERE (state = 'queued' OR state = 'delivering') AND next_attempt_at <= ?
-           ORDER BY next_attempt_at, created_at LIMIT 1""",
-        (now,),
-    ).fetchone()
-    if row is None:
-        return None
-    job = dict(row)
-    if job["state"] == "queued":
-        conn.execute(
-            "UPDATE jobs SET state = 'validating', attempts = attempts + 1, updated_at = ? WHERE id = ?", (now, job["id"])
-        )
-        job["state"], job["attempts"] = "validating", job["attempts"] + 1
-    else:
-        # Mark the delivery attempt as taken so a second worker does not take it too.
-        conn.execute("UPDATE jobs SET next_attempt_at = ?, updated_at = ? WHERE id = ?", (now + 3600, now, job["id"]))
-    return job
+def begin(conn: sqlite3.Connection, jid: str, now: float) -> dict[str, Any] | None:
+    """Start (or, after a crash, restart) producing a job: ``validating``, one more attempt; its row.
+
+    Returns None, changing nothing, when the job is not queued or mid-stage (it ended, or is delivering).
+    """
+    cur = conn.execute(
+        f"""UPDATE jobs SET state = 'validating', attempts = attempts + 1, next_attempt_at = 0, updated_at = ?
+            WHERE id = ? AND state IN ('queued', {','.join('?' * len(ACTIVE))})""",
+        (now, jid, *ACTIVE),
+    )
+    return job_row(conn, jid) if cur.rowcount == 1 else None
 
 
 def advance(conn: sqlite3.Connection, jid: str, state: str, now: float, stage_seconds: dict[str, float] | None = None,
@@ -120,27 +112,6 @@ def finish(conn: sqlite3.Connection, jid: str, state: str, now: float, reason: s
         "UPDATE jobs SET state = ?, updated_at = ?, reason = ?, details = ?, next_attempt_at = ? WHERE id = ?",
         (state, now, reason, json.dumps(details) if details is not None else None, next_attempt_at, jid),
     )
-
-
-def recover(conn: sqlite3.Connection, now: float, max_attempts: int) -> int:
-    """After a crash: jobs caught mid-stage run again; past ``max_attempts`` they fail.
-
-    Returns
-    -------
-    int
-        Jobs put back in the queue.
-    """
-    conn.execute(
-        f"""UPDATE jobs SET state = 'failed', reason = 'interrupted ' || attempts || ' times', updated_at = ?
-            WHERE state IN ({','.join('?' * len(ACTIVE))}) AND attempts >= ?""",
-        (now, *ACTIVE, max_attempts),
-    )
-    cur = conn.execute(
-        f"UPDATE jobs SET state = 'queued', updated_at = ? WHERE state IN ({','.join('?' * len(ACTIVE))})",
-        (now, *ACTIVE),
-    )
-    conn.execute("UPDATE jobs SET next_attempt_at = ? WHERE state = 'delivering' AND next_attempt_at > ?", (now, now))
-    return cur.rowcount
 
 
 def record_results(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
@@ -167,7 +138,12 @@ def retry(conn: sqlite3.Connection, jid: str, now: float) -> bool:
            WHERE id = ? AND state IN ('failed', 'dead-letter')""",
         (now, jid),
     )
-    return cur.rowcount == 1
+    if cur.rowcount != 1:
+        return False
+    # Its work goes back on the queue in the same transaction (a running node picks it up when due).
+    state = conn.execute("SELECT state FROM jobs WHERE id = ?", (jid,)).fetchone()[0]
+    work.enqueue(conn, "delivery" if state == "delivering" else "job", jid, now)
+    return True
 
 
 # --- Reads for the REST jobs resource ---------------------------------------------------------------------------

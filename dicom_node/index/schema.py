@@ -257,9 +257,51 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at)
 INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '1');
 """
 
-#: Every migration in order; append only. The next schema change is migration 2.
+_V2 = """
+-- The one durable work queue (dicom_node.workqueue, queries in dicom_node.index.work): every unit of
+-- background work (a series job, its result delivery, an invocation, its webhook, a session retrieval)
+-- is one row, keyed by its kind and the id of its domain row (ref), with one state machine:
+--   queued -> running -> done | retry (-> running at next_attempt_at) | failed | dead-letter
+-- A running row whose lease_until passed (its process died) is claimed again and counts an attempt.
+CREATE TABLE work (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind            TEXT NOT NULL,
+    ref             TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('queued', 'running', 'retry', 'done', 'failed', 'dead-letter')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    max_attempts    INTEGER NOT NULL DEFAULT 3,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    lease_until     REAL,
+    stage_times     TEXT NOT NULL DEFAULT '{}',
+    reason          TEXT,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    UNIQUE (kind, ref)
+);
+CREATE INDEX work_due ON work(state, next_attempt_at);
+
+-- Work in flight in an upgraded database is queued, so nothing is lost across the upgrade.
+-- A job caught mid-stage is 'running' with an expired lease: claimed again, it counts an attempt, as
+-- the previous release's recovery counted it (jobs.attempts), and past max_attempts it ends failed.
+INSERT OR IGNORE INTO work(kind, ref, state, attempts, next_attempt_at, lease_until, created_at, updated_at)
+    SELECT 'job', id, CASE state WHEN 'queued' THEN 'queued' ELSE 'running' END, attempts, 0,
+           CASE state WHEN 'queued' THEN NULL ELSE 0 END, created_at, updated_at
+      FROM jobs WHERE state IN ('queued', 'validating', 'decoding', 'inferring', 'writing');
+INSERT OR IGNORE INTO work(kind, ref, state, next_attempt_at, created_at, updated_at)
+    SELECT 'delivery', id, 'retry', next_attempt_at, created_at, updated_at FROM jobs WHERE state = 'delivering';
+INSERT OR IGNORE INTO work(kind, ref, state, created_at, updated_at)
+    SELECT 'invocation', id, 'queued', created_at, updated_at FROM invocations WHERE state IN ('queued', 'running');
+INSERT OR IGNORE INTO work(kind, ref, state, attempts, next_attempt_at, created_at, updated_at)
+    SELECT 'webhook', id, 'retry', webhook_attempts, COALESCE(next_webhook_at, 0), created_at, updated_at
+      FROM invocations WHERE webhook_state = 'pending';
+INSERT OR IGNORE INTO work(kind, ref, state, created_at, updated_at)
+    SELECT 'retrieval', id, 'queued', created_at, updated_at FROM sessions WHERE status = 'retrieving';
+"""
+
+#: Every migration in order; append only. The next schema change is migration 3.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the schema of release 4781e18 (adopts a database it created: user_version 0)", _V1),
+    Migration(2, "the work queue (table work), with the work in flight of an upgraded database", _V2),
 )
 
 #: The schema version this code reads and writes.

@@ -1,18 +1,20 @@
-"""One job's stages: validate -> decode -> infer -> write -> deliver.
+"""One job's production stages: validate -> decode -> infer -> write; then it is ``delivering``.
 
-Each stage boundary is a committed state change, so a crash resumes from the
-last boundary (mid-stage work is redone; result UIDs are deterministic). A
-failure of the input (contract, decoding) ends the job ``failed`` with the
-reason; a delivery failure is retried or dead-lettered by the delivery stage.
+Each stage boundary is a committed state change; a crash runs the job again from
+the start (mid-stage work is redone; result UIDs are deterministic), which the
+work queue counts as an attempt (:mod:`dicom_node.workqueue`). A failure of the
+input (contract, decoding) ends the job ``failed`` with the reason. Delivery is
+its own kind of work (:class:`dicom_node.jobs.worker.DeliveryHandler`), queued
+when the job reaches ``delivering``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -56,12 +58,13 @@ class ResultWriter(Protocol):
         ...
 
 
-class DeliveryStage(Protocol):
-    """Delivers a job's result objects to its destinations."""
+class StageTimer(Protocol):
+    """Times named stages (:class:`dicom_node.workqueue.WorkItem`: the queue records the timings)."""
 
-    def deliver(self, job: dict[str, Any]) -> tuple[str, str | None, float]:
-        """Returns ``(state, reason, next_attempt_at)``: done, delivering (retry later) or dead-letter."""
-        ...
+    @property
+    def stage_times(self) -> dict[str, float]: ...
+
+    def stage(self, name: str) -> AbstractContextManager[None]: ...
 
 
 class Pipeline:
@@ -75,20 +78,17 @@ class Pipeline:
         Storage.
     results : ResultWriter
         Writes the result objects.
-    delivery : DeliveryStage
-        Sends them.
     models : ModelRegistry
         The node's model store and shared predictors.
     """
 
     def __init__(self, config: NodeConfig, index: Index, writer: IndexWriter, spool: Spool,
-                 results: ResultWriter, delivery: DeliveryStage, models: ModelRegistry) -> None:
+                 results: ResultWriter, models: ModelRegistry) -> None:
         self.config = config
         self.index = index
         self.writer = writer
         self.spool = spool
         self.results = results
-        self.delivery = delivery
         self.models = models
         self._pool: DecodePool | None = None  # one decode pool for the node's lifetime (spawning workers costs ~0.5 s)
         self._lock = threading.Lock()
@@ -100,41 +100,47 @@ class Pipeline:
                 self._pool.close()
                 self._pool = None
 
-    def run(self, job: dict[str, Any]) -> None:
-        """Run ``job`` from its current state to done, failed, dead-letter or a parked delivery."""
+    def run(self, job: dict[str, Any], timer: StageTimer) -> str | None:
+        """Produce ``job``'s results (it is ``validating``), leaving it ``delivering``; stages timed by ``timer``.
+
+        Returns
+        -------
+        str or None
+            None when the job reached ``delivering``; the reason when it ended ``failed``.
+        """
         jid = job["id"]
         try:
-            if job["state"] == "validating":
-                self._produce(job)
-            self._deliver(job)
+            self._produce(job, timer)
+            return None
         except ContractViolation as exc:
-            self._fail(jid, f"input does not satisfy the model's contract: {exc}", exc.issues)
+            return self._fail(jid, f"input does not satisfy the model's contract: {exc}", exc.issues)
         except ValidationError as exc:
-            self._fail(jid, f"input does not form a valid volume: {exc}")
+            return self._fail(jid, f"input does not form a valid volume: {exc}")
         except PixelError as exc:
-            self._fail(jid, f"pixel data could not be decoded: {exc}")
+            return self._fail(jid, f"pixel data could not be decoded: {exc}")
         except (ModelError, InferenceError) as exc:  # InferenceError: a spec read outside the wrapped calls
-            self._fail(jid, f"inference failed: {exc}")
+            return self._fail(jid, f"inference failed: {exc}")
         except DicomNodeError as exc:
-            self._fail(jid, str(exc))
+            return self._fail(jid, str(exc))
         except (OSError, ValueError, RuntimeError, MemoryError) as exc:
             log.exception("job failed unexpectedly job=%s", jid)
-            self._fail(jid, f"internal error: {type(exc).__name__}")
+            return self._fail(jid, f"internal error: {type(exc).__name__}")
 
-    def _fail(self, jid: str, reason: str, details: Any = None) -> None:
+    def _fail(self, jid: str, reason: str, details: Any = None) -> str:
         log.warning("job failed job=%s reason=%s", jid, reason)
         self.writer.run(lambda c: ops.finish(c, jid, "failed", time.time(), reason, details))
+        return reason
 
-    def _stage(self, jid: str, next_state: str, work: Callable[[], _T], name: str,
+    def _stage(self, jid: str, timer: StageTimer, next_state: str, work: Callable[[], _T], name: str,
                result: Callable[[_T], dict[str, Any] | None] | None = None) -> _T:
-        t0 = time.perf_counter()
-        value = work()
-        seconds = time.perf_counter() - t0
+        with timer.stage(name):
+            value = work()
+        seconds = timer.stage_times[name]
         payload = result(value) if result else None
         self.writer.run(lambda c: ops.advance(c, jid, next_state, time.time(), {name: seconds}, payload))
         return value
 
-    def _produce(self, job: dict[str, Any]) -> None:
+    def _produce(self, job: dict[str, Any], timer: StageTimer) -> None:
         jid = job["id"]
         conn = self.index.reader()
         try:
@@ -144,15 +150,13 @@ class Pipeline:
         entry = self.models.get(job["model"])
         # Headers are read once: the contract check and the SEG/SR writers share them.
         headers: dict[str, Dataset] = {}
-        self._stage(jid, "decoding", lambda: self._validate(entry, self._headers(files, headers)), "validate")
-        volume = self._stage(jid, "inferring", lambda: self._decode(files), "decode")
-        ran, prediction = self._stage(jid, "writing", lambda: self._infer(entry, volume), "infer")
-        rows = self._stage(
-            jid, "delivering", lambda: self._write(job, ran, volume, prediction, headers), "write",
+        self._stage(jid, timer, "decoding", lambda: self._validate(entry, self._headers(files, headers)), "validate")
+        volume = self._stage(jid, timer, "inferring", lambda: self._decode(files), "decode")
+        ran, prediction = self._stage(jid, timer, "writing", lambda: self._infer(entry, volume), "infer")
+        self._stage(
+            jid, timer, "delivering", lambda: self._write(job, ran, volume, prediction, headers), "write",
             result=lambda rows: {"objects": [{k: r[k] for k in ("sop_instance_uid", "kind", "path")} for r in rows]},
         )
-        job["state"] = "delivering"
-        job["result"] = json.dumps({"objects": [{k: r[k] for k in ("sop_instance_uid", "kind", "path")} for r in rows]})
 
     def satisfies_contract(self, model: str, files: list[Path]) -> bool:
         """True when ``files`` pass the model's input contract (headers only); False also for unknown models."""
@@ -212,9 +216,3 @@ class Pipeline:
         rows = self.results.write(job, entry, volume, prediction, headers)
         self.writer.run(lambda c: ops.record_results(c, rows))
         return rows
-
-    def _deliver(self, job: dict[str, Any]) -> None:
-        jid = job["id"]
-        state, reason, next_at = self.delivery.deliver(job)
-        self.writer.run(lambda c: ops.finish(c, jid, state, time.time(), reason, None, next_at))
-        log.info("job %s job=%s%s", state, jid, f" reason={reason}" if reason else "")

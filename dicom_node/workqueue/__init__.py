@@ -1,0 +1,16 @@
+"""The one durable work queue of the node (see :mod:`dicom_node.workqueue.queue`).
+
+Kinds registered by the composition root (:mod:`dicom_node.node`):
+
+========== ============================================ =================================
+kind       ref                                          handler
+========== ============================================ =================================
+job        jobs.id                                      dicom_node.jobs.worker.SeriesJobHandler
+delivery   jobs.id (its result objects, every dest.)    dicom_node.jobs.worker.DeliveryHandler
+========== ============================================ =================================
+"""
+
+from dicom_node.workqueue.item import DeadLetter, Done, Failed, Handler, Outcome, Retry, WorkItem
+from dicom_node.workqueue.queue import WorkQueue
+
+__all__ = ["DeadLetter", "Done", "Failed", "Handler", "Outcome", "Retry", "WorkItem", "WorkQueue"]
