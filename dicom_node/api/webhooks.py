@@ -41,9 +41,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dicom_node.api.outbound import OutboundError, OutboundRefused, post
 from dicom_node.errors import DicomNodeError
 from dicom_node.index import invocations
+from dicom_node.net.policy import OutboundError, OutboundRefused
 from dicom_node.net.retry import RetryPolicy, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ class InvocationService:
                    "X-Request-UUID": rid}
         retry_after: float | None = None
         try:
-            reply = post(row["webhook_url"], self.node.config.api.outbound_allowlist, body, headers)
+            reply = self.node.outbound.post(row["webhook_url"], body, headers)
         except OutboundRefused as exc:
             self._update(rid, webhook_state="refused", webhook_attempts=attempt, webhook_error=str(exc))
             log.warning("webhook refused id=%s reason=%s", rid, exc)

@@ -40,12 +40,12 @@ from dicom_node.api.inputs import (
     sniff,
     unsupported_reason,
 )
-from dicom_node.api.outbound import OutboundRefused, check_url
 from dicom_node.api.routers.predict import get_predictor, instance_error, run_decoded
 from dicom_node.api.schemas import error_responses
 from dicom_node.api.webhooks import upload_path
-from dicom_node.config import NodeConfig
 from dicom_node.errors import ModelError
+from dicom_node.net.http import Outbound
+from dicom_node.net.policy import OutboundRefused
 from dicom_node.node import Node
 from dicom_node.registry import ModelRegistry
 from inference.errors import InferenceError, ParameterError
@@ -211,11 +211,11 @@ async def _read_image(request: Request, limit: int) -> tuple[str, bytes]:
     return Path(image.filename or "image").name, await image.read()
 
 
-def _check_webhook(config: NodeConfig, url: str | None) -> None:
+def _check_webhook(outbound: Outbound, url: str | None) -> None:
     if url is None:
         return
     try:
-        check_url(url, config.api.outbound_allowlist)
+        outbound.check(url)
     except OutboundRefused as exc:
         raise ApiError(400, "webhook_refused", f"Webhook-Url refused: {exc}") from exc
 
@@ -234,7 +234,7 @@ async def invoke(
     """Accept an upload, queue it durably, answer 202 with the request UUID."""
     params = parse_parameters(inference_parameters)
     webhook = webhook_url or None
-    await run_in_threadpool(_check_webhook, config, webhook)
+    await run_in_threadpool(_check_webhook, services.outbound, webhook)
     filename, data = await _read_image(request, config.api.max_multipart_parts)
     kind = sniff(data)
     if kind is None:

@@ -47,10 +47,11 @@ from dicom_node.api.inputs import (
     sniff,
     split_multipart,
 )
-from dicom_node.api.outbound import OutboundRefused, fetch
 from dicom_node.api.schemas import error_responses
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ModelError
+from dicom_node.net.http import Outbound
+from dicom_node.net.policy import OutboundError
 from dicom_node.registry import ModelRegistry
 from dicom_node.sources.sessions import SessionService, SessionUnavailable
 from inference.errors import (
@@ -192,7 +193,7 @@ def _input_bytes(value: Any) -> bytes:
             raise InputRejected("invalid_instance", "input_bytes is not valid base64") from exc
 
 
-def fetch_dicomweb(config: NodeConfig, uri: str, token: str | None) -> list[bytes]:
+def fetch_dicomweb(outbound: Outbound, config: NodeConfig, uri: str, token: str | None) -> list[bytes]:
     """WADO-RS retrieve of a study, series or instance: the Part 10 payloads (PS3.18 10.4).
 
     Raises
@@ -207,8 +208,8 @@ def fetch_dicomweb(config: NodeConfig, uri: str, token: str | None) -> list[byte
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:
-        response = fetch(uri, api.outbound_allowlist, headers, api.max_body_bytes)
-    except OutboundRefused as exc:
+        response = outbound.fetch(uri, headers, api.max_body_bytes)
+    except OutboundError as exc:  # refused by the policy, or the request failed: one outcome for the caller
         raise InputRejected("fetch_failed", f"dicomweb_uri: {exc}") from exc
     content_type = response.headers.get("content-type", "")
     if content_type.lower().startswith("multipart/"):
@@ -300,7 +301,7 @@ def decode_instance(services: ApiServices, config: NodeConfig, spec: ModelSpec, 
     uri, token = instance["dicomweb_uri"], instance.get("bearer_token")
     if not isinstance(uri, str) or (token is not None and not isinstance(token, str)):
         raise InputRejected("invalid_instance", "dicomweb_uri and bearer_token must be strings")
-    parts = fetch_dicomweb(config, uri, token)
+    parts = fetch_dicomweb(services.outbound, config, uri, token)
     return decode_dicom(parts, spec, tmp, config.api.max_pixels, gpu=config.pixels.gpu_decode)
 
 
