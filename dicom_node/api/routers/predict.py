@@ -8,7 +8,7 @@ The answer lists one prediction or one ``{"error": {"code", "description"}}`` pe
 instance, in order; one failing instance never fails the others. A field the
 node does not read is that instance's error, naming the field, never silently
 dropped (``prompt_query``: no model here accepts text; see :func:`check_fields`). Instances run concurrently on the model's one
-shared predictor (``Pipeline.predictor_for``), so they and other callers' work
+shared predictor (``ModelRegistry.predictor``), so they and other callers' work
 (REST and DICOM jobs alike) fill the same micro-batches.
 
 Output per task (see :func:`summarise`):
