@@ -264,3 +264,23 @@ def test_sigkill_every_time_ends_failed_after_max_attempts(tmp_path: Path) -> No
     row = _row(Index(db), "slow", "item-1")
     assert (row.state, row.reason) == ("failed", "interrupted 3 times")
     assert marker.read_text() == "gave up: interrupted 3 times\n"
+
+
+def test_a_kind_registered_after_start_runs_what_waited(db: tuple[Index, IndexWriter]) -> None:
+    """The REST front end registers its kinds when it starts: rows queued before then wait, then run."""
+    index, writer = db
+    queue = WorkQueue(writer, poll_interval=0.02)
+    queue.register("early", Recorder(), limit=1)
+    queue.enqueue("late", "r1")
+    queue.start()
+    try:
+        time.sleep(0.2)
+        assert _row(index, "late", "r1").state == "queued", "no handler yet: the row waits"
+        late = Recorder()
+        queue.register("late", late, limit=1)
+        assert wait_for(lambda: _ended(index, "late", "r1"))
+        with pytest.raises(ValueError):
+            queue.register("late", late, limit=1)
+    finally:
+        queue.stop()
+    assert [r for r, _a, _t in late.runs] == ["r1"]

@@ -18,8 +18,9 @@ from prometheus_client import CollectorRegistry
 
 from dicom_node.api.errors import ApiError
 from dicom_node.api.metrics import registry_for
-from dicom_node.api.webhooks import InvocationService
+from dicom_node.api.webhooks import invocation_service
 from dicom_node.config import NodeConfig
+from dicom_node.invocations import InvocationService
 from dicom_node.net.http import Outbound
 from dicom_node.node import Node
 from dicom_node.registry import ModelRegistry
@@ -75,7 +76,7 @@ class ApiServices:
             scp=node.scp,
             pollers=node.pollers,
             sessions=node.sessions,
-            invocations=InvocationService(node),
+            invocations=invocation_service(node),
             pull=node,
             outbound=node.outbound,
             metrics=registry_for(node.scp, node.index, node.models),

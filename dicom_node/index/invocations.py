@@ -1,6 +1,6 @@
 """Queries of the ``invocations`` table: REST model runs on one upload and their webhooks.
 
-Used by :class:`dicom_node.api.webhooks.InvocationService` (writes through the index writer) and,
+Used by :mod:`dicom_node.invocations` (writes through the index writer) and,
 through :mod:`dicom_node.index.jobs`, by the jobs views. Rows are plain dicts keyed by :data:`COLUMNS`.
 """
 
@@ -41,26 +41,3 @@ def update(conn: sqlite3.Connection, request_uuid: str, values: Mapping[str, obj
     keys = _checked(values)
     conn.execute(f"UPDATE invocations SET {', '.join(f'{k} = ?' for k in keys)} WHERE id = ?",
                  [*(values[k] for k in keys), request_uuid])
-
-
-def requeue_running(conn: sqlite3.Connection, now: float) -> int:
-    """At start: invocations left ``running`` by a previous process are queued again; returns how many."""
-    return conn.execute("UPDATE invocations SET state = 'queued', updated_at = ? WHERE state = 'running'",
-                        (now,)).rowcount
-
-
-def claim_next(conn: sqlite3.Connection, now: float) -> dict[str, Any] | None:
-    """Take the oldest queued invocation (now ``running``), or None (a write)."""
-    found = conn.execute("SELECT id FROM invocations WHERE state = 'queued' ORDER BY created_at LIMIT 1").fetchone()
-    if found is None:
-        return None
-    conn.execute("UPDATE invocations SET state = 'running', updated_at = ? WHERE id = ?", (now, found[0]))
-    return get(conn, found[0])
-
-
-def due_webhooks(conn: sqlite3.Connection, now: float, limit: int = 16) -> list[dict[str, Any]]:
-    """Invocations whose webhook is pending and due at ``now``, soonest first."""
-    ids = [r[0] for r in conn.execute(
-        "SELECT id FROM invocations WHERE webhook_state = 'pending' AND next_webhook_at <= ? "
-        "ORDER BY next_webhook_at LIMIT ?", (now, limit))]
-    return [r for r in (get(conn, i) for i in ids) if r is not None]

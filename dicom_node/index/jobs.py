@@ -149,7 +149,7 @@ def retry(conn: sqlite3.Connection, jid: str, now: float) -> bool:
 # --- Reads for the REST jobs resource ---------------------------------------------------------------------------
 
 #: Every unit of work the REST jobs resource shows, in one row shape: routed series jobs, and REST
-#: invocations (``dicom_node.api.webhooks``: one model run on one upload, whose id is its request UUID).
+#: invocations (``dicom_node.invocations``: one model run on one upload, whose id is its request UUID).
 #: An invocation has no study/series UIDs, routing rule, destinations, stage times or DICOM results;
 #: a series job has no request UUID, Examination-ID or webhook. ``running`` shows as ``inferring``,
 #: the stage it is in, so one status vocabulary filters both.

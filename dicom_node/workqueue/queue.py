@@ -81,6 +81,9 @@ class WorkQueue:
                  retry: RetryPolicy | None = None) -> None:
         """Run ``kind`` with ``handler``, at most ``limit`` at once (0: the kind's rows wait, unrun).
 
+        A kind registered after :meth:`start` (a front end's kinds, registered when it starts) adds
+        ``limit`` threads to the pool; until then its rows wait, durably.
+
         Parameters
         ----------
         max_attempts : int
@@ -88,11 +91,23 @@ class WorkQueue:
         retry : RetryPolicy, optional
             Schedules a :class:`Retry` that names no time; default: 10 attempts, 1 s doubling to 300 s, 10 % jitter.
         """
-        if self._threads:
-            raise RuntimeError("register every kind before the queue starts")
         policy = retry or RetryPolicy(attempts=10, initial=1.0, factor=2.0, cap=300.0, jitter=0.1)
-        self._kinds[kind] = Kind(kind, handler, max(0, limit), max(1, max_attempts), policy)
-        self._running[kind] = 0
+        spec = Kind(kind, handler, max(0, limit), max(1, max_attempts), policy)
+        with self._lock:
+            if kind in self._kinds:
+                raise ValueError(f"work kind {kind!r} is already registered")
+            self._kinds[kind] = spec
+            self._running[kind] = 0
+            started = bool(self._threads)
+        if started:
+            self._writer.run(partial(ops.set_max_attempts, kind=spec.name, max_attempts=spec.max_attempts))
+            self._spawn(spec.limit)
+            self.wake()
+
+    def registered(self, kind: str) -> bool:
+        """True once ``kind`` has a handler."""
+        with self._lock:
+            return kind in self._kinds
 
     def enqueue(self, kind: str, ref: str, at: float | None = None) -> bool:
         """Queue ``(kind, ref)`` in its own transaction (see :meth:`enqueue_in`); True when queued."""
@@ -123,20 +138,31 @@ class WorkQueue:
         for spec in self._kinds.values():
             self._writer.run(partial(ops.set_max_attempts, kind=spec.name, max_attempts=spec.max_attempts))
         self._stop.clear()
-        size = sum(spec.limit for spec in self._kinds.values())
-        for n in range(size):
-            self._threads.append(threading.Thread(target=self._work, name=f"work-{n}", daemon=True))
-        self._threads.append(threading.Thread(target=self._keep, name="work-leases", daemon=True))
-        for thread in self._threads:
+        keeper = threading.Thread(target=self._keep, name="work-leases", daemon=True)
+        with self._lock:
+            self._threads.append(keeper)
+            size = sum(spec.limit for spec in self._kinds.values())
+        keeper.start()
+        self._spawn(size)
+
+    def _spawn(self, count: int) -> None:
+        with self._lock:
+            threads = [threading.Thread(target=self._work, name=f"work-{len(self._threads) + n}", daemon=True)
+                       for n in range(count)]
+            self._threads.extend(threads)
+        for thread in threads:
             thread.start()
 
     def stop(self) -> None:
         """Stop claiming; wait for the items running now to end (their outcomes are committed)."""
         self._stop.set()
         self.wake()
-        for thread in self._threads:
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
             thread.join()
-        self._threads.clear()
+        with self._lock:
+            self._threads.clear()
 
     def running(self, kind: str) -> int:
         """Items of ``kind`` running now in this process."""
@@ -239,7 +265,8 @@ class WorkQueue:
                     held = sorted(self._held)
                 self._writer.run(partial(ops.renew, ids=held, until=now + self._lease))
                 renewed = now
-            kinds = list(self._kinds)
+            with self._lock:
+                kinds = list(self._kinds)
             for row in self._writer.run(partial(ops.exhausted, kinds=kinds, now=now)):
                 reason = f"interrupted {row.attempts} times"
                 log.warning("work failed kind=%s ref=%s reason=%s", row.kind, row.ref, reason)

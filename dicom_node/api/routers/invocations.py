@@ -4,7 +4,7 @@ The request is ``multipart/form-data`` with one ``image`` part (DICOM Part 10,
 PNG, JPEG, TIFF or BMP, detected from its bytes) and headers:
 
 - ``Webhook-Url`` (optional): where the result is POSTed, signed (see
-  :mod:`dicom_node.api.webhooks`); checked against SSRF now (400) and before each attempt;
+  :mod:`dicom_node.invocations`); checked against SSRF now (400) and before each attempt;
 - ``Examination-ID`` (optional): echoed back and stored, to find results by exam;
 - ``Inference-Parameters`` (optional): a JSON object of model parameters; the
   single-quoted Python-literal form existing clients send (``{'threshold': 0.4}``)
@@ -34,21 +34,14 @@ from starlette.datastructures import UploadFile
 from dicom_node.api.auth import Principal, require
 from dicom_node.api.deps import ConfigDep, InvocationsDep, ServicesDep
 from dicom_node.api.errors import ApiError
-from dicom_node.api.inputs import (
-    InputRejected,
-    decode_for_model,
-    sniff,
-    unsupported_reason,
-)
-from dicom_node.api.routers.predict import get_predictor, instance_error, run_decoded
+from dicom_node.api.inputs import sniff, unsupported_reason
+from dicom_node.api.routers.predict import get_predictor
 from dicom_node.api.schemas import error_responses
-from dicom_node.api.webhooks import upload_path
-from dicom_node.errors import ModelError
+from dicom_node.invocations import upload_path
 from dicom_node.net.http import Outbound
 from dicom_node.net.policy import OutboundRefused
-from dicom_node.node import Node
 from dicom_node.registry import ModelRegistry
-from inference.errors import InferenceError, ParameterError
+from inference.errors import ParameterError
 
 log = logging.getLogger(__name__)
 
@@ -166,29 +159,6 @@ def default_model(models: ModelRegistry, image: bool = False) -> str:
     raise ApiError(404, "model_not_found", "no segmentation model in the store; name one with Model-Name or ?model=")
 
 
-def execute(node: Node, row: dict[str, Any], upload: Path) -> dict[str, Any]:
-    """Run one stored invocation; returns ``{"prediction", "modelVersionId"}`` or ``{"error": {...}}``.
-
-    Called by the invocation worker thread; never raises for bad input or a model failure.
-    """
-    try:
-        predictor = node.models.predictor(row["model"])
-        data = upload.read_bytes()
-        decoded = decode_for_model(data, predictor.spec, node.spool.tmp, node.config.api.max_pixels,
-                                   gpu=node.config.pixels.gpu_decode)
-    except InputRejected as exc:
-        return instance_error(exc.code, exc.description)
-    except (ModelError, InferenceError) as exc:
-        return instance_error("model_unavailable", str(exc))
-    except OSError as exc:
-        log.error("invocation upload unreadable id=%s error=%s", row["id"], exc.strerror)
-        return instance_error("internal_error", "the stored upload could not be read")
-    outcome = run_decoded(predictor, decoded, json.loads(row["parameters"] or "{}"))
-    if "error" in outcome:
-        return outcome
-    return {"prediction": outcome, "modelVersionId": predictor.spec.version}
-
-
 def _store_upload(tmp_dir: Path, request_uuid: str, data: bytes) -> None:
     path = upload_path(tmp_dir, request_uuid)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
@@ -268,8 +238,8 @@ async def get_invocation(request_uuid: str, service: InvocationsDep, _: Reader) 
         raise ApiError(404, "not_found", f"no invocation {request_uuid!r}")
     return {
         "request_uuid": row["id"], "examination_id": row["examination_id"], "model": row["model"],
-        "filename": row["filename"], "state": row["state"], "parameters": json.loads(row["parameters"] or "{}"),
-        "result": json.loads(row["result"]) if row["result"] else None, "error": row["error"],
+        "filename": row["filename"], "state": row["state"], "parameters": json.loads(str(row["parameters"] or "{}")),
+        "result": json.loads(str(row["result"])) if row["result"] else None, "error": row["error"],
         "created_at": row["created_at"], "updated_at": row["updated_at"],
         "webhook": {"state": row["webhook_state"], "attempts": row["webhook_attempts"],
                     "next_attempt_at": row["next_webhook_at"] if row["webhook_state"] == "pending" else None,

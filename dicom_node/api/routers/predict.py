@@ -11,7 +11,7 @@ dropped (``prompt_query``: no model here accepts text; see :func:`check_fields`)
 shared predictor (``ModelRegistry.predictor``), so they and other callers' work
 (REST and DICOM jobs alike) fill the same micro-batches.
 
-Output per task (see :func:`summarise`):
+Output per task (see :func:`dicom_node.api.predictions.summarise`):
 
 - segmentation: per label ``voxels``, ``area_mm2`` (one slice) or ``volume_ml``
   (when the input has a pixel spacing), ``bbox`` ``[slice0, row0, col0, slice1,
@@ -29,7 +29,6 @@ import binascii
 import logging
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -47,6 +46,7 @@ from dicom_node.api.inputs import (
     sniff,
     split_multipart,
 )
+from dicom_node.api.predictions import instance_error, run_decoded
 from dicom_node.api.schemas import error_responses
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ModelError
@@ -55,11 +55,9 @@ from dicom_node.net.policy import OutboundError
 from dicom_node.registry import ModelRegistry
 from dicom_node.sources.sessions import SessionService, SessionUnavailable
 from inference.errors import (
-    InferenceError,
-    InputError,
     ParameterError,
 )
-from inference.predictor import Prediction, Predictor
+from inference.predictor import Predictor
 from inference.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -68,9 +66,6 @@ router = APIRouter(tags=["predict"])
 
 #: The caller, who must hold the ``submit`` scope.
 Submitter = Annotated[Principal, Depends(require("submit"))]
-
-#: Run-length encodings longer than this are left out of answers (a noisy mask would bloat them).
-MAX_RLE_RUNS = 200_000
 
 _WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
@@ -98,11 +93,6 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def instance_error(code: str, description: str) -> dict[str, Any]:
-    """The per-instance error entry."""
-    return {"error": {"code": code, "description": description}}
-
-
 def get_predictor(models: ModelRegistry, name: str) -> Predictor:
     """The node's shared predictor of ``name``, or an :class:`ApiError` (404 unknown, 503 no backend)."""
     try:
@@ -113,71 +103,6 @@ def get_predictor(models: ModelRegistry, name: str) -> Predictor:
         if exc.kind == "unavailable":
             raise ApiError(503, "model_unavailable", str(exc)) from exc
         raise
-
-
-def _masks(spec: ModelSpec, result: np.ndarray) -> dict[int, np.ndarray]:
-    """Label channel -> boolean ``(slices, rows, cols)`` mask, for 2D and 3D, threshold and argmax."""
-    out: dict[int, np.ndarray] = {}
-    for label in spec.labels:
-        if spec.postprocessing.decision == "argmax":
-            mask = result == label.channel
-            mask = mask[0] if mask.ndim == 4 else mask
-        else:
-            mask = result[0, label.channel] if result.ndim == 5 else result[:, label.channel]
-        out[label.channel] = np.asarray(mask, dtype=bool).reshape((-1,) + mask.shape[-2:])
-    return out
-
-
-def run_lengths(mask: np.ndarray) -> list[int]:
-    """Run lengths of a boolean mask in C order, starting with a (possibly empty) background run."""
-    flat = mask.ravel()
-    if flat.size == 0:
-        return []
-    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    runs = np.diff(np.concatenate(([0], edges, [flat.size])))
-    return ([0] if flat[0] else []) + runs.tolist()
-
-
-def _segment(mask: np.ndarray, spacing: tuple[float, float, float] | None) -> dict[str, Any]:
-    voxels = int(mask.sum())
-    entry: dict[str, Any] = {"voxels": voxels}
-    if spacing is not None:
-        if mask.shape[0] == 1:
-            entry["area_mm2"] = round(voxels * spacing[1] * spacing[2], 3)
-        entry["volume_ml"] = round(voxels * float(np.prod(spacing)) / 1000.0, 4)
-    if voxels:
-        idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-        entry["bbox"] = [int(i[0]) for i in idx] + [int(i[-1]) + 1 for i in idx]
-    else:
-        entry["bbox"] = None
-    runs = run_lengths(mask)
-    entry["rle"] = {"shape": list(mask.shape), "order": "C", "counts": runs} if len(runs) <= MAX_RLE_RUNS else None
-    return entry
-
-
-def _per_slice(values: np.ndarray, make: Any) -> dict[str, Any]:
-    items = [make(v) for v in values]
-    return items[0] if len(items) == 1 else {"slices": items}
-
-
-def summarise(spec: ModelSpec, prediction: Prediction, decoded: DecodedInput) -> dict[str, Any]:
-    """The JSON prediction of one instance (see the module docstring)."""
-    if spec.task == "segmentation":
-        masks = _masks(spec, prediction.result)
-        return {"labels": [{"channel": lab.channel, "name": lab.name, **_segment(masks[lab.channel], decoded.spacing)}
-                           for lab in spec.labels],
-                "slice_indices": prediction.slice_indices}
-    if spec.task == "classification":
-        probs = np.asarray(prediction.probabilities).reshape(len(prediction.slice_indices), -1)
-        names = {lab.channel: lab.name for lab in spec.labels}
-
-        def one(row: np.ndarray) -> dict[str, Any]:
-            ranked = {names.get(c, str(c)): float(p) for c, p in enumerate(row)}
-            return {"probabilities": ranked, "label": names.get(int(row.argmax()), str(int(row.argmax())))}
-
-        return _per_slice(probs, one)
-    vectors = np.asarray(prediction.raw[spec.output_name]).reshape(len(prediction.slice_indices), -1)
-    return _per_slice(vectors, lambda v: {"embedding": [float(x) for x in v]})
 
 
 def _input_bytes(value: Any) -> bytes:
@@ -303,18 +228,6 @@ def decode_instance(services: ApiServices, config: NodeConfig, spec: ModelSpec, 
         raise InputRejected("invalid_instance", "dicomweb_uri and bearer_token must be strings")
     parts = fetch_dicomweb(services.outbound, config, uri, token)
     return decode_dicom(parts, spec, tmp, config.api.max_pixels, gpu=config.pixels.gpu_decode)
-
-
-def run_decoded(predictor: Predictor, decoded: DecodedInput, params: dict[str, Any]) -> dict[str, Any]:
-    """Predict on a decoded input and summarise, mapping model errors to an instance error."""
-    try:
-        prediction = predictor.predict(decoded.array, params)
-    except (InputError, ParameterError) as exc:
-        return instance_error("model_input", f"the input does not fit model {predictor.spec.name!r}: {exc}")
-    except InferenceError as exc:
-        log.warning("prediction failed model=%s error=%s", predictor.spec.name, type(exc).__name__)
-        return instance_error("inference_failed", f"inference failed: {exc}")
-    return summarise(predictor.spec, prediction, decoded)
 
 
 def run_instance(services: ApiServices, config: NodeConfig, predictor: Predictor, instance: Any,
