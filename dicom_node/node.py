@@ -2,7 +2,7 @@
 
 :class:`Node` builds the typed services (:class:`~dicom_node.services.Storage`,
 :class:`~dicom_node.registry.ModelRegistry`) and the components that use them
-(SCP, assembler, job workers, pollers, retrieval sessions), handing each only what
+(SCP, assembler, work queue, pollers, retrieval sessions), handing each only what
 it needs. Front ends above it (the REST API, in :mod:`dicom_node.api.server`) are
 passed in as a :class:`Frontend` factory, so this module imports nothing from
 ``api`` or ``commands``.
@@ -105,7 +105,7 @@ class Node:
         self.api: Frontend | None = None
         self.pollers: PollerService | None = None
         #: Retrieval sessions: built here (no thread until started) so the API can start it on first use.
-        self.sessions = SessionService(self)
+        self.sessions = SessionService(self, self.queue)
         #: Routes completed series into jobs (a periodic scan of completion events; the jobs run on the queue).
         self.router = JobRouter(config.routing, self.index, self.writer, self.spool, self.pipeline, self.queue,
                                 config.jobs.poll_interval, source_rules(config.sources))

@@ -21,11 +21,15 @@ IMAGE-level C-FIND or QIDO-RS (:meth:`RetrievalPlan.targets`).
 
 Only configured nodes are ever contacted: a request naming an address, port and
 AE title that match no configured remote is refused before any connection
-(:class:`SessionRefused`). Retrieval runs in a background thread: status
-``retrieving``, then ``ready`` or ``failed`` with the reason. The sweeper thread
-removes expired sessions with their files, waking at the next expiry. A restart
-keeps ready sessions (rows and files are durable), marks the retrievals it
-interrupted as failed, and removes folders that no session row owns.
+(:class:`SessionRefused`). A retrieval is work of kind ``retrieval`` on the node's
+work queue (:mod:`dicom_node.workqueue`, at most :data:`MAX_ACTIVE_RETRIEVALS` at
+once; more are refused with 429): status ``retrieving``, then ``ready`` or
+``failed`` with the reason. What to retrieve and from where is kept in memory
+only (a PATIENT-level request's patient ID is never written to the index), so a
+restart cannot resume a retrieval: it keeps ready sessions (rows and files are
+durable), marks the retrievals it interrupted as failed, and removes folders
+that no session row owns. The sweeper thread (a periodic scan, not queued work)
+removes expired sessions with their files, waking at the next expiry.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from dicom_node.errors import DicomNodeError, SourceError, StorageError
 from dicom_node.index import sessions as session_queries
 from dicom_node.sources.base import RetrieveResult, StudySummary
 from dicom_node.sources.sessions_sink import SessionSink
+from dicom_node.workqueue import Done, Failed, Outcome, WorkItem, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,8 @@ MAX_SWEEP_WAIT = 30.0
 MAX_PATIENT_STUDIES = 100
 #: Most retrievals running at once (each holds an association or an HTTP connection to a PACS).
 MAX_ACTIVE_RETRIEVALS = 8
+#: The work kind of a session's retrieval (ref: the session id).
+RETRIEVAL = "retrieval"
 
 
 class SessionRefused(DicomNodeError):
@@ -159,18 +166,22 @@ class SessionService:
     ----------
     node : object
         The :class:`~dicom_node.node.Node` (``config``, ``index``, ``writer``, ``spool``).
+    queue : WorkQueue
+        The node's work queue; retrievals run on it as kind ``retrieval``.
     """
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Any, queue: WorkQueue) -> None:
         self.node = node
+        self.queue = queue
         self.root = Path(node.config.storage.root).resolve() / "sessions"
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._sweeper: threading.Thread | None = None
         self._lock = threading.Lock()
         self._started = False
-        #: session id -> (cancel event, retrieval thread) of running retrievals.
-        self._active: dict[str, tuple[threading.Event, threading.Thread]] = {}
+        #: session id -> (cancel event, source, plan) of retrievals queued or running in this process.
+        self._active: dict[str, tuple[threading.Event, RetrievalSource, RetrievalPlan]] = {}
+        queue.register(RETRIEVAL, _RetrievalHandler(self), MAX_ACTIVE_RETRIEVALS)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -194,19 +205,16 @@ class SessionService:
         self._sweeper.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the sweeper and cancel running retrievals (their sessions are failed at the next start)."""
+        """Stop the sweeper and cancel running retrievals (the queue's workers end them; the node stops it)."""
         self._stop.set()
         self._wake.set()
         with self._lock:
             active = list(self._active.values())
             self._started = False
-        for cancel, _ in active:
+        for cancel, _source, _plan in active:
             cancel.set()
-        deadline = time.monotonic() + timeout
-        for _, thread in active:
-            thread.join(max(0.0, deadline - time.monotonic()))
         if self._sweeper is not None and self._sweeper.is_alive():
-            self._sweeper.join(max(0.1, deadline - time.monotonic()))
+            self._sweeper.join(max(0.1, timeout))
 
     def folder(self, session_id: str) -> Path:
         """The folder of a session (``session_id`` must be a server-generated id)."""
@@ -286,7 +294,7 @@ class SessionService:
 
     def start_retrieval(self, kind: str, source: RetrievalSource, source_name: str, plan: RetrievalPlan,
                         expiry: float) -> dict[str, Any]:
-        """Open a session and retrieve ``plan`` from ``source`` in a background thread; return the row.
+        """Open a session and queue the retrieval of ``plan`` from ``source``; return the row.
 
         Raises
         ------
@@ -299,13 +307,33 @@ class SessionService:
             raise SessionRefused(429, "busy", f"{MAX_ACTIVE_RETRIEVALS} session retrievals are running; "
                                  "try again when one has finished")
         row = self.open(kind, source_name, {**plan.describe(), "node": source_name}, expiry)
-        cancel = threading.Event()
-        thread = threading.Thread(target=self._retrieve, args=(row["id"], source, plan, cancel),
-                                  name=f"session-{row['id'][:8]}", daemon=True)
         with self._lock:
-            self._active[row["id"]] = (cancel, thread)
-        thread.start()
+            self._active[row["id"]] = (threading.Event(), source, plan)
+        try:
+            self.queue.enqueue(RETRIEVAL, row["id"])
+        except StorageError:
+            with self._lock:
+                self._active.pop(row["id"], None)
+            self._fail_quietly(row["id"], "the retrieval could not be queued")
+            raise
         return row
+
+    def run_retrieval(self, session_id: str) -> bool:
+        """Run the queued retrieval of ``session_id`` (the ``retrieval`` handler); True when the session is ready.
+
+        A retrieval this process did not queue was interrupted by a restart: its session fails.
+        """
+        with self._lock:
+            entry = self._active.get(session_id)
+        if entry is None:
+            session = self._read(lambda c: session_queries.get(c, session_id))
+            if session is not None and session["status"] == "retrieving":
+                self._fail_quietly(session_id, session_queries.INTERRUPTED)
+            return False
+        cancel, source, plan = entry
+        self._retrieve(session_id, source, plan, cancel)
+        session = self._read(lambda c: session_queries.get(c, session_id))
+        return session is not None and session["status"] == "ready"
 
     def _retrieve(self, session_id: str, source: RetrievalSource, plan: RetrievalPlan, cancel: threading.Event) -> None:
         sink = SessionSink(self.node, session_id, self.folder(session_id), cancel)
@@ -457,6 +485,28 @@ class SessionService:
                 removed += 1
         if removed:
             log.warning("removed session folders without a session count=%d", removed)
+
+
+class _RetrievalHandler:
+    """Kind ``retrieval``: one session's retrieval (:meth:`SessionService.run_retrieval`)."""
+
+    def __init__(self, service: SessionService) -> None:
+        self.service = service
+
+    def handle(self, item: WorkItem) -> Outcome:
+        """Retrieve into the session; the session row says ready or failed, with the reason."""
+        with item.stage("retrieve"):
+            ready = self.service.run_retrieval(item.ref)
+        if ready:
+            return Done()
+        session = self.service._read(lambda c: session_queries.get(c, item.ref))
+        return Failed(str(session["reason"]) if session and session["reason"] else "the session was closed")
+
+    def give_up(self, item: WorkItem, state: str, reason: str) -> None:
+        """The session fails with ``reason`` (never left ``retrieving``)."""
+        with self.service._lock:
+            self.service._active.pop(item.ref, None)
+        self.service._fail_quietly(item.ref, reason)
 
 
 def _delete_rows(conn: sqlite3.Connection, ids: list[str]) -> int:
