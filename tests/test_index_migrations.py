@@ -197,6 +197,7 @@ def test_work_in_flight_in_an_old_database_runs_after_the_upgrade(
     # Queued and interrupted mid-stage (the previous release's states), and one waiting to deliver to nobody.
     for n, (jid, state, attempts, model) in enumerate((("old-queued", "queued", 0, "no-such-model"),
                                                        ("old-inferring", "inferring", 1, "no-such-model"),
+                                                       ("old-spent", "decoding", 3, "no-such-model"),
                                                        ("old-delivering", "delivering", 1, "spleen"))):
         conn.execute(
             """INSERT INTO jobs(id, event_id, series_instance_uid, study_instance_uid, model, rule, destinations,
@@ -220,11 +221,14 @@ def test_work_in_flight_in_an_old_database_runs_after_the_upgrade(
         return row
 
     assert wait_for(lambda: all(job(j)["state"] in ("done", "failed") for j in
-                                ("old-queued", "old-inferring", "old-delivering")), timeout=30)
+                                ("old-queued", "old-inferring", "old-spent", "old-delivering")), timeout=30)
     for jid, attempts in (("old-queued", 1), ("old-inferring", 2)):
         row = job(jid)
         assert row["state"] == "failed" and "no-such-model" in str(row["reason"]), row
         assert row["attempts"] == attempts, "the interrupted run counted as the previous release counted it"
+    spent = job("old-spent")
+    assert (spent["state"], spent["reason"], spent["attempts"]) == ("failed", "interrupted 3 times", 3), \
+        "interrupted jobs.max_attempts times: it ends failed instead of running again"
     assert job("old-delivering")["state"] == "done", "nothing to deliver to: the delivery finishes"
     conn = node.index.reader()
     try:

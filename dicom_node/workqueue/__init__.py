@@ -9,6 +9,7 @@ job        jobs.id                                      dicom_node.jobs.worker.S
 delivery   jobs.id (its result objects, every dest.)    dicom_node.jobs.worker.DeliveryHandler
 invocation invocations.id (the request UUID)            dicom_node.invocations.InvocationHandler
 webhook    invocations.id                               dicom_node.invocations.WebhookHandler
+retrieval  sessions.id                                  dicom_node.sources.sessions._RetrievalHandler
 ========== ============================================ =================================
 
 ``invocation`` and ``webhook`` are registered when the REST front end starts (it supplies the
