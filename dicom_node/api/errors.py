@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from dicom_node.api.schemas import ErrorResponse
 from dicom_node.errors import DicomNodeError
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,6 @@ def _allowed_methods(request: Request) -> list[str]:
 def document_errors(app: FastAPI) -> None:
     """Make the OpenAPI document say what the handlers answer: 400 (not FastAPI's 422) for invalid
     requests, 413 over the body limit and 500, each with the JSON error body."""
-    from dicom_node.api.schemas import ErrorResponse
-
     build = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -39,6 +39,11 @@ import numpy as np
 
 from dicom_node.dicomweb.multipart import MultipartError, media_type, split
 from dicom_node.errors import DicomNodeError
+from dicom_node.pixels.decode import decode_instance, read_dataset
+from dicom_node.pixels.modality import apply_into, modality_transform
+from dicom_node.pixels.volume import load_series
+from dicom_node.validation.contract import Contract
+from dicom_node.validation.rules import validate_series
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +131,6 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedInput:
 
 
 def _header(data: bytes, max_inflated: int) -> Any:
-    from dicom_node.pixels.decode import read_dataset
-
     try:
         return read_dataset(io.BytesIO(data), max_inflated_bytes=max_inflated, stop_before_pixels=True)
     except DicomNodeError as exc:
@@ -152,9 +155,6 @@ def check_contract(headers: Sequence[Any], spec: Any) -> None:
     InputRejected
         ``contract``, naming the first issue and how many there are.
     """
-    from dicom_node.validation.contract import Contract
-    from dicom_node.validation.rules import validate_series
-
     report = validate_series(list(headers), Contract.from_dict(spec.contract_table()), decode=False)
     if not report.passed:
         first = report.issues[0]
@@ -211,8 +211,6 @@ def decode_dicom_files(paths: Sequence[Path], spec: Any, max_pixels: int, max_in
     InputRejected
         ``undecodable``, ``too_many_pixels`` or ``contract``.
     """
-    from dicom_node.pixels.decode import read_dataset
-
     if not paths:
         raise InputRejected("undecodable", "the session holds no DICOM instance for this series")
     try:
@@ -236,8 +234,6 @@ def _single_frame(headers: Sequence[Any], max_pixels: int) -> bool:
 
 def _volume(paths: list[Path], gpu: str, max_inflated: int) -> DecodedInput:
     """Decode Part 10 files of one series into a volume (contract already checked)."""
-    from dicom_node.pixels.volume import load_series
-
     try:
         volume = load_series(paths, workers=0, gpu=gpu, max_inflated_bytes=max_inflated)
     except DicomNodeError as exc:
@@ -251,9 +247,6 @@ def _decode_single(data: bytes, spec: Any, max_inflated: int) -> DecodedInput:
     Geometry (Image Plane Module) is only required when the contract asks for it,
     so projection images (CR, DX) reach classification models too.
     """
-    from dicom_node.pixels.decode import decode_instance, read_dataset
-    from dicom_node.pixels.modality import apply_into, modality_transform
-
     try:
         ds = read_dataset(io.BytesIO(data), max_inflated_bytes=max_inflated)
     except DicomNodeError as exc:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from dicom_node.errors import DecodeError, UnsupportedTransferSyntaxError
+from dicom_node.pixels.decode import decode_instance, read_dataset
 from dicom_node.pixels.syntaxes import syntax_info
 
 log = logging.getLogger(__name__)
@@ -155,8 +156,6 @@ def decode_files_gpu(
     fails only because the GPU codec lacks a feature.
     """
     from pydicom.encaps import generate_frames
-
-    from dicom_node.pixels.decode import decode_instance, read_dataset
 
     for start in range(0, len(paths), batch):
         chunk = [read_dataset(p, max_inflated_bytes=max_inflated_bytes) for p in paths[start : start + batch]]

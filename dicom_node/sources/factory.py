@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 from dicom_node.config.sources import Poller, SourcesConfig
 from dicom_node.errors import ConfigError
+from dicom_node.sources.dicomweb import DicomwebSource
+from dicom_node.sources.dimse import DimseSource
 
 if TYPE_CHECKING:  # the config module imports this package
     from dicom_node.config import NodeConfig
@@ -31,14 +33,10 @@ def make_source(config: NodeConfig, poller: Poller, node: NodeStorage) -> Source
         A DIMSE poller names a remote that is not configured.
     """
     if poller.kind == "dicomweb":
-        from dicom_node.sources.dicomweb import DicomwebSource
-
         return DicomwebSource(poller, node)
     remote = config.sources.remote(poller.remote)
     if remote is None:
         raise ConfigError(f"sources.pollers {poller.name!r}: remote {poller.remote!r} is not in [[sources.remotes]]")
-    from dicom_node.sources.dimse import DimseSource
-
     return DimseSource(remote, node)
 
 
