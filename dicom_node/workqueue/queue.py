@@ -76,6 +76,9 @@ class WorkQueue:
         self._wake = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        #: Until then (clock time) idle workers do not ask the index: the last look found nothing due.
+        #: One look per poll interval serves the whole pool, so idle threads cost the writer almost nothing.
+        self._quiet_until = 0.0
 
     def register(self, kind: str, handler: Handler, limit: int, max_attempts: int = 3,
                  retry: RetryPolicy | None = None) -> None:
@@ -101,6 +104,7 @@ class WorkQueue:
             started = bool(self._threads)
         if started:
             self._writer.run(partial(ops.set_max_attempts, kind=spec.name, max_attempts=spec.max_attempts))
+            self._end_exhausted(self._clock())
             self._spawn(spec.limit)
             self.wake()
 
@@ -127,6 +131,7 @@ class WorkQueue:
     def wake(self) -> None:
         """Tell idle workers that work may be due."""
         with self._wake:
+            self._quiet_until = 0.0
             self._wake.notify_all()
 
     def start(self) -> None:
@@ -137,6 +142,7 @@ class WorkQueue:
             log.warning("work interrupted by a previous run will be claimed again count=%d", left)
         for spec in self._kinds.values():
             self._writer.run(partial(ops.set_max_attempts, kind=spec.name, max_attempts=spec.max_attempts))
+        self._end_exhausted(now)
         self._stop.clear()
         keeper = threading.Thread(target=self._keep, name="work-leases", daemon=True)
         with self._lock:
@@ -180,11 +186,13 @@ class WorkQueue:
         # Under the lock: which kinds have room and the claim itself, so a limit cannot be overshot.
         with self._lock:
             kinds = [k for k, spec in self._kinds.items() if self._running[k] < spec.limit]
-            if not kinds:
-                return None
             now = self._clock()
+            if not kinds or now < self._quiet_until:
+                return None
             row: ops.WorkRow | None = self._writer.run(lambda c: ops.claim(c, kinds, now, self._lease))
-            if row is not None:
+            if row is None:
+                self._quiet_until = now + self._poll
+            else:
                 self._running[row.kind] += 1
                 self._held.add(row.id)
             return row
@@ -203,7 +211,8 @@ class WorkQueue:
                 with self._wake:
                     self._running[row.kind] -= 1
                     self._held.discard(row.id)
-                    self._wake.notify_all()  # a slot of this kind is free
+                    self._quiet_until = 0.0  # a slot of this kind is free: its waiting rows may be claimed
+                    self._wake.notify_all()
 
     def _run(self, spec: Kind, item: WorkItem) -> None:
         try:
@@ -256,18 +265,20 @@ class WorkQueue:
     # --- leases ---------------------------------------------------------------------------------------------------
 
     def _keep(self) -> None:
-        """Renew the leases of running items; end rows interrupted ``max_attempts`` times."""
-        renewed = 0.0
-        while not self._stop.wait(self._poll):
+        """Every third of the lease: renew the leases of running items, end rows interrupted ``max_attempts`` times."""
+        while not self._stop.wait(self._lease / 3):
             now = self._clock()
-            if now - renewed >= self._lease / 3:
-                with self._lock:
-                    held = sorted(self._held)
-                self._writer.run(partial(ops.renew, ids=held, until=now + self._lease))
-                renewed = now
             with self._lock:
-                kinds = list(self._kinds)
-            for row in self._writer.run(partial(ops.exhausted, kinds=kinds, now=now)):
-                reason = f"interrupted {row.attempts} times"
-                log.warning("work failed kind=%s ref=%s reason=%s", row.kind, row.ref, reason)
-                self._give_up(self._kinds[row.kind], WorkItem.of(row), "failed", reason)
+                held = sorted(self._held)
+            if held:
+                self._writer.run(partial(ops.renew, ids=held, until=now + self._lease))
+            self._end_exhausted(now)
+
+    def _end_exhausted(self, now: float) -> None:
+        # Such rows exist only after a restart (or a lease that ran out): claims skip them, this ends them.
+        with self._lock:
+            kinds = list(self._kinds)
+        for row in self._writer.run(partial(ops.exhausted, kinds=kinds, now=now)):
+            reason = f"interrupted {row.attempts} times"
+            log.warning("work failed kind=%s ref=%s reason=%s", row.kind, row.ref, reason)
+            self._give_up(self._kinds[row.kind], WorkItem.of(row), "failed", reason)
