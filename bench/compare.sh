@@ -16,7 +16,8 @@ shift
 benches=("$@")
 [ ${#benches[@]} -gt 0 ] || benches=(ingest api results)
 py=.venv/bin/python
-declare -A args=([ingest]="--repeats 5" [api]="--requests 128" [results]="--repeats 3")
+# Each script's arguments; override with INGEST_ARGS, API_ARGS, RESULTS_ARGS.
+declare -A args=([ingest]="${INGEST_ARGS:---repeats 5}" [api]="${API_ARGS:---requests 128}" [results]="${RESULTS_ARGS:---repeats 3}")
 tree=$(mktemp -d /tmp/dicom-node-base.XXXXXX)
 trap 'git worktree remove --force "$tree" >/dev/null 2>&1 || rm -rf "$tree"' EXIT
 git worktree add --detach -q "$tree" "$base"
