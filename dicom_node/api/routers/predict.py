@@ -11,14 +11,8 @@ dropped (``prompt_query``: no model here accepts text; see :func:`check_fields`)
 shared predictor (``ModelRegistry.predictor``), so they and other callers' work
 (REST and DICOM jobs alike) fill the same micro-batches.
 
-Output per task (see :func:`dicom_node.api.predictions.summarise`):
-
-- segmentation: per label ``voxels``, ``area_mm2`` (one slice) or ``volume_ml``
-  (when the input has a pixel spacing), ``bbox`` ``[slice0, row0, col0, slice1,
-  row1, col1]`` (end exclusive, null when empty) and ``rle``: run lengths over the
-  ``(slices, rows, cols)`` mask in C (row-major) order, starting with a background run;
-- classification: per label probability (``probabilities``) and the top ``label``;
-- embedding: the output vector (``embedding``).
+Each prediction is :func:`dicom_node.api.predictions.summarise`'s JSON (its module docstring
+lists the output per task).
 """
 
 from __future__ import annotations
