@@ -53,6 +53,7 @@ from dicom_node.errors import DicomNodeError, SourceError, StorageError
 from dicom_node.index import sessions as session_queries
 from dicom_node.sources.base import RetrieveResult, StudySummary
 from dicom_node.sources.sessions_sink import SessionSink
+from dicom_node.sources.sink import NodeStorage, StagingSink
 from dicom_node.workqueue import Done, Failed, Outcome, WorkItem, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class RetrievalSource(Protocol):
         """The (study, series) UIDs holding a series or an instance."""
         ...
 
-    def retrieve(self, study_uid: str, series_uid: str | None, sink: Any,
+    def retrieve(self, study_uid: str, series_uid: str | None, sink: StagingSink,
                  instances: Sequence[str] | None = None) -> RetrieveResult:
         """Retrieve a study, a series, or ``instances`` of a series into ``sink``."""
         ...
@@ -164,13 +165,13 @@ class SessionService:
 
     Parameters
     ----------
-    node : object
-        The :class:`~dicom_node.node.Node` (``config``, ``index``, ``writer``, ``spool``).
+    node : NodeStorage
+        The node's storage (``config``, ``index``, ``writer``, ``spool``; ``ingestor`` for the sinks).
     queue : WorkQueue
         The node's work queue; retrievals run on it as kind ``retrieval``.
     """
 
-    def __init__(self, node: Any, queue: WorkQueue) -> None:
+    def __init__(self, node: NodeStorage, queue: WorkQueue) -> None:
         self.node = node
         self.queue = queue
         self.root = Path(node.config.storage.root).resolve() / "sessions"

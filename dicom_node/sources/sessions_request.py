@@ -11,10 +11,18 @@ choosing (SSRF).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
+from dicom_node.config import NodeConfig
+from dicom_node.config.sources import Poller, RemoteNode
+from dicom_node.sources.dicomweb import DicomwebSource
+from dicom_node.sources.dimse import DimseSource
 from dicom_node.sources.sessions import RetrievalPlan, RetrievalSource, SessionRefused
+from dicom_node.sources.sink import NodeStorage
 from dicom_node.validators import is_uid
+
+#: The fields of a ``dicom`` or ``dicomweb`` body (``model_dump`` of its schema: text, a port, or absent).
+RequestFields = Mapping[str, str | int | None]
 
 #: Query/Retrieve levels from the broadest to the narrowest (PS3.4 C.6.2.1); INSTANCE is read as IMAGE.
 _LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -22,7 +30,13 @@ _LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 _KEYS = {"PATIENT": "patient_id", "STUDY": "study_uid", "SERIES": "series_uid", "IMAGE": "sop_instance_uid"}
 
 
-def plan_of(body: dict[str, Any], allow_patient: bool = True) -> RetrievalPlan:
+def _text(body: RequestFields, key: str) -> str | None:
+    """The value of ``key`` as text, None when absent or empty."""
+    value = body.get(key)
+    return str(value) if value else None
+
+
+def plan_of(body: RequestFields, allow_patient: bool = True) -> RetrievalPlan:
     """The retrieval plan of a ``dicom`` or ``dicomweb`` body: the narrowest identifier given wins.
 
     A session retrieves what its narrowest identifier names: an instance
@@ -38,13 +52,13 @@ def plan_of(body: dict[str, Any], allow_patient: bool = True) -> RetrievalPlan:
     SessionRefused
         400 ``invalid_request`` naming the invalid or missing identifier.
     """
-    given = {key: (body.get(key) or None) for key in _KEYS.values()}
+    given = {key: _text(body, key) for key in _KEYS.values()}
     for key in ("study_uid", "series_uid", "sop_instance_uid"):
         uid = given[key]
         if uid is not None and not is_uid(uid):
             raise SessionRefused(400, "invalid_request", f"{key} is not a valid DICOM UID")
     narrowest = next((lvl for lvl in reversed(_LEVELS) if given[_KEYS[lvl]]), None)
-    asked = str(body.get("query_level") or narrowest or "PATIENT").upper()
+    asked = (_text(body, "query_level") or narrowest or "PATIENT").upper()
     asked = "IMAGE" if asked == "INSTANCE" else asked
     if asked not in _LEVELS:
         raise SessionRefused(400, "invalid_request", f"query_level must be one of {', '.join(_LEVELS)}")
@@ -57,7 +71,7 @@ def plan_of(body: dict[str, Any], allow_patient: bool = True) -> RetrievalPlan:
                          given["patient_id"] if narrowest == "PATIENT" else None, given["sop_instance_uid"])
 
 
-def resolve_remote(config: Any, body: dict[str, Any]) -> Any:
+def resolve_remote(config: NodeConfig, body: RequestFields) -> RemoteNode:
     """The ``[[sources.remotes]]`` entry a ``dicom`` body names.
 
     Raises
@@ -67,7 +81,7 @@ def resolve_remote(config: Any, body: dict[str, Any]) -> Any:
         400 when neither is given or they disagree.
     """
     sources = config.sources
-    name = body.get("node")
+    name = _text(body, "node")
     triple = (body.get("server_address"), body.get("server_port"), body.get("ae_title"))
     given = [v is not None and v != "" for v in triple]
     if name:
@@ -89,7 +103,7 @@ def resolve_remote(config: Any, body: dict[str, Any]) -> Any:
                          "not a configured remote node ([[sources.remotes]]); only configured nodes are contacted")
 
 
-def resolve_poller(config: Any, body: dict[str, Any]) -> Any:
+def resolve_poller(config: NodeConfig, body: RequestFields) -> Poller:
     """The ``[[sources.pollers]]`` entry of kind ``dicomweb`` a ``dicomweb`` body names.
 
     Raises
@@ -97,7 +111,7 @@ def resolve_poller(config: Any, body: dict[str, Any]) -> Any:
     SessionRefused
         403 ``not_configured`` for an unknown name, 400 for a DIMSE poller or a missing name.
     """
-    name = body.get("node")
+    name = _text(body, "node")
     if not name:
         raise SessionRefused(400, "invalid_request", "a dicomweb session needs node (a configured [[sources.pollers]] "
                              "entry of kind \"dicomweb\")")
@@ -110,22 +124,16 @@ def resolve_poller(config: Any, body: dict[str, Any]) -> Any:
     return poller
 
 
-def make_source(kind: str, entry: Any, node: Any) -> RetrievalSource:
-    """The :class:`~dicom_node.sources.base.Source` for a resolved entry (imported lazily).
+def make_source(entry: RemoteNode | Poller, node: NodeStorage) -> RetrievalSource:
+    """The source of a resolved entry: C-GET/C-MOVE from a remote node, or WADO-RS from a DICOMweb poller.
 
-    Raises
-    ------
-    SessionRefused
-        503 ``source_unavailable`` when this build lacks the source implementation.
+    Parameters
+    ----------
+    entry : RemoteNode or Poller
+        What :func:`resolve_remote` or :func:`resolve_poller` returned.
+    node : NodeStorage
+        The storage the source stages retrieved instances through.
     """
-    try:
-        if kind == "dicom":
-            from dicom_node.sources.dimse import DimseSource
-
-            return DimseSource(entry, node)
-        from dicom_node.sources.dicomweb import DicomwebSource
-
-        return DicomwebSource(entry, node)
-    except ImportError as exc:
-        raise SessionRefused(503, "source_unavailable", f"{kind} retrieval is not available in this build "
-                             f"({exc.name or exc})") from exc
+    if isinstance(entry, RemoteNode):
+        return DimseSource(entry, node)
+    return DicomwebSource(entry, node)

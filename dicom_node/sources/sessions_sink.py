@@ -18,14 +18,15 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from dicom_node.errors import IngestError, StorageError
+from dicom_node.index import InstanceRecord
 from dicom_node.index import sessions as session_queries
 from dicom_node.ingest import Arrival
-from dicom_node.sources.sink import StagingSink, Stored
+from dicom_node.sources.sink import NodeStorage, StagingSink, Stored
+from dicom_node.spool import Spool
 from dicom_node.staging import Part
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def session_file_name(sop_instance_uid: str) -> str:
     return hashlib.sha256(sop_instance_uid.encode("ascii")).hexdigest()[:40] + ".dcm"
 
 
-def _insert_op(session_id: str, row: dict[str, Any]) -> Callable[[sqlite3.Connection], str | None]:
+def _insert_op(session_id: str, row: Mapping[str, object]) -> Callable[[sqlite3.Connection], str | None]:
     """Index operation: add the instance row while the session exists; its outcome or None."""
 
     def op(conn: sqlite3.Connection) -> str | None:
@@ -52,8 +53,8 @@ class SessionSink(StagingSink):
 
     Parameters
     ----------
-    node : object
-        The :class:`~dicom_node.node.Node` (``spool``, ``writer``, ``config``).
+    node : NodeStorage
+        The storage the files go through (``spool``, ``writer``, ``ingestor``, ``config``).
     session_id : str
         The server-generated session id (32 hex digits).
     folder : pathlib.Path
@@ -64,7 +65,7 @@ class SessionSink(StagingSink):
 
     source_ae = "SESSION"
 
-    def __init__(self, node: Any, session_id: str, folder: Path, cancelled: threading.Event | None = None) -> None:
+    def __init__(self, node: NodeStorage, session_id: str, folder: Path, cancelled: threading.Event | None = None) -> None:
         self._node = node
         self.session_id = session_id
         self.folder = folder
@@ -82,7 +83,7 @@ class SessionSink(StagingSink):
             self.stored.append(result)
         return result
 
-    def _staging(self) -> tuple[Any, int]:
+    def _staging(self) -> tuple[Spool, int]:
         return self._node.spool, self._node.config.scp.max_dataset_bytes
 
     def store_staged(self, part: Part) -> Stored:
@@ -108,11 +109,13 @@ class SessionSink(StagingSink):
         temp = part.temp
         part.fd, part.temp = None, None
         try:
-            row = self._check(temp, part)
+            record = self._check(temp, part)
         except IngestError as exc:
             spool.discard(fd, temp)
             return self._record(Stored(exc.status, str(exc), part.sop_instance_uid))
-        final = self.folder / row["path"]
+        name = session_file_name(record.sop_instance_uid)
+        row = _session_row(record, name)
+        final = self.folder / name
         try:
             assert fd is not None
             if spool.fsync:
@@ -127,27 +130,31 @@ class SessionSink(StagingSink):
                       getattr(exc, "strerror", None) or exc)
             spool.discard(fd, temp)
             return self._record(Stored(OUT_OF_RESOURCES, "Out of resources: cannot write the session file",
-                                       row["sop_instance_uid"]))
+                                       record.sop_instance_uid))
         if outcome is None:  # deleted (or expired) while the instance arrived
             final.unlink(missing_ok=True)
-            return self._record(Stored(OUT_OF_RESOURCES, "the session was closed", row["sop_instance_uid"]))
-        return self._record(Stored(0, None, row["sop_instance_uid"], outcome))
+            return self._record(Stored(OUT_OF_RESOURCES, "the session was closed", record.sop_instance_uid))
+        return self._record(Stored(0, None, record.sop_instance_uid, outcome))
 
-    def _check(self, temp: Path, part: Part) -> dict[str, Any]:
-        """The session row of a staged part, from the header checks C-STORE uses."""
+    def _check(self, temp: Path, part: Part) -> InstanceRecord:
+        """The identifying header of a staged part, from the checks C-STORE uses."""
         arrival = Arrival(fd=-1, temp=temp, data_offset=part.data_offset, size=part.size,
                           transfer_syntax=part.transfer_syntax, sop_class_uid=part.sop_class_uid,
                           sop_instance_uid=part.sop_instance_uid, calling_ae=self.source_ae, called_ae="",
                           association_id="", source="session")
-        record = self._node.ingestor.check(arrival)
-        return {
-            "sop_instance_uid": record.sop_instance_uid,
-            "sop_class_uid": record.sop_class_uid,
-            "series_instance_uid": record.series_instance_uid,
-            "study_instance_uid": record.study_instance_uid,
-            "transfer_syntax_uid": record.transfer_syntax_uid,
-            "modality": record.modality,
-            "instance_number": record.instance_number,
-            "path": session_file_name(record.sop_instance_uid),
-            "size": record.size,
-        }
+        return self._node.ingestor.check(arrival)
+
+
+def _session_row(record: InstanceRecord, name: str) -> dict[str, object]:
+    """The ``session_instances`` row of a checked instance stored as ``name`` in the session folder."""
+    return {
+        "sop_instance_uid": record.sop_instance_uid,
+        "sop_class_uid": record.sop_class_uid,
+        "series_instance_uid": record.series_instance_uid,
+        "study_instance_uid": record.study_instance_uid,
+        "transfer_syntax_uid": record.transfer_syntax_uid,
+        "modality": record.modality,
+        "instance_number": record.instance_number,
+        "path": name,
+        "size": record.size,
+    }

@@ -44,6 +44,7 @@ from dicom_node.api.schemas import (
     error_responses,
 )
 from dicom_node.config import NodeConfig
+from dicom_node.config.sources import Poller, RemoteNode
 from dicom_node.dicomweb.multipart import MultipartError, boundary_of
 from dicom_node.errors import StorageError
 from dicom_node.sources.sessions import SessionRefused, SessionService
@@ -126,6 +127,7 @@ async def _json_body(request: Request) -> SessionCreate:
 
 async def _retrieve(request: Request, pull: NodeStorage, service: SessionService, expiry: float) -> JSONResponse:
     body = await _json_body(request)
+    entry: RemoteNode | Poller
     try:
         if body.dicom is not None:
             fields = body.dicom.model_dump()
@@ -135,7 +137,7 @@ async def _retrieve(request: Request, pull: NodeStorage, service: SessionService
             fields = body.dicomweb.model_dump()
             kind, entry = "dicomweb", resolve_poller(pull.config, fields)
         plan = plan_of(fields)
-        source = make_source(kind, entry, pull)
+        source = make_source(entry, pull)
     except SessionRefused as exc:
         log.info("session refused kind=%s code=%s", "dicom" if body.dicom else "dicomweb", exc.code)
         raise _refused(exc) from exc
