@@ -30,14 +30,17 @@ from dicom_node.errors import (
 from dicom_node.index import Index, IndexWriter
 from dicom_node.index import jobs as ops
 from dicom_node.jobs.facts import series_files
+from dicom_node.pixels.decode import read_dataset
+from dicom_node.pixels.pool import DecodePool
+from dicom_node.pixels.volume import Volume, load_series
 from dicom_node.registry import ModelRegistry
 from dicom_node.spool import Spool
+from dicom_node.validation.contract import Contract
+from dicom_node.validation.rules import validate_series
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-    from dicom_node.pixels.pool import DecodePool
-    from dicom_node.pixels.volume import Volume
     from inference.predictor import Prediction
     from inference.store import ModelEntry
 
@@ -169,17 +172,12 @@ class Pipeline:
 
     def _headers(self, files: list[Path], into: dict[str, Dataset]) -> list[Dataset]:
         """Read the headers (no pixel data) of ``files`` into ``into`` by SOP Instance UID; returns them."""
-        from dicom_node.pixels.decode import read_dataset
-
         for path in files:
             ds = read_dataset(str(path), stop_before_pixels=True, max_inflated_bytes=self.config.scp.max_inflated_bytes)
             into[str(ds.SOPInstanceUID)] = ds
         return list(into.values())
 
     def _validate(self, entry: ModelEntry, headers: list[Dataset]) -> None:
-        from dicom_node.validation.contract import Contract
-        from dicom_node.validation.rules import validate_series
-
         contract = Contract.from_dict(entry.spec.contract_table())
         report = validate_series(headers, contract, decode=False,
                                  max_inflated_bytes=self.config.scp.max_inflated_bytes)
@@ -189,9 +187,6 @@ class Pipeline:
             )
 
     def _decode(self, files: list[Path]) -> Volume:
-        from dicom_node.pixels.pool import DecodePool
-        from dicom_node.pixels.volume import load_series
-
         with self._lock:
             if self._pool is None:
                 self._pool = DecodePool(self.config.pixels.decode_workers or None)

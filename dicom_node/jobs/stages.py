@@ -14,6 +14,8 @@ from dicom_node.config import NodeConfig
 from dicom_node.delivery.deliverer import Caller, Deliverer
 from dicom_node.errors import DeliveryError, StorageError
 from dicom_node.index import Index, IndexWriter, instances
+from dicom_node.writers.options import WriterOptions
+from dicom_node.writers.results import build_results
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -60,9 +62,6 @@ class FileResultWriter:
         headers : dict
             The source headers by SOP Instance UID, read once by the pipeline.
         """
-        from dicom_node.writers.options import WriterOptions
-        from dicom_node.writers.results import build_results
-
         objects = build_results(headers, volume, entry.spec, prediction,
                                 WriterOptions.from_config(self.config.results), model_sha256=entry.onnx_sha256())
         rows = []
