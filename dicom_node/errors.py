@@ -37,20 +37,20 @@ for peers)::
 
 Errors that are not ``DicomNodeError`` and the one place each is mapped:
 
-=================================  ==========================================================================
-``inference.errors.InferenceError``  :mod:`inference` imports nothing from dicom_node, so its root is a plain
-                                     ``Exception``. Where dicom_node calls into it, the boundary wraps it with
-                                     ``raise ModelError.wrap(exc) from exc``: the model registry
-                                     (:mod:`dicom_node.registry`: store, predictors) and the job pipeline's
-                                     inference stage. ``ModelError.kind`` comes from :data:`INFERENCE_KINDS`;
-                                     the REST routes map ``kind`` to a status (``not_found`` 404,
-                                     ``unavailable`` 503). Two callers still see it unwrapped, on purpose: the
-                                     REST predict/invocation routes calling ``Predictor.predict`` (per-instance
-                                     errors, :func:`dicom_node.api.routers.predict.run_decoded`) and the CLI's
-                                     ``models``/``infer`` commands, which print it and exit 1.
-third-party (pydicom, pynetdicom,    wrapped where they are raised into the nearest class above
-sqlite3, httpx, OS errors)           (``StorageError``, ``IngestError``, ``SourceError``, ...).
-=================================  ==========================================================================
+=====================================  ==========================================================================
+``inference.errors.InferenceError``    :mod:`inference` imports nothing from dicom_node, so its root is a plain
+                                       ``Exception``. Where dicom_node calls into it, the boundary wraps it with
+                                       ``raise ModelError.wrap(exc) from exc``: the model registry
+                                       (:mod:`dicom_node.registry`: store, predictors) and the job pipeline's
+                                       inference stage. ``ModelError.kind`` comes from :data:`INFERENCE_KINDS`;
+                                       the REST routes map ``kind`` to a status (``not_found`` 404,
+                                       ``unavailable`` 503). Two callers still see it unwrapped, on purpose: the
+                                       REST predict/invocation routes calling ``Predictor.predict`` (per-instance
+                                       errors, :func:`dicom_node.api.predictions.run_decoded`) and the CLI's
+                                       ``models``/``infer`` commands, which print it and exit 1.
+third-party (pydicom, pynetdicom,      wrapped where they are raised into the nearest class above
+sqlite3, requests, OS errors)          (``StorageError``, ``IngestError``, ``SourceError``, ...).
+=====================================  ==========================================================================
 """
 
 from __future__ import annotations
