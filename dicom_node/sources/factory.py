@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from dicom_node.config import NodeConfig
 from dicom_node.config.sources import Poller, SourcesConfig
 from dicom_node.errors import ConfigError
+from dicom_node.sources.base import Source
 from dicom_node.sources.dicomweb import DicomwebSource
 from dicom_node.sources.dimse import DimseSource
-
-if TYPE_CHECKING:  # the config module imports this package
-    from dicom_node.config import NodeConfig
-    from dicom_node.sources.base import Source
-    from dicom_node.sources.sink import NodeStorage
+from dicom_node.sources.sink import NodeStorage
 
 
 def make_source(config: NodeConfig, poller: Poller, node: NodeStorage) -> Source:

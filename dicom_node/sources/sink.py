@@ -18,21 +18,17 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from pydicom.dataset import Dataset
+
+from dicom_node.config import NodeConfig
 from dicom_node.errors import IngestError, StorageError
-from dicom_node.index import ops
-from dicom_node.ingest import Arrival
+from dicom_node.index import Index, IndexWriter, ops
+from dicom_node.ingest import Arrival, Ingestor
+from dicom_node.scp.server import StorageServer
+from dicom_node.spool import Spool
 from dicom_node.staging import Part, PartWriter
-
-if TYPE_CHECKING:  # typing only: the config and SCP modules import the sources package
-    from pydicom.dataset import Dataset
-
-    from dicom_node.config import NodeConfig
-    from dicom_node.index import Index, IndexWriter
-    from dicom_node.ingest import Ingestor
-    from dicom_node.scp.server import StorageServer
-    from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
 
