@@ -33,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
+from dicom_node.api.server import ApiFrontend
 from dicom_node.config import NodeConfig
 from dicom_node.node import Node
 from dicom_node.progress import bar
@@ -62,7 +63,7 @@ def start_node(root: Path, ort_threads: int = 0) -> Node:
         "inference": {"models_dir": str(models), "backends": ["onnxruntime"],
                       "onnxruntime_threads": ort_threads},
     })
-    node = Node(config)
+    node = Node(config, frontend=ApiFrontend)
     node.start()
     return node
 
