@@ -96,7 +96,7 @@ def anchor(node: Node, model: str, shape: tuple[int, ...], repeats: int) -> list
     """Direct ``InferenceSession.run`` on one prepared item (the model's own ONNX file)."""
     import onnxruntime as ort
 
-    entry = node.pipeline.predictor_for(model).entry
+    entry = node.models.predictor(model).entry
     session = ort.InferenceSession(str(entry.onnx_path), providers=["CPUExecutionProvider"])
     feed = {entry.spec.tensors.inputs[0].name: np.zeros(shape, np.float32)}
     session.run(None, feed)
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> list[str]:
             for model, data in items.items():
                 label = f"{model} ({'DICOM' if model == 'ct-body' else 'PNG'} 512x512)"
                 body = {"instances": [{"input_bytes": base64.b64encode(data).decode()}]}
-                predictor = node.pipeline.predictor_for(model)
+                predictor = node.models.predictor(model)
                 drive(pool, url.format(model), body, 1, 2)  # warm-up: model open, first batch
                 for clients in args.clients:
                     before = predictor.stats()
