@@ -39,14 +39,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _rows(config: NodeConfig, state: str | None, limit: int) -> list[dict[str, Any]]:
+    # The same view and query as GET /v1/jobs: series jobs and invocations, newest first.
     conn = existing_index(config).reader()
     try:
-        return [_decode(row) for row in job_queries.job_rows(conn, state, limit)]
+        return [_decode(row) for row in job_queries.list_jobs(conn, job_queries.JobFilter(status=state), limit)]
     finally:
         conn.close()
 
 
-def _decode(row: dict[str, Any]) -> dict[str, Any]:
+def _decode(view: job_queries.JobView) -> dict[str, Any]:
+    row: dict[str, Any] = dict(view)
     for key in ("destinations", "stage_times", "details", "result"):
         if row.get(key):
             row[key] = json.loads(row[key])
@@ -62,7 +64,8 @@ def run_list(args: argparse.Namespace, config: NodeConfig) -> int:
         return 0
     echo(f"{'job':<26}{'state':<13}{'model':<14}{'tries':<6}series / reason")
     for r in rows:
-        echo(f"{r['id']:<26}{r['state']:<13}{r['model']:<14}{r['attempts']:<6}{r['reason'] or r['series_instance_uid']}")
+        what = r["reason"] or r["series_instance_uid"] or f"invocation {r['examination_id'] or ''}".rstrip()
+        echo(f"{r['id']:<26}{r['state']:<13}{r['model']:<14}{r['attempts']:<6}{what}")
     return 0
 
 
@@ -75,7 +78,7 @@ def run_show(args: argparse.Namespace, config: NodeConfig) -> int:
     """Print one job as JSON; exit 1 when unknown."""
     conn = existing_index(config).reader()
     try:
-        row = job_queries.job_row(conn, args.job_id)
+        row = job_queries.find_job(conn, args.job_id)
     finally:
         conn.close()
     if row is None:

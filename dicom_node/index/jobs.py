@@ -245,18 +245,8 @@ def find_job(conn: sqlite3.Connection, key: str) -> JobView | None:
     return None if row is None else _view(row)
 
 
-# --- Reads for ``dicom-node jobs`` (series jobs only, every column of the table) ----------------------------------
-
-
-def job_rows(conn: sqlite3.Connection, state: str | None, limit: int) -> list[dict[str, Any]]:
-    """Rows of the ``jobs`` table, newest first, optionally in one ``state`` (JSON columns still text)."""
-    sql = "SELECT * FROM jobs" + (" WHERE state = ?" if state else "") + " ORDER BY created_at DESC LIMIT ?"
-    args: tuple[object, ...] = (state, limit) if state else (limit,)
-    return [dict(r) for r in conn.execute(sql, args)]
-
-
 def job_row(conn: sqlite3.Connection, jid: str) -> dict[str, Any] | None:
-    """The ``jobs`` row with this id (JSON columns still text), or None."""
+    """Every column of the ``jobs`` row with this id (JSON columns still text), for the job handler; or None."""
     row = conn.execute("SELECT * FROM jobs WHERE id = ?", (jid,)).fetchone()
     return None if row is None else dict(row)
 
