@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fastapi import Request
 
-from dicom_node.api.deps import settings
+from dicom_node.api.deps import app_config
 from dicom_node.api.errors import ApiError
 from dicom_node.config.api import ApiConfig
 
@@ -90,7 +90,7 @@ def require(scope: str) -> Callable[[Request], Principal]:
     """FastAPI dependency: the caller must hold ``scope`` (admin also needs an allowed source host)."""
 
     def dependency(request: Request) -> Principal:
-        config: ApiConfig = settings(request).api
+        config: ApiConfig = app_config(request).api
         principal = authenticate(config, request)
         if scope not in principal.scopes:
             raise ApiError(403, "forbidden", f"this operation needs the {scope!r} scope")

@@ -83,7 +83,7 @@ class ApiServices:
         )
 
 
-def settings(request: Request) -> NodeConfig:
+def app_config(request: Request) -> NodeConfig:
     """The node's configuration (present even on a schema-only application)."""
     config = request.app.state.config
     if not isinstance(config, NodeConfig):  # pragma: no cover - create_app always sets it
@@ -91,7 +91,12 @@ def settings(request: Request) -> NodeConfig:
     return config
 
 
-def services(request: Request) -> ApiServices:
+async def settings(request: Request) -> NodeConfig:
+    """The node's configuration, as a dependency."""
+    return app_config(request)
+
+
+async def services(request: Request) -> ApiServices:
     """The application's services; 503 on an application built only to render its schema."""
     found = request.app.state.services
     if not isinstance(found, ApiServices):
@@ -99,36 +104,39 @@ def services(request: Request) -> ApiServices:
     return found
 
 
+# The providers below are ``async def`` although they only read attributes: FastAPI runs a plain
+# ``def`` dependency in its thread pool, a hop per dependency per request (measured: one client's
+# 512x512 PNG predict took 6.2 ms a request with them as ``def``, 5.5 ms as ``async def``).
 ConfigDep = Annotated[NodeConfig, Depends(settings)]
 ServicesDep = Annotated[ApiServices, Depends(services)]
 
 
-def storage(found: ServicesDep) -> Storage:
+async def storage(found: ServicesDep) -> Storage:
     """Spool, index, writer and ingestor."""
     return found.storage
 
 
-def models(found: ServicesDep) -> ModelRegistry:
+async def models(found: ServicesDep) -> ModelRegistry:
     """The model registry."""
     return found.models
 
 
-def scp(found: ServicesDep) -> StorageServer:
+async def scp(found: ServicesDep) -> StorageServer:
     """The DIMSE server."""
     return found.scp
 
 
-def pollers(found: ServicesDep) -> PollerService | None:
+async def pollers(found: ServicesDep) -> PollerService | None:
     """The pull sources, or None when none is configured."""
     return found.pollers
 
 
-def outbound(found: ServicesDep) -> Outbound:
+async def outbound(found: ServicesDep) -> Outbound:
     """The outbound HTTP service for caller-supplied URLs."""
     return found.outbound
 
 
-def metrics(found: ServicesDep) -> CollectorRegistry:
+async def metrics(found: ServicesDep) -> CollectorRegistry:
     """The Prometheus registry of ``/metrics``."""
     return found.metrics
 
@@ -141,7 +149,7 @@ MetricsDep = Annotated[CollectorRegistry, Depends(metrics)]
 OutboundDep = Annotated[Outbound, Depends(outbound)]
 
 
-def session_reader(found: ServicesDep) -> SessionService:
+async def session_reader(found: ServicesDep) -> SessionService:
     """The retrieval session service, not started: reading a ready session needs no thread."""
     return found.sessions
 
