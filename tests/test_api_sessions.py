@@ -486,7 +486,7 @@ def test_session_retrieves_only_the_narrowest_identifier(start_node: Any, models
 
 def test_session_levels_and_identifiers() -> None:
     """The plan a request body makes: the narrowest identifier wins; a narrower level needs its identifier."""
-    from dicom_node.sources.sessions import SessionRefused
+    from dicom_node.sources.sessions_plan import SessionRefused
     from dicom_node.sources.sessions_request import plan_of
 
     series, study, sop = "1.2.3.4", "1.2.3", "1.2.3.4.5"

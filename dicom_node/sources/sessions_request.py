@@ -17,7 +17,7 @@ from dicom_node.config import NodeConfig
 from dicom_node.config.sources import Poller, RemoteNode
 from dicom_node.sources.dicomweb import DicomwebSource
 from dicom_node.sources.dimse import DimseSource
-from dicom_node.sources.sessions import RetrievalPlan, RetrievalSource, SessionRefused
+from dicom_node.sources.sessions_plan import RetrievalPlan, RetrievalSource, SessionRefused
 from dicom_node.sources.sink import NodeStorage
 from dicom_node.validators import is_uid
 

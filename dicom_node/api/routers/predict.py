@@ -47,7 +47,8 @@ from dicom_node.errors import ModelError
 from dicom_node.net.http import Outbound
 from dicom_node.net.policy import OutboundError
 from dicom_node.registry import ModelRegistry
-from dicom_node.sources.sessions import SessionService, SessionUnavailable
+from dicom_node.sources.sessions import SessionService
+from dicom_node.sources.sessions_plan import SessionUnavailable
 from inference.errors import (
     ParameterError,
 )

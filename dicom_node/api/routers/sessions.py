@@ -47,7 +47,8 @@ from dicom_node.config import NodeConfig
 from dicom_node.config.sources import Poller, RemoteNode
 from dicom_node.dicomweb.multipart import MultipartError, boundary_of
 from dicom_node.errors import StorageError
-from dicom_node.sources.sessions import SessionRefused, SessionService
+from dicom_node.sources.sessions import SessionService
+from dicom_node.sources.sessions_plan import SessionRefused
 from dicom_node.sources.sessions_request import (
     make_source,
     plan_of,
