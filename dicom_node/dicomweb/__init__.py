@@ -2,5 +2,6 @@
 
 Modules
 -------
+accept     ``Accept`` negotiation (PS3.18 8.7): media ranges, transfer-syntax, q-values, 406 reasons
 multipart  the one ``multipart/related`` reader (streaming, on python-multipart) and writer
 """
