@@ -17,6 +17,7 @@ for peers)::
     ├── PixelError                  pixel data cannot be decoded or encoded
     │   ├── UnsupportedTransferSyntaxError
     │   └── DecodeError
+    │       └── PixelDataError      declared geometry disagrees with the pixel data, or is over a budget (pixels.declared)
     ├── ValidationError             input fails a model's input contract
     │   ├── ContractViolation       with the validator's issues
     │   └── GeometryError           slices do not form one volume
@@ -70,7 +71,7 @@ from inference.errors import (
 __all__ = [
     "INFERENCE_KINDS", "AssociationError", "ConfigError", "ContractViolation", "DatasetMismatchError", "DecodeError",
     "DeliveryError", "DicomNodeError", "GeometryError", "IdentifierError", "InferenceError", "IngestError",
-    "InsufficientSpaceError", "ModelError", "PixelError", "SourceError", "StorageError",
+    "InsufficientSpaceError", "ModelError", "PixelDataError", "PixelError", "SourceError", "StorageError",
     "UnreadableDatasetError", "UnsupportedTransferSyntaxError", "ValidationError", "WriterError",
 ]
 
@@ -128,6 +129,19 @@ class UnsupportedTransferSyntaxError(PixelError):
 
 class DecodeError(PixelError):
     """A codec failed on this instance (corrupt stream, codec crash, bad header)."""
+
+
+class PixelDataError(DecodeError):
+    """Declared pixel geometry is impossible, disagrees with the Pixel Data, or is over a budget.
+
+    Raised before any pixel allocation (:mod:`dicom_node.pixels.declared`). The
+    message is ``"instance <SOP Instance UID>: <reason>"`` (UIDs are not PHI);
+    ``reason`` alone is kept for callers that word their own prefix (a DIMSE status comment).
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason if reason is not None else message
 
 
 class ValidationError(DicomNodeError):
