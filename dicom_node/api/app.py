@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI
 
 from dicom_node import __version__
+from dicom_node.api.bodyguard import SlowBodyMiddleware
 from dicom_node.api.deps import ApiServices
 from dicom_node.api.docs import install_docs
 from dicom_node.api.errors import install_error_handlers
@@ -50,6 +51,10 @@ def create_app(config: NodeConfig, services: ApiServices | None) -> FastAPI:
     install_docs(app)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit=config.api.max_body_bytes)
+    # Added last, so it runs first: a stalled or trickled body is cut off before anything reads it.
+    app.add_middleware(SlowBodyMiddleware, idle_timeout=config.api.body_idle_timeout,
+                       min_rate=config.api.body_min_rate, grace=config.api.body_rate_grace,
+                       max_uploads=config.api.max_concurrent_uploads)
     for module in ROUTERS:
         app.include_router(module.router)
     return app

@@ -10,6 +10,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from dicom_node.api.app import create_app
+from dicom_node.api.bodyguard import header_timeout_protocol
 from dicom_node.api.deps import ApiServices
 from dicom_node.errors import StorageError
 from dicom_node.node import Node
@@ -28,9 +29,14 @@ class ApiServer:
         Where to listen (port 0 picks a free one; see :attr:`port`).
     """
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(self, app: FastAPI, host: str, port: int, header_timeout: float = 10.0,
+                 max_header_bytes: int = 16 * 1024) -> None:
+        # h11 with a deadline on each request's headers (slowloris; uvicorn has none of its own),
+        # a bounded header block, and idle keep-alive connections closed after 5 s.
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                lifespan="off", server_header=False, timeout_keep_alive=5)
+                                lifespan="off", server_header=False, timeout_keep_alive=5,
+                                http=header_timeout_protocol(header_timeout),
+                                h11_max_incomplete_event_size=max_header_bytes)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
 
@@ -71,7 +77,8 @@ class ApiFrontend:
     def __init__(self, node: Node) -> None:
         self.services = ApiServices.of(node)
         api = node.config.api
-        self.server = ApiServer(create_app(node.config, self.services), api.host, api.port)
+        self.server = ApiServer(create_app(node.config, self.services), api.host, api.port,
+                                api.header_timeout, api.max_header_bytes)
 
     @property
     def port(self) -> int:

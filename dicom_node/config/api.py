@@ -55,6 +55,16 @@ class ApiConfig(BaseModel):
     max_multipart_parts: int = Field(64, ge=1, le=10000)
     max_instances: int = Field(32, ge=1, le=1024)
     max_pixels: int = Field(64 * 1024 * 1024, ge=1024)
+    #: Slow clients (see dicom_node.api.bodyguard): seconds without a body byte -> 408; after
+    #: body_rate_grace seconds a body under body_min_rate bytes/s on average -> 408 (0 = no minimum);
+    #: requests with a body being received at once (more -> 503 with Retry-After); seconds allowed
+    #: for a request's line and headers (slowloris), and the largest header block.
+    body_idle_timeout: float = Field(15.0, gt=0, le=3600)
+    body_min_rate: int = Field(1024, ge=0)
+    body_rate_grace: float = Field(10.0, ge=0, le=3600)
+    max_concurrent_uploads: int = Field(32, ge=1, le=10000)
+    header_timeout: float = Field(10.0, gt=0, le=600)
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
     #: Outbound (webhooks, dicomweb_uri) hosts allowed even when private or loopback.
     outbound_allowlist: list[str] = Field(default_factory=list)
     #: HMAC-SHA256 key for webhook signatures (file holding the secret).
