@@ -83,7 +83,7 @@ class Node:
         self.storage = Storage(spool, index, writer, ingestor)
         self.models = ModelRegistry(config.inference)
         #: The one outbound HTTP stack and SSRF policy for caller-supplied URLs (webhooks, dicomweb_uri).
-        self.outbound = Outbound(config.api.outbound_allowlist)
+        self.outbound = Outbound(config.api.outbound_allowlist, config.api.outbound_max_redirects)
         self.scp = StorageServer(
             ScpContext(config.scp, self.spool, self.writer, self.ingestor, supported_contexts(config.scp),
                        archive=ResultArchive.from_config(config, self.index))

@@ -106,9 +106,13 @@ def test_without_the_allowlist_nothing_is_sent(server: ThreadingHTTPServer) -> N
 
 def test_redirects_are_not_followed_and_bodies_are_bounded(server: ThreadingHTTPServer) -> None:
     base = f"http://127.0.0.1:{_port(server)}"
-    with pytest.raises(OutboundError, match="redirect"):
+    with pytest.raises(OutboundRefused, match="redirect .* not followed") as info:
         ALLOWED.fetch(base + "/redirect", {}, 1000)
-    assert ALLOWED.post(base + "/redirect", b"", {}).status_code == 302
+    assert not info.value.retryable
+    # A 3xx to a POST (webhooks) is a permanent failure too, not an answer to retry.
+    with pytest.raises(OutboundRefused, match=r"redirect \(302\) to 169.254.169.254 not followed") as info:
+        ALLOWED.post(base + "/redirect", b"", {})
+    assert not info.value.retryable
     with pytest.raises(OutboundError, match="larger than 1000 bytes"):
         ALLOWED.fetch(base + "/big", {}, 1000)
     reply = ALLOWED.post(base + "/status/503", b"", {})

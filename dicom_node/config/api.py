@@ -67,6 +67,9 @@ class ApiConfig(BaseModel):
     max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
     #: Outbound (webhooks, dicomweb_uri) hosts allowed even when private or loopback.
     outbound_allowlist: list[str] = Field(default_factory=list)
+    #: Redirect hops those outbound requests follow, each checked by the outbound policy and pinned;
+    #: 0 (the default): a 3xx is a permanent failure of the URL ("redirect to <host> not followed").
+    outbound_max_redirects: int = Field(0, ge=0, le=10)
     #: HMAC-SHA256 key for webhook signatures (file holding the secret).
     webhook_secret_file: Path | None = None
 

@@ -12,7 +12,11 @@ Every session made here:
   checks every address, and connects to the checked address (DNS pinning); the
   Host header and TLS (SNI and certificate verification) keep the URL's host
   name, so HTTPS still verifies the name that was configured;
-- never follows redirects (a redirect could point anywhere the policy refuses);
+- never follows redirects by itself (a redirect could point anywhere the policy
+  refuses): :func:`fetch` and :func:`post` answer a 3xx as a permanent failure of
+  the URL ("redirect to <host> not followed"), unless the caller allows hops
+  (``api.outbound_max_redirects``), and then each hop's URL goes through the same
+  policy check and DNS pinning as the first, up to that many hops;
 - ignores the environment (``trust_env = False``): no proxy variables, whose
   proxy would resolve names itself, and no ``.netrc`` credentials attached to
   URLs the configuration did not give them for;
@@ -31,6 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -166,9 +171,67 @@ def _transport_error(exc: requests.RequestException) -> OutboundError:
     return OutboundError(f"request failed: {type(exc).__name__}: {exc}", retryable=True)
 
 
+#: 3xx answers that carry a Location to follow (304 Not Modified and 300 Multiple Choices do not).
+_FOLLOWABLE = frozenset({301, 302, 303, 307, 308})
+
+
+def _request(session: requests.Session, method: str, url: str, body: bytes | None, headers: Mapping[str, str],
+             timeout: float, max_redirects: int) -> requests.Response:
+    """Send ``method`` to ``url``; a redirect is a permanent failure unless hops are allowed, then each is checked.
+
+    Every hop is a new request through the session's :class:`PinnedAdapter`, so the
+    policy checks its URL and pins its host exactly as it did the first one. A POST
+    follows only 307 and 308 (which keep the method and body); credentials in
+    ``headers`` are not sent to a different host.
+
+    Raises
+    ------
+    OutboundRefused
+        A redirect not followed (none allowed, too many hops, a POST turned into a
+        GET, no Location) or a hop the policy refuses; never retryable.
+    OutboundError
+        The request failed (see :func:`_transport_error`).
+    """
+    hops = 0
+    sent = dict(headers)
+    origin = urlsplit(url).hostname
+    while True:
+        try:
+            response = session.request(method, url, data=body, headers=sent, stream=True, allow_redirects=False,
+                                       timeout=(min(CONNECT_TIMEOUT, timeout), timeout))
+        except requests.RequestException as exc:
+            redirect = _redirect(exc)
+            if redirect is None:
+                raise _transport_error(exc) from exc
+            response = redirect
+        code = response.status_code
+        if code not in _FOLLOWABLE:
+            return response
+        location = response.headers.get("Location") or ""
+        response.close()
+        target = urljoin(url, location)
+        host = urlsplit(target).hostname or "?"
+        if not location:
+            raise OutboundRefused(f"the server answered a redirect ({code}) without a Location", retryable=False)
+        if max_redirects == 0:
+            raise OutboundRefused(f"redirect ({code}) to {host} not followed (api.outbound_max_redirects = 0)",
+                                  retryable=False)
+        if hops >= max_redirects:
+            raise OutboundRefused(f"redirect ({code}) to {host} not followed: more than {max_redirects} hops "
+                                  "(api.outbound_max_redirects)", retryable=False)
+        if method == "POST" and code not in (307, 308):
+            raise OutboundRefused(f"redirect ({code}) to {host} not followed: it would turn the POST into a GET",
+                                  retryable=False)
+        hops += 1
+        if host != origin:
+            sent = {k: v for k, v in sent.items() if k.lower() not in ("authorization", "cookie")}
+        log.info("following redirect code=%d host=%s hop=%d", code, host, hops)
+        url = target
+
+
 def fetch(url: str, policy: OutboundPolicy, headers: Mapping[str, str], max_bytes: int,
-          timeout: float = 30.0) -> HttpReply:
-    """GET ``url`` under ``policy``, without following redirects, reading at most ``max_bytes``.
+          timeout: float = 30.0, max_redirects: int = 0) -> HttpReply:
+    """GET ``url`` under ``policy``, reading at most ``max_bytes``; redirects as :func:`_request` says.
 
     Returns
     -------
@@ -178,61 +241,49 @@ def fetch(url: str, policy: OutboundPolicy, headers: Mapping[str, str], max_byte
     Raises
     ------
     OutboundRefused
-        The policy refuses the URL.
+        The policy refuses the URL or a redirect hop, or a redirect is not followed.
     OutboundError
-        The server redirects or answers other than 200, the body is larger than
-        ``max_bytes``, or the request fails.
+        The server answers other than 200, the body is larger than ``max_bytes``,
+        or the request fails.
     """
     with new_session(policy) as session:
-        try:
-            with session.get(url, headers=dict(headers), timeout=(min(CONNECT_TIMEOUT, timeout), timeout),
-                             stream=True, allow_redirects=False) as response:
-                code = response.status_code
-                if 300 <= code < 400:
-                    raise OutboundError(f"the server answered a redirect ({code}); redirects are not followed")
-                if code != 200:
-                    raise OutboundError(f"the server answered HTTP {code}", retryable=code in (408, 429) or code >= 500)
-                chunks: list[bytes] = []
-                size = 0
+        with _request(session, "GET", url, None, headers, timeout, max_redirects) as response:
+            code = response.status_code
+            if code != 200:
+                raise OutboundError(f"the server answered HTTP {code}", retryable=code in (408, 429) or code >= 500)
+            chunks: list[bytes] = []
+            size = 0
+            try:
                 for chunk in response.iter_content(_CHUNK):
                     size += len(chunk)
                     if size > max_bytes:
                         raise OutboundError(f"the response is larger than {max_bytes} bytes (api.max_body_bytes)")
                     chunks.append(chunk)
-                return HttpReply(code, CaseInsensitiveDict(response.headers), b"".join(chunks))
-        except requests.RequestException as exc:
-            redirect = _redirect(exc)
-            if redirect is not None:
-                raise OutboundError(f"the server answered a redirect ({redirect.status_code}); redirects are not followed") from exc
-            raise _transport_error(exc) from exc
+            except requests.RequestException as exc:
+                raise _transport_error(exc) from exc
+            return HttpReply(code, CaseInsensitiveDict(response.headers), b"".join(chunks))
 
 
-def post(url: str, policy: OutboundPolicy, body: bytes, headers: Mapping[str, str], timeout: float = 10.0) -> HttpReply:
-    """POST ``body`` to ``url`` under ``policy``; a 3xx is returned, not followed.
+def post(url: str, policy: OutboundPolicy, body: bytes, headers: Mapping[str, str], timeout: float = 10.0,
+         max_redirects: int = 0) -> HttpReply:
+    """POST ``body`` to ``url`` under ``policy``; redirects as :func:`_request` says.
 
     Returns
     -------
     HttpReply
-        Status and headers (the body is not kept).
+        Status and headers (the body is not kept); never a followable 3xx.
 
     Raises
     ------
     OutboundRefused
-        The policy refuses the URL (permanent; a name that does not resolve is retryable).
+        The policy refuses the URL or a redirect hop, or a redirect is not followed
+        (permanent; a name that does not resolve is retryable).
     OutboundError
         The connection failed or timed out (retryable), or TLS failed (not retryable).
     """
     with new_session(policy) as session:
-        try:
-            with session.post(url, data=body, headers=dict(headers), timeout=(min(CONNECT_TIMEOUT, timeout), timeout),
-                              stream=True, allow_redirects=False) as response:
-                return HttpReply(response.status_code, CaseInsensitiveDict(response.headers))
-        except requests.RequestException as exc:
-            redirect = _redirect(exc)
-            if redirect is not None:
-                redirect.close()
-                return HttpReply(redirect.status_code, CaseInsensitiveDict(redirect.headers))
-            raise _transport_error(exc) from exc
+        with _request(session, "POST", url, body, headers, timeout, max_redirects) as response:
+            return HttpReply(response.status_code, CaseInsensitiveDict(response.headers))
 
 
 class Outbound:
@@ -243,10 +294,14 @@ class Outbound:
     allowlist : iterable of str
         ``api.outbound_allowlist``: hosts, addresses or networks that caller-supplied
         URLs may reach although they are not public.
+    max_redirects : int
+        ``api.outbound_max_redirects``: redirect hops followed, each checked by the
+        policy (0 = a redirect is a permanent failure of the URL).
     """
 
-    def __init__(self, allowlist: Iterable[str] = ()) -> None:
+    def __init__(self, allowlist: Iterable[str] = (), max_redirects: int = 0) -> None:
         self.caller_policy = OutboundPolicy.caller_supplied(allowlist)
+        self.max_redirects = max_redirects
 
     def check(self, url: str) -> str:
         """Check a caller-supplied URL now (resolving its host); return it unchanged.
@@ -266,8 +321,8 @@ class Outbound:
 
     def fetch(self, url: str, headers: Mapping[str, str], max_bytes: int, timeout: float = 30.0) -> HttpReply:
         """Bounded GET of a caller-supplied URL (see :func:`fetch`)."""
-        return fetch(url, self.caller_policy, headers, max_bytes, timeout)
+        return fetch(url, self.caller_policy, headers, max_bytes, timeout, self.max_redirects)
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float = 10.0) -> HttpReply:
         """POST to a caller-supplied URL (see :func:`post`)."""
-        return post(url, self.caller_policy, body, headers, timeout)
+        return post(url, self.caller_policy, body, headers, timeout, self.max_redirects)
