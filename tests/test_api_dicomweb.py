@@ -54,7 +54,7 @@ def test_stow_rs_then_job_then_wado_rs_of_the_seg(start_node) -> None:
     response = client(node).store_instances(datasets)
     assert len(response.ReferencedSOPSequence) == 6 and "FailedSOPSequence" not in response
     # dicomweb-client sends "Host: 127.0.0.1" without the port; the URL follows the Host header.
-    assert f"/dicomweb/studies/{study}/instances/{datasets[0].SOPInstanceUID}" in {
+    assert f"/dicomweb/studies/{study}/series/{datasets[0].SeriesInstanceUID}/instances/{datasets[0].SOPInstanceUID}" in {
         r.RetrieveURL[r.RetrieveURL.index("/dicomweb"):] for r in response.ReferencedSOPSequence}
     conn = node.index.reader()
     assoc = dict(conn.execute("SELECT * FROM associations").fetchone())

@@ -21,6 +21,7 @@ from dicom_node.api.routers import (
     predict,
     results,
     sessions,
+    wado,
     worklist,
 )
 from dicom_node.config import NodeConfig
@@ -28,7 +29,7 @@ from dicom_node.config import NodeConfig
 log = logging.getLogger(__name__)
 
 #: Router modules, each exposing ``router``, in the order their routes are matched.
-ROUTERS = (health, models, predict, invocations, jobs, results, worklist, dicomweb, sessions)
+ROUTERS = (health, models, predict, invocations, jobs, results, worklist, dicomweb, wado, sessions)
 
 
 def create_app(config: NodeConfig, services: ApiServices | None) -> FastAPI:

@@ -69,10 +69,11 @@ def series_sender(conn: sqlite3.Connection, series_uid: str) -> Sender | None:
     return None if row is None else Sender(str(row[0]), row[1])
 
 
-def study_of(conn: sqlite3.Connection, sop_uid: str) -> str | None:
-    """The Study Instance UID of an indexed instance, or None."""
-    row = conn.execute("SELECT study_instance_uid FROM instances WHERE sop_instance_uid = ?", (sop_uid,)).fetchone()
-    return None if row is None else str(row[0])
+def location_of(conn: sqlite3.Connection, sop_uid: str) -> tuple[str, str] | None:
+    """The (Study, Series) Instance UIDs of an indexed instance, or None."""
+    row = conn.execute("SELECT study_instance_uid, series_instance_uid FROM instances WHERE sop_instance_uid = ?",
+                       (sop_uid,)).fetchone()
+    return None if row is None else (str(row[0]), str(row[1]))
 
 
 def paths_of(conn: sqlite3.Connection, uids: Sequence[str]) -> dict[str, str]:
@@ -98,20 +99,39 @@ def relabel_source(conn: sqlite3.Connection, uids: Sequence[str], label: str) ->
                      f"({','.join('?' * len(batch))})", [label, *batch])
 
 
-def wado_paths(conn: sqlite3.Connection, study: str, series: str, sop: str | None) -> tuple[str, list[str]]:
-    """Paths WADO-RS serves for a series (or one instance of it): result objects first, else received instances.
+@dataclass(frozen=True)
+class StoredInstance:
+    """One instance WADO-RS can serve: where it is and what it is.
 
-    Returns
-    -------
-    tuple
-        ``("results", paths relative to storage.root)`` when the node wrote objects with these UIDs,
-        else ``("instances", spool-relative paths)`` (possibly empty).
+    Attributes
+    ----------
+    origin : str
+        ``"result"`` (path relative to ``storage.root``) or ``"received"`` (spool-relative path).
     """
-    extra, args = ("AND sop_instance_uid = ?", (study, series, sop)) if sop else ("", (study, series))
-    rows = conn.execute(f"SELECT path FROM results WHERE study_instance_uid = ? AND series_instance_uid = ? {extra} "
-                        "ORDER BY created_at", args).fetchall()
-    if rows:
-        return "results", [str(r[0]) for r in rows]
-    rows = conn.execute(f"SELECT path FROM instances WHERE study_instance_uid = ? AND series_instance_uid = ? "
-                        f"{extra} ORDER BY instance_number, sop_instance_uid", args).fetchall()
-    return "instances", [str(r[0]) for r in rows]
+
+    origin: str
+    path: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+
+
+def stored_instances(conn: sqlite3.Connection, study: str, series: str | None = None,
+                     sop: str | None = None) -> list[StoredInstance]:
+    """The node's results and received instances of a study, optionally one series or one instance of it.
+
+    Received instances come in instance-number order, then results in creation order.
+    """
+    where, args = "study_instance_uid = ?", [study]
+    if series is not None:
+        where, args = where + " AND series_instance_uid = ?", [*args, series]
+    if sop is not None:
+        where, args = where + " AND sop_instance_uid = ?", [*args, sop]
+    cols = "path, study_instance_uid, series_instance_uid, sop_instance_uid, sop_class_uid"
+    found = [StoredInstance("received", *map(str, r)) for r in conn.execute(
+        f"SELECT {cols} FROM instances WHERE {where} ORDER BY series_instance_uid, instance_number, sop_instance_uid",
+        args)]
+    found += [StoredInstance("result", *map(str, r)) for r in conn.execute(
+        f"SELECT {cols} FROM results WHERE {where} ORDER BY created_at", args)]
+    return found

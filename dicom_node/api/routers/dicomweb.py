@@ -1,11 +1,13 @@
-"""DICOMweb: STOW-RS ingest (PS3.18 10.5) and WADO-RS retrieval of instances and series (PS3.18 10.4).
+"""DICOMweb: STOW-RS ingest (PS3.18 10.5); WADO-RS is :mod:`dicom_node.api.routers.wado`.
 
 STOW-RS parts take the same durable path as C-STORE: each is staged in the
 spool (:mod:`dicom_node.staging`) and stored by the node's Ingestor under a
 pseudo-association (calling AE ``STOW-RS``) that is released when the request
 ends, so series assembly and routing treat it like a DIMSE sender.
-WADO-RS answers result objects (SEG, SR) and received instances as
-``multipart/related; type="application/dicom"``.
+The answer (PS3.18 10.5.3) names each stored instance with a Retrieve URL that
+WADO-RS serves (``/studies/{study}/series/{series}/instances/{sop}``), the study's
+Retrieve URL when the request names a study or every stored instance is of one,
+each failed instance with its Failure Reason, and a ``Warning`` header on 202/409.
 """
 
 from __future__ import annotations
@@ -13,27 +15,22 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydicom.filereader import read_file_meta_info
+from fastapi.responses import JSONResponse
 
 from dicom_node.api.auth import Principal, require
-from dicom_node.api.deps import ApiServices, ConfigDep, ServicesDep, StorageDep
+from dicom_node.api.deps import ApiServices, ConfigDep, ServicesDep
 from dicom_node.api.errors import ApiError
+from dicom_node.api.routers.wado import dicomweb_base
 from dicom_node.api.schemas import UID_PATTERN, error_responses
 from dicom_node.config import NodeConfig
 from dicom_node.dicomweb.multipart import (
     MultipartError,
     boundary_of,
-    new_boundary,
-    related_content_type,
-    write_related,
 )
 from dicom_node.errors import IngestError, StorageError
 from dicom_node.index import instances, ops
@@ -59,11 +56,7 @@ _STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"description": "Every instance failed", "content": {DICOM_JSON: {"schema": {"type": "object"}}}},
     **error_responses(401, 403, 413, 415),
 }
-_WADO_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The instances as PS3.10 parts",
-          "content": {"multipart/related": {"schema": {"type": "string", "format": "binary"}}}},
-    **error_responses(401, 403, 404, 406),
-}
+
 
 
 def _element(vr: str, *values: Any) -> dict[str, Any]:
@@ -102,29 +95,41 @@ def _store_part(services: ApiServices, config: NodeConfig, part: Part, assoc_id:
 
 
 def _study_url(request: Request, study: str) -> str:
-    return f"{str(request.base_url).rstrip('/')}/dicomweb/studies/{study}"
+    return f"{dicomweb_base(request)}/studies/{study}"
 
 
-def _response(request: Request, outcomes: list[tuple[Part, int, str | None, str | None]], study: str | None) -> JSONResponse:
-    stored, failed = [], []
-    for part, status, reason, instance_study in outcomes:
+def _response(request: Request, outcomes: list[tuple[Part, int, str | None, tuple[str, str] | None]],
+              study: str | None) -> JSONResponse:
+    """The Store Instances Response Module (PS3.18 10.5.3, Table 10.5.3-1) as DICOM JSON."""
+    stored, failed, studies = [], [], set()
+    reasons: dict[int, int] = {}
+    for part, status, reason, where in outcomes:
         item = {"00081150": _element("UI", part.sop_class_uid) if part.sop_class_uid else _element("UI"),
                 "00081155": _element("UI", part.sop_instance_uid) if part.sop_instance_uid else _element("UI")}
-        if status == 0 and instance_study:
-            stored.append({**item, "00081190": _element("UR", f"{_study_url(request, instance_study)}/instances/"
-                                                               f"{part.sop_instance_uid}")})
+        if status == 0 and where:
+            studies.add(where[0])
+            stored.append({**item, "00081190": _element(
+                "UR", f"{_study_url(request, where[0])}/series/{where[1]}/instances/{part.sop_instance_uid}")})
         else:
-            failed.append({**item, "00081197": _element("US", status)})
+            # Failure Reason (0008,1197) takes the PS3.4 C-STORE status codes (PS3.18 Table 10.5.3-2).
+            failed.append({**item, "00081197": _element("US", status or OUT_OF_RESOURCES)})
+            reasons[status] = reasons.get(status, 0) + 1
             log.info("STOW-RS failure status=0x%04X reason=%s", status, reason)
     body: dict[str, Any] = {}
-    if study:
-        body["00081190"] = _element("UR", _study_url(request, study))
+    if study or len(studies) == 1:
+        body["00081190"] = _element("UR", _study_url(request, study or studies.pop()))
     if stored:
         body["00081199"] = _element("SQ", *stored)
     if failed:
         body["00081198"] = _element("SQ", *failed)
     code = 200 if not failed else (202 if stored else 409)
-    return JSONResponse(body, status_code=code, media_type=DICOM_JSON)
+    headers = None
+    if failed:
+        # PS3.18 10.5.3.1: a Warning header says why not every instance was stored.
+        summary = ", ".join(f"{n} x 0x{s:04X}" for s, n in sorted(reasons.items()))
+        headers = {"Warning": f'299 dicom-node: "{len(failed)} of {len(outcomes)} instance(s) not stored '
+                              f'(Failure Reason {summary}); see FailedSOPSequence"'}
+    return JSONResponse(body, status_code=code, media_type=DICOM_JSON, headers=headers)
 
 
 async def _receive(request: Request, services: ApiServices, config: NodeConfig, reader: Part10Reader,
@@ -146,20 +151,21 @@ async def _receive(request: Request, services: ApiServices, config: NodeConfig, 
 
 
 async def _finish_part(services: ApiServices, config: NodeConfig, part: Part, assoc_id: str,
-                       study: str | None) -> tuple[Part, int, str | None, str | None]:
+                       study: str | None) -> tuple[Part, int, str | None, tuple[str, str] | None]:
     if part.failure is not None:
         return part, part.failure[0], part.failure[1], None
     status, reason = await run_in_threadpool(_store_part, services, config, part, assoc_id, study)
-    instance_study = study
-    if status == 0 and study is None:
-        instance_study = await run_in_threadpool(_study_of, services.storage, part.sop_instance_uid)
-    return part, status, reason, instance_study
+    where = None
+    if status == 0 and part.sop_instance_uid:
+        where = await run_in_threadpool(_location_of, services.storage, part.sop_instance_uid)
+    return part, status, reason, where
 
 
-def _study_of(storage: Storage, sop_uid: str) -> str | None:
+def _location_of(storage: Storage, sop_uid: str) -> tuple[str, str] | None:
+    """(study, series) of a stored instance, for its Retrieve URL."""
     conn = storage.index.reader()
     try:
-        return instances.study_of(conn, sop_uid)
+        return instances.location_of(conn, sop_uid)
     finally:
         conn.close()
 
@@ -205,71 +211,3 @@ async def stow_study(request: Request, services: ServicesDep, config: ConfigDep,
                      _principal: Annotated[Principal, Depends(require("submit"))]) -> JSONResponse:
     """As ``POST /dicomweb/studies``; an instance of another study fails with 0xA900."""
     return await _stow(request, services, config, study)
-
-
-def _accepted_syntaxes(accept: str) -> set[str] | None:
-    """Transfer syntaxes acceptable per the Accept header (``{"*"}`` = any); None when nothing we send fits."""
-    if not accept.strip():
-        return {"*"}
-    syntaxes: set[str] = set()
-    for rng in accept.split(","):
-        main, *params = [p.strip() for p in rng.split(";")]
-        values = {k.strip().lower(): v.strip().strip('"') for k, _, v in (p.partition("=") for p in params)}
-        if values.get("q") in ("0", "0.0", "0.00", "0.000"):
-            continue
-        main = main.lower()
-        if main in ("*/*", "multipart/*"):
-            syntaxes.add("*")
-        elif main == "multipart/related" and values.get("type", "application/dicom").lower() == "application/dicom":
-            syntaxes.add(values.get("transfer-syntax", "*"))
-    return syntaxes or None
-
-
-def _files(storage: Storage, study: str, series: str, sop: str | None) -> list[Path]:
-    root = storage.spool.root
-    conn = storage.index.reader()
-    try:
-        table, found = instances.wado_paths(conn, study, series, sop)
-    finally:
-        conn.close()
-    paths = [root / p for p in found] if table == "results" else [storage.spool.path_for(p) for p in found]
-    return [p for p in paths if p.is_file()]
-
-
-def _chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as fh:
-        yield from iter(lambda: fh.read(1 << 20), b"")
-
-
-def _retrieve(request: Request, storage: Storage, study: str, series: str, sop: str | None) -> StreamingResponse:
-    wanted = _accepted_syntaxes(request.headers.get("accept", ""))
-    if wanted is None:
-        raise ApiError(406, "not_acceptable", 'WADO-RS answers multipart/related; type="application/dicom"')
-    paths = _files(storage, study, series, sop)
-    if not paths:
-        raise ApiError(404, "not_found", "no such instance" if sop else "no such series")
-    syntaxes = [str(read_file_meta_info(p).TransferSyntaxUID) for p in paths]
-    if "*" not in wanted and any(s not in wanted for s in syntaxes):
-        raise ApiError(406, "not_acceptable", "transcoding on retrieve is not supported; ask for transfer-syntax=*")
-    boundary = new_boundary()
-    parts = ((f"application/dicom; transfer-syntax={syntax}", path.stat().st_size, _chunks(path))
-             for path, syntax in zip(paths, syntaxes, strict=False))
-    return StreamingResponse(write_related(parts, boundary), media_type=related_content_type(boundary))
-
-
-@router.get("/dicomweb/studies/{study}/series/{series}", responses=_WADO_RESPONSES, response_class=StreamingResponse,
-            summary="WADO-RS: retrieve a series (PS3.18 10.4)")
-def retrieve_series(request: Request, storage: StorageDep, study: Annotated[str, uid_param()],
-                    series: Annotated[str, uid_param()],
-                    _principal: Annotated[Principal, Depends(require("read"))]) -> StreamingResponse:
-    """Every instance of the series (result objects, or received instances from the spool)."""
-    return _retrieve(request, storage, study, series, None)
-
-
-@router.get("/dicomweb/studies/{study}/series/{series}/instances/{sop}", responses=_WADO_RESPONSES,
-            response_class=StreamingResponse, summary="WADO-RS: retrieve an instance (PS3.18 10.4)")
-def retrieve_instance(request: Request, storage: StorageDep, study: Annotated[str, uid_param()],
-                      series: Annotated[str, uid_param()], sop: Annotated[str, uid_param()],
-                      _principal: Annotated[Principal, Depends(require("read"))]) -> StreamingResponse:
-    """One instance as a single-part ``multipart/related`` message."""
-    return _retrieve(request, storage, study, series, sop)
