@@ -19,12 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import data_element_generator
 from pydicom.tag import BaseTag
 
+from dicom_node.archive.keys import KEYS, record_from_dataset
 from dicom_node.errors import DatasetMismatchError, DecodeError, StorageError, UnreadableDatasetError
-from dicom_node.index import Index, IndexWriter, InstanceRecord, ops
+from dicom_node.index import Index, IndexWriter, InstanceRecord, ops, qido
 from dicom_node.pixels.inflate import BoundedInflater
 from dicom_node.pixels.syntaxes import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 from dicom_node.spool import Spool
@@ -47,6 +50,10 @@ _WANTED = {
 }
 _LAST_WANTED = 0x00200013
 _DEFLATED_HEADER_BYTES = 4 * 1024 * 1024
+#: The tags of the search index (dicom_node.archive.keys), read in the same pass as the identifying ones.
+QIDO_TAGS = frozenset({0x00080005} | {int(tag) for k in KEYS.values() if k.column is not None
+                                       and (tag := tag_for_keyword(k.keyword)) is not None})
+_LAST_QIDO = max(QIDO_TAGS)
 
 
 def clean_uid(value: str | None, what: str) -> str:
@@ -57,7 +64,8 @@ def clean_uid(value: str | None, what: str) -> str:
     return uid
 
 
-def read_header(path: Path, data_offset: int, transfer_syntax: str, max_inflated: int) -> dict[str, str]:
+def read_header(path: Path, data_offset: int, transfer_syntax: str, max_inflated: int,
+                into: Dataset | None = None) -> dict[str, str]:
     """Read the identifying attributes of a dataset without touching its pixel data.
 
     Parameters
@@ -68,6 +76,9 @@ def read_header(path: Path, data_offset: int, transfer_syntax: str, max_inflated
         Transfer syntax UID of the presentation context it arrived on.
     max_inflated : int
         Bound on the inflated size of a Deflated dataset (zip-bomb guard).
+    into : pydicom.dataset.Dataset, optional
+        Also collect the attributes the search index holds (:data:`QIDO_TAGS`) into it, so the
+        header is parsed once for the instance row and its ``qido_*`` rows.
 
     Raises
     ------
@@ -76,8 +87,10 @@ def read_header(path: Path, data_offset: int, transfer_syntax: str, max_inflated
     """
     found: dict[str, str] = {}
 
+    last = _LAST_QIDO if into is not None else _LAST_WANTED
+
     def stop(tag: BaseTag, _vr: str | None, _length: int) -> bool:
-        return tag > _LAST_WANTED
+        return tag > last
 
     with open(path, "rb") as raw:
         raw.seek(data_offset)
@@ -92,6 +105,8 @@ def read_header(path: Path, data_offset: int, transfer_syntax: str, max_inflated
             for elem in data_element_generator(
                 fp, transfer_syntax == IMPLICIT_LE, transfer_syntax != EXPLICIT_BE, stop_when=stop, defer_size=4096
             ):
+                if into is not None and int(elem.tag) in QIDO_TAGS:
+                    into[elem.tag] = elem
                 key = _WANTED.get(int(elem.tag))
                 if key and elem.value is not None:
                     found[key] = bytes(elem.value).decode("ascii", "replace").rstrip("\x00 ")
@@ -161,7 +176,8 @@ class Ingestor:
         """
         fd: int | None = arrival.fd
         try:
-            record = self.check(arrival)
+            header = Dataset()
+            record = self.check(arrival, header)
             exists = self.index.has_instance(self._reader(), record.sop_instance_uid)
             if exists and not self.replace:
                 self.spool.discard(fd, arrival.temp)
@@ -170,7 +186,7 @@ class Ingestor:
                 return ops.DUPLICATE
             self.spool.place(arrival.fd, arrival.temp, record.path, exists)
             fd = None
-            outcome = self.writer.run(lambda c: ops.store_instance(c, record, self.replace))
+            outcome = self.writer.run(lambda c: self._index(c, record, header))
         except StorageError:
             if fd is not None:
                 self.spool.discard(fd, arrival.temp)
@@ -181,7 +197,14 @@ class Ingestor:
         log.debug("stored sop_instance_uid=%s outcome=%s", record.sop_instance_uid, outcome)
         return str(outcome)
 
-    def check(self, arrival: Arrival) -> InstanceRecord:
+    def _index(self, conn: sqlite3.Connection, record: InstanceRecord, header: Dataset) -> str:
+        """The instance row and its search-index rows, in the writer's one transaction."""
+        outcome = ops.store_instance(conn, record, self.replace)
+        if outcome != ops.DUPLICATE:
+            qido.record(conn, record_from_dataset(header, "received"), record.received_at)
+        return outcome
+
+    def check(self, arrival: Arrival, into: Dataset | None = None) -> InstanceRecord:
         """Read the identifying header of ``arrival`` and check it against the request.
 
         Raises
@@ -189,7 +212,7 @@ class Ingestor:
         UnreadableDatasetError, DatasetMismatchError
             With the PS3.4 status to answer.
         """
-        header = read_header(arrival.temp, arrival.data_offset, arrival.transfer_syntax, self.max_inflated)
+        header = read_header(arrival.temp, arrival.data_offset, arrival.transfer_syntax, self.max_inflated, into)
         sop_class = clean_uid(header.get("sop_class_uid"), "SOP Class UID (0008,0016)")
         sop_instance = clean_uid(header.get("sop_instance_uid"), "SOP Instance UID (0008,0018)")
         if sop_class != arrival.sop_class_uid:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from dicom_node.archive.backfill import backfill
 from dicom_node.assembler import Assembler
 from dicom_node.config import NodeConfig
 from dicom_node.index import Index, IndexWriter, ops
@@ -138,6 +139,8 @@ class Node:
         dead = self.writer.run(lambda c: ops.recover(c, time.time()))
         if dead:
             log.warning("associations left open by a previous run counted as aborted count=%d", dead)
+        # An index from before the search tables (migration 3): index what it holds before anyone searches.
+        backfill(self.index, self.writer, self.spool.root, self.config.scp.max_inflated_bytes)
         self.scp.start()
         self.assembler.start()
         if self.config.jobs.workers:  # workers = 0: series are stored and indexed, never routed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from dicom_node import __version__
 from dicom_node.api.bodyguard import SlowBodyMiddleware
@@ -19,6 +20,7 @@ from dicom_node.api.routers import (
     jobs,
     models,
     predict,
+    qido,
     results,
     sessions,
     wado,
@@ -29,7 +31,7 @@ from dicom_node.config import NodeConfig
 log = logging.getLogger(__name__)
 
 #: Router modules, each exposing ``router``, in the order their routes are matched.
-ROUTERS = (health, models, predict, invocations, jobs, results, worklist, dicomweb, wado, sessions)
+ROUTERS = (health, models, predict, invocations, jobs, results, worklist, dicomweb, wado, qido, sessions)
 
 
 def create_app(config: NodeConfig, services: ApiServices | None) -> FastAPI:
@@ -56,6 +58,14 @@ def create_app(config: NodeConfig, services: ApiServices | None) -> FastAPI:
     app.add_middleware(SlowBodyMiddleware, idle_timeout=config.api.body_idle_timeout,
                        min_rate=config.api.body_min_rate, grace=config.api.body_rate_grace,
                        max_uploads=config.api.max_concurrent_uploads)
+    if config.api.cors_allowed_origins:
+        # Outermost, so a preflight is answered before authentication and every answer (errors
+        # included) carries the headers; a viewer sends its bearer token in Authorization.
+        app.add_middleware(CORSMiddleware, allow_origins=config.api.cors_allowed_origins,
+                           allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["Authorization", "Accept", "Content-Type", "X-API-Key"],
+                           expose_headers=["Warning", "Content-Type", "Content-Location", "Location"],
+                           max_age=600)
     for module in ROUTERS:
         app.include_router(module.router)
     return app

@@ -298,10 +298,68 @@ INSERT OR IGNORE INTO work(kind, ref, state, created_at, updated_at)
     SELECT 'retrieval', id, 'queued', created_at, updated_at FROM sessions WHERE status = 'retrieving';
 """
 
-#: Every migration in order; append only. The next schema change is migration 3.
+_V3 = """
+-- The search index of QIDO-RS and C-FIND (dicom_node.index.qido, matching in dicom_node.archive): the
+-- attributes PS3.18 10.6.3 returns and the common matching keys, one row per study, series and instance the
+-- node holds (received instances and its own results). The one place patient attributes are indexed, on
+-- purpose, for search. Filled in the transaction that indexes the instance; rows of an upgraded database
+-- are backfilled from the files' headers at start (dicom_node.archive.backfill).
+CREATE TABLE qido_studies (
+    study_uid                TEXT PRIMARY KEY,
+    patient_name             TEXT COLLATE NOCASE,
+    patient_id               TEXT,
+    patient_birth_date       TEXT,
+    patient_sex              TEXT,
+    study_date               TEXT,
+    study_time               TEXT,
+    accession_number         TEXT,
+    study_id                 TEXT,
+    study_description        TEXT,
+    referring_physician_name TEXT COLLATE NOCASE,
+    timezone_offset          TEXT,
+    updated_at               REAL NOT NULL
+);
+CREATE INDEX qido_studies_patient_id ON qido_studies(patient_id);
+CREATE INDEX qido_studies_patient_name ON qido_studies(patient_name);
+CREATE INDEX qido_studies_date ON qido_studies(study_date, study_time);
+CREATE INDEX qido_studies_accession ON qido_studies(accession_number);
+
+CREATE TABLE qido_series (
+    series_uid             TEXT PRIMARY KEY,
+    study_uid              TEXT NOT NULL,
+    modality               TEXT,
+    series_number          INTEGER,
+    series_description     TEXT,
+    performed_start_date   TEXT,
+    performed_start_time   TEXT,
+    updated_at             REAL NOT NULL
+);
+CREATE INDEX qido_series_study ON qido_series(study_uid);
+CREATE INDEX qido_series_modality ON qido_series(modality, study_uid);
+
+CREATE TABLE qido_instances (
+    sop_uid           TEXT PRIMARY KEY,
+    series_uid        TEXT NOT NULL,
+    study_uid         TEXT NOT NULL,
+    sop_class_uid     TEXT NOT NULL,
+    instance_number   INTEGER,
+    rows              INTEGER,
+    columns           INTEGER,
+    bits_allocated    INTEGER,
+    number_of_frames  INTEGER,
+    origin            TEXT NOT NULL CHECK (origin IN ('received', 'result')),
+    updated_at        REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX qido_instances_series ON qido_instances(series_uid, instance_number);
+CREATE INDEX qido_instances_study ON qido_instances(study_uid);
+CREATE INDEX qido_instances_origin ON qido_instances(origin, study_uid);
+"""
+
+#: Every migration in order; append only. The next schema change is migration 4.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the schema of release 4781e18 (adopts a database it created: user_version 0)", _V1),
     Migration(2, "the work queue (table work), with the work in flight of an upgraded database", _V2),
+    Migration(3, "the QIDO-RS / C-FIND search index (qido_studies, qido_series, qido_instances)", _V3),
 )
 
 #: The schema version this code reads and writes.

@@ -11,6 +11,7 @@ when the job reaches ``delivering``.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from dicom_node.archive.backfill import index_result
 from dicom_node.config import NodeConfig
 from dicom_node.errors import (
     ContractViolation,
@@ -27,7 +29,7 @@ from dicom_node.errors import (
     PixelError,
     ValidationError,
 )
-from dicom_node.index import Index, IndexWriter
+from dicom_node.index import Index, IndexWriter, qido
 from dicom_node.index import jobs as ops
 from dicom_node.jobs.facts import series_files
 from dicom_node.pixels.decode import read_dataset
@@ -209,5 +211,15 @@ class Pipeline:
     def _write(self, job: dict[str, Any], entry: ModelEntry, volume: Volume, prediction: Prediction,
                headers: dict[str, Dataset]) -> list[dict[str, Any]]:
         rows = self.results.write(job, entry, volume, prediction, headers)
-        self.writer.run(lambda c: ops.record_results(c, rows))
+        # The search index (QIDO-RS, C-FIND) learns each result in the transaction that records it.
+        found = [index_result(self.spool.root / str(row["path"]), self.config.scp.max_inflated_bytes) for row in rows]
+        searchable = [rec for rec in found if rec is not None]
+        now = time.time()
+
+        def record(conn: sqlite3.Connection) -> None:
+            ops.record_results(conn, rows)
+            for rec in searchable:
+                qido.record(conn, rec, now)
+
+        self.writer.run(record)
         return rows

@@ -6,11 +6,10 @@ import os
 import sqlite3
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dicom_node.api.auth import metrics_access
 from dicom_node.api.deps import ApiServices, MetricsDep, ServicesDep
 from dicom_node.errors import StorageError
 
@@ -62,9 +61,7 @@ def readyz(services: ServicesDep) -> JSONResponse:
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
 
 
-# Needs api.metrics_scope when keys or JWTs are configured (unless api.metrics_public).
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            dependencies=[Depends(metrics_access)])
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 def metrics(registry: MetricsDep) -> Response:
     """Prometheus text format."""
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,164 @@
+"""QIDO-RS against a real node: studies received by C-STORE and STOW-RS, searched with dicomweb-client."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+from dicomweb_client.api import DICOMwebClient
+from pydicom.dataset import Dataset
+
+from dicom_node.archive.keys import KEYS
+from dicom_node.archive.match import condition
+from dicom_node.archive.query import parse_qido
+from dicom_node.index import qido
+from dicom_node.index.schema import migrate
+from dicom_node.node import Node
+from dicom_node.synthetic import SeriesSpec, ct_datasets
+from tests.scu import send_all
+
+SECRET = "qido-reader-secret"
+
+
+def _study(seed: str, name: str, pid: str, date: str, time_: str, accession: str, slices: int = 3) -> list[Dataset]:
+    datasets = list(ct_datasets(SeriesSpec(slices=slices, rows=16, columns=16, seed=seed)))
+    for ds in datasets:
+        ds.PatientName, ds.PatientID, ds.StudyDate, ds.StudyTime = name, pid, date, time_
+        ds.AccessionNumber, ds.StudyDescription = accession, f"study {seed}"
+    return datasets
+
+
+@pytest.fixture
+def archive(start_node) -> tuple[Node, dict[str, list[Dataset]]]:
+    node: Node = start_node()
+    studies = {
+        "a": _study("qa", "Doe^Jane", "P1", "20240105", "101500", "ACC1"),
+        "b": _study("qb", "DOE^JOHN", "P2", "20240220", "083000", "ACC2"),
+        "c": _study("qc", "Smith^Ann", "P3", "20231231", "235959", "ACC3", slices=2),
+    }
+    assert send_all(node.scp.port, studies["a"] + studies["b"]) == [0] * 6
+    DICOMwebClient(url=f"http://127.0.0.1:{node.api.port}/dicomweb").store_instances(studies["c"])
+    return node, studies
+
+
+def _client(node: Node) -> DICOMwebClient:
+    return DICOMwebClient(url=f"http://127.0.0.1:{node.api.port}/dicomweb")
+
+
+def _uids(found: list[dict], keyword: str = "StudyInstanceUID") -> set[str]:
+    tag = {"StudyInstanceUID": "0020000D", "SeriesInstanceUID": "0020000E", "SOPInstanceUID": "00080018"}[keyword]
+    return {f[tag]["Value"][0] for f in found}
+
+
+def test_study_search_every_matching_form(archive) -> None:
+    node, studies = archive
+    uid = {k: str(v[0].StudyInstanceUID) for k, v in studies.items()}
+    web = _client(node)
+    assert _uids(web.search_for_studies()) == set(uid.values())
+    cases = {
+        "single": ({"PatientID": "P2"}, {"b"}),
+        "list": ({"PatientID": "P1\\P3"}, {"a", "c"}),
+        "wildcard, PN ignores case": ({"PatientName": "doe*"}, {"a", "b"}),
+        "question mark": ({"AccessionNumber": "ACC?"}, {"a", "b", "c"}),
+        "wildcard keeps case outside PN": ({"StudyDescription": "STUDY*"}, set()),
+        "date range": ({"StudyDate": "20240101-20240131"}, {"a"}),
+        "open date range": ({"StudyDate": "20240101-"}, {"a", "b"}),
+        "open low": ({"StudyDate": "-20231231"}, {"c"}),
+        "time range (an hour bound covers its hour)": ({"StudyTime": "08-09"}, {"b"}),
+        "time range to 10": ({"StudyTime": "0800-10"}, {"a", "b"}),
+        "uid list": ({"StudyInstanceUID": f"{uid['a']}\\{uid['c']}"}, {"a", "c"}),
+        "modalities in study": ({"ModalitiesInStudy": "CT"}, {"a", "b", "c"}),
+        "no match": ({"PatientID": "nobody"}, set()),
+    }
+    for name, (filters, expected) in cases.items():
+        assert _uids(web.search_for_studies(search_filters=filters)) == {uid[k] for k in expected}, name
+    one = web.search_for_studies(search_filters={"PatientID": "P1"})[0]
+    assert one["00100010"]["Value"][0]["Alphabetic"] == "Doe^Jane"
+    assert one["00201206"]["Value"] == [1] and one["00201208"]["Value"] == [3]
+    assert one["00080061"]["Value"] == ["CT"]
+    assert one["00081190"]["Value"][0].endswith(f"/dicomweb/studies/{uid['a']}")
+
+
+def test_series_and_instance_searches(archive) -> None:
+    node, studies = archive
+    web = _client(node)
+    a = studies["a"]
+    study, series = str(a[0].StudyInstanceUID), str(a[0].SeriesInstanceUID)
+    found = web.search_for_series(study)
+    assert _uids(found, "SeriesInstanceUID") == {series}
+    assert found[0]["00080060"]["Value"] == ["CT"] and found[0]["00201209"]["Value"] == [3]
+    assert len(web.search_for_series(search_filters={"Modality": "CT"})) == 3
+    instances = web.search_for_instances(study, series)
+    assert _uids(instances, "SOPInstanceUID") == {str(d.SOPInstanceUID) for d in a}
+    assert instances[0]["00280010"]["Value"] == [16]
+    assert len(web.search_for_instances(study)) == 3
+    assert len(web.search_for_instances(search_filters={"PatientID": "P3"})) == 2
+    numbered = web.search_for_instances(study, series, search_filters={"InstanceNumber": "2"})
+    assert len(numbered) == 1
+
+
+def test_includefield_limit_offset_fuzzy_and_errors(archive) -> None:
+    node, _studies = archive
+    base = f"http://127.0.0.1:{node.api.port}/dicomweb"
+    web = _client(node)
+    with_desc = web.search_for_studies(fields=["StudyDescription"], search_filters={"PatientID": "P1"})
+    assert with_desc[0]["00081030"]["Value"] == ["study qa"]
+    every = httpx.get(f"{base}/studies", params=[("includefield", "all"), ("PatientID", "P1")]).json()
+    assert "00081030" in every[0]
+    page = httpx.get(f"{base}/studies", params={"limit": "2"})
+    assert page.status_code == 200 and len(page.json()) == 2 and "more results" in page.headers["warning"]
+    rest = httpx.get(f"{base}/studies", params={"limit": "2", "offset": "2"})
+    assert len(rest.json()) == 1 and "warning" not in rest.headers
+    assert _uids(page.json()) | _uids(rest.json()) == _uids(web.search_for_studies())
+    fuzzy = httpx.get(f"{base}/studies", params={"PatientName": "doe*", "fuzzymatching": "true"})
+    assert fuzzy.status_code == 200 and "fuzzymatching not supported" in fuzzy.headers["warning"]
+    assert len(fuzzy.json()) == 2
+    empty = httpx.get(f"{base}/studies", params={"PatientID": "nobody"})
+    assert empty.status_code == 200 and empty.json() == []
+    for params, words in (({"NoSuchKey": "x"}, "NoSuchKey"), ({"StudyDate": "2024-01-01x"}, "StudyDate"),
+                          ({"limit": "-1"}, "limit"), ({"StudyDate": "20240201-20240101"}, "ends before")):
+        bad = httpx.get(f"{base}/studies", params=params)
+        assert bad.status_code == 400 and words in bad.json()["error"]["description"], params
+    xml = httpx.get(f"{base}/studies", headers={"Accept": 'multipart/related; type="application/dicom+xml"'})
+    assert xml.status_code == 406
+
+
+def test_auth_and_cors(start_node) -> None:
+    key = {"name": "viewer", "sha256": hashlib.sha256(SECRET.encode()).hexdigest(), "scopes": ["read"]}
+    node: Node = start_node(api={"api_keys": [key], "cors_allowed_origins": ["http://viewer.test"]})
+    base = f"http://127.0.0.1:{node.api.port}/dicomweb"
+    assert httpx.get(f"{base}/studies").status_code == 401
+    answer = httpx.get(f"{base}/studies", headers={"X-API-Key": SECRET, "Origin": "http://viewer.test"})
+    assert answer.status_code == 200 and answer.json() == []
+    assert answer.headers["access-control-allow-origin"] == "http://viewer.test"
+    assert "warning" in answer.headers["access-control-expose-headers"].lower()
+    preflight = httpx.options(f"{base}/studies", headers={
+        "Origin": "http://viewer.test", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization"})
+    assert preflight.status_code == 200
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    other = httpx.get(f"{base}/studies", headers={"X-API-Key": SECRET, "Origin": "http://evil.test"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_no_cors_headers_by_default(start_node) -> None:
+    node: Node = start_node()
+    answer = httpx.get(f"http://127.0.0.1:{node.api.port}/dicomweb/studies", headers={"Origin": "http://x.test"})
+    assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
+
+
+def test_common_searches_use_an_index(tmp_path: Path) -> None:
+    """A 10,000-study search must not scan: the plan of each common study search names an index."""
+    conn = sqlite3.connect(tmp_path / "i.sqlite3", isolation_level=None)
+    migrate(conn)
+    for keyword, value in (("PatientID", "P1"), ("PatientName", "doe*"), ("StudyDate", "20240101-20240131"),
+                           ("AccessionNumber", "A1"), ("StudyInstanceUID", "1.2.3"), ("ModalitiesInStudy", "CT")):
+        found = condition(KEYS[keyword], value)
+        assert found is not None
+        plan = " ".join(qido.plan(conn, "STUDY", found.filters))
+        assert "USING INDEX" in plan or "USING COVERING INDEX" in plan or "PRIMARY KEY" in plan, (keyword, plan)
+    search = parse_qido("INSTANCE", [], {"StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.2.3"})
+    assert search.scope["SeriesInstanceUID"] == "1.2.3"
