@@ -71,7 +71,7 @@ def _check_column(column: str) -> str:
     return column
 
 
-def _where(filters: Sequence[Filter]) -> tuple[list[str], list[str]]:
+def _where(filters: Sequence[Filter], origin: Origin | None = None) -> tuple[list[str], list[str]]:
     clauses: list[str] = []
     params: list[str] = []
     for f in filters:
@@ -87,8 +87,14 @@ def _where(filters: Sequence[Filter]) -> tuple[list[str], list[str]]:
         elif f.op == "le":
             clauses.append(f"{column} <= ?")
         else:  # modality: ModalitiesInStudy is matched on the study's series (uses qido_series_modality)
+            of_origin = ("" if origin is None else " AND EXISTS (SELECT 1 FROM qido_instances mo "
+                         "WHERE mo.series_uid = m.series_uid AND mo.origin = ?)")
             clauses.append(f"EXISTS (SELECT 1 FROM qido_series m WHERE m.study_uid = st.study_uid AND m.modality "
-                           f"IN ({', '.join('?' * len(f.values))}))")
+                           f"IN ({', '.join('?' * len(f.values))}){of_origin})")
+            if origin is not None:
+                params.extend(f.values)
+                params.append(origin)
+                continue
         params.extend(f.values)
     return clauses, params
 
@@ -114,7 +120,7 @@ def search(conn: sqlite3.Connection, level: Level, filters: Sequence[Filter], or
 
     ``origin`` keeps only entities holding an instance of that origin (C-FIND answers results only).
     """
-    clauses, params = _where(filters)
+    clauses, params = _where(filters, origin)
     if origin is not None:
         owner = {"STUDY": "st.study_uid", "SERIES": "se.series_uid", "INSTANCE": "i.sop_uid"}[level]
         column = {"STUDY": "study_uid", "SERIES": "series_uid", "INSTANCE": "sop_uid"}[level]

@@ -1,7 +1,7 @@
 """Matching queries of the Query/Retrieve SCP (:mod:`dicom_node.scp.qr`): the result objects it serves.
 
-The SCP matches unique keys and single-valued Modality / SOP Class UID here, in SQL; everything else
-(wildcards, ranges, header attributes) it matches on the files (:mod:`dicom_node.scp.qr_match`).
+C-GET and C-MOVE select the files they send here, by unique keys and single-valued Modality / SOP
+Class UID; C-FIND matches on the search index (:mod:`dicom_node.index.qido`, :mod:`dicom_node.archive`).
 """
 
 from __future__ import annotations

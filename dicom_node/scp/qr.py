@@ -180,33 +180,36 @@ class QueryRetrieveService:
 
     # -- C-FIND ----------------------------------------------------------------------
 
-    def _select(self, op: _Operation, archive: ResultArchive,
-                query: Query) -> tuple[list[ResultFile], list[ResultFile]] | None:
-        """Matching files and, below STUDY level, every file of their study (for the study counts)."""
+    def _select(self, op: _Operation, archive: ResultArchive, query: Query) -> list[ResultFile] | None:
+        """The result files a C-GET or C-MOVE sends; None when the index could not be read (answered)."""
         try:
             conn = archive.index.reader()
             try:
-                files = select_results(conn, archive.root, query)
-                studies = sorted({f.study_instance_uid for f in files})
-                everything = files
-                if query.level != "STUDY" and studies:
-                    studies_query = Query("STUDY", Dataset(), {"StudyInstanceUID": studies})
-                    everything = select_results(conn, archive.root, studies_query)
+                return select_results(conn, archive.root, query)
             finally:
                 conn.close()
         except (StorageError, sqlite3.Error) as exc:
             log.error("%s cannot read the index assoc=%s error=%s", op.name, self.id, exc)
-            status = 0xA700 if op.command_field == P.C_FIND_RQ else 0xA701
-            self._respond(op, status, final=True, comment="Out of resources: index unavailable")
+            self._respond(op, 0xA701, final=True, comment="Out of resources: index unavailable")
             return None
-        return files, everything
 
     def _find(self, op: _Operation, archive: ResultArchive, query: Query) -> None:
-        selected = self._select(op, archive, query)
-        if selected is None:
+        try:
+            conn = archive.index.reader()
+            try:
+                identifiers = list(find(conn, query, archive.ae_title))
+            finally:
+                conn.close()
+        except IdentifierError as exc:
+            log.warning("c-find refused assoc=%s status=0x%04X reason=%s", self.id, exc.status, exc)
+            self._respond(op, exc.status, final=True, comment=str(exc))
+            return
+        except (StorageError, sqlite3.Error) as exc:
+            log.error("c-find cannot read the index assoc=%s error=%s", self.id, exc)
+            self._respond(op, 0xA700, final=True, comment="Out of resources: index unavailable")
             return
         matches = 0
-        for identifier in find(selected[0], query, archive.ae_title, selected[1]):
+        for identifier in identifiers:
             if self._cancel_requested(op):
                 log.info("c-find cancelled assoc=%s level=%s matches=%d", self.id, query.level, matches)
                 self._respond(op, CANCELLED, final=True)
@@ -223,10 +226,9 @@ class QueryRetrieveService:
     # -- C-GET / C-MOVE --------------------------------------------------------------
 
     def _get(self, op: _Operation, archive: ResultArchive, query: Query) -> None:
-        selected = self._select(op, archive, query)
-        if selected is None:
+        files = self._select(op, archive, query)
+        if files is None:
             return
-        files = selected[0]
         op.counts.remaining = len(files)
         for f in files:
             if self._cancel_requested(op):
@@ -242,10 +244,9 @@ class QueryRetrieveService:
             log.warning("c-move refused assoc=%s destination=%s reason=unknown", self.id, destination[:16])
             self._respond(op, 0xA801, final=True, comment="Move destination unknown")
             return
-        selected = self._select(op, archive, query)
-        if selected is None:
+        files = self._select(op, archive, query)
+        if files is None:
             return
-        files = selected[0]
         op.counts.remaining = len(files)
 
         def on_outcome(outcome: Outcome) -> None:

@@ -1,27 +1,23 @@
 """Study Root query matching over the node's result objects (PS3.4 C.2.2.2, C.4.1, C.6.2).
 
-The ``results`` table of the index holds the unique keys (Study, Series and
-SOP Instance UID), the SOP class and the kind (SEG or SR, returned as
-Modality). Everything else a C-FIND may ask for is read from the result files'
-headers (``stop_before_pixels``), one representative file per study or series.
-
-Matching (C.2.2.2): universal (zero length or ``*``), single value, wildcard
-(``*`` and ``?``), list of UIDs, and ranges for DA/TM/DT. Person names match
-regardless of case. Keys the node cannot answer are returned zero-length.
-Patient attributes may appear in responses but never in logs.
+C-FIND answers from the search index (the ``qido_*`` tables) through the archive's
+one matcher (:mod:`dicom_node.archive.match`, shared with QIDO-RS): universal,
+single value, wildcard, list, UID list and DA/TM/DT ranges; person names match
+regardless of case. Keys the node does not index are returned zero-length
+(the conformance statement lists the indexed ones). C-GET and C-MOVE select the
+result files by their unique keys from the ``results`` table. Patient attributes
+may appear in responses but never in logs.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import re
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -29,10 +25,11 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
-from pydicom.tag import Tag
 
+from dicom_node.archive.query import parse_identifier, run
 from dicom_node.errors import DecodeError, IdentifierError
 from dicom_node.index import qr as qr_queries
+from dicom_node.index.qido import Level
 from dicom_node.pixels.inflate import DEFAULT_MAX_INFLATED_BYTES, deflate, inflate
 from dicom_node.pixels.syntaxes import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 
@@ -40,28 +37,6 @@ log = logging.getLogger(__name__)
 
 LEVELS = ("STUDY", "SERIES", "IMAGE")
 UNIQUE_KEYS = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
-_COLUMNS = {"StudyInstanceUID": "study_instance_uid", "SeriesInstanceUID": "series_instance_uid",
-            "SOPInstanceUID": "sop_instance_uid"}
-
-#: Attributes read from a result file's header, by the level whose entity they describe.
-HEADER_KEYS = {
-    "STUDY": ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "StudyDate",
-              "StudyTime", "AccessionNumber", "StudyID", "StudyDescription", "ReferringPhysicianName"),
-    "SERIES": ("SeriesNumber", "SeriesDescription", "SeriesDate", "SeriesTime", "Manufacturer"),
-    "IMAGE": ("InstanceNumber", "ContentDate", "ContentTime", "ContentLabel", "ContentDescription",
-              "ContentCreatorName", "InstanceCreationDate", "InstanceCreationTime", "NumberOfFrames", "Rows",
-              "Columns", "CompletionFlag", "VerificationFlag"),
-}
-#: Attributes computed from the index.
-COMPUTED_KEYS = {
-    "STUDY": ("StudyInstanceUID", "ModalitiesInStudy", "SOPClassesInStudy", "NumberOfStudyRelatedSeries",
-              "NumberOfStudyRelatedInstances"),
-    "SERIES": ("SeriesInstanceUID", "Modality", "NumberOfSeriesRelatedInstances"),
-    "IMAGE": ("SOPInstanceUID", "SOPClassUID"),
-}
-_ANY_LEVEL = ("RetrieveAETitle", "InstanceAvailability", "SpecificCharacterSet", "QueryRetrieveLevel")
-_HEADER_TAGS = [Tag(k) for keys in HEADER_KEYS.values() for k in keys] + [Tag("SpecificCharacterSet")]
-_STRING_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 
 
 @dataclass(frozen=True)
@@ -219,187 +194,47 @@ def _is_wild(value: str) -> bool:
     return "*" in value or "?" in value
 
 
-# -- matching --------------------------------------------------------------------------
+# -- C-FIND: the archive's matcher -------------------------------------------------------
 
-def _values(element: DataElement | None) -> list[str]:
-    if element is None or element.value in (None, ""):
-        return []
-    value = element.value
-    items = value if isinstance(value, (list, tuple, MultiValue)) else [value]
-    return [str(v).strip() for v in items if str(v).strip()]
-
-
-def _wildcard(pattern: str, value: str, fold: bool) -> bool:
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, value, re.IGNORECASE | re.DOTALL if fold else re.DOTALL) is not None
-
-
-def _seconds(tm: str) -> float:
-    whole, _, frac = tm.replace(":", "").partition(".")
-    if not whole.isdigit() or (frac and not frac.isdigit()):
-        raise ValueError(tm)
-    hours, minutes, secs = int(whole[0:2]), int(whole[2:4] or 0), int(whole[4:6] or 0)
-    return hours * 3600 + minutes * 60 + secs + (float("0." + frac) if frac else 0.0)
-
-
-def _in_range(key: str, value: str, vr: str) -> bool:
-    """Inclusive range matching (C.2.2.2.5): ``low-high``, ``low-`` or ``-high``."""
-    low, _, high = key.partition("-")
-    if vr == "TM":
-        try:
-            seconds = _seconds(value)
-            return (not low or seconds >= _seconds(low)) and (not high or seconds <= _seconds(high))
-        except ValueError:
-            return False
-    # DA (YYYYMMDD) and DT compare as text; a shorter DT bound covers everything it is a prefix of.
-    return (not low or value >= low) and (not high or value[: len(high)] <= high)
-
-
-def element_matches(key: DataElement, entity: DataElement | None) -> bool:
-    """Whether an entity's attribute matches one key of the identifier (PS3.4 C.2.2.2).
-
-    Zero-length keys and ``*`` match everything; a key with a value does not
-    match an entity without one.
-    """
-    vr = key.VR
-    if vr == "SQ":  # sequence matching is not supported: the key is answered empty
-        return True
-    keys = _values(key)
-    if not keys or keys == ["*"]:
-        return True
-    values = _values(entity)
-    if not values:
-        return False
-    if vr not in _STRING_VRS:
-        return any(str(k) == str(v) for k in keys for v in values)
-    if vr == "UI":
-        return any(v in keys for v in values)
-    key_text = "\\".join(keys)
-    if vr in ("DA", "TM", "DT") and "-" in key_text:
-        return any(_in_range(key_text, v, vr) for v in values)
-    if vr in ("IS", "DS"):
-        try:
-            return any(float(k) == float(v) for k in keys for v in values)
-        except ValueError:
-            return False
-    fold = vr == "PN"
-    for k in keys:
-        for v in values:
-            if _is_wild(k) and vr not in ("DA", "TM", "DT"):
-                if _wildcard(k, v, fold):
-                    return True
-            elif (k.lower() == v.lower()) if fold else k == v:
-                return True
-    return False
-
-
-# -- entities and responses ------------------------------------------------------------
-
-def _read_header(path: Path) -> Dataset | None:
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    except (OSError, InvalidDicomError, ValueError, TypeError, KeyError, AttributeError, EOFError) as exc:
-        log.warning("result header unreadable file=%s error=%s", path.name, type(exc).__name__)
-        return None
-
-
-def _group(files: list[ResultFile], keyword: str) -> dict[str, list[ResultFile]]:
-    groups: dict[str, list[ResultFile]] = {}
-    for f in files:
-        groups.setdefault(getattr(f, _COLUMNS[keyword]), []).append(f)
-    return groups
-
-
-def _computed(level: str, members: list[ResultFile], study_members: list[ResultFile], ae_title: str) -> Dataset:
-    first = members[0]
-    ds = Dataset()
-    ds.RetrieveAETitle = ae_title
-    ds.InstanceAvailability = "ONLINE"
-    ds.StudyInstanceUID = first.study_instance_uid
-    ds.ModalitiesInStudy = sorted({f.kind for f in study_members})
-    ds.SOPClassesInStudy = sorted({f.sop_class_uid for f in study_members})
-    ds.NumberOfStudyRelatedSeries = len({f.series_instance_uid for f in study_members})
-    ds.NumberOfStudyRelatedInstances = len(study_members)
-    if level in ("SERIES", "IMAGE"):
-        ds.SeriesInstanceUID = first.series_instance_uid
-        ds.Modality = first.kind
-        series = [f for f in study_members if f.series_instance_uid == first.series_instance_uid]
-        ds.NumberOfSeriesRelatedInstances = len(series)
-    if level == "IMAGE":
-        ds.SOPInstanceUID = first.sop_instance_uid
-        ds.SOPClassUID = first.sop_class_uid
-    return ds
-
-
-def _allowed(level: str) -> set[str]:
-    names = set(_ANY_LEVEL)
-    for name in LEVELS[: LEVELS.index(level) + 1]:
-        names.update(HEADER_KEYS[name])
-        names.update(COMPUTED_KEYS[name])
-    return names
-
-
-def _needs_header(query: Query) -> bool:
-    wanted = {e.keyword for e in query.identifier}
-    return any(k in wanted for keys in HEADER_KEYS.values() for k in keys)
-
-
-def _response(query: Query, entity: Dataset, header: Dataset | None) -> Dataset | None:
-    """The response identifier for one entity, or None when it does not match."""
-    allowed = _allowed(query.level)
+def _response(query: Query, entity: Dataset, ae_title: str) -> Dataset:
+    """The response identifier: every key asked for (zero-length when the node does not hold it)."""
     out = Dataset()
     for key in query.identifier:
         keyword = key.keyword
         if key.tag.is_private or key.tag.element == 0 or keyword in ("SpecificCharacterSet", "QueryRetrieveLevel"):
             continue
-        # Keys the node does not hold at this level are answered empty, not matched (C.4.1.1.3.2).
-        source = None
-        if keyword in allowed:
-            source = _element(entity, keyword)
-            source = _element(header, keyword) if source is None else source
-            if not element_matches(key, source):
-                return None
-        if source is not None:
+        if keyword == "RetrieveAETitle":
+            out.RetrieveAETitle = ae_title
+        elif keyword == "InstanceAvailability":
+            out.InstanceAvailability = "ONLINE"
+        elif keyword and keyword in entity and entity[keyword].value not in (None, ""):
+            source = entity[keyword]
             out.add(DataElement(key.tag, source.VR, source.value))
         else:
             out.add(DataElement(key.tag, key.VR, [] if key.VR == "SQ" else None))
     out.QueryRetrieveLevel = query.level
     for name in LEVELS[: LEVELS.index(query.level) + 1]:  # unique keys of the level and above (C.4.1.2.2)
         keyword = UNIQUE_KEYS[name]
-        if keyword not in out:
+        if keyword not in out or not out[keyword].value:
             setattr(out, keyword, entity[keyword].value)
-    charset = _element(header, "SpecificCharacterSet")
-    if charset is not None and charset.value:
-        out.SpecificCharacterSet = charset.value
+    if any(isinstance(e.value, str) and not e.value.isascii() for e in out) or any(
+            e.VR == "PN" and e.value is not None and not str(e.value).isascii() for e in out):
+        out.SpecificCharacterSet = "ISO_IR 192"
     return out
 
 
-def find(files: list[ResultFile], query: Query, ae_title: str,
-         study_files: Iterable[ResultFile] | None = None) -> Iterator[Dataset]:
-    """Group the selected files at the query level and yield one identifier per matching entity.
+def find(conn: sqlite3.Connection, query: Query, ae_title: str) -> Iterator[Dataset]:
+    """One response identifier per matching result entity (PS3.4 C.4.1.2.2), from the search index.
 
-    A generator, so the caller can answer each match (and notice C-CANCEL)
-    before the next entity's header is read.
+    The matching is :mod:`dicom_node.archive.match`, the one QIDO-RS uses; the Q/R SCP answers the
+    node's results only (``origin="result"``), the objects its C-GET and C-MOVE retrieve.
 
-    Parameters
-    ----------
-    files : list of ResultFile
-        From :func:`select_results`.
-    query : Query
-        The parsed identifier.
-    ae_title : str
-        Answered as Retrieve AE Title.
-    study_files : iterable of ResultFile, optional
-        Every result of the studies involved, for the study-level counts at
-        SERIES and IMAGE level (defaults to ``files``).
+    Raises
+    ------
+    IdentifierError
+        0xA900 when a key's value is malformed for its VR (a bad date range, an unparsable number).
     """
-    by_study = _group(list(study_files) if study_files is not None else files, "StudyInstanceUID")
-    groups = _group(files, UNIQUE_KEYS[query.level])
-    header_needed = _needs_header(query)
-    for members in groups.values():
-        study_members = by_study.get(members[0].study_instance_uid, members)
-        entity = _computed(query.level, members, study_members, ae_title)
-        header = _read_header(members[0].path) if header_needed else None
-        response = _response(query, entity, header)
-        if response is not None:
-            yield response
+    level: Level = "INSTANCE" if query.level == "IMAGE" else "SERIES" if query.level == "SERIES" else "STUDY"
+    page = run(conn, parse_identifier(level, query.identifier), origin="result")
+    for entity in page.entities:
+        yield _response(query, entity, ae_title)
