@@ -186,7 +186,12 @@ class Ingestor:
                 return ops.DUPLICATE
             self.spool.place(arrival.fd, arrival.temp, record.path, exists)
             fd = None
-            outcome = self.writer.run(lambda c: self._index(c, record, header))
+            try:
+                outcome = self.writer.run(lambda c: self._index(c, record, header))
+            except StorageError:
+                if not exists:  # no index row will ever reference it, and the peer is told 0xA700
+                    self.spool.remove(record.path)
+                raise
         except StorageError:
             if fd is not None:
                 self.spool.discard(fd, arrival.temp)

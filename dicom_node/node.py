@@ -134,7 +134,8 @@ class Node:
 
     def start(self) -> None:
         """Recover from any crash, then start the writer, the SCP and the assembler."""
-        self.spool.clean_temp()
+        # Before anything listens: files a crash left between the spool rename and the index commit.
+        self.spool.scan(self.index.instance_paths())
         self.writer.start()
         dead = self.writer.run(lambda c: ops.recover(c, time.time()))
         if dead:

@@ -51,3 +51,13 @@ class Storage:
     index: Index
     writer: IndexWriter
     ingestor: Ingestor
+
+    def readiness(self) -> dict[str, str]:
+        """Whether new data can be stored now: ``disk`` and ``index_write``, each ``"ok"`` or the reason.
+
+        ``disk`` compares free space under ``storage.root`` with
+        ``storage.min_free_bytes`` (the same reserve the SCP and STOW-RS refuse
+        below); ``index_write`` is the writer's rate-limited write probe, which
+        also catches a full disk with no reserve configured (SQLITE_FULL).
+        """
+        return {"disk": self.spool.reserve_problem() or "ok", "index_write": self.writer.probe() or "ok"}

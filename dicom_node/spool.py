@@ -15,8 +15,9 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from dicom_node.errors import InsufficientSpaceError, StorageError
@@ -71,16 +72,72 @@ class Spool:
         except OSError as exc:
             raise StorageError(f"cannot create the spool under {self.root}: {exc.strerror}") from exc
 
-    def clean_temp(self) -> int:
+    def clean_temp(self, quiet: bool = False) -> int:
         """Remove half-written receives left by a crash; return how many were removed."""
         removed = 0
         for entry in self.tmp.iterdir():
             if entry.is_file() and entry.suffix == ".part":
                 entry.unlink(missing_ok=True)
                 removed += 1
-        if removed:
+        if removed and not quiet:
             log.warning("removed half-written temporary files count=%d", removed)
         return removed
+
+    def scan(self, referenced: Iterable[str]) -> tuple[int, int]:
+        """Remove what a crash left behind: spool files no index row references, and half-written temps.
+
+        A file reaches the spool by a rename before its index row commits, and
+        the peer is answered only after the commit; a crash in between leaves a
+        file nobody acknowledged and nothing will ever read. It is deleted, not
+        quarantined: the sender was never told it was stored, so it still holds
+        the data and resends it, and a quarantine folder would only grow with
+        files no tool looks at. Run before the SCP listens (nothing is in flight).
+
+        The cost is bounded for a big spool: ``referenced`` is streamed in sorted
+        order and merged bucket by bucket with the sorted directory listing, so
+        memory holds one bucket's names (about 1/256 of the spool), never the
+        whole index; time is one directory walk.
+
+        Parameters
+        ----------
+        referenced : iterable of str
+            The spool-relative paths the index references, in ascending order.
+
+        Returns
+        -------
+        tuple of int
+            (orphans removed, temporary files removed).
+        """
+        started = time.monotonic()
+        temps = self.clean_temp(quiet=True)
+        wanted = iter(referenced)
+        current = next(wanted, None)
+        orphans = examined = 0
+        for bucket in sorted(p for p in self.files.iterdir() if p.is_dir()):
+            with os.scandir(bucket) as entries:
+                names = sorted(e.name for e in entries if e.is_file(follow_symlinks=False))
+            for name in names:
+                examined += 1
+                rel = f"{bucket.name}/{name}"
+                while current is not None and current < rel:
+                    current = next(wanted, None)
+                if current != rel:
+                    (bucket / name).unlink(missing_ok=True)
+                    orphans += 1
+        level = logging.WARNING if orphans or temps else logging.INFO
+        # One line, counts only: no names (they are hashes of UIDs, but a count is all an operator needs).
+        log.log(level, "spool scan at start orphans=%d temp=%d examined=%d seconds=%.2f",
+                orphans, temps, examined, time.monotonic() - started)
+        return orphans, temps
+
+    def reserve_problem(self) -> str | None:
+        """Why new data cannot be accepted for lack of space (free space under the reserve), or None."""
+        if not self.min_free_bytes:
+            return None
+        free = self.free_bytes()
+        if free < self.min_free_bytes:
+            return f"free space {free} bytes is below the reserve storage.min_free_bytes={self.min_free_bytes}"
+        return None
 
     def free_bytes(self) -> int:
         """Free bytes on the spool volume available to this process."""
@@ -139,6 +196,13 @@ class Spool:
             self.sync_dirs({final.parent})
         except OSError as exc:
             raise StorageError(f"cannot store the instance: {exc.strerror}") from exc
+
+    def remove(self, relpath: str) -> None:
+        """Delete a just-placed file whose index commit failed (it was never acknowledged)."""
+        try:
+            (self.files / relpath).unlink(missing_ok=True)
+        except OSError as exc:  # left for the start-up scan, which removes unreferenced files
+            log.error("cannot remove an unindexed spool file error=%s", exc.strerror)
 
     def sync_dirs(self, dirs: set[Path]) -> None:
         """fsync directories so renames survive a power loss."""

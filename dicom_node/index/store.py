@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -107,6 +108,14 @@ class Index:
         conn = self.reader()
         try:
             return {r[0] for r in conn.execute("SELECT sop_instance_uid FROM instances")}
+        finally:
+            conn.close()
+
+    def instance_paths(self) -> Iterator[str]:
+        """Every spool path the index references, ascending, streamed (the start-up spool scan)."""
+        conn = self.reader()
+        try:
+            yield from (r[0] for r in conn.execute("SELECT path FROM instances ORDER BY path"))
         finally:
             conn.close()
 

@@ -10,10 +10,12 @@ waits on its future before answering success.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -27,6 +29,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]
+#: How long a successful write probe is trusted; ``/readyz`` stays cheap under frequent polling.
+PROBE_OK_SECONDS = 5.0
+#: A failed probe is retried sooner, so readiness comes back soon after space is freed.
+PROBE_FAILED_SECONDS = 1.0
 
 
 class IndexWriter:
@@ -50,6 +56,8 @@ class IndexWriter:
         self._queue: queue.Queue[tuple[Operation, Future[Any]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
         self._started = False
+        self._probe_lock = threading.Lock()
+        self._probe: tuple[float, str | None] = (float("-inf"), None)
 
     def start(self) -> None:
         """Bring the schema up to date (a no-op after :class:`~dicom_node.index.store.Index` did), start the thread.
@@ -84,8 +92,40 @@ class IndexWriter:
         return future
 
     def run(self, op: Callable[[sqlite3.Connection], T], timeout: float = 60.0) -> T:
-        """Submit ``op`` and wait for its committed result."""
-        return self.submit(op).result(timeout=timeout)
+        """Submit ``op`` and wait for its committed result.
+
+        Raises
+        ------
+        StorageError
+            The operation or its commit failed, or the writer did not answer within
+            ``timeout`` (a stuck or dead writer is a storage failure, not a network timeout).
+        """
+        try:
+            return self.submit(op).result(timeout=timeout)
+        except concurrent.futures.TimeoutError as exc:
+            raise StorageError(f"the index writer did not answer within {timeout:g} s") from exc
+
+    def probe(self, timeout: float = 5.0) -> str | None:
+        """Whether the index can commit a write now: None when it can, else the reason.
+
+        Upserts one ``meta`` row through the writer thread, so a full disk
+        (SQLITE_FULL on the WAL), an I/O error, a lock held past the busy timeout
+        or a stuck writer all show. The answer is cached (:data:`PROBE_OK_SECONDS`
+        after a success, :data:`PROBE_FAILED_SECONDS` after a failure) so that
+        frequent readiness polls cost at most one small commit every few seconds.
+        """
+        with self._probe_lock:
+            checked_at, reason = self._probe
+            ttl = PROBE_OK_SECONDS if reason is None else PROBE_FAILED_SECONDS
+            if time.monotonic() - checked_at < ttl:
+                return reason
+            try:
+                self.run(_touch_probe, timeout=timeout)
+                reason = None
+            except StorageError as exc:
+                reason = f"index cannot write: {exc}"
+            self._probe = (time.monotonic(), reason)
+            return reason
 
     def _take_batch(self, first: tuple[Operation, Future[Any]]) -> tuple[list[Any], bool]:
         batch, stop = [first], False
@@ -133,8 +173,7 @@ class IndexWriter:
             conn.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
             log.error("index commit failed error=%s batch=%d", exc, len(batch))
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            self._rollback(conn)
             failure = StorageError(f"index commit failed: {exc}")
             for _op, future in batch:
                 future.set_exception(failure)
@@ -144,3 +183,27 @@ class IndexWriter:
                 future.set_result(value)
             else:
                 future.set_exception(value if isinstance(value, StorageError) else StorageError(str(value)))
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        """Roll back after a failed commit without ever ending the writer thread.
+
+        On SQLITE_FULL or an I/O error SQLite may already have rolled back, or the
+        ROLLBACK itself may fail; either way the next batch starts its own
+        ``BEGIN IMMEDIATE``, so a failure here is logged and the thread lives on
+        (before, a raising ROLLBACK killed the thread and every later write hung).
+        """
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.error("index rollback failed error=%s", exc)
+
+
+def _touch_probe(conn: sqlite3.Connection) -> None:
+    """The write probe: one small upsert that must reach the WAL to commit."""
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES ('write_probe', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (repr(time.time()),),
+    )

@@ -104,25 +104,23 @@ class AssociationHandler:
         self._incoming: _Incoming | None = None
         self._ended = False
         self._qr: QueryRetrieveService | None = None
+        #: Recorded in the index's associations table (instances and series link to it).
+        self._registered = False
 
     # -- lifecycle ---------------------------------------------------------------
 
     def run(self) -> None:
         """Handle the connection to its end; never raises."""
         state = "aborted"
-        registered = False
         try:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.sock.settimeout(self.ctx.config.acse_timeout)
             reader = P.PduReader(self.sock, self.ctx.config.max_pdu)
             if not self._associate(reader):
                 return
-            assoc = self._assoc
-            assert assoc is not None  # _associate returned True
-            self.ctx.writer.run(
-                lambda c: ops.begin_association(c, self.id, assoc.calling_ae, assoc.called_ae, self.peer_host, time.time())
-            )
-            registered = True
+            # An index that cannot write does not end the association: C-ECHO still answers and
+            # each C-STORE gets 0xA700 until the index can record the association (see _open).
+            self._register()
             self.sock.settimeout(self.ctx.config.network_timeout)
             state = self._serve(reader)
         except TimeoutError:
@@ -138,9 +136,25 @@ class AssociationHandler:
             self._send(P.abort_pdu(2, 0))
         finally:
             self._drop_incoming()
-            if registered:
+            if self._registered:
                 self._end(state)
             self.sock.close()
+
+    def _register(self) -> bool:
+        """Record the association in the index (once); False, logged, while the index cannot write."""
+        if self._registered:
+            return True
+        assoc = self._assoc
+        assert assoc is not None  # only after negotiation
+        try:
+            self.ctx.writer.run(
+                lambda c: ops.begin_association(c, self.id, assoc.calling_ae, assoc.called_ae, self.peer_host, time.time())
+            )
+        except StorageError as exc:
+            log.error("cannot record the association assoc=%s error=%s", self.id, exc)
+            return False
+        self._registered = True
+        return True
 
     def _end(self, state: str) -> None:
         if self._ended:
@@ -283,6 +297,9 @@ class AssociationHandler:
         self._incoming = incoming
 
     def _open(self, incoming: _Incoming) -> None:
+        if not self._register():  # the index cannot write: nothing could be acknowledged
+            incoming.refusal = (OUT_OF_RESOURCES, "Out of resources: the index cannot write")
+            return
         try:
             self.ctx.spool.check_space()
             incoming.fd, incoming.temp = self.ctx.spool.new_temp()

@@ -133,7 +133,7 @@ def _response(request: Request, outcomes: list[tuple[Part, int, str | None, tupl
 
 
 async def _receive(request: Request, services: ApiServices, config: NodeConfig, reader: Part10Reader,
-                   assoc_id: str, study: str | None) -> list[Any]:
+                   assoc_id: str, study: str | None, refuse: str | None = None) -> list[Any]:
     limit = config.api.max_body_bytes
     outcomes: list[Any] = []
     received = 0
@@ -143,17 +143,22 @@ async def _receive(request: Request, services: ApiServices, config: NodeConfig, 
             raise MultipartError(f"request body over the limit of {limit} bytes", 413)
         reader.feed(chunk)
         for part in reader.take():
-            outcomes.append(await _finish_part(services, config, part, assoc_id, study))
+            outcomes.append(await _finish_part(services, config, part, assoc_id, study, refuse))
     reader.close()
     for part in reader.take():
-        outcomes.append(await _finish_part(services, config, part, assoc_id, study))
+        outcomes.append(await _finish_part(services, config, part, assoc_id, study, refuse))
     return outcomes
 
 
 async def _finish_part(services: ApiServices, config: NodeConfig, part: Part, assoc_id: str,
-                       study: str | None) -> tuple[Part, int, str | None, tuple[str, str] | None]:
+                       study: str | None, refuse: str | None = None) -> tuple[Part, int, str | None, tuple[str, str] | None]:
     if part.failure is not None:
         return part, part.failure[0], part.failure[1], None
+    if refuse is not None:  # the request could not be recorded: nothing of it can be acknowledged
+        if part.temp is not None:
+            services.storage.spool.discard(part.fd, part.temp)
+            part.fd, part.temp = None, None
+        return part, OUT_OF_RESOURCES, refuse, None
     status, reason = await run_in_threadpool(_store_part, services, config, part, assoc_id, study)
     where = None
     if status == 0 and part.sop_instance_uid:
@@ -179,18 +184,28 @@ async def _stow(request: Request, services: ApiServices, cfg: NodeConfig, study:
     reader = Part10Reader(boundary, services.storage.spool, cfg.api.max_multipart_parts, cfg.scp.max_dataset_bytes)
     assoc_id = uuid.uuid4().hex
     peer = request.client.host if request.client else ""
-    await run_in_threadpool(writer.run, lambda c: ops.begin_association(
-        c, assoc_id, CALLING_AE, cfg.scp.ae_title, peer, time.time()))
+    refuse: str | None = None
+    try:
+        await run_in_threadpool(writer.run, lambda c: ops.begin_association(
+            c, assoc_id, CALLING_AE, cfg.scp.ae_title, peer, time.time()))
+    except StorageError as exc:
+        # An index that cannot write fails each instance with 0xA700 (PS3.18 FailureReason), not the request with 500.
+        log.error("STOW-RS request cannot be recorded assoc=%s error=%s", assoc_id, exc)
+        refuse = "Out of resources: the index cannot write"
     state, outcomes = "aborted", []
     try:
-        outcomes = await _receive(request, services, cfg, reader, assoc_id, study)
+        outcomes = await _receive(request, services, cfg, reader, assoc_id, study, refuse)
         state = "released"
     except MultipartError as exc:
         raise ApiError(exc.status, "too_large" if exc.status == 413 else "invalid_request", str(exc)) from exc
     finally:
         reader.abort()
         stored = sum(1 for o in outcomes if o[1] == 0)
-        await run_in_threadpool(writer.run, lambda c: ops.end_association(c, assoc_id, state, time.time(), stored))
+        if refuse is None:
+            try:
+                await run_in_threadpool(writer.run, lambda c: ops.end_association(c, assoc_id, state, time.time(), stored))
+            except StorageError as exc:  # recovered as aborted at the next start (ops.recover)
+                log.error("STOW-RS request end not recorded assoc=%s error=%s", assoc_id, exc)
     if not outcomes:
         raise ApiError(400, "invalid_request", "the multipart body has no parts")
     log.info("STOW-RS request assoc=%s parts=%d stored=%d", assoc_id, len(outcomes), stored)

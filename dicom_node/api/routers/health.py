@@ -37,6 +37,7 @@ def _checks(services: ApiServices) -> dict[str, Any]:
     except Exception as exc:  # any failure to read the index means not ready; reported, not raised
         checks["index"] = f"unavailable: {type(exc).__name__}"
     checks["spool"] = "ok" if os.access(storage.spool.tmp, os.W_OK) else "not writable"
+    checks.update(storage.readiness())  # disk reserve and the index write probe
     checks["scp"] = "ok" if services.scp.listening else "not listening"
     models: dict[str, str] = {}
     for name, error in services.models.status().items():
@@ -51,14 +52,30 @@ def _checks(services: ApiServices) -> dict[str, Any]:
     return checks
 
 
-@router.get("/readyz", summary="Readiness: index open, spool writable, SCP listening, each model loadable, no source stopped")
+@router.get("/readyz", summary="Readiness: index open and writable, disk above the reserve, spool writable, SCP listening, "
+                                  "each model loadable, no source stopped")
 def readyz(services: ServicesDep) -> JSONResponse:
-    """200 with the checks when all pass, else 503 naming what is not ready."""
+    """200 with the checks when all pass, else 503 with the checks and a ``reason`` naming what is not ready."""
     checks = _checks(services)
     ready = (all(v == "ok" for k, v in checks.items() if k not in ("models", "sources"))
              and all(v == "ok" for v in checks["models"].values())
              and not any(v.startswith("stopped") for v in checks.get("sources", {}).values()))
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+    body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
+    if not ready:
+        body["reason"] = _reason(checks)
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def _reason(checks: dict[str, Any]) -> str:
+    """One line naming each failing check, e.g. ``disk: free space ... below the reserve``."""
+    failing: list[str] = []
+    for name, value in checks.items():
+        if isinstance(value, dict):
+            failing += [f"{name}.{k}: {v}" for k, v in value.items() if v != "ok" and not (
+                name == "sources" and not str(v).startswith("stopped"))]
+        elif value != "ok":
+            failing.append(f"{name}: {value}")
+    return "; ".join(failing)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
