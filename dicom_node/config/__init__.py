@@ -41,6 +41,7 @@ from dicom_node.config.api import ApiConfig
 from dicom_node.config.delivery import DeliveryConfig
 from dicom_node.config.routing import RoutingConfig
 from dicom_node.config.sources import SourcesConfig
+from dicom_node.config.tls import ScpTlsConfig, parse_subject
 from dicom_node.errors import ConfigError
 from dicom_node.pixels.syntaxes import ACCEPTED_BY_DEFAULT
 from dicom_node.validators import check_ae_title, is_loopback, is_uid
@@ -60,11 +61,21 @@ class AllowedPeer(_Section):
 
     ae_title: str
     hosts: list[str] = Field(default_factory=list, description="IP addresses or networks (CIDR); empty = any host")
+    #: Ties this AE to a client certificate (e.g. "CN=modality1,O=Hospital"): it may only associate
+    #: over TLS (scp.tls with ca_certificates) presenting a certificate with exactly this subject.
+    certificate_subject: str | None = None
 
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:
         return check_ae_title(v, "ae_title")
+
+    @field_validator("certificate_subject")
+    @classmethod
+    def _subject(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_subject(v)  # raises ValueError naming the bad pair
+        return v
 
     @field_validator("hosts")
     @classmethod
@@ -97,6 +108,8 @@ class ScpConfig(_Section):
     max_inflated_bytes: int = Field(2 * 1024**3, ge=1024 * 1024)
     #: Largest dataset accepted in one C-STORE (bytes on the wire).
     max_dataset_bytes: int = Field(4 * 1024**3, ge=1024 * 1024)
+    #: DICOM TLS listener ([scp.tls], :mod:`dicom_node.config.tls`); off unless its port is set.
+    tls: ScpTlsConfig = Field(default_factory=ScpTlsConfig)
 
     @field_validator("ae_title")
     @classmethod
@@ -119,6 +132,16 @@ class ScpConfig(_Section):
             raise ValueError(
                 f"binding {self.host!r} (not loopback) with an empty allowed_peers list is refused; "
                 "list the calling AE titles in [[scp.allowed_peers]] or set allow_any_calling_ae = true"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _subjects_need_client_certificates(self) -> ScpConfig:
+        tied = [p.ae_title for p in self.allowed_peers if p.certificate_subject is not None]
+        if tied and self.tls.ca_certificates is None:
+            raise ValueError(
+                f"allowed_peers {tied} have a certificate_subject, which needs client certificates: "
+                "set scp.tls.port, certificate, private_key and ca_certificates"
             )
         return self
 

@@ -47,6 +47,7 @@ from dicom_node.scp.negotiation import (
     reject_pdu,
 )
 from dicom_node.scp.qr import QR_COMMANDS, QueryRetrieveService
+from dicom_node.scp.tls import peer_subject
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ class AssociationHandler:
     def _rejection(self, request: object, calling: str, called: str) -> Rejection | None:
         if str(getattr(request, "application_context_name", "")) != APPLICATION_CONTEXT:
             return Rejection(RJ_PERMANENT, SRC_USER, REASON_APP_CONTEXT, "application context not supported")
-        rejection = check_access(self.ctx.config, calling, called, self.peer_host)
+        rejection = check_access(self.ctx.config, calling, called, self.peer_host, peer_subject(self.sock))
         if rejection is None and self.over_limit:
             rejection = Rejection(RJ_TRANSIENT, SRC_PRESENTATION, REASON_LOCAL_LIMIT, "association limit reached")
         return rejection

@@ -30,6 +30,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # g
 
 from dicom_node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.config import ScpConfig
+from dicom_node.config.tls import Subject, subject_allows
 from dicom_node.errors import AssociationError
 from dicom_node.pixels.syntaxes import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 
@@ -101,8 +102,16 @@ def supported_contexts(config: ScpConfig) -> list[PresentationContext]:
     return contexts
 
 
-def check_access(config: ScpConfig, calling_ae: str, called_ae: str, peer_host: str) -> Rejection | None:
+def check_access(
+    config: ScpConfig, calling_ae: str, called_ae: str, peer_host: str, peer_subject: Subject | None = None
+) -> Rejection | None:
     """Apply the called-AE check and the calling-AE allowlist.
+
+    Parameters
+    ----------
+    peer_subject : Subject, optional
+        Subject of the peer's verified TLS client certificate (:func:`dicom_node.scp.tls.peer_subject`);
+        an allowlist entry with a ``certificate_subject`` admits only a peer presenting that subject.
 
     Returns
     -------
@@ -117,14 +126,21 @@ def check_access(config: ScpConfig, calling_ae: str, called_ae: str, peer_host: 
         address = ipaddress.ip_address(peer_host)
     except ValueError:
         address = None
+    wrong_certificate = False
     for peer in config.allowed_peers:
         if peer.ae_title != calling_ae:
             continue
-        if not peer.hosts:
+        if peer.hosts and not (
+            address is not None and any(address in ipaddress.ip_network(h, strict=False) for h in peer.hosts)
+        ):
+            continue
+        if subject_allows(peer.certificate_subject, peer_subject):
             return None
-        if address is not None and any(address in ipaddress.ip_network(h, strict=False) for h in peer.hosts):
-            return None
-    return Rejection(RJ_PERMANENT, SRC_USER, REASON_CALLING_AE, "calling AE title not recognised")
+        wrong_certificate = True
+    # Same A-ASSOCIATE-RJ either way (PS3.8 Table 9-21 has no certificate reason); the log says which.
+    why = "client certificate subject not the one of the calling AE title" if wrong_certificate else \
+        "calling AE title not recognised"
+    return Rejection(RJ_PERMANENT, SRC_USER, REASON_CALLING_AE, why)
 
 
 def reject_pdu(rejection: Rejection) -> bytes:
