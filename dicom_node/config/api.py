@@ -75,6 +75,16 @@ class ApiConfig(BaseModel):
     #: Browser origins (``https://viewer.example.org``) allowed to call the API cross-origin, e.g. an
     #: OHIF viewer served elsewhere; empty = no CORS headers at all (browsers then refuse cross-origin calls).
     cors_allowed_origins: list[str] = Field(default_factory=list)
+    #: The URL clients reach the API at (``https://node.example.org``, no trailing slash), for the URLs
+    #: DICOMweb answers carry (STOW-RS Retrieve URL, BulkDataURI); unset: taken from each request's Host.
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[^?#\s]*)?", v):
+            raise ValueError(f"{v!r} is not an http(s) URL without query or fragment")
+        return v.rstrip("/") if v else v
 
     @field_validator("cors_allowed_origins")
     @classmethod

@@ -23,6 +23,7 @@ from dicom_node.api.schemas import UID_PATTERN, error_responses
 from dicom_node.archive import frames as framing
 from dicom_node.archive import metadata, rendered, retrieve
 from dicom_node.archive.retrieve import BadRequest, Located, NotFound
+from dicom_node.config import NodeConfig
 from dicom_node.dicomweb.accept import NotAcceptable, Offer, choose, parse_accept
 from dicom_node.dicomweb.multipart import new_boundary, related_content_type, write_related
 from dicom_node.errors import PixelError, UnsupportedTransferSyntaxError
@@ -78,8 +79,10 @@ def _locate(storage: Storage, study: str, series: str | None = None, sop: str | 
 
 
 def dicomweb_base(request: Request) -> str:
-    """The absolute URL of this node's DICOMweb root, as the request reached it."""
-    return f"{str(request.base_url).rstrip('/')}/dicomweb"
+    """The absolute URL of this node's DICOMweb root: ``api.public_url`` when set, else as the request reached it."""
+    config: NodeConfig = request.app.state.config
+    root = config.api.public_url or str(request.base_url).rstrip("/")
+    return f"{root}/dicomweb"
 
 
 def _instance_url(base: str, item: Located) -> str:
