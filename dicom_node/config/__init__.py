@@ -184,6 +184,9 @@ class PixelConfig(_Section):
     decode_workers: int = Field(0, ge=0, le=256)
     #: "auto" uses nvImageCodec on a GPU when installed, else the CPU; "cpu" forces the CPU path.
     gpu_decode: Literal["auto", "cpu"] = "auto"
+    #: Largest decoded volume (float32 modality values) a job may allocate; a series over it fails
+    #: the job with the sizes named, before any pixel is decoded. 0 = no budget (not recommended).
+    max_volume_bytes: int = Field(4 * 1024**3, ge=0)
 
 
 BackendName = Literal["tensorrt", "onnxruntime", "triton"]

@@ -194,7 +194,8 @@ class Pipeline:
                 self._pool = DecodePool(self.config.pixels.decode_workers or None)
             pool = self._pool
         return load_series(files, pool=pool, gpu=self.config.pixels.gpu_decode,
-                           max_inflated_bytes=self.config.scp.max_inflated_bytes)
+                           max_inflated_bytes=self.config.scp.max_inflated_bytes,
+                           max_volume_bytes=self.config.pixels.max_volume_bytes)
 
     def _infer(self, entry: ModelEntry, volume: Volume) -> tuple[ModelEntry, Prediction]:
         """Run the shared predictor of ``entry``'s model; returns the entry it was opened with and its prediction.

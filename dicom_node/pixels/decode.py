@@ -3,15 +3,15 @@
 Reading is bounded: a Deflated Explicit VR Little Endian file (PS3.5 A.5) is
 inflated incrementally (:mod:`dicom_node.pixels.inflate`) and refused once the inflated size passes a limit, so a
 zip bomb cannot exhaust memory (pydicom itself inflates the whole stream at once).
-Every codec failure is wrapped in :class:`~dicom_node.errors.DecodeError` naming
-the instance and the transfer syntax, and an unknown or uninstalled syntax raises
+The declared geometry is checked against the Pixel Data before a codec runs
+(:mod:`dicom_node.pixels.declared`). Every codec failure is wrapped in
+:class:`~dicom_node.errors.DecodeError` naming the instance and the transfer syntax, and an unknown or uninstalled syntax raises
 :class:`~dicom_node.errors.UnsupportedTransferSyntaxError`, so one bad instance
 never takes the caller down.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections.abc import Iterator
@@ -20,12 +20,15 @@ from typing import BinaryIO
 
 import numpy as np
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicom_node.errors import DecodeError, PixelError
-from dicom_node.pixels.inflate import DEFAULT_MAX_INFLATED_BYTES, inflate
+from dicom_node.errors import DecodeError, PixelDataError, PixelError
+from dicom_node.pixels.declared import check_dataset
+from dicom_node.pixels.inflate import DEFAULT_MAX_INFLATED_BYTES, BoundedInflater
 from dicom_node.pixels.syntaxes import require_decoder, syntax_info
 
 log = logging.getLogger(__name__)
@@ -35,21 +38,130 @@ Source = str | os.PathLike[str] | Dataset
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
-def _read_deflated(fp: BinaryIO, name: str, limit: int) -> FileDataset:
-    """Read a Deflated Explicit VR Little Endian file with a bounded inflate (PS3.5 A.5)."""
+class _Rewindable:
+    """A forward-only inflated stream with ``tell`` and short backward seeks, for pydicom's reader.
+
+    pydicom parses from a file object: it asks ``tell`` at every element and
+    seeks back a few bytes (tag peeks, ``stop_when`` rewinds, delimiter searches).
+    The last ``window`` bytes read are kept for those seeks, so a dataset is
+    parsed while it is inflated: memory holds each value once, never the whole
+    inflated body next to its parsed copy.
+    """
+
+    def __init__(self, source: BoundedInflater, window: int = 1 << 20) -> None:
+        self._source = source
+        self._window = window
+        self._buf = bytearray()
+        self._base = 0  # stream offset of _buf[0]
+        self._pos = 0
+
+    def tell(self) -> int:
+        """Current stream offset."""
+        return self._pos
+
+    def _fill(self, end: int) -> None:
+        while self._base + len(self._buf) < end:
+            chunk = self._source.next_chunk()
+            if not chunk:
+                return
+            self._buf += chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """Seek within the kept window, or forward (a forward seek inflates and drops what it skips)."""
+        target = offset if whence == 0 else self._pos + offset
+        if whence not in (0, 1) or target < self._base:
+            raise OSError(f"cannot seek to {target} in an inflated stream (kept from {self._base})")
+        while self._base + len(self._buf) < target:
+            chunk = self._source.next_chunk()
+            if not chunk:
+                break
+            self._buf += chunk
+            self._trim(min(target, self._base + len(self._buf)))
+        self._pos = target
+        return target
+
+    def _trim(self, keep_from: int) -> None:
+        drop = keep_from - self._window - self._base
+        if drop > self._window:  # drop in large steps: deleting from a bytearray's front moves the rest
+            del self._buf[:drop]
+            self._base += drop
+
+    def read(self, size: int = -1) -> bytes:
+        """Read ``size`` bytes (all when negative); fewer at the end of the stream."""
+        if size < 0:
+            self._fill(1 << 62)
+            size = max(0, self._base + len(self._buf) - self._pos)
+        start = self._pos - self._base
+        end = self._pos + size
+        if size <= self._window or len(self._buf) - start >= size:
+            self._fill(end)
+            out = bytes(self._buf[start:start + size])
+        else:
+            # A large value (Pixel Data): gathered in inflater-sized pieces, not grown in the window.
+            parts = [bytes(self._buf[start:])]
+            have = self._base + len(self._buf)
+            self._buf, self._base = bytearray(), have
+            while have < end:
+                chunk = self._source.next_chunk()
+                if not chunk:
+                    break
+                take = min(len(chunk), end - have)
+                parts.append(chunk[:take] if take < len(chunk) else chunk)
+                if take < len(chunk):
+                    self._buf, self._base = bytearray(chunk[take:]), end
+                have += take
+                if self._base < have:
+                    self._base = have
+            out = b"".join(parts)
+        self._pos += len(out)
+        self._trim(self._pos)
+        return out
+
+
+#: Top-level pixel elements: header reads stop at the first of them.
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+
+
+def _read_deflated(fp: BinaryIO, name: str, limit: int, stop_before_pixels: bool) -> FileDataset:
+    """Read a Deflated Explicit VR Little Endian file, parsing while inflating (PS3.5 A.5).
+
+    The body is never held inflated in one piece. A header read stops at the
+    pixel element and keeps it as a deferred element (its length, no value),
+    so :func:`dicom_node.pixels.declared.check_dataset` can compare it with the
+    declaration. A full read checks the declaration first and inflates the
+    pixel value only when it agrees: 1.5 GiB of zeros declared as 64x64 is
+    refused after reading the header.
+    """
     # pydicom exposes no public hook for the body of a deflated file, so the
-    # file meta is read with its reader and the body is parsed from our buffer.
-    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+    # file meta is read with its reader and the body is parsed from our stream.
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.filereader import read_dataset as read_body
 
     fp.seek(0)
     preamble = read_preamble(fp, True)
     meta = _read_file_meta_info(fp)
+    stream = _Rewindable(BoundedInflater(fp, limit))
+    found: list[RawDataElement] = []
+
+    def at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
+        if int(tag) in _PIXEL_TAGS:
+            found.append(RawDataElement(tag, vr, length, None, stream.tell(), False, True))
+            return True
+        return False
+
     try:
-        body = inflate(fp.read(), limit)
+        ds = read_body(stream, is_implicit_VR=False, is_little_endian=True, stop_when=at_pixels)  # type: ignore[arg-type]
+        if found:
+            ds[found[0].tag] = found[0]  # deferred: length known, value not read
+        out = FileDataset(name, ds, preamble=preamble, file_meta=meta, is_implicit_VR=False, is_little_endian=True)
+        if stop_before_pixels or not found:
+            return out
+        check_dataset(out, encapsulated=False)  # Deflated is a native syntax (PS3.5 A.5)
+        rest = read_body(stream, is_implicit_VR=False, is_little_endian=True)  # type: ignore[arg-type]
     except DecodeError as exc:
-        raise DecodeError(f"{name}: {exc}") from exc
-    ds = read_dataset(io.BytesIO(body), is_implicit_VR=False, is_little_endian=True)
-    out = FileDataset(name, ds, preamble=preamble, file_meta=meta, is_implicit_VR=False, is_little_endian=True)
+        raise DecodeError(f"{name}: {exc}") if not isinstance(exc, PixelDataError) else exc from exc
+    for elem in rest.elements():
+        out[elem.tag] = elem
     return out
 
 
@@ -94,7 +206,7 @@ def read_dataset(
         read_preamble(fp, True)
         meta = _read_file_meta_info(fp)
         if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-            return _read_deflated(fp, name, max_inflated_bytes)
+            return _read_deflated(fp, name, max_inflated_bytes, stop_before_pixels)
         if stop_before_pixels and isinstance(source, (str, os.PathLike)):
             # Deferred rather than stopped: Pixel Data stays visible as present (contracts require it)
             # but its value is only read from the file if someone asks for it.
@@ -137,6 +249,8 @@ def _check_decodable(ds: Dataset) -> str:
         raise DecodeError(f"{describe(ds)}: no Pixel Data (7FE0,0010)")
     uid = transfer_syntax_of(ds)
     require_decoder(uid)
+    # Before the codec allocates from the declaration: 65535x65535 over 8 KiB is refused here.
+    check_dataset(ds, encapsulated=syntax_info(uid).encapsulated)
     if ds.file_meta.get("TransferSyntaxUID") is None:
         ds.file_meta.TransferSyntaxUID = UID(uid)
     return uid

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_node.errors import GeometryError, PixelError
-from dicom_node.pixels.decode import decode_instance, iter_frames, read_dataset, transfer_syntax_of
+from dicom_node.errors import DecodeError, GeometryError, PixelError
+from dicom_node.pixels.declared import check_budget, check_dataset
+from dicom_node.pixels.decode import decode_instance, describe, iter_frames, read_dataset, transfer_syntax_of
 from dicom_node.pixels.geometry import (
     SliceGeometry,
     affine_and_spacing,
@@ -43,6 +44,9 @@ _FATAL_RULES = {"required", "mixed-sizes", "mixed-pixel-spacing", "consistent-or
 
 #: Below this many files a worker pool costs more to start than it saves.
 _POOL_MIN_FILES = 16
+
+#: Default budget for one decoded volume (matches ``pixels.max_volume_bytes``).
+DEFAULT_MAX_VOLUME_BYTES = 4 * 1024**3
 
 
 @dataclass
@@ -136,15 +140,26 @@ def _decode_slice(task: tuple[str, int]) -> np.ndarray:
     ds = read_dataset(path, max_inflated_bytes=max_inflated)
     stored = decode_instance(ds)
     out = np.empty(stored.shape, dtype=np.float32)
-    apply_into(stored, modality_transform(ds), out)
+    try:
+        apply_into(stored, modality_transform(ds), out)
+    except (ValueError, TypeError) as exc:  # a Rescale/LUT value that does not fit the data: the input, not a bug
+        raise DecodeError(f"{describe(ds)}: modality transform failed: {exc}") from exc
     return out
 
 
-def _fill_cpu(out: np.ndarray, paths: list[str], max_inflated: int, workers: int, pool: DecodePool | None) -> str:
+def _put(out: np.ndarray, k: int, value: np.ndarray, uid: str) -> None:
+    """Copy one decoded slice into its slot; a slice of another shape names its instance, not a broadcast."""
+    if value.shape != out.shape[1:]:
+        raise DecodeError(f"instance {uid}: decoded to shape {value.shape}, the series' slices are {out.shape[1:]}")
+    out[k] = value
+
+
+def _fill_cpu(out: np.ndarray, paths: list[str], uids: list[str], max_inflated: int, workers: int,
+              pool: DecodePool | None) -> str:
     tasks = [(p, max_inflated) for p in paths]
     if workers == 0 and pool is None:
         for k, task in enumerate(tasks):
-            out[k] = _decode_slice(task)
+            _put(out, k, _decode_slice(task), uids[k])
         return "cpu: in-process"
     own = pool is None
     pool = pool or DecodePool(workers)
@@ -152,7 +167,7 @@ def _fill_cpu(out: np.ndarray, paths: list[str], max_inflated: int, workers: int
         for k, result in pool.imap(_decode_slice, tasks):
             if isinstance(result, PixelError):
                 raise result
-            out[k] = result
+            _put(out, k, result, uids[k])
     finally:
         if own:
             pool.close()
@@ -164,7 +179,13 @@ def _fill_enhanced(out: np.ndarray, paths: Sequence[str], slot: dict[tuple[int, 
         ds = read_dataset(path, max_inflated_bytes=max_inflated)
         for f, stored in enumerate(iter_frames(ds)):
             if (i, f) in slot:
-                apply_into(stored, modality_transform(ds, f), out[slot[(i, f)]])
+                if stored.shape != out.shape[1:]:
+                    raise DecodeError(f"{describe(ds)}: frame {f + 1} decoded to shape {stored.shape}, "
+                                      f"the volume's slices are {out.shape[1:]}")
+                try:
+                    apply_into(stored, modality_transform(ds, f), out[slot[(i, f)]])
+                except (ValueError, TypeError) as exc:  # as in _decode_slice: the input's values
+                    raise DecodeError(f"{describe(ds)}: modality transform of frame {f + 1} failed: {exc}") from exc
 
 
 def _first(value: object) -> float:
@@ -191,6 +212,7 @@ def load_series(
     pool: DecodePool | None = None,
     gpu: str = "auto",
     max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
+    max_volume_bytes: int = DEFAULT_MAX_VOLUME_BYTES,
 ) -> Volume:
     """Decode a series into a :class:`Volume`.
 
@@ -208,6 +230,8 @@ def load_series(
         nvImageCodec and a GPU are present.
     max_inflated_bytes : int
         Bound for deflated datasets (PS3.5 A.5).
+    max_volume_bytes : int
+        ``pixels.max_volume_bytes``: the float32 volume may not be larger (0: no budget).
 
     Returns
     -------
@@ -218,12 +242,18 @@ def load_series(
     GeometryError
         Slices do not form one volume (missing positions, mixed sizes or
         orientations, duplicate positions).
+    PixelDataError
+        An instance's declared geometry disagrees with its Pixel Data, or the
+        volume is over ``max_volume_bytes``; raised before the volume is allocated.
     DecodeError, UnsupportedTransferSyntaxError
         A slice cannot be decoded; the message names its SOP Instance UID.
     """
     if not paths:
         raise GeometryError("no instances given")
     headers = [read_dataset(p, max_inflated_bytes=max_inflated_bytes, stop_before_pixels=True) for p in paths]
+    for h in headers:
+        # The declaration sizes the output array below: check it against the data first.
+        check_dataset(h, encapsulated=syntax_info(transfer_syntax_of(h)).encapsulated)
     slices = _collect(headers)
     problems = check_geometry([s.geometry for s in slices])
     fatal = [p for p in problems if p.rule in _FATAL_RULES]
@@ -234,7 +264,10 @@ def load_series(
     order = np.argsort(slice_distances([s.geometry for s in slices]), kind="stable")
     ordered = [slices[i] for i in order]
     g0 = ordered[0].geometry
-    out = np.empty((len(ordered), g0.rows, g0.columns), dtype=np.float32)
+    shape = (len(ordered), g0.rows, g0.columns)
+    check_budget(int(np.prod(shape)) * 4, max_volume_bytes, key="pixels.max_volume_bytes",
+                 what=f"volume of {shape[0]} slice{'s' * (shape[0] != 1)} {shape[1]}x{shape[2]} float32")
+    out = np.empty(shape, dtype=np.float32)
     selection = select_decoder({transfer_syntax_of(h) for h in headers}, mode=gpu)
     log.info("decode path for %d slice(s): %s (%s)", len(ordered), selection.path, selection.reason)
     decoder = _fill(out, ordered, headers, [str(p) for p in paths], workers, pool, selection, max_inflated_bytes)
@@ -276,14 +309,17 @@ def _fill(
         _fill_enhanced(out, paths, {(s.file, s.frame): k for k, s in enumerate(ordered) if s.frame is not None}, max_inflated)
         return "cpu: in-process (enhanced multi-frame)"
     sorted_paths = [paths[s.file] for s in ordered]
+    uids = [s.sop_uid for s in ordered]
     if selection.path == "gpu":
         for k, stored in decode_files_gpu(sorted_paths, max_inflated_bytes=max_inflated):
+            if stored.shape != out.shape[1:]:
+                raise DecodeError(f"instance {uids[k]}: decoded to shape {stored.shape}, the series' slices are {out.shape[1:]}")
             apply_into(stored, modality_transform(headers[ordered[k].file]), out[k])
         return f"gpu: {selection.reason}"
     if all(not syntax_info(transfer_syntax_of(h)).encapsulated for h in headers):
         # Native (uncompressed) pixel data runs no compiled codec, so nothing can crash the
         # process, and shipping slices between processes costs more than reading them here.
-        return _fill_cpu(out, sorted_paths, max_inflated, 0, None)
+        return _fill_cpu(out, sorted_paths, uids, max_inflated, 0, None)
     if workers is None:
         workers = 0 if len(sorted_paths) < _POOL_MIN_FILES else default_workers(None)
-    return _fill_cpu(out, sorted_paths, max_inflated, workers, pool)
+    return _fill_cpu(out, sorted_paths, uids, max_inflated, workers, pool)
