@@ -10,7 +10,10 @@ A bulk element's URI is ``<instance URL>/bulkdata/<tag path>``, the tag path bei
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import threading
+import uuid
+from collections import OrderedDict
 from pathlib import Path
 
 import pydicom
@@ -30,6 +33,13 @@ PIXEL_DATA = 0x7FE00010
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 
 JsonValue = dict[str, object]
+
+#: Instances whose JSON is kept (about 2-4 KB each for CT): a 512-slice series and then some.
+CACHE_ENTRIES = 4096
+#: Stands for an instance's URL in cached JSON; random, so no stored value can contain it.
+_URL_TOKEN = f"@{uuid.uuid4().hex}@"
+_cache: OrderedDict[tuple[str, int, int], str] = OrderedDict()
+_cache_lock = threading.Lock()
 
 
 def read_header(path: Path) -> Dataset:
@@ -116,7 +126,23 @@ def bulk_value(item: Located, text: str) -> tuple[str, bytes]:
     return str(elem.VR), bytes(elem.value)
 
 
-def series_json(found: list[Located], url_of: dict[str, str]) -> Iterator[dict[str, JsonValue]]:
-    """Metadata of many instances, lazily (``url_of`` maps SOP Instance UID to its WADO-RS URL)."""
-    for item in found:
-        yield instance_json(item, url_of[item.sop_uid])
+def instance_json_text(item: Located, instance_url: str) -> str:
+    """:func:`instance_json` as JSON text, cached per file (path, modification time and size).
+
+    Stored files never change under one name (the spool names a file by its SOP Instance UID and
+    replaces it by rename), so the key is enough; the instance's URL is filled in on the way out,
+    since it follows the request's host.
+    """
+    st = item.path.stat()
+    key = (str(item.path), st.st_mtime_ns, st.st_size)
+    with _cache_lock:
+        text = _cache.get(key)
+        if text is not None:
+            _cache.move_to_end(key)
+    if text is None:
+        text = json.dumps(instance_json(item, _URL_TOKEN), separators=(",", ":"))
+        with _cache_lock:
+            _cache[key] = text
+            while len(_cache) > CACHE_ENTRIES:
+                _cache.popitem(last=False)
+    return text.replace(_URL_TOKEN, instance_url)

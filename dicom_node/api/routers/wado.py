@@ -8,7 +8,6 @@ node's own results (SEG, SR) are served alike.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
@@ -135,8 +134,8 @@ def _metadata(request: Request, storage: Storage, study: str, series: str | None
     offer = _answer(lambda: choose(request.headers.get("accept"), METADATA_OFFERS))
     found = _locate(storage, study, series, sop)
     base = dicomweb_base(request)
-    body = _answer(lambda: [metadata.instance_json(item, _instance_url(base, item)) for item in found])
-    return Response(json.dumps(body, separators=(",", ":")), media_type=offer.media_type)
+    texts = _answer(lambda: [metadata.instance_json_text(item, _instance_url(base, item)) for item in found])
+    return Response("[" + ",".join(texts) + "]", media_type=offer.media_type)
 
 
 @router.get("/dicomweb/studies/{study}/metadata", responses=_JSON, summary="WADO-RS: study metadata (PS3.18 10.4)")
@@ -241,10 +240,9 @@ def rendered_frame(request: Request, storage: StorageDep, study: Uid, series: Ui
 @router.get("/dicomweb/studies/{study}/thumbnail", responses=_IMAGE, summary="WADO-RS: study thumbnail")
 def study_thumbnail(request: Request, storage: StorageDep, study: Uid, _p: Reader, viewport: Viewport = None) -> Response:
     """A representative image of the study (the middle image of its first image series)."""
-    found = _locate(storage, study)
-    first_series = next(f.series_uid for f in found if not retrieve.is_sr(f.sop_class_uid)) if any(
-        not retrieve.is_sr(f.sop_class_uid) for f in found) else found[0].series_uid
-    item = _answer(lambda: rendered.representative([f for f in found if f.series_uid == first_series]))
+    images = [f for f in _locate(storage, study) if not retrieve.is_sr(f.sop_class_uid)]
+    first_series = images[0].series_uid if images else ""
+    item = _answer(lambda: rendered.representative([f for f in images if f.series_uid == first_series]))
     return _render(request, item, 1, _params(None, viewport, None, thumbnail=True))
 
 
