@@ -39,6 +39,7 @@ from dicom_node.scp.negotiation import (
     RJ_TRANSIENT,
     SRC_PRESENTATION,
     SRC_USER,
+    MalformedRequest,
     Negotiated,
     Rejection,
     check_access,
@@ -55,6 +56,9 @@ log = logging.getLogger(__name__)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 UNRECOGNISED_OPERATION = 0x0211
+#: PS3.7 Annex C "Refused: Not Authorized": a C-STORE-RQ on a context where the
+#: requestor took only the SCP role (PS3.7 D.3.3.4) may not be performed by us.
+NOT_AUTHORIZED = 0x0124
 #: Q/R identifiers are small; a long list of UIDs still fits.
 MAX_IDENTIFIER = 1 << 20
 
@@ -126,15 +130,21 @@ class AssociationHandler:
             state = self._serve(reader)
         except TimeoutError:
             log.warning("association timed out, aborting assoc=%s", self.id)
-            self._send(P.abort_pdu(2, 0))
+            self._send(P.abort_pdu())
         except (ConnectionError, OSError) as exc:
             log.info("association ended by the transport assoc=%s reason=%s", self.id, type(exc).__name__)
         except AssociationError as exc:
-            log.warning("protocol error, aborting assoc=%s error=%s", self.id, exc)
-            self._send(P.abort_pdu(2, 0))
+            # PS3.8 Table 9-26: the reason the PDU layer found, else reason-not-specified.
+            reason = exc.reason if isinstance(exc, P.PduError) else P.ABORT_REASON_NOT_SPECIFIED
+            log.warning("protocol error, aborting assoc=%s peer=%s abort_reason=%d error=%s",
+                        self.id, self.peer_host, reason, exc)
+            self._send(P.abort_pdu(P.ABORT_SOURCE_PROVIDER, reason))
         except StorageError as exc:
             log.error("storage failure, aborting assoc=%s error=%s", self.id, exc)
-            self._send(P.abort_pdu(2, 0))
+            self._send(P.abort_pdu())
+        except Exception as exc:  # a bug: still one log record and an A-ABORT, never a dead thread
+            log.error("internal error, aborting assoc=%s error=%s", self.id, type(exc).__name__, exc_info=exc)
+            self._send(P.abort_pdu())
         finally:
             self._drop_incoming()
             if self._registered:
@@ -196,9 +206,18 @@ class AssociationHandler:
 
     def _associate(self, reader: P.PduReader) -> bool:
         pdu_type, data = reader.read()
+        if pdu_type == P.ABORT:
+            return False  # PS3.8 Table 9-10, Sta2 + Evt16 (AA-2): close, send nothing
         if pdu_type != P.ASSOCIATE_RQ:
-            raise AssociationError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}")
-        request = decode_request(bytes(data))
+            raise P.PduError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02X}", P.ABORT_UNEXPECTED_PDU)
+        try:
+            request = decode_request(bytes(data))
+        except MalformedRequest as exc:
+            log.warning("association rejected: malformed A-ASSOCIATE-RQ peer=%s source=%d reason=%d error=%s",
+                        self.peer_host, exc.source, exc.reason, exc)
+            self.ctx.metrics.rejected += 1
+            self._send(reject_pdu(Rejection(RJ_PERMANENT, exc.source, exc.reason, str(exc))))
+            return False
         calling = str(request.calling_ae_title).strip()
         called = str(request.called_ae_title).strip()
         rejection = self._rejection(request, calling, called)
@@ -243,8 +262,8 @@ class AssociationHandler:
                 for context_id, control, fragment in P.iter_pdvs(data):
                     self._on_pdv(context_id, control, fragment)
             elif pdu_type == P.RELEASE_RQ:
-                if self._incoming is not None:
-                    raise AssociationError("A-RELEASE-RQ in the middle of a message")
+                if self._incoming is not None or self._cmd_buf:
+                    raise P.PduError("A-RELEASE-RQ in the middle of a message", P.ABORT_UNEXPECTED_PDU)
                 # Record the release before confirming it: a crash right after the
                 # A-RELEASE-RP must not turn a released association into an aborted one.
                 self._end("released")
@@ -253,12 +272,14 @@ class AssociationHandler:
             elif pdu_type == P.ABORT:
                 return "aborted"
             else:
-                raise AssociationError(f"unexpected PDU type 0x{pdu_type:02X} on an established association")
+                raise P.PduError(
+                    f"unexpected PDU type 0x{pdu_type:02X} on an established association", P.ABORT_UNEXPECTED_PDU
+                )
 
     def _on_pdv(self, context_id: int, control: int, fragment: memoryview) -> None:
         assert self._assoc is not None
         if context_id not in self._assoc.contexts:
-            raise AssociationError(f"presentation context {context_id} was not accepted")
+            raise P.PduError(f"presentation context {context_id} was not accepted", P.ABORT_INVALID_PARAMETER)
         if control & 0x01:
             if self._incoming is not None:
                 raise AssociationError("command fragment while a dataset is being received")
@@ -289,13 +310,21 @@ class AssociationHandler:
                 self._respond(context_id, command, UNRECOGNISED_OPERATION, "operation not supported")
             return
         incoming = _Incoming(command, context_id)
-        if field_ == P.C_STORE_RQ:
+        if field_ == P.C_STORE_RQ and context_id not in self._assoc_scp_contexts():
+            log.warning("C-STORE refused: the peer took only the SCP role on this context assoc=%s context=%d",
+                        self.id, context_id)
+            incoming.refusal = (NOT_AUTHORIZED, "Refused: SCU role not negotiated for this SOP class")
+        elif field_ == P.C_STORE_RQ:
             self._open(incoming)
         elif field_ in QR_COMMANDS:
             incoming.identifier = bytearray()
         else:
             incoming.refusal = (UNRECOGNISED_OPERATION, "operation not supported")
         self._incoming = incoming
+
+    def _assoc_scp_contexts(self) -> frozenset[int]:
+        assert self._assoc is not None
+        return self._assoc.scp_contexts
 
     def _open(self, incoming: _Incoming) -> None:
         if not self._register():  # the index cannot write: nothing could be acknowledged

@@ -14,6 +14,7 @@ may send C-STORE-RQ sub-operations.
 from __future__ import annotations
 
 import ipaddress
+import struct
 from dataclasses import dataclass, field
 
 from pydicom.uid import UID
@@ -31,19 +32,24 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # g
 from dicom_node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.config import ScpConfig
 from dicom_node.config.tls import Subject, subject_allows
-from dicom_node.errors import AssociationError
 from dicom_node.pixels.syntaxes import EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from dicom_node.scp.rq_check import (  # noqa: F401  # the A-ASSOCIATE-RJ table, re-exported for the SCP
+    REASON_APP_CONTEXT,
+    REASON_CALLED_AE,
+    REASON_CALLING_AE,
+    REASON_LOCAL_LIMIT,
+    REASON_NO_REASON,
+    RJ_PERMANENT,
+    RJ_TRANSIENT,
+    SRC_ACSE,
+    SRC_PRESENTATION,
+    SRC_USER,
+    MalformedRequest,
+    check_request,
+)
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 
-# A-ASSOCIATE-RJ values (PS3.8 Table 9-21).
-RJ_PERMANENT, RJ_TRANSIENT = 0x01, 0x02
-SRC_USER, SRC_ACSE, SRC_PRESENTATION = 0x01, 0x02, 0x03
-REASON_NO_REASON = 0x01
-REASON_APP_CONTEXT = 0x02
-REASON_CALLING_AE = 0x03
-REASON_CALLED_AE = 0x07
-REASON_LOCAL_LIMIT = 0x02
 
 # Study Root Query/Retrieve Information Model (PS3.4 C.6.2.1).
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -77,6 +83,9 @@ class Negotiated:
     #: Accepted contexts on which the requestor took the SCP role (PS3.7 D.3.3.4):
     #: this node may send C-STORE-RQ on them (C-GET sub-operations).
     scu_contexts: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: Accepted contexts on which this node is the SCP, so the requestor may
+    #: send C-STORE-RQ (PS3.7 D.3.3.4): not those where it took the SCP role only.
+    scp_contexts: frozenset[int] = frozenset()
 
 
 def supported_contexts(config: ScpConfig) -> list[PresentationContext]:
@@ -155,19 +164,27 @@ def reject_pdu(rejection: Rejection) -> bytes:
 
 
 def decode_request(data: bytes) -> A_ASSOCIATE:
-    """Decode an A-ASSOCIATE-RQ PDU into pynetdicom's primitive.
+    """Check, then decode an A-ASSOCIATE-RQ PDU into pynetdicom's primitive.
+
+    :func:`~dicom_node.scp.rq_check.check_request` walks every length and text
+    field first: pynetdicom's decoder trusts them (``struct.error``, a failed
+    ``assert``, an ERROR log with a traceback for a non-ASCII AE title).
 
     Raises
     ------
-    AssociationError
-        The PDU cannot be decoded.
+    PduError
+        The fixed header cannot be read: answer A-ABORT.
+    MalformedRequest
+        Anything else is wrong: answer A-ASSOCIATE-RJ with its source and reason.
     """
+    check_request(data)
     try:
         pdu = A_ASSOCIATE_RQ()
         pdu.decode(data)
         return pdu.to_primitive()
-    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
-        raise AssociationError(f"malformed A-ASSOCIATE-RQ: {exc}") from exc
+    # A checked PDU should decode; should pynetdicom still object, the peer gets a refusal, not a dead thread.
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, AssertionError, struct.error) as exc:
+        raise MalformedRequest(f"A-ASSOCIATE-RQ not decodable error={type(exc).__name__}") from exc
 
 
 def negotiate(config: ScpConfig, request: A_ASSOCIATE, supported: list[PresentationContext]) -> Negotiated:
@@ -201,6 +218,9 @@ def negotiate(config: ScpConfig, request: A_ASSOCIATE, supported: list[Presentat
         for cx in results
         if cx.result == 0x00 and cx.context_id is not None and cx.as_scu
     }
+    scp_contexts = frozenset(
+        int(cx.context_id) for cx in results if cx.result == 0x00 and cx.context_id is not None and cx.as_scp
+    )
     peer_max = 0
     for item in request.user_information:
         if isinstance(item, MaximumLengthNotification):
@@ -228,4 +248,5 @@ def negotiate(config: ScpConfig, request: A_ASSOCIATE, supported: list[Presentat
         peer_max_pdu=peer_max,
         ac_pdu=bytes(pdu.encode()),
         scu_contexts=scu_contexts,
+        scp_contexts=scp_contexts,
     )

@@ -51,12 +51,38 @@ TAG_WARNING = 0x00001023
 TAG_MOVE_ORIGINATOR_AE = 0x00001030
 TAG_MOVE_ORIGINATOR_ID = 0x00001031
 
+# A-ABORT source and reasons (PS3.8 Table 9-26); the reasons apply to the service-provider source.
+ABORT_SOURCE_USER = 0x00
+ABORT_SOURCE_PROVIDER = 0x02
+ABORT_REASON_NOT_SPECIFIED = 0x00
+ABORT_UNRECOGNIZED_PDU = 0x01
+ABORT_UNEXPECTED_PDU = 0x02
+ABORT_UNRECOGNIZED_PARAMETER = 0x04
+ABORT_UNEXPECTED_PARAMETER = 0x05
+ABORT_INVALID_PARAMETER = 0x06
+
 _U16 = struct.Struct("<H")
 _ELEM = struct.Struct("<HHI")
 _PDU_HEADER = struct.Struct(">BxI")
 _PDV_HEADER = struct.Struct(">IBB")
 _GROUP_LENGTH = struct.Struct("<HHII")
 _FIXED_RESPONSE = struct.Struct("<" + "HHIH" * 4)
+
+
+class PduError(AssociationError):
+    """A PDU that breaks PS3.8: answered with A-ABORT (service provider) and this reason.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong, for the log (never PDU content: it may carry PHI).
+    reason : int
+        A-ABORT reason (PS3.8 Table 9-26).
+    """
+
+    def __init__(self, message: str, reason: int = ABORT_REASON_NOT_SPECIFIED) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class PduReader:
@@ -96,16 +122,19 @@ class PduReader:
         ------
         ConnectionError
             The peer closed the connection.
-        AssociationError
-            Unknown PDU type or a length over the bounds.
+        PduError
+            Unknown PDU type or a length over the bounds, raised before any
+            buffer is sized for the claimed length.
         """
         self._recv_into(self._view[:6])
         pdu_type, length = _PDU_HEADER.unpack_from(self._buf, 0)
         if pdu_type not in (ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA_TF, RELEASE_RQ, RELEASE_RP, ABORT):
-            raise AssociationError(f"unrecognised PDU type 0x{pdu_type:02X}")
+            raise PduError(f"unrecognised PDU type 0x{pdu_type:02X}", ABORT_UNRECOGNIZED_PDU)
         limit = self._max_pdu if pdu_type == P_DATA_TF else self._max_other
         if length > limit:
-            raise AssociationError(f"PDU type 0x{pdu_type:02X} of {length} bytes exceeds the limit of {limit}")
+            raise PduError(
+                f"PDU type 0x{pdu_type:02X} of {length} bytes exceeds the limit of {limit}", ABORT_INVALID_PARAMETER
+            )
         if length + 6 > len(self._buf):
             self._buf = bytearray(length + 6)
             self._buf[:6] = _PDU_HEADER.pack(pdu_type, length)
@@ -119,17 +148,17 @@ def iter_pdvs(pdu: memoryview) -> list[tuple[int, int, memoryview]]:
 
     Raises
     ------
-    AssociationError
+    PduError
         A PDV item runs past the end of the PDU or is shorter than its header.
     """
     out = []
     pos, end = 6, len(pdu)
     while pos < end:
         if pos + 6 > end:
-            raise AssociationError("truncated presentation data value item")
+            raise PduError("truncated presentation data value item", ABORT_INVALID_PARAMETER)
         length, context_id, control = _PDV_HEADER.unpack_from(pdu, pos)
         if length < 2 or pos + 4 + length > end:
-            raise AssociationError("presentation data value item length is invalid")
+            raise PduError("presentation data value item length is invalid", ABORT_INVALID_PARAMETER)
         out.append((context_id, control, pdu[pos + 6 : pos + 4 + length]))
         pos += 4 + length
     return out
@@ -346,6 +375,6 @@ def release_rp() -> bytes:
     return _PDU_HEADER.pack(RELEASE_RP, 4) + b"\x00" * 4
 
 
-def abort_pdu(source: int = 2, reason: int = 0) -> bytes:
-    """Return an A-ABORT PDU (PS3.8 9.3.8); source 2 = service provider."""
+def abort_pdu(source: int = ABORT_SOURCE_PROVIDER, reason: int = ABORT_REASON_NOT_SPECIFIED) -> bytes:
+    """Return an A-ABORT PDU (PS3.8 9.3.8); source 2 = service provider, reasons in Table 9-26."""
     return _PDU_HEADER.pack(ABORT, 4) + bytes([0, 0, source, reason])
