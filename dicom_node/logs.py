@@ -15,7 +15,9 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
+from types import TracebackType
 from typing import Protocol
 
 #: One ``key=value`` field of a message: a bare token or a double-quoted string.
@@ -33,8 +35,11 @@ _PHI_RE = re.compile(
 _REDACTED = "[message withheld: it may contain patient identifiers]"
 
 
+_TRACEBACK_WITHHELD = " (traceback withheld: it may contain patient identifiers)"
+
+
 class PhiFilter(logging.Filter):
-    """Replace any record that mentions patient identifiers."""
+    """Replace any record that mentions patient identifiers, in its message or its traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -43,6 +48,10 @@ class PhiFilter(logging.Filter):
             return True
         if _PHI_RE.search(text):
             record.msg, record.args = _REDACTED, None
+            record.exc_info, record.exc_text = None, None
+        elif record.exc_info and _PHI_RE.search(logging.Formatter().formatException(record.exc_info)):
+            # An exception's message may quote a dataset (a library's repr): keep the line, drop the traceback.
+            record.msg, record.args = text + _TRACEBACK_WITHHELD, None
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -108,8 +117,40 @@ class LogSettings(Protocol):
     def format(self) -> str: ...
 
 
+_thread_log = logging.getLogger("dicom_node.threads")
+
+
+def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    """Log an exception that ended a thread: one ERROR record, never raw text on stderr."""
+    if args.exc_type is SystemExit:
+        return  # threading's own hook ignores it too
+    name = args.thread.name if args.thread is not None else "unknown"
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback) if args.exc_value is not None else None
+    _thread_log.error("uncaught exception ended a thread thread=%s error=%s", name, args.exc_type.__name__,
+                      exc_info=exc_info)
+
+
+def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """Log an exception that ends the main thread: one ERROR record (an interrupt is one INFO line)."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        _thread_log.info("interrupted thread=%s", threading.current_thread().name)
+        return
+    _thread_log.error("uncaught exception thread=%s error=%s", threading.current_thread().name, exc_type.__name__,
+                      exc_info=(exc_type, exc, tb))
+
+
+def install_exception_hooks() -> None:
+    """Route uncaught exceptions of every thread through the log (its format and PHI filter).
+
+    Without this, Python prints ``Exception in thread ...`` and a traceback
+    straight to stderr, outside the structured log and the PHI filter.
+    """
+    threading.excepthook = _thread_excepthook
+    sys.excepthook = _excepthook
+
+
 def setup_logging(config: LogSettings) -> None:
-    """Configure the root logger once for the process (the CLI calls this)."""
+    """Configure the root logger once for the process (the CLI calls this) and install the exception hooks."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if config.format == "json" else KeyValueFormatter())
     handler.addFilter(PhiFilter())
@@ -119,3 +160,6 @@ def setup_logging(config: LogSettings) -> None:
     # pynetdicom logs whole datasets at DEBUG, highdicom every module it copies at INFO.
     for noisy in ("pynetdicom", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    install_exception_hooks()
+    # warnings.warn (pydicom warns about odd values) would print to stderr outside the log.
+    logging.captureWarnings(True)
