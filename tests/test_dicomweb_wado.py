@@ -99,6 +99,11 @@ def test_wado_rs_with_dicomweb_client_on_a_received_ct_and_its_seg_and_sr(start_
     assert Image.open(io.BytesIO(seg_png)).mode == "L"
     seg_ds = web.retrieve_instance(study, seg["series_instance_uid"], seg["sop_instance_uid"])
     assert seg_ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg_ds.pixel_array.any()
+    # Frames of a multi-frame 1-bit instance, sliced from the stored Pixel Data by offset.
+    n = int(seg_ds.NumberOfFrames)
+    size = int(seg_ds.Rows) * int(seg_ds.Columns) // 8
+    seg_frames = web.retrieve_instance_frames(study, seg["series_instance_uid"], seg["sop_instance_uid"], [n, 1])
+    assert seg_frames == [seg_ds.PixelData[(n - 1) * size:n * size], seg_ds.PixelData[:size]]
 
     url = f"{base(node)}/studies/{study}"
     sr_rendered = httpx.get(f"{url}/series/{sr['series_instance_uid']}/instances/{sr['sop_instance_uid']}/rendered")
@@ -181,3 +186,28 @@ def test_stow_rs_retrieve_urls_work_and_failures_carry_reasons(start_node) -> No
     r = httpx.post(f"{base(node)}/studies", content=body, headers={"content-type": ctype})
     assert r.status_code == 200 and "warning" not in r.headers
     assert r.json()["00081190"]["Value"] == [f"{base(node)}/studies/{b[0].StudyInstanceUID}"]
+
+
+def test_bulk_data_over_the_threshold_goes_by_uri_also_inside_sequences(start_node) -> None:
+    port = free_port()
+    node: Node = start_node(api={"port": port, "public_url": f"http://127.0.0.1:{port}"})
+    ds = next(iter(ct_datasets(SeriesSpec(slices=1, rows=16, columns=16, seed="bulk"))))
+    big, nested = bytes(range(256)) * 8, bytes(reversed(range(256))) * 6
+    ds.add_new(0x00091010, "OB", big)  # over 1 KiB: by URI
+    ds.add_new(0x00091011, "OB", b"tiny")  # under: inline
+    item = Dataset()
+    item.add_new(0x00091012, "OB", nested)
+    ds.add_new(0x00091020, "SQ", [item])
+    web = DICOMwebClient(url=base(node))
+    web.store_instances([ds])
+    study, series, sop = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+    meta = web.retrieve_instance_metadata(study, series, sop)
+    assert "InlineBinary" in meta["00091011"] and "BulkDataURI" in meta["00091010"]
+    inner = meta["00091020"]["Value"][0]["00091012"]["BulkDataURI"]
+    assert inner.endswith("/bulkdata/00091020/0/00091012")
+    assert web.retrieve_bulkdata(meta["00091010"]["BulkDataURI"]) == [big]
+    assert web.retrieve_bulkdata(inner) == [nested]
+    plain = httpx.get(inner, headers={"accept": "application/octet-stream"})
+    assert plain.status_code == 200 and plain.content == nested
+    wrong = httpx.get(inner.replace("/0/", "/3/"))
+    assert wrong.status_code == 400 and "no item 3" in wrong.json()["error"]["description"]
