@@ -104,6 +104,8 @@ def test_wado_rs_with_dicomweb_client_on_a_received_ct_and_its_seg_and_sr(start_
     size = int(seg_ds.Rows) * int(seg_ds.Columns) // 8
     seg_frames = web.retrieve_instance_frames(study, seg["series_instance_uid"], seg["sop_instance_uid"], [n, 1])
     assert seg_frames == [seg_ds.PixelData[(n - 1) * size:n * size], seg_ds.PixelData[:size]]
+    seg_meta = web.retrieve_instance_metadata(study, seg["series_instance_uid"], seg["sop_instance_uid"])
+    assert web.retrieve_bulkdata(seg_meta["7FE00010"]["BulkDataURI"]) == [seg_ds.PixelData]  # the whole value
 
     url = f"{base(node)}/studies/{study}"
     sr_rendered = httpx.get(f"{url}/series/{sr['series_instance_uid']}/instances/{sr['sop_instance_uid']}/rendered")

@@ -144,6 +144,23 @@ def frame_bytes(lay: PixelLayout, number: int, offer: Offer) -> bytes:
     return _native_frame(lay, number)
 
 
+def native_value(lay: PixelLayout) -> bytes:
+    """The whole native Pixel Data value in Explicit VR Little Endian (a bulk data request for it).
+
+    Raises
+    ------
+    BadRequest
+        When the Pixel Data is encapsulated (served frame by frame instead).
+    """
+    if lay.encapsulated:
+        raise BadRequest("encapsulated Pixel Data is served per frame")
+    if lay.syntax in _SLICEABLE and lay.value_offset >= 0:
+        with open(lay.path, "rb") as fh:
+            fh.seek(lay.value_offset)
+            return fh.read(lay.value_length)
+    return b"".join(_decoded_frame(lay, n) for n in range(1, lay.frames + 1))
+
+
 def parse_frame_list(text: str) -> list[int]:
     """``"1,3,5"`` -> [1, 3, 5]; raises :class:`BadRequest` for anything but positive integers."""
     try:

@@ -26,6 +26,7 @@ from dicom_node.config import NodeConfig
 from dicom_node.dicomweb.accept import NotAcceptable, Offer, choose, parse_accept
 from dicom_node.dicomweb.multipart import new_boundary, related_content_type, write_related
 from dicom_node.errors import PixelError, UnsupportedTransferSyntaxError
+from dicom_node.pixels.syntaxes import EXPLICIT_VR_LE
 from dicom_node.services import Storage
 
 router = APIRouter(tags=["dicomweb"])
@@ -191,18 +192,28 @@ def retrieve_frames(request: Request, storage: StorageDep, study: Uid, series: U
             responses=_MULTIPART, response_class=StreamingResponse, summary="WADO-RS: bulk data (PS3.18 10.4)")
 def retrieve_bulkdata(request: Request, storage: StorageDep, study: Uid, series: Uid, sop: Uid,
                       tag_path: Annotated[str, PathParam(max_length=512)], _p: Reader) -> Response:
-    """A BulkDataURI of the metadata: Pixel Data as every frame, any other value as octet-stream."""
-    if tag_path.strip("/").upper() == f"{metadata.PIXEL_DATA:08X}":
-        item = _locate(storage, study, series, sop)[0]
-        lay = _answer(lambda: framing.layout(item))
-        return _frames(request, storage, study, series, sop, list(range(1, lay.frames + 1)))
+    """A BulkDataURI of the metadata (PS3.18 8.7.3.5): the element's value as octet-stream, in one part.
+
+    Native Pixel Data is its whole value in Explicit VR Little Endian (what a SEG loader reads);
+    encapsulated Pixel Data is one part per frame, as for ``frames``.
+    """
     item = _locate(storage, study, series, sop)[0]
-    offer = _answer(lambda: choose(request.headers.get("accept"), (Offer(framing.OCTET, None, True), Offer(framing.OCTET))))
-    _vr, data = _answer(lambda: metadata.bulk_value(item, tag_path))
+    data: bytes
+    if tag_path.strip("/").upper() == f"{metadata.PIXEL_DATA:08X}":
+        lay = _answer(lambda: framing.layout(item))
+        if lay.encapsulated:
+            return _frames(request, storage, study, series, sop, list(range(1, lay.frames + 1)))
+        offers: tuple[Offer, ...] = (Offer(framing.OCTET, EXPLICIT_VR_LE, True), Offer(framing.OCTET, EXPLICIT_VR_LE))
+        offer = _answer(lambda: choose(request.headers.get("accept"), offers))
+        data = _answer(lambda: framing.native_value(lay))
+    else:
+        offer = _answer(lambda: choose(request.headers.get("accept"),
+                                       (Offer(framing.OCTET, None, True), Offer(framing.OCTET))))
+        _vr, data = _answer(lambda: metadata.bulk_value(item, tag_path))
     if not offer.multipart:
-        return Response(data, media_type=framing.OCTET)
+        return Response(data, media_type=offer.part_content_type)
     boundary = new_boundary()
-    body = b"".join(write_related([(framing.OCTET, len(data), iter((data,)))], boundary))
+    body = b"".join(write_related([(offer.part_content_type, len(data), iter((data,)))], boundary))
     return Response(body, media_type=related_content_type(boundary, framing.OCTET))
 
 
