@@ -91,6 +91,8 @@ def test_wado_rs_with_dicomweb_client_on_a_received_ct_and_its_seg_and_sr(start_
     jpeg = web.retrieve_instance_rendered(study, series, str(first.SOPInstanceUID),
                                           params={"window": "40,400,linear", "viewport": "16,16", "quality": "80"})
     assert jpeg[:2] == b"\xff\xd8" and Image.open(io.BytesIO(jpeg)).size == (16, 16)
+    series_png = web.retrieve_series_rendered(study, series, media_types=("image/png",))
+    assert Image.open(io.BytesIO(series_png)).size == (32, 32)
     frame = web.retrieve_instance_frames_rendered(study, series, str(first.SOPInstanceUID), [1],
                                                   media_types=("image/png",))
     assert frame[:4] == b"\x89PNG"

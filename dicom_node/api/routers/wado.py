@@ -248,21 +248,39 @@ def rendered_frame(request: Request, storage: StorageDep, study: Uid, series: Ui
     return _render(request, _locate(storage, study, series, sop)[0], numbers[0], _params(window, viewport, quality))
 
 
+@router.get("/dicomweb/studies/{study}/rendered", responses=_IMAGE, summary="WADO-RS: rendered study (PS3.18 10.4.1.1.3)")
+def rendered_study(request: Request, storage: StorageDep, study: Uid, _p: Reader,
+                   window: Window = None, viewport: Viewport = None, quality: Quality = None) -> Response:
+    """One image for the study: its representative instance rendered (as Orthanc answers; dicomweb-client reads one image)."""
+    return _render(request, _representative(storage, study, None), 1, _params(window, viewport, quality))
+
+
+@router.get("/dicomweb/studies/{study}/series/{series}/rendered", responses=_IMAGE,
+            summary="WADO-RS: rendered series (PS3.18 10.4.1.1.3)")
+def rendered_series(request: Request, storage: StorageDep, study: Uid, series: Uid, _p: Reader,
+                    window: Window = None, viewport: Viewport = None, quality: Quality = None) -> Response:
+    """One image for the series: its middle instance rendered."""
+    return _render(request, _representative(storage, study, series), 1, _params(window, viewport, quality))
+
+
+def _representative(storage: Storage, study: str, series: str | None) -> Located:
+    """The middle image of the series, or of the study's first series with images."""
+    images = [f for f in _locate(storage, study, series) if not retrieve.is_sr(f.sop_class_uid)]
+    first_series = images[0].series_uid if images else ""
+    return _answer(lambda: rendered.representative([f for f in images if f.series_uid == first_series]))
+
+
 @router.get("/dicomweb/studies/{study}/thumbnail", responses=_IMAGE, summary="WADO-RS: study thumbnail")
 def study_thumbnail(request: Request, storage: StorageDep, study: Uid, _p: Reader, viewport: Viewport = None) -> Response:
     """A representative image of the study (the middle image of its first image series)."""
-    images = [f for f in _locate(storage, study) if not retrieve.is_sr(f.sop_class_uid)]
-    first_series = images[0].series_uid if images else ""
-    item = _answer(lambda: rendered.representative([f for f in images if f.series_uid == first_series]))
-    return _render(request, item, 1, _params(None, viewport, None, thumbnail=True))
+    return _render(request, _representative(storage, study, None), 1, _params(None, viewport, None, thumbnail=True))
 
 
 @router.get("/dicomweb/studies/{study}/series/{series}/thumbnail", responses=_IMAGE, summary="WADO-RS: series thumbnail")
 def series_thumbnail(request: Request, storage: StorageDep, study: Uid, series: Uid, _p: Reader,
                      viewport: Viewport = None) -> Response:
     """The middle image of the series."""
-    item = _answer(lambda: rendered.representative(_locate(storage, study, series)))
-    return _render(request, item, 1, _params(None, viewport, None, thumbnail=True))
+    return _render(request, _representative(storage, study, series), 1, _params(None, viewport, None, thumbnail=True))
 
 
 @router.get("/dicomweb/studies/{study}/series/{series}/instances/{sop}/thumbnail", responses=_IMAGE,
