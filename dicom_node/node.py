@@ -141,7 +141,7 @@ class Node:
         if dead:
             log.warning("associations left open by a previous run counted as aborted count=%d", dead)
         # An index from before the search tables (migration 3): index what it holds before anyone searches.
-        backfill(self.index, self.writer, self.spool.root, self.config.scp.max_inflated_bytes)
+        backfill(self.index, self.writer, self.spool.files, self.spool.root, self.config.scp.max_inflated_bytes)
         self.scp.start()
         self.assembler.start()
         if self.config.jobs.workers:  # workers = 0: series are stored and indexed, never routed

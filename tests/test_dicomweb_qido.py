@@ -18,6 +18,7 @@ from dicom_node.index import qido
 from dicom_node.index.schema import migrate
 from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, ct_datasets
+from tests.conftest import wait_for
 from tests.scu import send_all
 
 SECRET = "qido-reader-secret"
@@ -162,3 +163,45 @@ def test_common_searches_use_an_index(tmp_path: Path) -> None:
         assert "USING INDEX" in plan or "USING COVERING INDEX" in plan or "PRIMARY KEY" in plan, (keyword, plan)
     search = parse_qido("INSTANCE", [], {"StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.2.3"})
     assert search.scope["SeriesInstanceUID"] == "1.2.3"
+
+
+ENGINES = str(Path(__file__).resolve().parents[1] / "engines")
+CT_RULE = {"name": "ct", "models": ["ct-body"], "destinations": [], "match": {"modality": "CT"}}
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def test_results_written_by_a_job_are_searchable(start_node) -> None:
+    node: Node = start_node(routing={"rules": [CT_RULE]}, inference={"models_dir": ENGINES})
+    datasets = _study("qjob", "Roe^Rita", "P9", "20250301", "120000", "ACC9", slices=6)
+    web = _client(node)
+    web.store_instances(datasets)
+    study = str(datasets[0].StudyInstanceUID)
+
+    def modalities() -> set[str]:
+        return {s["00080060"]["Value"][0] for s in web.search_for_series(study)}
+
+    assert wait_for(lambda: modalities() == {"CT", "SEG", "SR"}, timeout=90), modalities()
+    segs = web.search_for_instances(study, search_filters={"SOPClassUID": SEG_CLASS})
+    assert len(segs) == 1 and segs[0]["00080016"]["Value"] == [SEG_CLASS]
+    summary = web.search_for_studies(search_filters={"PatientID": "P9"})[0]
+    assert summary["00080061"]["Value"] == ["CT", "SEG", "SR"] and summary["00201206"]["Value"] == [3]
+    seg_series = web.search_for_series(study, search_filters={"Modality": "SEG"})[0]
+    assert seg_series["00201209"]["Value"] == [1]
+
+
+def test_an_index_from_before_the_search_tables_is_backfilled_at_start(start_node, tmp_path: Path) -> None:
+    root = tmp_path / "old"
+    node: Node = start_node(root=root)
+    datasets = _study("qold", "Old^Index", "P7", "20200101", "090000", "ACC7")
+    assert send_all(node.scp.port, datasets) == [0] * 3
+    node.stop()
+    # What an index written before migration 3 looks like: no qido_* tables, user_version 2.
+    conn = sqlite3.connect(root / "index.sqlite3", isolation_level=None)
+    for table in ("qido_instances", "qido_series", "qido_studies"):
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    again: Node = start_node(root=root)
+    found = _client(again).search_for_studies(search_filters={"PatientID": "P7"})
+    assert _uids(found) == {str(datasets[0].StudyInstanceUID)}
+    assert found[0]["00201208"]["Value"] == [3]

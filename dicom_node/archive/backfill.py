@@ -39,12 +39,13 @@ def index_result(path: Path, max_inflated: int, origin: Origin = "result") -> Qi
     return record_from_dataset(ds, origin)
 
 
-def backfill(index: Index, writer: IndexWriter, root: Path, max_inflated: int,
+def backfill(index: Index, writer: IndexWriter, spool_dir: Path, root: Path, max_inflated: int,
              limit: int = BACKFILL_LIMIT) -> tuple[int, int]:
     """Index stored instances and results that have no ``qido_instances`` row; returns (indexed, unreadable).
 
-    Runs with the writer started; paths that leave ``root`` are skipped (a damaged index must not
-    make the node read other files).
+    Received instances' paths are relative to the spool (``spool_dir``), results' to ``storage.root``
+    (``root``). Runs with the writer started; paths that leave their directory are skipped (a damaged
+    index must not make the node read other files).
     """
     conn = index.reader()
     try:
@@ -53,13 +54,14 @@ def backfill(index: Index, writer: IndexWriter, root: Path, max_inflated: int,
         conn.close()
     if not todo:
         return 0, 0
-    root = root.resolve()
+    bases: dict[str, Path] = {"received": spool_dir.resolve(), "result": root.resolve()}
     indexed = unreadable = 0
     for start in range(0, len(todo), _BATCH):
         records = []
         for _uid, rel, origin in todo[start : start + _BATCH]:
-            path = (root / rel).resolve()
-            rec = index_result(path, max_inflated, origin) if root in path.parents else None
+            base = bases[origin]
+            path = (base / rel).resolve()
+            rec = index_result(path, max_inflated, origin) if base in path.parents else None
             if rec is None:
                 unreadable += 1
             else:
