@@ -111,7 +111,10 @@ def test_wado_rs_with_dicomweb_client_on_a_received_ct_and_its_seg_and_sr(start_
 
     url = f"{base(node)}/studies/{study}"
     sr_rendered = httpx.get(f"{url}/series/{sr['series_instance_uid']}/instances/{sr['sop_instance_uid']}/rendered")
-    assert sr_rendered.status_code == 400 and "structured report" in sr_rendered.json()["error"]["description"]
+    assert sr_rendered.status_code == 406 and "structured report" in sr_rendered.json()["error"]["description"]
+    seg_path = f"{url}/series/{seg['series_instance_uid']}/instances/{seg['sop_instance_uid']}"
+    refused = httpx.get(seg_path, headers={"accept": f"{DICOM_MP}; transfer-syntax={JLS}"})
+    assert refused.status_code == 406 and ELE in refused.json()["error"]["description"]
     for path in ("thumbnail", f"series/{series}/thumbnail", f"series/{series}/instances/{first.SOPInstanceUID}/thumbnail"):
         thumb = httpx.get(f"{url}/{path}", headers={"accept": "image/png"})
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png", path

@@ -24,7 +24,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
 from dicom_node.archive.retrieve import BadRequest, Located, is_sr
-from dicom_node.dicomweb.accept import Offer
+from dicom_node.dicomweb.accept import NotAcceptable, Offer
 from dicom_node.errors import PixelError
 
 JPEG, PNG = "image/jpeg", "image/png"
@@ -129,13 +129,18 @@ def render(item: Located, frame: int, offer: Offer, params: RenderParams) -> byt
 
     Raises
     ------
+    NotAcceptable
+        A structured report (no pixels).
     BadRequest
-        A structured report (no pixels), or a frame out of range.
+        A frame out of range, or an instance without pixels.
     PixelError
         Decoding failed.
     """
     if is_sr(item.sop_class_uid):
-        raise BadRequest("a structured report has no pixel data to render; retrieve it as application/dicom")
+        # PS3.18 8.7.4: an SR renders as text/html, text/plain or application/pdf, none of which this node
+        # produces, so nothing acceptable exists (406), whatever image type was asked for.
+        raise NotAcceptable("a structured report has no pixel data to render as an image, and this node does not "
+                            "render reports as text/html, text/plain or application/pdf; retrieve it as application/dicom")
     try:
         ds = pydicom.dcmread(item.path, stop_before_pixels=True)
     except (pydicom.errors.InvalidDicomError, OSError, ValueError) as exc:

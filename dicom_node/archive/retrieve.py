@@ -35,6 +35,10 @@ DICOM = "application/dicom"
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 
 
+#: Segmentation Storage: 1-bit frames, which the image codecs do not encode.
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
 def is_sr(sop_class_uid: str) -> bool:
     """True for structured report SOP classes (they have no pixel data)."""
     return sop_class_uid.startswith(SR_PREFIX)
@@ -90,7 +94,7 @@ def stored_syntax(path: Path) -> str:
         raise PixelError(f"cannot read the file meta of a stored instance: {exc}") from exc
 
 
-def offers(path: Path, has_pixels: bool) -> list[Offer]:
+def offers(path: Path, encodable: bool) -> list[Offer]:
     """What the node can answer an instance as: stored, Explicit VR LE, then encodable lossless syntaxes."""
     stored = stored_syntax(path)
     out = [Offer(DICOM, stored, True)]
@@ -100,7 +104,7 @@ def offers(path: Path, has_pixels: bool) -> list[Offer]:
         decodable = False
     if stored != EXPLICIT_VR_LE and decodable:
         out.append(Offer(DICOM, EXPLICIT_VR_LE, True))
-    if has_pixels and decodable:
+    if encodable and decodable:
         probe = Dataset()
         probe.file_meta = pydicom.dataset.FileMetaDataset()
         probe.file_meta.TransferSyntaxUID = pydicom.uid.UID(stored)
@@ -142,7 +146,8 @@ def negotiate(found: list[Located], accept: list[MediaRange]) -> list[Answer]:
     """
     answers = []
     for item in found:
-        choices = offers(item.path, not is_sr(item.sop_class_uid))
+        # No compressed targets for SRs (no pixels) and SEGs (1-bit pixels no lossless codec takes).
+        choices = offers(item.path, not is_sr(item.sop_class_uid) and item.sop_class_uid != SEG_CLASS)
         try:
             offer = choose(accept, choices)
         except NotAcceptable as exc:
