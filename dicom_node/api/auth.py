@@ -1,6 +1,6 @@
 """Authentication and scopes: API keys (stored hashed) or OAuth2 bearer JWTs checked against a JWKS file.
 
-Scopes are ``read``, ``submit`` and ``admin``. Without any configured key or
+Scopes are ``read``, ``submit``, ``admin`` and ``metrics`` (``/metrics``, see :func:`metrics_access`). Without any configured key or
 JWKS the API may only bind loopback (enforced by :class:`ApiConfig`) and every
 caller holds every scope.
 """
@@ -22,7 +22,7 @@ from dicom_node.api.deps import app_config
 from dicom_node.api.errors import ApiError
 from dicom_node.config.api import ApiConfig
 
-ALL_SCOPES = frozenset({"read", "submit", "admin"})
+ALL_SCOPES = frozenset({"read", "submit", "admin", "metrics"})
 
 
 @dataclass(frozen=True)
@@ -105,3 +105,16 @@ def require(scope: str) -> Callable[[Request], Principal]:
         return principal
 
     return dependency
+
+
+def metrics_access(request: Request) -> Principal | None:
+    """FastAPI dependency of ``/metrics``: ``api.metrics_scope`` is needed unless ``api.metrics_public``.
+
+    Metrics name models, peers' AE titles and volumes: operational data that callers
+    with keys for other scopes need not see. Without any authentication configured
+    the caller holds every scope, as everywhere else.
+    """
+    config: ApiConfig = app_config(request).api
+    if config.metrics_public:
+        return None
+    return require(config.metrics_scope)(request)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from dicom_node.validators import is_loopback
 
-Scope = Literal["read", "submit", "admin"]
+Scope = Literal["read", "submit", "admin", "metrics"]
 
 
 def _read_only() -> list[Scope]:
@@ -70,6 +70,11 @@ class ApiConfig(BaseModel):
     #: Redirect hops those outbound requests follow, each checked by the outbound policy and pinned;
     #: 0 (the default): a 3xx is a permanent failure of the URL ("redirect to <host> not followed").
     outbound_max_redirects: int = Field(0, ge=0, le=10)
+    #: With api_keys or jwks_file configured, GET /metrics needs metrics_scope unless metrics_public
+    #: (Prometheus sends the key as "Authorization: Bearer ..."). Without any auth it is open, like
+    #: every endpoint: the node then listens on loopback only.
+    metrics_public: bool = False
+    metrics_scope: Scope = "metrics"
     #: HMAC-SHA256 key for webhook signatures (file holding the secret).
     webhook_secret_file: Path | None = None
     #: Browser origins (``https://viewer.example.org``) allowed to call the API cross-origin, e.g. an

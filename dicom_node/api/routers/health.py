@@ -6,10 +6,11 @@ import os
 import sqlite3
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from dicom_node.api.auth import metrics_access
 from dicom_node.api.deps import ApiServices, MetricsDep, ServicesDep
 from dicom_node.errors import StorageError
 
@@ -78,7 +79,9 @@ def _reason(checks: dict[str, Any]) -> str:
     return "; ".join(failing)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+# Needs api.metrics_scope when keys or JWTs are configured (unless api.metrics_public).
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            dependencies=[Depends(metrics_access)])
 def metrics(registry: MetricsDep) -> Response:
     """Prometheus text format."""
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
