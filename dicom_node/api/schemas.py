@@ -45,6 +45,30 @@ class _SessionBody(BaseModel):
     model_config = {"extra": "forbid"}
 
 
+def _required(schema: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Document ``keys`` as non-null and non-empty: the node treats null or "" as absent."""
+    for key in keys:
+        prop = schema["properties"][key]
+        branches = [b for b in prop.pop("anyOf", []) if b.get("type") != "null"]
+        if branches:
+            prop.update(branches[0])
+        prop.pop("default", None)
+        if prop.get("type") == "string":
+            prop["minLength"] = 1
+
+
+def _dicom_source_schema(schema: dict[str, Any]) -> None:
+    # The node needs the remote's name or its full address; {"dicom": {}} is refused with 400.
+    _required(schema, ("node", "server_address", "server_port", "ae_title"))
+    schema["anyOf"] = [{"required": ["node"]}, {"required": ["server_address", "server_port", "ae_title"]}]
+
+
+def _one_source_schema(schema: dict[str, Any]) -> None:
+    # Exactly one of "dicom" and "dicomweb", and not null.
+    _required(schema, ("dicom", "dicomweb"))
+    schema["minProperties"] = schema["maxProperties"] = 1
+
+
 _LEVEL_HELP = ("PATIENT, STUDY, SERIES or IMAGE. The narrowest identifier given decides what is retrieved "
                "(sop_instance_uid, else series_uid, else study_uid, else patient_id); a broader level never "
                "widens it, a narrower one needs its identifier")
@@ -52,6 +76,8 @@ _LEVEL_HELP = ("PATIENT, STUDY, SERIES or IMAGE. The narrowest identifier given 
 
 class DicomSessionSource(_SessionBody):
     """``{"dicom": ...}``: retrieve by C-GET/C-MOVE from a configured remote node (by key or by its exact address)."""
+
+    model_config = {"extra": "forbid", "json_schema_extra": _dicom_source_schema}
 
     node: str | None = Field(None, max_length=64, description="Name of a [[sources.remotes]] entry")
     server_address: str | None = Field(None, max_length=255)
@@ -68,7 +94,7 @@ class DicomSessionSource(_SessionBody):
 class DicomwebSessionSource(_SessionBody):
     """``{"dicomweb": ...}``: retrieve by WADO-RS from a configured DICOMweb source."""
 
-    node: str = Field(max_length=64, description="Name of a [[sources.pollers]] entry of kind \"dicomweb\"")
+    node: str = Field(min_length=1, max_length=64, description="Name of a [[sources.pollers]] entry of kind \"dicomweb\"")
     query_level: str | None = Field(None, description=_LEVEL_HELP)
     patient_id: str | None = Field(None, max_length=64)
     study_uid: str | None = Field(None, max_length=64)
@@ -79,6 +105,8 @@ class DicomwebSessionSource(_SessionBody):
 
 class SessionCreate(_SessionBody):
     """JSON body of ``PUT /v1/sessions``: exactly one of ``dicom`` or ``dicomweb``."""
+
+    model_config = {"extra": "forbid", "json_schema_extra": _one_source_schema}
 
     dicom: DicomSessionSource | None = None
     dicomweb: DicomwebSessionSource | None = None

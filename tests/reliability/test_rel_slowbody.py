@@ -88,7 +88,7 @@ def test_hundred_tricklers_get_408_while_the_node_answers_others(start_node: Any
             checked_others = True
             assert httpx.get(url(node, "/healthz"), timeout=HANG).status_code == 200
             r = httpx.post(url(node, "/v1/models/ct-body:predict"), timeout=HANG,
-                           json={"instances": [{"b64": b64(dicom_files(1, 32, seed="slow")[0])}]})
+                           json={"instances": [{"input_bytes": b64(dicom_files(1, 32, seed="slow")[0])}]})
             assert r.status_code == 200, r.text
         time.sleep(0.3)
     for s in socks:

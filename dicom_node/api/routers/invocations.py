@@ -195,7 +195,13 @@ def _check_webhook(outbound: Outbound, url: str | None) -> None:
 async def invoke(
     request: Request, services: ServicesDep, config: ConfigDep, service: InvocationsDep, _: Submitter,
     model: str | None = None,
-    webhook_url: Annotated[str | None, Header(alias="Webhook-Url", description="Where the signed result is POSTed")] = None,
+    # Documented as a string, never null (an absent header is no webhook), http(s) without user info;
+    # the outbound policy checks it (400 webhook_refused naming the rule), including what a pattern
+    # cannot say: the host must be public or in api.outbound_allowlist.
+    webhook_url: Annotated[str, Header(alias="Webhook-Url", description="Where the signed result is POSTed: an "
+                                       "http(s) URL of a public host or one in api.outbound_allowlist",
+                                       json_schema_extra={"maxLength": 2048,
+                                                          "pattern": r"^(https?://[^\s/@?#]+(/[^\s]*)?)?$"})] = "",
     examination_id: Annotated[str | None, Header(alias="Examination-ID", max_length=256)] = None,
     inference_parameters: Annotated[str | None, Header(alias="Inference-Parameters",
                                                        description="JSON object; single quotes accepted")] = None,

@@ -177,10 +177,19 @@ _UPLOAD_BODY = {
         "content": {"multipart/form-data": {"schema": {
             "type": "object", "required": ["model.toml", "model.onnx"],
             "properties": {
-                "model.toml": {"type": "string", "format": "binary", "description": "The spec"},
-                "model.onnx": {"type": "string", "format": "binary", "description": "The ONNX file the spec names"},
-                "model.plan": {"type": "string", "format": "binary", "description": "Optional TensorRT plan"},
+                # The spec is UTF-8 TOML text (at most 1 MiB), not an arbitrary file: an image is refused.
+                "model.toml": {"type": "string", "minLength": 1, "maxLength": 1024 * 1024,
+                               "contentMediaType": "text/plain", "description": "The spec (UTF-8 TOML)"},
+                "model.onnx": {"type": "string", "format": "binary", "minLength": 1,
+                               "contentMediaType": "application/octet-stream",
+                               "description": "The ONNX file the spec names"},
+                "model.plan": {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream",
+                               "description": "Optional TensorRT plan"},
             },
+        }, "encoding": {
+            "model.toml": {"contentType": "text/plain"},
+            "model.onnx": {"contentType": "application/octet-stream"},
+            "model.plan": {"contentType": "application/octet-stream"},
         }}},
     }
 }

@@ -41,7 +41,7 @@ from dicom_node.api.inputs import (
     split_multipart,
 )
 from dicom_node.api.predictions import instance_error, run_decoded
-from dicom_node.api.schemas import error_responses
+from dicom_node.api.schemas import UID_PATTERN, error_responses
 from dicom_node.config import NodeConfig
 from dicom_node.errors import ModelError
 from dicom_node.net.http import Outbound
@@ -65,12 +65,28 @@ Submitter = Annotated[Principal, Depends(require("submit"))]
 _WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
+_B64 = {"type": "string", "contentEncoding": "base64", "minLength": 1}
+#: One instance as the node reads it (INSTANCE_FIELDS): exactly one input, with only its companions.
+_INSTANCE_SCHEMA: dict[str, Any] = {"oneOf": [
+    {"type": "object", "additionalProperties": False, "required": ["input_bytes"], "properties": {
+        "input_bytes": {"oneOf": [_B64, {"type": "object", "additionalProperties": False, "required": ["b64"],
+                                         "properties": {"b64": _B64}}]}}},
+    {"type": "object", "additionalProperties": False, "required": ["dicomweb_uri"], "properties": {
+        "dicomweb_uri": {"type": "string", "format": "uri", "pattern": r"^https?://[^\s/@?#]+(/[^\s]*)?$"},
+        "bearer_token": {"type": "string", "minLength": 1}}},
+    {"type": "object", "additionalProperties": False, "required": ["session_id"], "properties": {
+        "session_id": {"type": "string", "minLength": 1},
+        "series_uid": {"type": "string", "pattern": UID_PATTERN, "maxLength": 64}}},
+]}
+
+
 class PredictRequest(BaseModel):
     """The request body; any other top-level field is refused with 400 naming it (never ignored)."""
 
     model_config = {"extra": "forbid"}
 
-    instances: list[dict[str, Any]] = Field(min_length=1, description="Each: input_bytes, dicomweb_uri (+ bearer_token), or session_id (+ series_uid)")
+    instances: list[dict[str, Any]] = Field(min_length=1, description="Each: input_bytes, dicomweb_uri (+ bearer_token), or session_id (+ series_uid)",
+                                            json_schema_extra={"items": _INSTANCE_SCHEMA})
     parameters: dict[str, Any] = Field(default_factory=dict, description="Model parameters, e.g. {\"threshold\": 0.4}")
 
 

@@ -91,7 +91,10 @@ def _json_body_schema() -> dict[str, Any]:
 _PUT_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": _json_body_schema()},
     'multipart/related; type="application/dicom"': {"schema": {"type": "string", "format": "binary"}},
-    "multipart/form-data": {"schema": {"type": "object", "additionalProperties": {"type": "string", "format": "binary"}}},
+    # Every part a DICOM file (with a filename): a form without one is refused with 400.
+    "multipart/form-data": {"schema": {"type": "object", "minProperties": 1,
+                                       "additionalProperties": {"type": "string", "format": "binary",
+                                                                "contentMediaType": "application/dicom"}}},
 }}}
 _PUT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": SessionCreated, "description": "Upload stored; the session is ready"},
