@@ -26,12 +26,27 @@ from pydicom.filereader import data_element_generator
 from pydicom.tag import BaseTag
 
 from dicom_node.archive.keys import KEYS, record_from_dataset
-from dicom_node.errors import DatasetMismatchError, DecodeError, StorageError, UnreadableDatasetError
+from dicom_node.errors import DatasetMismatchError, DecodeError, PixelDataError, StorageError, UnreadableDatasetError
 from dicom_node.index import Index, IndexWriter, InstanceRecord, ops, qido
+from dicom_node.pixels.declared import DeclaredGeometry, check_declared
+from dicom_node.pixels.framing import (
+    EXTENDED_OFFSET_TABLE,
+    EXTENDED_OFFSET_TABLE_LENGTHS,
+    Framing,
+    PixelHeader,
+    check_offset_tables,
+    walk_file,
+)
 from dicom_node.pixels.inflate import BoundedInflater
-from dicom_node.pixels.syntaxes import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
+from dicom_node.pixels.syntaxes import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_BE,
+    IMPLICIT_VR_LE,
+    SYNTAXES,
+    UNCOMPRESSED_SYNTAXES,
+)
 from dicom_node.spool import Spool
-from dicom_node.validators import is_uid
+from dicom_node.validators import uid_problem
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +71,59 @@ QIDO_TAGS = frozenset({0x00080005} | {int(tag) for k in KEYS.values() if k.colum
 _LAST_QIDO = max(QIDO_TAGS)
 
 
+#: What the geometry check reads: SOP Instance UID (names the instance), the Image Pixel attributes
+#: (PS3.3 C.7.6.3) and the Extended Offset Table.
+_GEOMETRY = frozenset({0x00080018, 0x00280002, 0x00280004, 0x00280008, 0x00280010, 0x00280011, 0x00280100,
+                       0x00280101, 0x00280102, EXTENDED_OFFSET_TABLE, EXTENDED_OFFSET_TABLE_LENGTHS})
+#: Native encodings (Pixel Data has a defined length), and the encapsulated syntaxes whose frames take at
+#: least one fragment each; Pixel Data of other configured syntaxes (video) is only walked.
+_NATIVE = frozenset(UNCOMPRESSED_SYNTAXES) | {DEFLATED_EXPLICIT_VR_LE}
+_FRAMED = frozenset(info.uid for info in SYNTAXES if info.encapsulated)
+
+
+def check_framing(path: Path, data_offset: int, transfer_syntax: str, max_inflated: int) -> Framing:
+    """Walk the whole dataset's element framing and check its declared pixel geometry, before any ack.
+
+    Native Pixel Data is checked from its element header, before its value is skipped, so a Deflated
+    dataset declaring 1.5 GiB on 64x64 is refused without inflating the rest.
+
+    Raises
+    ------
+    UnreadableDatasetError
+        Broken framing (names the byte offset and tag), Pixel Data that disagrees with the declared
+        geometry (names the instance and the numbers), or a Deflated stream past the bound.
+    """
+    native = transfer_syntax in _NATIVE
+
+    def on_pixels(header: PixelHeader) -> None:
+        if not native and transfer_syntax not in _FRAMED:
+            return
+        if header.length is None and native:
+            raise UnreadableDatasetError("Pixel Data (7FE0,0010) encapsulated in a native syntax")
+        if header.length is not None and not native:
+            raise UnreadableDatasetError("Pixel Data (7FE0,0010) not encapsulated in a compressed syntax")
+        if header.length is not None:
+            check_declared(DeclaredGeometry.from_dataset(header.dataset()), native_length=header.length, fragments=None)
+
+    try:
+        found = walk_file(path, data_offset, transfer_syntax, max_inflated=max_inflated, capture=_GEOMETRY,
+                          on_pixel_data=on_pixels)
+        if found.pixels is not None and found.pixels.length is None and transfer_syntax in _FRAMED:
+            geometry = DeclaredGeometry.from_dataset(found.dataset())
+            check_declared(geometry, native_length=None, fragments=found.fragments)
+            check_offset_tables(found, geometry.frames)
+    except PixelDataError as exc:
+        # The reason without the instance: the response names the instance, and the comment keeps 64 characters.
+        raise UnreadableDatasetError(exc.reason) from exc
+    return found
+
+
 def clean_uid(value: str | None, what: str) -> str:
     """Return a validated UID, or raise :class:`UnreadableDatasetError` naming ``what``."""
     uid = (value or "").rstrip("\x00 ")
-    if not is_uid(uid):
-        raise UnreadableDatasetError(f"{what} is missing or not a valid UID")
+    problem = uid_problem(uid)
+    if problem is not None:
+        raise UnreadableDatasetError(f"{what}: {problem} (PS3.5 9.1)")
     return uid
 
 
@@ -217,6 +280,9 @@ class Ingestor:
         UnreadableDatasetError, DatasetMismatchError
             With the PS3.4 status to answer.
         """
+        # The framing walk first: it refuses a Deflated bomb or a lying Pixel Data header before
+        # read_header drains the stream.
+        check_framing(arrival.temp, arrival.data_offset, arrival.transfer_syntax, self.max_inflated)
         header = read_header(arrival.temp, arrival.data_offset, arrival.transfer_syntax, self.max_inflated, into)
         sop_class = clean_uid(header.get("sop_class_uid"), "SOP Class UID (0008,0016)")
         sop_instance = clean_uid(header.get("sop_instance_uid"), "SOP Instance UID (0008,0018)")

@@ -4,6 +4,7 @@ Modules
 -------
 syntaxes   the node's one transfer syntax table (PS3.5 Annex A) and codec availability
 inflate    the one bounded inflater for Deflated Explicit VR Little Endian (PS3.5 A.5)
+framing    the element framing walk run before an instance is acknowledged (PS3.5 7.1-7.5, A.4)
 decode     ``decode_instance``: one instance -> stored values; bounded inflate
 pool       crash-tolerant worker processes for native codecs
 geometry   slice positions, spacing, affine and geometry checks (PS3.3 C.7.6.2)
