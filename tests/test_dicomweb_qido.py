@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.archive.keys import KEYS
 from dicom_node.archive.match import condition
-from dicom_node.archive.query import parse_qido
+from dicom_node.archive.query import parse_qido, run
 from dicom_node.index import qido
 from dicom_node.index.schema import migrate
 from dicom_node.node import Node
@@ -205,3 +205,30 @@ def test_an_index_from_before_the_search_tables_is_backfilled_at_start(start_nod
     found = _client(again).search_for_studies(search_filters={"PatientID": "P7"})
     assert _uids(found) == {str(datasets[0].StudyInstanceUID)}
     assert found[0]["00201208"]["Value"] == [3]
+
+
+def test_ten_thousand_studies_are_paged_off_the_index(tmp_path: Path) -> None:
+    """The default study search is read off an index in order (no sort of every study), and pages are exact."""
+    conn = sqlite3.connect(tmp_path / "i.sqlite3", isolation_level=None)
+    migrate(conn)
+    conn.execute("BEGIN")
+    for n in range(10_000):
+        study = f"1.2.826.0.1.{n}"
+        qido.record(conn, qido.QidoRecord(
+            study={"study_uid": study, "patient_id": f"P{n % 97}", "study_date": f"2024{1 + n % 12:02d}{1 + n % 28:02d}",
+                   "study_time": f"{n % 24:02d}0000"},
+            series={"series_uid": study + ".1", "study_uid": study, "modality": "CT" if n % 2 else "MR"},
+            instance={"sop_uid": study + ".1.1", "series_uid": study + ".1", "study_uid": study,
+                      "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2"}, origin="received"), 0.0)
+    conn.execute("COMMIT")
+    plan = " ".join(qido.plan(conn, "STUDY", []))
+    assert "qido_studies_date" in plan and "TEMP B-TREE" not in plan, plan
+    first = run(conn, parse_qido("STUDY", [("limit", "100")]))
+    second = run(conn, parse_qido("STUDY", [("limit", "100"), ("offset", "100")]))
+    assert first.truncated and len(first.entities) == len(second.entities) == 100
+    dates = [str(ds.StudyDate) for ds in first.entities + second.entities]
+    assert dates == sorted(dates, reverse=True)
+    assert not {ds.StudyInstanceUID for ds in first.entities} & {ds.StudyInstanceUID for ds in second.entities}
+    ct = run(conn, parse_qido("STUDY", [("ModalitiesInStudy", "CT"), ("PatientID", "P5"), ("limit", "1000")]))
+    assert ct.entities and all(ds.ModalitiesInStudy == "CT" and ds.PatientID == "P5" for ds in ct.entities)
+    assert len(ct.entities) == sum(1 for n in range(10_000) if n % 97 == 5 and n % 2)

@@ -34,7 +34,9 @@ _FROM: dict[Level, str] = {
                  "JOIN qido_studies st ON st.study_uid = i.study_uid"),
 }
 _ORDER: dict[Level, str] = {
-    "STUDY": "st.study_date DESC, st.study_time DESC, st.study_uid",
+    # Newest first, in the order of the qido_studies_date index read backwards (rowid breaks ties), so a
+    # page of 10,000 studies is read off the index without sorting them.
+    "STUDY": "st.study_date DESC, st.study_time DESC, st.rowid DESC",
     "SERIES": "se.study_uid, se.series_number, se.series_uid",
     "INSTANCE": "i.series_uid, i.instance_number, i.sop_uid",
 }
