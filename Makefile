@@ -2,6 +2,7 @@
 #   make run   - create .venv, install, start the node on conf/node.toml (SCP 127.0.0.1:11112, state in ./var)
 #   make test  - create .venv, install test extras and the Debian peers it can, run pytest
 #   make lint  - ruff and mypy (configured in pyproject.toml), as CI runs them
+#   make viewer - fetch the OHIF viewer (npm) and serve it on 127.0.0.1:3000 against the running node
 #   make smoke - a fresh venv with the runtime install only serves: /readyz, C-ECHO, SIGTERM (.ci/smoke.sh)
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint smoke install install-test peers bench-ingest clean
+.PHONY: run test lint smoke install install-test peers viewer bench-ingest clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,7 @@ run: install
 
 peers:
 	@bash tests/peers/install_debian_peers.sh
+	@bash tests/peers/install_ohif.sh
 	@bash tests/peers/setup_triton.sh || echo "peers: Triton server not set up; its tests skip (or fail when DICOM_NODE_REQUIRE_PEERS=1)"
 
 test: install-test peers
@@ -40,6 +42,10 @@ test: install-test peers
 lint: install-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+viewer: install
+	@bash tests/peers/install_ohif.sh
+	$(VENV)/bin/dicom-node viewer
 
 smoke:
 	PYTHON=$(PYTHON) bash .ci/smoke.sh

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dicom_node.commands import check, fetch, infer, jobs, models, results, serve, sources, status, synthetic
+from dicom_node.commands import check, fetch, infer, jobs, models, results, serve, sources, status, synthetic, viewer
 from dicom_node.commands.output import echo
 from dicom_node.config import DEFAULT_CONFIG_NAME, NodeConfig, find_config, load_config
 from dicom_node.errors import ConfigError, DicomNodeError, InferenceError
@@ -28,7 +28,7 @@ from dicom_node.errors import ConfigError, DicomNodeError, InferenceError
 __all__ = ["COMMAND_MODULES", "build_parser", "context_line", "echo", "main"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES = (serve, status, check, models, infer, jobs, results, sources, fetch, synthetic)
+COMMAND_MODULES = (serve, status, check, models, infer, jobs, results, sources, fetch, synthetic, viewer)
 
 
 _CONFIG_HELP = (

@@ -16,7 +16,7 @@ Every fenced block of README.md is one of:
 - ``json``: parsed.
 - anything else must follow ``<!-- not executed: REASON -->``.
 
-The README's ports (11112, 11113, 8080, 9000) are used as written; one that is
+The README's ports (11112, 11113, 8080, 9000, 3000) are used as written; one that is
 busy on this machine is replaced by a free one in every block and in the scratch
 ``conf/node.toml``. A failure names the README line of the block that broke.
 """
@@ -49,7 +49,7 @@ from tests.readme.shell import BlockFailed, Shell
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-README_PORTS = (11112, 11113, 8080, 9000)
+README_PORTS = (11112, 11113, 8080, 9000, 3000)
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.22"}
 BLOCK_TIMEOUT = 120.0
@@ -195,6 +195,8 @@ def _checkout(tmp: Path, ports: dict[int, int]) -> Path:
     shutil.copytree(ROOT / "conf", co / "conf")
     shutil.copytree(ROOT / "engines", co / "engines", ignore=shutil.ignore_patterns("cache", "*.plan", "__pycache__"))
     shutil.copytree(ROOT / "docs", co / "docs", ignore=shutil.ignore_patterns("__pycache__"))
+    (co / "tests" / "peers").mkdir(parents=True)
+    shutil.copy2(ROOT / "tests" / "peers" / "install_ohif.sh", co / "tests" / "peers" / "install_ohif.sh")  # make viewer
     node_toml = co / "conf" / "node.toml"
     node_toml.write_text(_substitute(node_toml.read_text(encoding="utf-8"), ports))
     shutil.copyfile(ROOT / "pyproject.toml", co / "pyproject.toml")
@@ -318,6 +320,19 @@ def _webhook_verified(run: Run, out: str) -> None:
     assert "REJECTED" not in run.shell.transcript(), "the receiver rejected a signature"
 
 
+def _viewer_serving(run: Run, out: str) -> None:
+    """OHIF is served with an app-config naming the node's DICOMweb, and the node lets that origin read it."""
+    wait_port(run.port(3000), timeout=60)
+    with urllib.request.urlopen(f"http://127.0.0.1:{run.port(3000)}/app-config.js", timeout=10) as resp:
+        config = resp.read().decode()
+    assert f"http://127.0.0.1:{run.port(8080)}/dicomweb" in config, config[:500]
+    origin = f"http://127.0.0.1:{run.port(3000)}"
+    request = urllib.request.Request(f"http://127.0.0.1:{run.port(8080)}/dicomweb/studies", headers={"Origin": origin})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.headers.get("access-control-allow-origin") == origin, dict(resp.headers)
+        assert json.load(resp), "QIDO-RS found no study"
+
+
 def _jobs_by_examination(run: Run, out: str) -> None:
     answer = json.loads(out.strip().splitlines()[-1])
     assert answer["jobs"], "GET /v1/jobs?examination_id=EX-42 found no job"
@@ -329,6 +344,7 @@ CHECKS: list[tuple[str, Callable[[Run, str], None]]] = [
     ("ct2/*.dcm", _pacs_received),
     ("status --json", _status_counts),
     ("ls pacs", _ls_pacs),
+    ("make viewer &", _viewer_serving),
     ("findscu", _findscu),
     ("getscu", _getscu),
     ("dicom-node check", _check_passes),
