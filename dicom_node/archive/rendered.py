@@ -52,7 +52,7 @@ def parse_params(window: str | None, viewport: str | None, quality: str | None) 
             center, width = float(parts[0]), float(parts[1])
         except (ValueError, IndexError):
             raise BadRequest(f"window={window!r} is not center,width[,function]") from None
-        function = (parts[2] if len(parts) > 2 else "linear").upper()
+        function = (parts[2] if len(parts) > 2 else "linear").upper().replace("-", "_")  # linear-exact
         if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID") or width <= 0 or not math.isfinite(center + width):
             raise BadRequest(f"window={window!r}: width must be positive, function linear, linear-exact or sigmoid")
         win = (center, width, function)

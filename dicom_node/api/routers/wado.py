@@ -53,9 +53,16 @@ def uid_param() -> Any:
 
 
 Uid = Annotated[str, uid_param()]
-Window = Annotated[str | None, Query(description="center,width[,linear|linear-exact|sigmoid] (PS3.18 8.3.5.1.4)")]
-Viewport = Annotated[str | None, Query(description="vw,vh: fit the image inside (PS3.18 8.3.5.1.3)")]
-Quality = Annotated[str | None, Query(description="JPEG quality 1-100 (PS3.18 8.3.5.1.2)")]
+_NUMBER = r"[-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
+Window = Annotated[str | None, Query(description="center,width[,linear|linear-exact|sigmoid] (PS3.18 8.3.5.1.4)",
+                                     pattern=rf"^{_NUMBER},{_NUMBER}(,(linear|linear-exact|sigmoid))?$", max_length=128)]
+Viewport = Annotated[str | None, Query(description="vw,vh[,sx,sy,sw,sh]: fit the image inside vw x vh (PS3.18 8.3.5.1.3)",
+                                       pattern=rf"^[1-9][0-9]{{0,3}},[1-9][0-9]{{0,3}}(,{_NUMBER}){{0,4}}$", max_length=128)]
+Quality = Annotated[str | None, Query(description="JPEG quality 1-100 (PS3.18 8.3.5.1.2)", pattern=r"^[0-9]{1,3}$")]
+#: Frame numbers, comma separated (PS3.18 10.4.1.1.4).
+FrameList = Annotated[str, PathParam(pattern=r"^[1-9][0-9]{0,8}(,[1-9][0-9]{0,8})*$", max_length=8192)]
+#: A bulk data path as the metadata's BulkDataURIs write it: tag, or tag/item/tag inside sequences.
+TagPath = Annotated[str, PathParam(pattern=r"^[0-9A-Fa-f]{8}(/[0-9]{1,6}/[0-9A-Fa-f]{8}){0,8}$", max_length=256)]
 
 
 def _answer(work: Callable[[], T]) -> T:
@@ -182,7 +189,7 @@ def _frames(request: Request, storage: Storage, study: str, series: str, sop: st
 @router.get("/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/{frame_list}", responses=_MULTIPART,
             response_class=StreamingResponse, summary="WADO-RS: frames of an instance (PS3.18 10.4)")
 def retrieve_frames(request: Request, storage: StorageDep, study: Uid, series: Uid, sop: Uid,
-                    frame_list: Annotated[str, PathParam(max_length=8192)], _p: Reader) -> StreamingResponse:
+                    frame_list: FrameList, _p: Reader) -> StreamingResponse:
     """One part per frame asked for (numbered from 1): native bytes, or compressed as stored."""
     numbers = _answer(lambda: framing.parse_frame_list(frame_list))
     return _frames(request, storage, study, series, sop, numbers)
@@ -191,7 +198,7 @@ def retrieve_frames(request: Request, storage: StorageDep, study: Uid, series: U
 @router.get("/dicomweb/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag_path:path}",
             responses=_MULTIPART, response_class=StreamingResponse, summary="WADO-RS: bulk data (PS3.18 10.4)")
 def retrieve_bulkdata(request: Request, storage: StorageDep, study: Uid, series: Uid, sop: Uid,
-                      tag_path: Annotated[str, PathParam(max_length=512)], _p: Reader) -> Response:
+                      tag_path: TagPath, _p: Reader) -> Response:
     """A BulkDataURI of the metadata (PS3.18 8.7.3.5): the element's value as octet-stream, in one part.
 
     Native Pixel Data is its whole value in Explicit VR Little Endian (what a SEG loader reads);
@@ -241,7 +248,7 @@ def rendered_instance(request: Request, storage: StorageDep, study: Uid, series:
 @router.get("/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/{frame_list}/rendered",
             responses=_IMAGE, summary="WADO-RS: rendered frame (PS3.18 10.4.1.1.3)")
 def rendered_frame(request: Request, storage: StorageDep, study: Uid, series: Uid, sop: Uid,
-                   frame_list: Annotated[str, PathParam(max_length=64)], _p: Reader,
+                   frame_list: FrameList, _p: Reader,
                    window: Window = None, viewport: Viewport = None, quality: Quality = None) -> Response:
     """One frame as JPEG or PNG (a single image: only the first number of the list is rendered)."""
     numbers = _answer(lambda: framing.parse_frame_list(frame_list))
@@ -294,7 +301,7 @@ def instance_thumbnail(request: Request, storage: StorageDep, study: Uid, series
 @router.get("/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/{frame_list}/thumbnail",
             responses=_IMAGE, summary="WADO-RS: frame thumbnail")
 def frame_thumbnail(request: Request, storage: StorageDep, study: Uid, series: Uid, sop: Uid,
-                    frame_list: Annotated[str, PathParam(max_length=64)], _p: Reader,
+                    frame_list: FrameList, _p: Reader,
                     viewport: Viewport = None) -> Response:
     """The first frame of the list, small."""
     numbers = _answer(lambda: framing.parse_frame_list(frame_list))
