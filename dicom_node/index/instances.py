@@ -128,10 +128,16 @@ def stored_instances(conn: sqlite3.Connection, study: str, series: str | None = 
         where, args = where + " AND series_instance_uid = ?", [*args, series]
     if sop is not None:
         where, args = where + " AND sop_instance_uid = ?", [*args, sop]
+    # instances has no index on the study: a study's instances are found through its series (series_study,
+    # then instances_series), not by scanning every instance the node holds.
+    received, received_args = where, args
+    if series is None and sop is None:
+        received = "series_instance_uid IN (SELECT series_instance_uid FROM series WHERE study_instance_uid = ?) AND " + where
+        received_args = [study, *args]
     cols = "path, study_instance_uid, series_instance_uid, sop_instance_uid, sop_class_uid"
     found = [StoredInstance("received", *map(str, r)) for r in conn.execute(
-        f"SELECT {cols} FROM instances WHERE {where} ORDER BY series_instance_uid, instance_number, sop_instance_uid",
-        args)]
+        f"SELECT {cols} FROM instances WHERE {received} ORDER BY series_instance_uid, instance_number, sop_instance_uid",
+        received_args)]
     found += [StoredInstance("result", *map(str, r)) for r in conn.execute(
         f"SELECT {cols} FROM results WHERE {where} ORDER BY created_at", args)]
     return found
