@@ -58,7 +58,6 @@ _STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-
 def _element(vr: str, *values: Any) -> dict[str, Any]:
     return {"vr": vr, "Value": list(values)} if values else {"vr": vr}
 
