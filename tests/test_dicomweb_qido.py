@@ -83,6 +83,17 @@ def test_study_search_every_matching_form(archive) -> None:
     assert one["00081190"]["Value"][0].endswith(f"/dicomweb/studies/{uid['a']}")
 
 
+def test_person_names_beyond_ascii_match_regardless_of_case(start_node) -> None:
+    node: Node = start_node()
+    datasets = _study("qlatin", "Müller^Jürgen", "P8", "20240301", "100000", "ACC8", slices=1)
+    datasets[0].SpecificCharacterSet = "ISO_IR 100"
+    assert send_all(node.scp.port, datasets) == [0]
+    web = _client(node)
+    for pattern in ("MÜLLER*", "müller^jürgen", "M?ller*"):
+        found = web.search_for_studies(search_filters={"PatientName": pattern})
+        assert [f["00100010"]["Value"][0]["Alphabetic"] for f in found] == ["Müller^Jürgen"], pattern
+
+
 def test_series_and_instance_searches(archive) -> None:
     node, studies = archive
     web = _client(node)

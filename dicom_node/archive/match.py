@@ -87,6 +87,8 @@ def condition(key: Key, value: str) -> Condition | None:
             bounds += [Filter(column, "le", (high,))] if high else []
             return Condition(key, value, tuple(bounds), False)
     wild = [v for v in items if "*" in v or "?" in v]
+    if key.vr == "PN" and not value.isascii():
+        return Condition(key, value, (), True)  # SQLite folds ASCII case only: Python folds the rest
     if wild and len(items) > 1:
         return Condition(key, value, (), True)
     if wild:
