@@ -13,6 +13,8 @@ for peers)::
     │   ├── DatasetMismatchError    dataset disagrees with the request (PS3.4 0xA900)
     │   └── UnreadableDatasetError  cannot be parsed / bounds exceeded (PS3.4 0xC000 family)
     ├── AssociationError            DICOM upper layer protocol violation
+    │   ├── PduError                a PDU that breaks PS3.8, answered with A-ABORT (scp.pdu)
+    │   └── MalformedRequest        an A-ASSOCIATE-RQ refused with A-ASSOCIATE-RJ (scp.rq_check)
     ├── IdentifierError             a Q/R identifier is malformed or does not fit (``status``, PS3.4 C.4)
     ├── PixelError                  pixel data cannot be decoded or encoded
     │   ├── UnsupportedTransferSyntaxError
@@ -32,6 +34,9 @@ for peers)::
     ├── SessionUnavailable          a session is unknown, expired or not ready (sources.sessions)
     ├── PollCancelled               a poll cycle was stopped (sources.poller)
     ├── MultipartError              a malformed multipart body or one over a limit (``status``; dicomweb.multipart)
+    ├── NotFound                    a study, series, instance or frame the node does not hold (404; archive.retrieve)
+    ├── BadRequest                  a WADO-RS request naming something impossible, e.g. frame 0 (400; archive.retrieve)
+    ├── NotAcceptable               nothing the resource can produce fits the Accept header (406; dicomweb.accept)
     ├── ApiError                    answered to a REST caller with ``status`` and a JSON body (api.errors)
     │   └── BodyTooLarge            the request body is over ``api.max_body_bytes`` (api.limits)
     └── InputRejected               one predict/invocation input cannot be used (``code``; api.inputs)
