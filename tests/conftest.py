@@ -116,13 +116,17 @@ class ServeProcess:
             **(extra_env or {}),
         )
         self.proc: subprocess.Popen[bytes] | None = None
+        # stderr goes to a file, not a pipe: nobody reads a pipe while the node runs, and a node that
+        # logs more than the pipe's 64 KiB would block on its next write and look hung.
+        self.stderr_path = root.parent / f"serve-{port}.stderr"
 
     def start(self) -> ServeProcess:
         """Start and wait until the SCP accepts connections."""
-        self.proc = subprocess.Popen(
-            [dicom_node_exe(), "serve"], env=self.env, cwd=self.root.parent,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        with self.stderr_path.open("ab") as err:
+            self.proc = subprocess.Popen(
+                [dicom_node_exe(), "serve"], env=self.env, cwd=self.root.parent,
+                stdout=subprocess.DEVNULL, stderr=err,
+            )
         wait_port(self.port)
         return self
 
@@ -137,11 +141,11 @@ class ServeProcess:
         return json.loads(out.stdout)
 
     def stop(self, sig: int = 15) -> bytes:
-        """Send ``sig`` and wait; returns stderr."""
+        """Send ``sig`` and wait; returns what the node wrote to stderr since it was created."""
         assert self.proc is not None
         self.proc.send_signal(sig)
-        _, err = self.proc.communicate(timeout=30)
-        return err
+        self.proc.wait(timeout=30)
+        return self.stderr_path.read_bytes()
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> bool:
