@@ -70,6 +70,9 @@ def test_wado_rs_with_dicomweb_client_on_a_received_ct_and_its_seg_and_sr(start_
     everything = web.retrieve_study(study)
     assert sorted(d.SOPInstanceUID for d in everything) == sorted(
         [str(d.SOPInstanceUID) for d in ct] + [seg["sop_instance_uid"], sr["sop_instance_uid"]])
+    # Every other retrieve and iterate method dicomweb-client has, so none of its calls is untried.
+    assert sorted(d.SOPInstanceUID for d in web.retrieve_series(study, series)) == sorted(str(d.SOPInstanceUID) for d in ct)
+    assert len(list(web.iter_study(study))) == 6 and len(list(web.iter_series(study, series))) == 4
 
     metadata = web.retrieve_series_metadata(study, series)
     assert len(metadata) == 4 and all("7FE00010" in m and "BulkDataURI" in m["7FE00010"] for m in metadata)
@@ -83,6 +86,8 @@ def test_wado_rs_with_dicomweb_client_on_a_received_ct_and_its_seg_and_sr(start_
     meta = web.retrieve_instance_metadata(study, series, str(first.SOPInstanceUID))
     assert Dataset.from_json(meta, lambda *_: b"").SOPInstanceUID == first.SOPInstanceUID
     assert web.retrieve_bulkdata(meta["7FE00010"]["BulkDataURI"]) == [first.PixelData]
+    assert list(web.iter_bulkdata(meta["7FE00010"]["BulkDataURI"])) == [first.PixelData]
+    assert list(web.iter_instance_frames(study, series, str(first.SOPInstanceUID), [1])) == [first.PixelData]
     frames = web.retrieve_instance_frames(study, series, str(first.SOPInstanceUID), [1])
     assert frames == [first.PixelData]
 
