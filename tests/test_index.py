@@ -116,3 +116,14 @@ def test_failing_operation_rolls_back_alone(db: tuple[Index, IndexWriter]) -> No
     with pytest.raises(Exception, match="no_such_table"):
         bad.result(10)
     assert index.counts()["instances"] == 1
+
+
+def test_an_index_read_failure_is_a_storage_error(db: tuple[Index, IndexWriter]) -> None:
+    # Ingest maps StorageError to 0xA700 (the sender retries); a raw sqlite3 error was unmapped.
+    from dicom_node.errors import StorageError
+
+    index, _ = db
+    conn = index.reader()
+    conn.close()
+    with pytest.raises(StorageError, match="index read failed"):
+        index.has_instance(conn, "1.2.3")

@@ -99,8 +99,18 @@ class Index:
             conn.close()
 
     def has_instance(self, conn: sqlite3.Connection, sop_instance_uid: str) -> bool:
-        """True when the instance is already indexed."""
-        row = conn.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+        """True when the instance is already indexed.
+
+        Raises
+        ------
+        StorageError
+            The index cannot be read (locked past its timeout, I/O error): ingest answers 0xA700,
+            so the sender retries, instead of an unmapped sqlite3 error.
+        """
+        try:
+            row = conn.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError(f"index read failed: {exc}") from exc
         return row is not None
 
     def instance_uids(self) -> set[str]:
