@@ -30,6 +30,10 @@ for peers)::
     ├── ModelError                  an ``inference.errors.InferenceError`` wrapped at the boundary (``kind``, ``cause``)
     ├── OutboundError               an outbound HTTP request failed (net.policy)
     │   └── OutboundRefused         ... refused by the SSRF policy before any connection
+    ├── ObjectStoreError            an object store (GCS, Azure Blob, S3) request failed (``retryable``; objects.errors)
+    │   ├── ObjectRefused           bucket not allowlisted, store not configured, or access denied by the store
+    │   ├── ObjectNotFound          the object or its bucket does not exist
+    │   └── ObjectTooLarge          over objects.max_object_bytes or the caller's cap (``cap``)
     ├── SessionRefused              a retrieval session cannot be opened (``status``, ``code``; sources.sessions)
     ├── SessionUnavailable          a session is unknown, expired or not ready (sources.sessions)
     ├── PollCancelled               a poll cycle was stopped (sources.poller)

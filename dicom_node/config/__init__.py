@@ -39,6 +39,7 @@ from pydantic import (
 
 from dicom_node.config.api import ApiConfig
 from dicom_node.config.delivery import DeliveryConfig
+from dicom_node.config.objects import ObjectsConfig
 from dicom_node.config.routing import RoutingConfig
 from dicom_node.config.sources import SourcesConfig
 from dicom_node.config.tls import ScpTlsConfig, parse_subject
@@ -267,6 +268,8 @@ class NodeConfig(_Section):
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
+    #: Object storage (GCS, Azure Blob, S3) as input and output (:mod:`dicom_node.config.objects`).
+    objects: ObjectsConfig = Field(default_factory=ObjectsConfig)
 
     @model_validator(mode="after")
     def _poller_rules_exist(self) -> NodeConfig:
