@@ -24,6 +24,7 @@ from dicom_node.jobs.pipeline import Pipeline
 from dicom_node.jobs.stages import FileResultWriter, JobDelivery
 from dicom_node.jobs.worker import DELIVERY, JOB, DeliveryHandler, JobRouter, SeriesJobHandler
 from dicom_node.net.http import Outbound
+from dicom_node.objects import ObjectStores
 from dicom_node.registry import ModelRegistry
 from dicom_node.scp.context import ResultArchive, ScpContext
 from dicom_node.scp.negotiation import supported_contexts
@@ -85,6 +86,8 @@ class Node:
         self.models = ModelRegistry(config.inference)
         #: The one outbound HTTP stack and SSRF policy for caller-supplied URLs (webhooks, dicomweb_uri).
         self.outbound = Outbound(config.api.outbound_allowlist, config.api.outbound_max_redirects)
+        #: Object storage (gs://, s3://, az://): clients per allowlisted bucket, built on first use (no I/O here).
+        self.objects = ObjectStores(config.objects)
         self.scp = StorageServer(
             ScpContext(config.scp, self.spool, self.writer, self.ingestor, supported_contexts(config.scp),
                        archive=ResultArchive.from_config(config, self.index))

@@ -15,6 +15,8 @@ Service                What it holds                                          Wh
                                                                               predict and invocation routes, metrics
 ``Outbound``           the one HTTP client stack and the SSRF policy for      predict (``dicomweb_uri``), invocation
                        caller-supplied URLs (:mod:`dicom_node.net.http`)      webhooks (``api.deps.OutboundDep``)
+``ObjectStores``       object storage clients (GCS, Azure Blob, S3), bucket   bucket inputs and object outputs
+                       allowlists and read caps (:mod:`dicom_node.objects`)   (``api.deps.ObjectStoresDep``)
 =====================  =====================================================  ==========================================
 """
 
@@ -25,10 +27,11 @@ from dataclasses import dataclass
 from dicom_node.index import Index, IndexWriter
 from dicom_node.ingest import Ingestor
 from dicom_node.net.http import Outbound
+from dicom_node.objects import ObjectStores
 from dicom_node.registry import ModelRegistry
 from dicom_node.spool import Spool
 
-__all__ = ["ModelRegistry", "Outbound", "Storage"]
+__all__ = ["ModelRegistry", "ObjectStores", "Outbound", "Storage"]
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from dicom_node.config import NodeConfig
 from dicom_node.invocations import InvocationService
 from dicom_node.net.http import Outbound
 from dicom_node.node import Node
+from dicom_node.objects import ObjectStores
 from dicom_node.registry import ModelRegistry
 from dicom_node.scp.server import StorageServer
 from dicom_node.services import Storage
@@ -55,6 +56,8 @@ class ApiServices:
         The HTTP client and SSRF policy for caller-supplied URLs (``dicomweb_uri``, ``Webhook-Url``).
     metrics : CollectorRegistry
         What ``/metrics`` exposes.
+    objects : ObjectStores
+        Object storage (``gs://``, ``s3://``, ``az://``) for bucket inputs and object outputs.
     """
 
     storage: Storage
@@ -66,6 +69,7 @@ class ApiServices:
     pull: NodeStorage
     outbound: Outbound
     metrics: CollectorRegistry
+    objects: ObjectStores
 
     @classmethod
     def of(cls, node: Node) -> ApiServices:
@@ -80,6 +84,7 @@ class ApiServices:
             pull=node,
             outbound=node.outbound,
             metrics=registry_for(node.scp, node.index, node.models),
+            objects=node.objects,
         )
 
 
@@ -136,6 +141,11 @@ async def outbound(found: ServicesDep) -> Outbound:
     return found.outbound
 
 
+async def objects(found: ServicesDep) -> ObjectStores:
+    """Object storage (GCS, Azure Blob, S3)."""
+    return found.objects
+
+
 async def metrics(found: ServicesDep) -> CollectorRegistry:
     """The Prometheus registry of ``/metrics``."""
     return found.metrics
@@ -147,6 +157,7 @@ ScpDep = Annotated[StorageServer, Depends(scp)]
 PollersDep = Annotated[PollerService | None, Depends(pollers)]
 MetricsDep = Annotated[CollectorRegistry, Depends(metrics)]
 OutboundDep = Annotated[Outbound, Depends(outbound)]
+ObjectStoresDep = Annotated[ObjectStores, Depends(objects)]
 
 
 async def session_reader(found: ServicesDep) -> SessionService:
