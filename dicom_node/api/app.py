@@ -15,6 +15,7 @@ from dicom_node.api.errors import install_error_handlers
 from dicom_node.api.limits import BodyLimitMiddleware
 from dicom_node.api.routers import (
     dicomweb,
+    facade,
     health,
     invocations,
     jobs,
@@ -31,7 +32,7 @@ from dicom_node.config import NodeConfig
 log = logging.getLogger(__name__)
 
 #: Router modules, each exposing ``router``, in the order their routes are matched.
-ROUTERS = (health, models, predict, invocations, jobs, results, worklist, dicomweb, wado, qido, sessions)
+ROUTERS = (health, models, predict, invocations, facade, jobs, results, worklist, dicomweb, wado, qido, sessions)
 
 
 def create_app(config: NodeConfig, services: ApiServices | None) -> FastAPI:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,16 +33,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from dicom_node.api.auth import Principal, require
-from dicom_node.api.deps import ConfigDep, InvocationsDep, ServicesDep
+from dicom_node.api.deps import ApiServices, ConfigDep, InvocationsDep, ServicesDep
 from dicom_node.api.errors import ApiError
-from dicom_node.api.inputs import sniff, unsupported_reason
+from dicom_node.api.inputs import InputRejected, decode_image, sniff, unsupported_reason
 from dicom_node.api.routers.predict import get_predictor
 from dicom_node.api.schemas import error_responses
-from dicom_node.invocations import upload_path
+from dicom_node.config import NodeConfig
+from dicom_node.invocations import InvocationService, upload_path
 from dicom_node.net.http import Outbound
 from dicom_node.net.policy import OutboundRefused
 from dicom_node.registry import ModelRegistry
 from inference.errors import ParameterError
+from inference.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -190,49 +193,134 @@ def _check_webhook(outbound: Outbound, url: str | None) -> None:
         raise ApiError(400, "webhook_refused", f"Webhook-Url refused: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class InvocationHeaders:
+    """The headers of an invocation request, as both path sets name them (``/v1/invocations``, ``/invocations``)."""
+
+    webhook_url: str | None
+    examination_id: str | None
+    inference_parameters: str | None
+    model: str | None
+
+
+class UndecodableUpload(ApiError):
+    """The upload is no image or DICOM file the node can decode: 415 with the reason on ``/v1/invocations``.
+
+    The Triton facade's ``/invocations`` answers it with its documented text instead
+    (:mod:`dicom_node.api.routers.facade`).
+    """
+
+    def __init__(self, description: str) -> None:
+        super().__init__(415, "unsupported_media_type", description)
+
+
+def check_parameters(spec: ModelSpec, params: dict[str, Any]) -> dict[str, Any]:
+    """Validate caller parameters against the model's declared ``[parameters]`` (``engines/<model>/model.toml``).
+
+    Returns
+    -------
+    dict
+        Every declared parameter with its effective value (defaults filled in).
+
+    Raises
+    ------
+    ApiError
+        400 ``invalid_parameters`` naming every parameter the model does not declare (and
+        the declared ones), or the first value of the wrong type or out of bounds.
+    """
+    unknown = sorted(set(params) - set(spec.parameters))
+    if unknown:
+        declared = ", ".join(sorted(spec.parameters)) or "none"
+        raise ApiError(400, "invalid_parameters", f"model {spec.name!r} does not declare the Inference-Parameters "
+                       f"{', '.join(repr(n) for n in unknown)} (declared: {declared})")
+    try:
+        return spec.resolve_parameters(params)
+    except ParameterError as exc:
+        raise ApiError(400, "invalid_parameters", str(exc)) from exc
+
+
+def check_decodable(data: bytes, max_pixels: int) -> str:
+    """The kind of an upload (``dicom``, ``png``, ...) once its bytes are known to decode.
+
+    Images are decoded once here, so a truncated PNG is refused now rather than failing
+    the queued invocation later; DICOM is checked by its Part 10 header (the runner
+    decodes it against the model's contract).
+
+    Raises
+    ------
+    UndecodableUpload
+        Neither DICOM nor a decodable PNG, JPEG, TIFF or BMP.
+    ApiError
+        413 when the image has more than ``api.max_pixels`` pixels.
+    """
+    kind = sniff(data)
+    if kind is None:
+        raise UndecodableUpload(unsupported_reason(data))
+    if kind != "dicom":
+        try:
+            decode_image(data, max_pixels)
+        except InputRejected as exc:
+            if exc.code == "too_many_pixels":
+                raise ApiError(413, exc.code, exc.description) from exc
+            raise UndecodableUpload(exc.description) from exc
+    return kind
+
+
+async def accept_upload(request: Request, services: ApiServices, config: NodeConfig, service: InvocationService,
+                        headers: InvocationHeaders) -> dict[str, Any]:
+    """Check, store durably and queue one uploaded invocation: the one implementation of both path sets.
+
+    Returns
+    -------
+    dict
+        ``{"filename", "status": "sent", "request_uuid", "examination_id"}``.
+    """
+    params = parse_parameters(headers.inference_parameters)
+    webhook = headers.webhook_url or None
+    await run_in_threadpool(_check_webhook, services.outbound, webhook)
+    filename, data = await _read_image(request, config.api.max_multipart_parts)
+    kind = await run_in_threadpool(check_decodable, data, config.api.max_pixels)
+    name = headers.model
+    if not name:
+        name = await run_in_threadpool(default_model, services.models, kind != "dicom")
+    predictor = await run_in_threadpool(get_predictor, services.models, name)
+    check_parameters(predictor.spec, params)
+    request_uuid = str(uuid.uuid4())
+    await run_in_threadpool(_store_upload, services.storage.spool.tmp, request_uuid, data)
+    await run_in_threadpool(service.submit, {
+        "id": request_uuid, "examination_id": headers.examination_id, "model": name, "parameters": json.dumps(params),
+        "webhook_url": webhook, "filename": filename,
+    })
+    log.info("invocation queued id=%s model=%s webhook=%s", request_uuid, name, webhook is not None)
+    return {"filename": filename, "status": "sent", "request_uuid": request_uuid,
+            "examination_id": headers.examination_id}
+
+
+#: ``Webhook-Url`` as documented: a string, never null (an absent header is no webhook), http(s) without
+#: user info; the outbound policy checks it (400 webhook_refused naming the rule), including what a
+#: pattern cannot say: the host must be public or in api.outbound_allowlist.
+WebhookHeader = Annotated[str, Header(alias="Webhook-Url", description="Where the signed result is POSTed: an "
+                                      "http(s) URL of a public host or one in api.outbound_allowlist",
+                                      json_schema_extra={"maxLength": 2048,
+                                                         "pattern": r"^(https?://[^\s/@?#]+(/[^\s]*)?)?$"})]
+ExaminationHeader = Annotated[str | None, Header(alias="Examination-ID", max_length=256)]
+ParametersHeader = Annotated[str | None, Header(alias="Inference-Parameters",
+                                                description="JSON object of the model's declared parameters "
+                                                            "(e.g. threshold, slice_idx); single quotes accepted")]
+ModelHeader = Annotated[str | None, Header(alias="Model-Name")]
+
+
 @router.post("/v1/invocations", status_code=202, summary="Asynchronous inference on one upload; the result goes to a webhook",
              responses=_ACCEPT_RESPONSES, response_class=JSONResponse, openapi_extra=_UPLOAD_BODY)
 async def invoke(
     request: Request, services: ServicesDep, config: ConfigDep, service: InvocationsDep, _: Submitter,
-    model: str | None = None,
-    # Documented as a string, never null (an absent header is no webhook), http(s) without user info;
-    # the outbound policy checks it (400 webhook_refused naming the rule), including what a pattern
-    # cannot say: the host must be public or in api.outbound_allowlist.
-    webhook_url: Annotated[str, Header(alias="Webhook-Url", description="Where the signed result is POSTed: an "
-                                       "http(s) URL of a public host or one in api.outbound_allowlist",
-                                       json_schema_extra={"maxLength": 2048,
-                                                          "pattern": r"^(https?://[^\s/@?#]+(/[^\s]*)?)?$"})] = "",
-    examination_id: Annotated[str | None, Header(alias="Examination-ID", max_length=256)] = None,
-    inference_parameters: Annotated[str | None, Header(alias="Inference-Parameters",
-                                                       description="JSON object; single quotes accepted")] = None,
-    model_name: Annotated[str | None, Header(alias="Model-Name")] = None,
+    model: str | None = None, webhook_url: WebhookHeader = "", examination_id: ExaminationHeader = None,
+    inference_parameters: ParametersHeader = None, model_name: ModelHeader = None,
 ) -> JSONResponse:
     """Accept an upload, queue it durably, answer 202 with the request UUID."""
-    params = parse_parameters(inference_parameters)
-    webhook = webhook_url or None
-    await run_in_threadpool(_check_webhook, services.outbound, webhook)
-    filename, data = await _read_image(request, config.api.max_multipart_parts)
-    kind = sniff(data)
-    if kind is None:
-        raise ApiError(415, "unsupported_media_type", unsupported_reason(data))
-    name = model or model_name
-    if not name:
-        name = await run_in_threadpool(default_model, services.models, kind != "dicom")
-    predictor = await run_in_threadpool(get_predictor, services.models, name)
-    try:
-        predictor.spec.resolve_parameters(params)
-    except ParameterError as exc:
-        raise ApiError(400, "invalid_parameters", str(exc)) from exc
-    examination = examination_id
-    request_uuid = str(uuid.uuid4())
-    await run_in_threadpool(_store_upload, services.storage.spool.tmp, request_uuid, data)
-    await run_in_threadpool(service.submit, {
-        "id": request_uuid, "examination_id": examination, "model": name, "parameters": json.dumps(params),
-        "webhook_url": webhook, "filename": filename,
-    })
-    log.info("invocation queued id=%s model=%s webhook=%s", request_uuid, name, webhook is not None)
-    return JSONResponse({"filename": filename, "status": "sent", "request_uuid": request_uuid,
-                         "examination_id": examination}, status_code=202)
+    answer = await accept_upload(request, services, config, service, InvocationHeaders(
+        webhook_url or None, examination_id, inference_parameters, model or model_name))
+    return JSONResponse(answer, status_code=202)
 
 
 @router.get("/v1/invocations/{request_uuid}", summary="State and result of one invocation", response_model=Invocation,
