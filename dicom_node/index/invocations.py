@@ -12,7 +12,8 @@ from typing import Any
 
 #: Every column of the table, in schema order.
 COLUMNS = ("id", "examination_id", "model", "parameters", "webhook_url", "filename", "state", "result", "error",
-           "created_at", "updated_at", "webhook_state", "webhook_attempts", "next_webhook_at", "webhook_error")
+           "created_at", "updated_at", "webhook_state", "webhook_attempts", "next_webhook_at", "webhook_error",
+           "input_url", "output_url")
 
 
 def _checked(names: Mapping[str, object]) -> list[str]:

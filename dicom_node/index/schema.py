@@ -355,11 +355,20 @@ CREATE INDEX qido_instances_study ON qido_instances(study_uid);
 CREATE INDEX qido_instances_origin ON qido_instances(origin, study_uid);
 """
 
-#: Every migration in order; append only. The next schema change is migration 4.
+_V4 = """
+-- Bucket invocations (the Triton facade's /bucket_invocations, dicom_node.api.bucket_runner): where an
+-- invocation reads its input (an object or a folder URL; NULL: the upload under tmp/) and where it writes
+-- its results (a folder URL; NULL: nowhere but the row and the webhook).
+ALTER TABLE invocations ADD COLUMN input_url TEXT;
+ALTER TABLE invocations ADD COLUMN output_url TEXT;
+"""
+
+#: Every migration in order; append only. The next schema change is migration 5.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the schema of release 4781e18 (adopts a database it created: user_version 0)", _V1),
     Migration(2, "the work queue (table work), with the work in flight of an upgraded database", _V2),
     Migration(3, "the QIDO-RS / C-FIND search index (qido_studies, qido_series, qido_instances)", _V3),
+    Migration(4, "invocations read from and write to object storage (input_url, output_url)", _V4),
 )
 
 #: The schema version this code reads and writes.
