@@ -39,6 +39,7 @@ from pydantic import (
 
 from dicom_node.config.api import ApiConfig
 from dicom_node.config.delivery import DeliveryConfig
+from dicom_node.config.facade import FacadeConfig
 from dicom_node.config.objects import ObjectsConfig
 from dicom_node.config.routing import RoutingConfig
 from dicom_node.config.sources import SourcesConfig
@@ -270,6 +271,8 @@ class NodeConfig(_Section):
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
     #: Object storage (GCS, Azure Blob, S3) as input and output (:mod:`dicom_node.config.objects`).
     objects: ObjectsConfig = Field(default_factory=ObjectsConfig)
+    #: Default buckets of the Triton facade's bucket endpoints (:mod:`dicom_node.config.facade`).
+    facade: FacadeConfig = Field(default_factory=FacadeConfig)
 
     @model_validator(mode="after")
     def _poller_rules_exist(self) -> NodeConfig:
