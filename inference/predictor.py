@@ -6,6 +6,10 @@ work items (2D: one per slice; 3D: sliding-window tiles), sends them through
 the model's batcher, which runs them on the backend off the caller's thread,
 and reassembles and post-processes the outputs. Many jobs may call
 ``predict`` concurrently; their items share batches.
+
+An image-text embedding model (``[embedding.text]``) also has a text tower:
+:meth:`Predictor.embed_texts` runs prompts through it (:mod:`inference.text`),
+opened on the same backend as the image graph.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import numpy as np
 
 from inference.backends import Backend, BackendOptions, load_backend, select_backend
 from inference.batching import BatchStats, MicroBatcher, stack_views
-from inference.errors import BackendUnavailableError, InputError
+from inference.errors import BackendUnavailableError, InputError, SpecError
 from inference.processing import activate, apply_intensity, blend_tiles, decide, resize_bilinear, tile_volume
 from inference.spec import ModelSpec
 from inference.store import ModelEntry
+from inference.text import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +78,13 @@ class Predictor:
         The batcher's max wait for a fuller batch.
     """
 
-    def __init__(self, entry: ModelEntry, backend: Backend, max_delay_s: float = 0.005) -> None:
+    def __init__(self, entry: ModelEntry, backend: Backend, max_delay_s: float = 0.005,
+                 text: TextEncoder | None = None) -> None:
         self.entry = entry
         self.spec: ModelSpec = entry.spec
         self.backend = backend
+        #: The text tower of an image-text embedding model, else None.
+        self.text = text
         self._input = self.spec.tensors.inputs[0]
         self._dtype = _NP_DTYPES[self._input.dtype]
         self.batcher = MicroBatcher(
@@ -98,9 +106,26 @@ class Predictor:
         return self.batcher.stats()
 
     def close(self) -> None:
-        """Stop the batcher and release the backend."""
+        """Stop the batcher and release the backend (and the text tower's)."""
         self.batcher.close()
         self.backend.close()
+        if self.text is not None:
+            self.text.close()
+
+    def embed_texts(self, texts: list[str]) -> list[dict[str, np.ndarray]]:
+        """The text tower's answer per text: ``{field: vector}`` (``contrastive_txt_emb``), in order.
+
+        Raises
+        ------
+        inference.errors.InputError
+            The model has no text tower, or a text is empty or over ``max_chars`` / ``max_tokens``.
+        inference.errors.BackendError
+            The tower failed.
+        """
+        if self.text is None:
+            raise InputError(f"model {self.spec.name!r} has no text tower ([embedding.text] in its model.toml)")
+        field_name = self.text.spec.field
+        return [{field_name: vector} for vector in self.text.embed(texts)]
 
     def predict(self, volume: np.ndarray, parameters: dict[str, Any] | None = None) -> Prediction:
         """Run the model on one volume.
@@ -198,4 +223,33 @@ def open_predictor(
             raise BackendUnavailableError(f"no backend can run {entry.spec.name!r}: {reasons}")
         backend = selection.name
     log.info("opening model model=%s backend=%s", entry.spec.name, backend)
-    return Predictor(entry, load_backend(backend, entry, options), max_delay_s)
+    image_backend = load_backend(backend, entry, options)
+    try:
+        text = _open_text(entry, backend, options, max_delay_s)
+    except BaseException:
+        image_backend.close()
+        raise
+    return Predictor(entry, image_backend, max_delay_s, text)
+
+
+def _open_text(entry: ModelEntry, backend: str, options: BackendOptions, max_delay_s: float) -> TextEncoder | None:
+    """Open the text tower of ``entry`` on ``backend`` (None without one); its files must be in the model folder.
+
+    Raises
+    ------
+    inference.errors.SpecError
+        The tower's ONNX or tokenizer file is missing or unreadable.
+    """
+    text_spec = entry.spec.text_spec()
+    table = entry.spec.embedding.text
+    if text_spec is None or table is None:
+        return None
+    text_entry = ModelEntry(spec=text_spec, directory=entry.directory)
+    if not text_entry.onnx_path.is_file():
+        raise SpecError(f"{entry.directory / 'model.toml'}: embedding.text.onnx: file {table.onnx!r} not found")
+    tower = load_backend(backend, text_entry, options)
+    try:
+        return TextEncoder(table, entry.directory / table.tokenizer, tower, f"{entry.spec.name}.text", max_delay_s)
+    except BaseException:
+        tower.close()
+        raise

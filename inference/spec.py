@@ -14,6 +14,7 @@ package knows no DICOM, ``dicom_node.validation`` interprets it.
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -215,6 +216,60 @@ class Parameter(_Strict):
         return self
 
 
+#: A response field of an embedding answer (``embedding``, ``contrastive_img_emb``): a JSON key callers read.
+FIELD_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+#: A file of the model folder named by the spec: a plain name, never a path, so a spec (admin
+#: routes upload them) cannot point outside its own folder.
+FILE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+
+
+class TextSpec(_Strict):
+    """The text tower of an image-text embedding model (``[embedding.text]``).
+
+    CXR Foundation's ELIXR answers a ``prompt_query`` with ``contrastive_txt_emb``,
+    a vector in the same space as the image's ``contrastive_img_emb``
+    (https://developers.google.com/health-ai-developer-foundations/cxr-foundation/serving-api).
+    Here the tower is a second ONNX graph in the model folder: input ``input``,
+    int64 token ids ``(batch, max_tokens)`` padded with ``pad_id``; output
+    ``output``, one vector per text, answered as ``field``. Texts are tokenized
+    with the folder's ``tokenizer`` (a Hugging Face ``tokenizers`` JSON file).
+    """
+
+    onnx: str = Field("text.onnx", pattern=FILE_PATTERN)
+    tokenizer: str = Field("tokenizer.json", pattern=FILE_PATTERN)
+    input: str = Field("input_ids", min_length=1, max_length=128)
+    output: str = Field(min_length=1, max_length=128)
+    field: str = Field("contrastive_txt_emb", pattern=FIELD_PATTERN)
+    #: Token ids per text (the graph's fixed second dimension); a longer text is refused, naming this.
+    max_tokens: int = Field(64, ge=1, le=4096)
+    #: Characters read from a prompt before tokenizing (bounds the tokenizer's work on a huge string).
+    max_chars: int = Field(1024, ge=1, le=65536)
+    pad_id: int = Field(0, ge=0)
+    #: Texts one backend request carries (the text tower's micro-batch cap).
+    max_batch: int = Field(64, ge=1, le=1024)
+
+
+class EmbeddingSpec(_Strict):
+    """What an embedding model answers (``[embedding]``), per instance.
+
+    ``fields`` maps a response field to an image output tensor; empty means
+    ``{"embedding": <postprocessing output>}``, Derm Foundation's shape. CXR
+    Foundation's shape names two image fields (``general_img_emb``,
+    ``contrastive_img_emb``) and a ``[embedding.text]`` tower.
+    """
+
+    fields: dict[str, str] = Field(default_factory=dict)
+    text: TextSpec | None = None
+
+    @field_validator("fields")
+    @classmethod
+    def _field_names(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not re.fullmatch(FIELD_PATTERN, k)]
+        if bad:
+            raise ValueError(f"field names {bad} must match {FIELD_PATTERN}")
+        return v
+
+
 class ModelSpec(_Strict):
     """The whole spec of one model (see the module docstring)."""
 
@@ -238,10 +293,13 @@ class ModelSpec(_Strict):
     postprocessing: Postprocessing = Field(default_factory=Postprocessing)
     labels: list[Label] = Field(default_factory=list)
     parameters: dict[str, Parameter] = Field(default_factory=dict)
+    #: Embedding models: the answer's fields and an optional text tower (``[embedding]``).
+    embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
         out_names = [t.name for t in self.tensors.outputs]
+        self._check_embedding(out_names)
         if self.postprocessing.output is not None and self.postprocessing.output not in out_names:
             raise ValueError(f"postprocessing.output {self.postprocessing.output!r} is not one of {out_names}")
         if self.task == "segmentation" and not self.labels:
@@ -255,6 +313,38 @@ class ModelSpec(_Strict):
             if dims is not None and len(dims) != ndims:
                 raise ValueError(f"tensors.{key} must have {ndims} dims like tensors.inputs[0].dims")
         return self
+
+    def _check_embedding(self, out_names: list[str]) -> None:
+        emb = self.embedding
+        if self.task != "embedding" and (emb.fields or emb.text is not None):
+            raise ValueError("[embedding] applies to task = 'embedding' only")
+        missing = sorted(t for t in emb.fields.values() if t not in out_names)
+        if missing:
+            raise ValueError(f"embedding.fields name outputs {missing} that are not in tensors.outputs {out_names}")
+        if emb.text is not None and emb.text.field in self.image_fields:
+            raise ValueError(f"embedding.text.field {emb.text.field!r} is also an image field")
+
+    @property
+    def image_fields(self) -> dict[str, str]:
+        """Response field -> image output tensor of an embedding answer (``{"embedding": output}`` by default)."""
+        return dict(self.embedding.fields) or {"embedding": self.output_name}
+
+    def text_spec(self) -> ModelSpec | None:
+        """The text tower as a model of its own (one input, one output), for a backend to open; None without one.
+
+        Named ``<name>.text`` (a Triton server serves it under that name), hidden, in the same folder.
+        """
+        text = self.embedding.text
+        if text is None:
+            return None
+        return ModelSpec(
+            name=f"{self.name[:58]}.text", version=self.version, task="embedding", hidden=True, onnx=text.onnx,
+            backends=list(self.backends), precision=self.precision,
+            tensors=Tensors(max_batch=text.max_batch,
+                            inputs=[TensorSpec(name=text.input, dtype="int64", dims=[text.max_tokens])],
+                            outputs=[TensorSpec(name=text.output, dims=[-1])]),
+            preprocessing=Preprocessing(rescale=False), postprocessing=Postprocessing(decision="none"),
+        )
 
     def contract_table(self) -> dict[str, Any]:
         """The ``[input]`` table as a dict, ``name`` defaulting to the model's name.

@@ -48,7 +48,8 @@ def test_list_and_detail_on_the_real_server(start_node: Callable[..., Node], mod
     def names(**q: str) -> list[str]:
         return [m["name"] for m in httpx.get(f"{base}/v1/models", params=q).json()["models"]]
 
-    assert names() == ["ct-body", "ct-body-png", "ct-lungs"]
+    assert names() == ["ct-body", "ct-body-png", "ct-lungs", "demo-image-embedding", "demo-image-text"]
+    assert names(task="embedding") == ["demo-image-embedding", "demo-image-text"]
     assert names(label="BODY") == ["ct-body", "ct-body-png"] and names(label="nothing") == []
     assert names(task="segmentation") == ["ct-body", "ct-body-png", "ct-lungs"] and names(task="classification") == []
     assert names(name="ct-lungs") == ["ct-lungs"]

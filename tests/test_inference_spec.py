@@ -26,8 +26,9 @@ def _copy_model(src: str, dst_root: Path, name: str | None = None) -> Path:
 def test_bundled_specs_load() -> None:
     store = ModelStore([ENGINES, TEST_MODELS])
     assert store.errors == {}
-    assert store.names() == ["ct-body", "ct-body-png", "ct-lungs"]
-    assert store.names(include_hidden=True) == ["ct-body", "ct-body-png", "ct-lungs", "random-cnn"]
+    demos = ["demo-image-embedding", "demo-image-text"]
+    assert store.names() == ["ct-body", "ct-body-png", "ct-lungs", *demos]
+    assert store.names(include_hidden=True) == ["ct-body", "ct-body-png", "ct-lungs", *demos, "random-cnn"]
     body = store.get("ct-body").spec
     assert body.task == "segmentation"
     assert body.postprocessing.threshold == 0.25
@@ -145,7 +146,9 @@ def test_inference_never_imports_dicom_or_runtimes() -> None:
 def test_bundled_models_number_their_result_series_apart() -> None:
     """Each bundled model's SEG/SR pair (n, n + 1) is its own, so a PACS lists them apart."""
     store = ModelStore([ENGINES])
-    pairs = {name: store.get(name).spec.result_series_number for name in store.names()}
+    # Embedding models (the demos) write no SEG or SR, so they hold no series number.
+    pairs = {name: store.get(name).spec.result_series_number for name in store.names()
+             if store.get(name).spec.task != "embedding"}
     assert all(store.get(name).spec.series_number == n for name, n in pairs.items()), "bundled specs set series_number"
     taken = [n + k for n in pairs.values() for k in (0, 1)]
     assert len(set(taken)) == len(taken), pairs
