@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from dicom_node.validators import is_loopback
 
 Scope = Literal["read", "submit", "admin", "metrics"]
+#: A Vertex AI project, location or endpoint ID in a predict path (also the ``vertex_endpoints`` keys).
+VERTEX_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 def _read_only() -> list[Scope]:
@@ -83,6 +85,20 @@ class ApiConfig(BaseModel):
     #: The URL clients reach the API at (``https://node.example.org``, no trailing slash), for the URLs
     #: DICOMweb answers carry (STOW-RS Retrieve URL, BulkDataURI); unset: taken from each request's Host.
     public_url: str | None = None
+    #: Vertex AI predict (``POST /v1/projects/{p}/locations/{l}/endpoints/{endpoint}:predict``, any project and
+    #: location): endpoint ID -> model name, so callers migrating from Vertex keep their endpoint IDs. An
+    #: endpoint ID not listed here names the model of the same name.
+    vertex_endpoints: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("vertex_endpoints")
+    @classmethod
+    def _endpoints(cls, v: dict[str, str]) -> dict[str, str]:
+        for endpoint, model in v.items():
+            if not re.fullmatch(VERTEX_ID, endpoint):
+                raise ValueError(f"endpoint ID {endpoint[:80]!r} must match {VERTEX_ID}")
+            if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", model):
+                raise ValueError(f"endpoint {endpoint!r}: {model[:80]!r} is not a model name")
+        return v
 
     @field_validator("public_url")
     @classmethod
