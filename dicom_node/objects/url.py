@@ -71,6 +71,9 @@ class ObjectUrl:
         """
         if not isinstance(url, str) or len(url) > MAX_KEY_BYTES + 80:
             raise ObjectRefused("object URL is not a string of a sensible length")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+            # Checked before urlsplit, which silently drops tabs and newlines (a key would change).
+            raise ObjectRefused("object URL: control characters are refused")
         try:
             parts = urlsplit(url)
         except ValueError as exc:
