@@ -14,7 +14,7 @@ from dicom_node.config import load_config
 from dicom_node.config.objects import ObjectsConfig
 from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.objects import ObjectRefused, ObjectStores, ObjectUrl
-from tests.objects_peers import AZURITE_ACCOUNT, AZURITE_KEY, ObjectPeer
+from tests.objects_peers import AZURITE_ACCOUNT, AZURITE_KEY, ObjectPeer, azure_sas
 
 
 @pytest.mark.parametrize(("text", "scheme", "bucket", "key"), [
@@ -121,6 +121,25 @@ def test_an_azure_connection_string_reaches_azurite(azurite: ObjectPeer) -> None
     url = azurite.seed("conn/a.dcm", b"via connection string")
     assert ObjectStores(config).get(url) == b"via connection string"
     assert AZURITE_KEY not in repr(config)
+
+
+def test_an_azure_sas_token_reads_and_writes_within_its_permissions(azurite: ObjectPeer) -> None:
+    def stores(sas: str) -> ObjectStores:
+        return ObjectStores(ObjectsConfig.model_validate({"azure": {
+            "account": AZURITE_ACCOUNT, "endpoint": azurite.endpoint, "allow_http": True, "sas_token": sas,
+            "allowed_containers": ["inputs", "results"]}}))
+
+    writer = stores(azure_sas("results", "rwl"))
+    writer.put(ObjectUrl.parse("az://results/sas/seg.dcm"), b"written with a SAS")
+    assert azurite.fetch("sas/seg.dcm") == b"written with a SAS"
+    reader = stores(azure_sas("inputs", "rl"))
+    url = azurite.seed("sas/in.dcm", b"read with a SAS")
+    assert reader.get(url) == b"read with a SAS"
+    with pytest.raises(ObjectRefused, match="access denied by Azure Blob Storage for inputs") as caught:
+        reader.put(url.child("no-write.dcm"), b"x")  # the SAS grants no write
+    assert "sig=" not in str(caught.value)
+    with pytest.raises(ObjectRefused, match="access denied by Azure Blob Storage for results"):
+        reader.get(ObjectUrl.parse("az://results/sas/seg.dcm"))  # signed for another container
 
 
 def test_a_connection_string_endpoint_is_checked_by_the_outbound_policy() -> None:

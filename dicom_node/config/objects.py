@@ -25,9 +25,12 @@ Secure by default: an empty allowlist allows nothing, so a store is reached only
 for buckets the operator named; every bucket is checked before any network I/O.
 Secrets are :class:`pydantic.SecretStr` (never in ``repr`` or logs). Without an
 explicit credential a store is refused unless ``workload_identity = true`` (the
-library then asks the cloud's metadata service or the environment for one) or
-``anonymous = true`` (unsigned requests, public buckets): the library would
-otherwise fall back to the link-local metadata address on its own.
+library then asks the cloud's metadata service or the environment for one) or, for
+S3 and Azure, ``anonymous = true`` (unsigned requests, public buckets): the library
+would otherwise fall back to the link-local metadata address on its own. GCS has no
+``anonymous``: obstore 0.12.1 still asks the metadata address for a token on writes.
+For GCS a caller's bearer token (Vertex ``gcs_uri`` + ``bearer_token``) may stand
+in for the configured credential, for that one call.
 
 ``endpoint`` is the operator's own server (an emulator, MinIO, a private
 endpoint). It is checked by the configured-peer outbound policy
@@ -112,6 +115,11 @@ class GcsObjectsConfig(_StoreConfig):
     def _checks(self) -> GcsObjectsConfig:
         if self.service_account_file is not None and self.service_account_key is not None:
             raise ValueError("set one of service_account_file and service_account_key")
+        if self.anonymous:
+            # Checked with obstore 0.12.1: skip_signature still fetches a token from the metadata
+            # address (169.254.169.254) for writes, so "anonymous" would not be what it says.
+            raise ValueError("anonymous is not supported for gcs (the client would still ask the cloud metadata "
+                             "service for a token); use a service account, or workload_identity = true")
         self._check_endpoint("endpoint")
         return self
 
