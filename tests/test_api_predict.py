@@ -136,9 +136,10 @@ def test_fields_the_node_does_not_read_are_named_errors(start_node: Any, models_
     preds = r.json()["predictions"]
     assert "labels" in preds[5]
     errors = [p["error"] for p in preds[:5]]
-    assert {e["code"] for e in errors} == {"unsupported_field"}
-    assert errors[0]["description"] == errors[1]["description"] == "prompt_query: model 'ct-body' does not accept text"
-    assert errors[2]["description"].startswith("gcs_uri: not supported")
+    assert [e["code"] for e in errors] == ["unsupported_field"] * 2 + ["invalid_instance"] + ["unsupported_field"] * 2
+    assert errors[0]["description"] == errors[1]["description"] == (
+        "prompt_query: model 'ct-body' does not accept text: it has no text tower ([embedding.text] in its model.toml)")
+    assert errors[2]["description"].startswith("input_bytes, gcs_uri: an instance takes one image input")
     assert errors[3]["description"].startswith("bearer_token: not used with input_bytes")
     assert errors[4]["description"].startswith("series_uid: not used with input_bytes")
     # A top-level field other than instances and parameters is a 400 naming it, not ignored.

@@ -7,7 +7,9 @@ Output per task (see :func:`summarise`):
   row1, col1]`` (end exclusive, null when empty) and ``rle``: run lengths over the
   ``(slices, rows, cols)`` mask in C (row-major) order, starting with a background run;
 - classification: per label probability (``probabilities``) and the top ``label``;
-- embedding: the output vector (``embedding``).
+- embedding: one vector per field of the model's ``[embedding]`` table (``embedding`` by default,
+  Derm Foundation's shape; ``general_img_emb`` and ``contrastive_img_emb`` for CXR Foundation's),
+  and for a ``prompt_query`` the text tower's field (``contrastive_txt_emb``, :func:`run_text`).
 
 A module of its own (not the predict router) so the invocation runner
 (:mod:`dicom_node.api.webhooks`) uses it without importing a router.
@@ -97,8 +99,10 @@ def summarise(spec: ModelSpec, prediction: Prediction, decoded: DecodedInput) ->
             return {"probabilities": ranked, "label": names.get(int(row.argmax()), str(int(row.argmax())))}
 
         return _per_slice(probs, one)
-    vectors = np.asarray(prediction.raw[spec.output_name]).reshape(len(prediction.slice_indices), -1)
-    return _per_slice(vectors, lambda v: {"embedding": [float(x) for x in v]})
+    count = len(prediction.slice_indices)
+    vectors = {name: np.asarray(prediction.raw[tensor], dtype=np.float64).reshape(count, -1)
+               for name, tensor in spec.image_fields.items()}
+    return _per_slice(np.arange(count), lambda i: {name: v[i].tolist() for name, v in vectors.items()})
 
 
 def run_decoded(predictor: Predictor, decoded: DecodedInput, params: dict[str, Any]) -> dict[str, Any]:
@@ -113,3 +117,15 @@ def run_decoded(predictor: Predictor, decoded: DecodedInput, params: dict[str, A
     return summarise(predictor.spec, prediction, decoded)
 
 
+
+
+def run_text(predictor: Predictor, prompt: str) -> dict[str, Any]:
+    """The text tower's answer to one ``prompt_query`` (``{"contrastive_txt_emb": [...]}``), or an instance error."""
+    try:
+        answer = predictor.embed_texts([prompt])[0]
+    except InputError as exc:
+        return instance_error("model_input", f"prompt_query: {exc}")
+    except InferenceError as exc:
+        log.warning("text embedding failed model=%s error=%s", predictor.spec.name, type(exc).__name__)
+        return instance_error("inference_failed", f"inference failed: {exc}")
+    return {name: np.asarray(vector, dtype=np.float64).tolist() for name, vector in answer.items()}

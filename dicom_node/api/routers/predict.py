@@ -1,15 +1,27 @@
-"""``POST /v1/models/{name}:predict``: synchronous, micro-batched prediction (Vertex AI style).
+"""Synchronous, micro-batched prediction, Vertex AI style, on one implementation behind two paths.
 
-Body ``{"instances": [...], "parameters": {...}}``; each instance holds
-``input_bytes`` (base64 of a DICOM Part 10 file, PNG or JPEG; ``{"b64": ...}``
-is accepted too) or ``dicomweb_uri`` (a WADO-RS study, series or instance URL)
-with an optional ``bearer_token``, or ``session_id`` with an optional ``series_uid``.
-The answer lists one prediction or one ``{"error": {"code", "description"}}`` per
-instance, in order; one failing instance never fails the others. A field the
-node does not read is that instance's error, naming the field, never silently
-dropped (``prompt_query``: no model here accepts text; see :func:`check_fields`). Instances run concurrently on the model's one
-shared predictor (``ModelRegistry.predictor``), so they and other callers' work
-(REST and DICOM jobs alike) fill the same micro-batches.
+- ``POST /v1/models/{name}:predict``: the node's own path, by model name;
+- ``POST /v1/projects/{project}/locations/{location}/endpoints/{endpoint}:predict``: Vertex AI's
+  documented path, served verbatim for callers of Google's Health AI Developer Foundations
+  (CXR Foundation, Derm Foundation). ``{endpoint}`` maps to a model through ``api.vertex_endpoints``,
+  else to the model of that name; any project and location.
+
+Body ``{"instances": [...], "parameters": {...}}``; each instance holds one image input:
+``input_bytes`` (base64 of a DICOM Part 10 file, PNG or JPEG; ``{"b64": ...}`` is accepted too),
+``gcs_uri`` (``gs://bucket/object``, with an optional ``bearer_token`` used for that read only),
+``dicomweb_uri`` (a WADO-RS study, series or instance URL, optional ``bearer_token``), or
+``session_id`` (optional ``series_uid``); and/or a ``prompt_query`` (text) for a model with a text
+tower (``[embedding.text]``): text alone answers a text embedding, with an image both. The answer
+is Vertex AI's PredictResponse: ``predictions`` (one prediction or one ``{"error": {"code",
+"description"}}`` per instance, in order; one failing instance never fails the others),
+``deployedModelId``, ``model``, ``modelVersionId``, ``modelDisplayName`` and ``metadata``
+(https://cloud.google.com/vertex-ai/docs/reference/rest/v1/PredictResponse). A field the node does
+not read is that instance's error, naming the field, never silently dropped (:func:`check_fields`).
+
+Micro-batching: at most ``api.max_instances`` instances (default 32) per request; they run
+concurrently on the model's one shared predictor (``ModelRegistry.predictor``), so they and other
+callers' work (REST and DICOM jobs alike) fill the same backend batches of up to the model's
+``tensors.max_batch`` items (text towers: ``embedding.text.max_batch``).
 
 Each prediction is :func:`dicom_node.api.predictions.summarise`'s JSON (its module docstring
 lists the output per task).
@@ -24,6 +36,7 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -40,12 +53,14 @@ from dicom_node.api.inputs import (
     sniff,
     split_multipart,
 )
-from dicom_node.api.predictions import instance_error, run_decoded
+from dicom_node.api.predictions import instance_error, run_decoded, run_text
 from dicom_node.api.schemas import UID_PATTERN, error_responses
 from dicom_node.config import NodeConfig
+from dicom_node.config.api import VERTEX_ID
 from dicom_node.errors import ModelError
 from dicom_node.net.http import Outbound
 from dicom_node.net.policy import OutboundError
+from dicom_node.objects import ObjectNotFound, ObjectStoreError, ObjectStores, ObjectTooLarge, ObjectUrl
 from dicom_node.registry import ModelRegistry
 from dicom_node.sources.sessions import SessionService
 from dicom_node.sources.sessions_plan import SessionUnavailable
@@ -66,18 +81,33 @@ _WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
 _B64 = {"type": "string", "contentEncoding": "base64", "minLength": 1}
-#: One instance as the node reads it (INSTANCE_FIELDS): exactly one input, with only its companions.
+_TOKEN = {"type": "string", "minLength": 1}
+#: Text for a model's text tower (its own limits, embedding.text.max_chars / max_tokens, are checked per model).
+_PROMPT = {"type": "string", "minLength": 1, "maxLength": 65536}
+_GCS_URI = {"type": "string", "pattern": r"^gs://[a-z0-9][a-z0-9._-]{1,221}/[^\s?#]+$"}
+_DICOMWEB_URI = {"type": "string", "format": "uri", "pattern": r"^https?://[^\s/@?#]+(/[^\s]*)?$"}
+
+
+def _shape(required: str, **companions: dict[str, Any]) -> dict[str, Any]:
+    props = {**companions, "prompt_query": _PROMPT}
+    return {"type": "object", "additionalProperties": False, "required": [required], "properties": props}
+
+
+#: One instance as the node reads it (INSTANCE_FIELDS): one image input with only its companions,
+#: and/or a prompt_query (CXR Foundation's instance schema, with the node's session input added).
 _INSTANCE_SCHEMA: dict[str, Any] = {"oneOf": [
-    {"type": "object", "additionalProperties": False, "required": ["input_bytes"], "properties": {
-        "input_bytes": {"oneOf": [_B64, {"type": "object", "additionalProperties": False, "required": ["b64"],
-                                         "properties": {"b64": _B64}}]}}},
-    {"type": "object", "additionalProperties": False, "required": ["dicomweb_uri"], "properties": {
-        "dicomweb_uri": {"type": "string", "format": "uri", "pattern": r"^https?://[^\s/@?#]+(/[^\s]*)?$"},
-        "bearer_token": {"type": "string", "minLength": 1}}},
-    {"type": "object", "additionalProperties": False, "required": ["session_id"], "properties": {
-        "session_id": {"type": "string", "minLength": 1},
-        "series_uid": {"type": "string", "pattern": UID_PATTERN, "maxLength": 64}}},
+    _shape("input_bytes", input_bytes={"oneOf": [_B64, {"type": "object", "additionalProperties": False,
+                                                        "required": ["b64"], "properties": {"b64": _B64}}]}),
+    _shape("gcs_uri", gcs_uri=_GCS_URI, bearer_token=_TOKEN),
+    _shape("dicomweb_uri", dicomweb_uri=_DICOMWEB_URI, bearer_token=_TOKEN),
+    _shape("session_id", session_id={"type": "string", "minLength": 1},
+           series_uid={"type": "string", "pattern": UID_PATTERN, "maxLength": 64}),
+    {"type": "object", "additionalProperties": False, "required": ["prompt_query"],
+     "properties": {"prompt_query": _PROMPT}},
 ]}
+
+_CAP = ("At most api.max_instances instances (default 32) per request (more: 400 too_many_instances); they "
+        "share the model's micro-batches of up to tensors.max_batch items with every other caller")
 
 
 class PredictRequest(BaseModel):
@@ -85,22 +115,28 @@ class PredictRequest(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    instances: list[dict[str, Any]] = Field(min_length=1, description="Each: input_bytes, dicomweb_uri (+ bearer_token), or session_id (+ series_uid)",
-                                            json_schema_extra={"items": _INSTANCE_SCHEMA})
+    instances: list[dict[str, Any]] = Field(
+        min_length=1, json_schema_extra={"items": _INSTANCE_SCHEMA},
+        description="Each: one of input_bytes, gcs_uri (+ bearer_token), dicomweb_uri (+ bearer_token) or "
+                    f"session_id (+ series_uid), and/or prompt_query. {_CAP}.")
     parameters: dict[str, Any] = Field(default_factory=dict, description="Model parameters, e.g. {\"threshold\": 0.4}")
 
 
 class PredictResponse(BaseModel):
-    """The answer: one prediction or ``{"error": {"code", "description"}}`` per instance, in order."""
+    """Vertex AI's PredictResponse: one prediction or ``{"error": {"code", "description"}}`` per instance, in order."""
 
     predictions: list[dict[str, Any]]
-    model: str
+    deployedModelId: str = Field(description="The model serving the request (its name)")
+    model: str = Field(description="The model: its name on /v1/models, its resource name "
+                                   "projects/{p}/locations/{l}/models/{name} on the Vertex path")
     modelVersionId: str
+    modelDisplayName: str
+    metadata: dict[str, Any] = Field(description="task, instances, errors, maxInstances, maxBatch")
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": PredictResponse, "description": "One entry per instance, in order"},
-    **error_responses(401, 403, 404, 413, 503),
+    **error_responses(400, 401, 403, 404, 413, 503),
 }
 
 
@@ -179,86 +215,152 @@ def decode_session(sessions: SessionService, config: NodeConfig, spec: ModelSpec
     return decode_dicom_files(paths, spec, config.api.max_pixels, gpu=config.pixels.gpu_decode)
 
 
-#: Each input field of an instance and the fields that may come with it.
+def fetch_object(stores: ObjectStores, config: NodeConfig, uri: str, token: str | None) -> bytes:
+    """Read a ``gcs_uri`` object through the node's object stores (bucket allowlist, size cap).
+
+    ``bearer_token`` is the caller's OAuth 2.0 token, used for this read only and never logged
+    (Derm and CXR Foundation read ``gcs_uri`` the same way).
+
+    Raises
+    ------
+    InputRejected
+        ``invalid_instance`` (not a ``gs://`` object URL), ``not_found``, ``too_large`` or ``fetch_failed``
+        (bucket not allowlisted, access denied, store unreachable), each naming the URL's bucket.
+    """
+    try:
+        url = ObjectUrl.parse(uri)
+    except ObjectStoreError as exc:
+        raise InputRejected("invalid_instance", f"gcs_uri: {exc}") from exc
+    if url.scheme != "gs" or not url.key or url.key.endswith("/"):
+        raise InputRejected("invalid_instance", "gcs_uri must name one object: gs://bucket/path/to/file")
+    try:
+        return stores.get(url, max_bytes=config.api.max_body_bytes, bearer_token=token)
+    except ObjectNotFound as exc:
+        raise InputRejected("not_found", f"gcs_uri: {exc}") from exc
+    except ObjectTooLarge as exc:
+        raise InputRejected("too_large", f"gcs_uri: {exc}") from exc
+    except ObjectStoreError as exc:
+        raise InputRejected("fetch_failed", f"gcs_uri: {exc}") from exc
+
+
+#: Each image input field of an instance and the fields that may come with it.
 INSTANCE_FIELDS: dict[str, frozenset[str]] = {
     "input_bytes": frozenset({"input_bytes"}),
+    "gcs_uri": frozenset({"gcs_uri", "bearer_token"}),
     "dicomweb_uri": frozenset({"dicomweb_uri", "bearer_token"}),
     "session_id": frozenset({"session_id", "series_uid"}),
 }
-_KNOWN_FIELDS = frozenset().union(*INSTANCE_FIELDS.values())
-_FIELDS_HELP = "an instance takes input_bytes, dicomweb_uri (with bearer_token) or session_id (with series_uid)"
+#: Text for a model's text tower; goes with any image input or alone.
+PROMPT_FIELD = "prompt_query"
+_KNOWN_FIELDS = frozenset().union(*INSTANCE_FIELDS.values(), {PROMPT_FIELD})
+_FIELDS_HELP = ("an instance takes one of input_bytes, gcs_uri (with bearer_token), dicomweb_uri (with bearer_token) "
+                "or session_id (with series_uid), and/or prompt_query")
 
 
-def check_fields(spec: ModelSpec, instance: dict[str, Any]) -> str:
-    """The input field of an instance, after refusing every field the node would otherwise ignore.
+def check_fields(spec: ModelSpec, instance: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The image input field of an instance and its ``prompt_query``, after refusing what the node would ignore.
 
-    Vertex AI instances may carry more than an image (``prompt_query`` for a text
-    embedding, ``gcs_uri``); none of this node's models reads them, so each is a
-    named per-instance error rather than silently dropped.
+    Returns
+    -------
+    tuple
+        ``(input field or None, prompt text or None)``; at least one is set.
 
     Raises
     ------
     InputRejected
-        ``unsupported_field`` naming the field (``prompt_query``: the model takes no text),
-        ``invalid_instance`` without exactly one input field.
+        ``unsupported_field`` naming the field (``prompt_query``: the model has no text tower), or
+        ``invalid_instance`` with no input, two image inputs, or a prompt that is not a string.
     """
-    if "prompt_query" in instance:
-        raise InputRejected("unsupported_field", f"prompt_query: model {spec.name!r} does not accept text")
-    unknown = sorted(k for k in instance if k not in _KNOWN_FIELDS)
+    unknown = sorted(str(k)[:64] for k in instance if k not in _KNOWN_FIELDS)
     if unknown:
-        raise InputRejected("unsupported_field", f"{', '.join(str(k)[:64] for k in unknown[:10])}: not supported; "
-                            f"{_FIELDS_HELP}")
+        raise InputRejected("unsupported_field", f"{', '.join(unknown[:10])}: not supported; {_FIELDS_HELP}")
+    prompt = instance.get(PROMPT_FIELD)
+    if PROMPT_FIELD in instance:
+        if spec.embedding.text is None:
+            raise InputRejected("unsupported_field", f"prompt_query: model {spec.name!r} does not accept text: it has "
+                                "no text tower ([embedding.text] in its model.toml)")
+        if not isinstance(prompt, str):
+            raise InputRejected("invalid_instance", "prompt_query must be a string")
     given = [k for k in INSTANCE_FIELDS if k in instance]
-    if len(given) != 1:
-        raise InputRejected("invalid_instance", "an instance needs exactly one of input_bytes, dicomweb_uri or session_id")
-    stray = sorted(set(instance) - INSTANCE_FIELDS[given[0]])
+    if len(given) > 1:
+        raise InputRejected("invalid_instance", f"{', '.join(given)}: an instance takes one image input; {_FIELDS_HELP}")
+    if not given:
+        if prompt is None:
+            stray = sorted(instance)
+            if stray:
+                raise InputRejected("unsupported_field", f"{', '.join(stray)}: not used without an image input; "
+                                    f"{_FIELDS_HELP}")
+            raise InputRejected("invalid_instance", f"the instance is empty; {_FIELDS_HELP}")
+        return None, prompt
+    stray = sorted(set(instance) - INSTANCE_FIELDS[given[0]] - {PROMPT_FIELD})
     if stray:
         raise InputRejected("unsupported_field", f"{', '.join(stray)}: not used with {given[0]}; {_FIELDS_HELP}")
-    return given[0]
+    return given[0], prompt
 
 
-def decode_instance(services: ApiServices, config: NodeConfig, spec: ModelSpec, instance: Any) -> DecodedInput:
-    """Decode one request instance (``input_bytes``, ``dicomweb_uri`` or ``session_id``) for ``spec``.
+def _strings(instance: dict[str, Any], *keys: str) -> list[str | None]:
+    values = [instance.get(k) for k in keys]
+    if any(v is not None and not isinstance(v, str) for v in values):
+        raise InputRejected("invalid_instance", f"{' and '.join(keys)} must be strings")
+    return values
+
+
+def decode_instance(services: ApiServices, config: NodeConfig, spec: ModelSpec, instance: dict[str, Any],
+                    field: str) -> DecodedInput:
+    """Decode the image input ``field`` of one instance (as :func:`check_fields` found it) for ``spec``.
 
     Raises
     ------
     InputRejected
-        With a code and an actionable description (see :func:`check_fields` for the fields).
+        With a code and an actionable description.
     """
     tmp = services.storage.spool.tmp
-    if not isinstance(instance, dict):
-        raise InputRejected("invalid_instance", "an instance must be an object with input_bytes, dicomweb_uri or session_id")
-    check_fields(spec, instance)
-    if "session_id" in instance:
+    gpu = config.pixels.gpu_decode
+    if field == "session_id":
         return decode_session(services.sessions, config, spec, instance)
-    if "input_bytes" in instance:
-        return decode_for_model(_input_bytes(instance["input_bytes"]), spec, tmp,
-                                config.api.max_pixels, gpu=config.pixels.gpu_decode)
-    uri, token = instance["dicomweb_uri"], instance.get("bearer_token")
-    if not isinstance(uri, str) or (token is not None and not isinstance(token, str)):
-        raise InputRejected("invalid_instance", "dicomweb_uri and bearer_token must be strings")
+    if field == "input_bytes":
+        return decode_for_model(_input_bytes(instance["input_bytes"]), spec, tmp, config.api.max_pixels, gpu=gpu)
+    if field == "gcs_uri":
+        uri, token = _strings(instance, "gcs_uri", "bearer_token")
+        assert uri is not None  # present: check_fields found it
+        data = fetch_object(services.objects, config, uri, token)
+        return decode_for_model(data, spec, tmp, config.api.max_pixels, gpu=gpu)
+    uri, token = _strings(instance, "dicomweb_uri", "bearer_token")
+    assert uri is not None
     parts = fetch_dicomweb(services.outbound, config, uri, token)
-    return decode_dicom(parts, spec, tmp, config.api.max_pixels, gpu=config.pixels.gpu_decode)
+    return decode_dicom(parts, spec, tmp, config.api.max_pixels, gpu=gpu)
 
 
 def run_instance(services: ApiServices, config: NodeConfig, predictor: Predictor, instance: Any,
                  params: dict[str, Any]) -> dict[str, Any]:
-    """One instance from request to answer entry; never raises for a bad input."""
+    """One instance from request to answer entry (image fields, text fields, or both); never raises for a bad input."""
+    if not isinstance(instance, dict):
+        return instance_error("invalid_instance", f"an instance must be an object; {_FIELDS_HELP}")
     try:
-        decoded = decode_instance(services, config, predictor.spec, instance)
+        field, prompt = check_fields(predictor.spec, instance)
+        decoded = decode_instance(services, config, predictor.spec, instance, field) if field else None
     except InputRejected as exc:
         return instance_error(exc.code, exc.description)
     except (OSError, MemoryError) as exc:
         log.exception("instance could not be read model=%s", predictor.spec.name)
         return instance_error("internal_error", f"the input could not be processed ({type(exc).__name__})")
-    return run_decoded(predictor, decoded, params)
+    answer: dict[str, Any] = {}
+    if decoded is not None:
+        answer = run_decoded(predictor, decoded, params)
+    if prompt is not None and "error" not in answer:
+        text = run_text(predictor, prompt)
+        answer = text if "error" in text else {**answer, **text}
+    return answer
 
 
-@router.post("/v1/models/{name}:predict", summary="Synchronous micro-batched prediction (Vertex AI style)",
-             responses=_RESPONSES, response_class=JSONResponse)
-async def predict(name: str, body: PredictRequest, services: ServicesDep, config: ConfigDep,
-                  _: Submitter) -> JSONResponse:
-    """Answer one prediction or error per instance, in order.
+def endpoint_model(config: NodeConfig, endpoint: str) -> str:
+    """The model a Vertex endpoint ID names: ``api.vertex_endpoints[endpoint]``, else the model of that name."""
+    return config.api.vertex_endpoints.get(endpoint, endpoint)
+
+
+async def answer(name: str, body: PredictRequest, services: ApiServices, config: NodeConfig,
+                 model_resource: str | None = None) -> JSONResponse:
+    """Predict every instance on model ``name`` and answer Vertex AI's PredictResponse (both paths).
 
     Raises
     ------
@@ -267,20 +369,54 @@ async def predict(name: str, body: PredictRequest, services: ServicesDep, config
         503 when no backend can run it.
     """
     predictor = await run_in_threadpool(get_predictor, services.models, name)
+    spec = predictor.spec
     cap = config.api.max_instances
     if len(body.instances) > cap:
         raise ApiError(400, "too_many_instances",
                        f"{len(body.instances)} instances sent; at most {cap} per request (api.max_instances)")
     try:
-        predictor.spec.resolve_parameters(body.parameters)  # checked once: shared by every instance
+        spec.resolve_parameters(body.parameters)  # checked once: shared by every instance
     except ParameterError as exc:
         raise ApiError(400, "invalid_parameters", str(exc)) from exc
     predictions = await asyncio.gather(
         *(run_in_threadpool(run_instance, services, config, predictor, inst, body.parameters)
           for inst in body.instances)
     )
-    log.info("predict model=%s instances=%d errors=%d", name, len(predictions),
-             sum(1 for p in predictions if "error" in p))
+    errors = sum(1 for p in predictions if "error" in p)
+    log.info("predict model=%s instances=%d errors=%d", name, len(predictions), errors)
     # JSONResponse directly: the answer is plain JSON already, and FastAPI's encoder walks long RLE lists slowly.
-    return JSONResponse({"predictions": list(predictions), "model": predictor.spec.name,
-                         "modelVersionId": predictor.spec.version})
+    return JSONResponse({
+        "predictions": list(predictions), "deployedModelId": spec.name, "model": model_resource or spec.name,
+        "modelVersionId": spec.version, "modelDisplayName": spec.name,
+        "metadata": {"task": spec.task, "instances": len(predictions), "errors": errors, "maxInstances": cap,
+                     "maxBatch": spec.tensors.max_batch},
+    })
+
+
+@router.post("/v1/models/{name}:predict", summary="Synchronous micro-batched prediction (Vertex AI style)",
+             responses=_RESPONSES, response_class=JSONResponse, description=f"{_CAP}.")
+async def predict(name: str, body: PredictRequest, services: ServicesDep, config: ConfigDep,
+                  _: Submitter) -> JSONResponse:
+    """Answer one prediction or error per instance, in order (see :func:`answer`)."""
+    return await answer(name, body, services, config)
+
+
+_VertexId = Annotated[str, PathParam(pattern=VERTEX_ID)]
+
+
+@router.post("/v1/projects/{project}/locations/{location}/endpoints/{endpoint}:predict",
+             summary="Vertex AI predict (CXR / Derm Foundation's documented path), served verbatim",
+             responses=_RESPONSES, response_class=JSONResponse,
+             description=f"{{endpoint}} is a model through api.vertex_endpoints, else the model of that name; any "
+                         f"project and location. {_CAP}.")
+async def vertex_predict(project: _VertexId, location: _VertexId, endpoint: _VertexId, body: PredictRequest,
+                         services: ServicesDep, config: ConfigDep, _: Submitter) -> JSONResponse:
+    """Vertex AI's ``projects.locations.endpoints.predict`` on the model the endpoint maps to (see :func:`answer`)."""
+    name = endpoint_model(config, endpoint)
+    try:
+        return await answer(name, body, services, config, f"projects/{project}/locations/{location}/models/{name}")
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        raise ApiError(404, "endpoint_not_found", f"endpoint {endpoint!r} is not deployed here: no "
+                       f"api.vertex_endpoints entry maps it and {exc}") from exc
