@@ -6,6 +6,7 @@ string against Azurite, and a caller's GCS bearer token used for one call only.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from dicom_node.config.objects import ObjectsConfig
 from dicom_node.errors import ConfigError, DicomNodeError
 from dicom_node.objects import ObjectRefused, ObjectStores, ObjectUrl
 from tests.objects_peers import AZURITE_ACCOUNT, AZURITE_KEY, ObjectPeer, azure_sas
+from tests.test_net_policy import fake_resolver
 
 
 @pytest.mark.parametrize(("text", "scheme", "bucket", "key"), [
@@ -161,3 +163,18 @@ def test_a_callers_gcs_bearer_token_serves_that_call_only(gcs_emulator: ObjectPe
     with pytest.raises(ObjectRefused, match="bearer token is accepted for gs:// URLs only"):
         ObjectStores(ObjectsConfig.model_validate({"s3": {"allowed_buckets": ["inputs"], "workload_identity": True}})
                      ).get(ObjectUrl.parse("s3://inputs/a"), bearer_token="t")
+
+
+
+def test_an_endpoint_name_resolving_to_a_metadata_address_is_refused_before_connecting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # No DNS server can run here: the name is answered at socket.getaddrinfo (a fake resolver, as in
+    # test_net_policy). The load-time check passes (no DNS then); the first use resolves and refuses.
+    calls: list[str] = []
+    monkeypatch.setattr(socket, "getaddrinfo", fake_resolver({"storage.example": [["169.254.169.254"]]}, calls))
+    section = {"s3": {"endpoint": "http://storage.example:9000", "allow_http": True, "access_key_id": "a",
+                      "secret_access_key": "b", "allowed_buckets": ["inputs"]}}
+    stores = ObjectStores(ObjectsConfig.model_validate(section))
+    with pytest.raises(ObjectRefused, match="S3 endpoint for inputs refused: .*169.254.169.254"):
+        stores.get(ObjectUrl.parse("s3://inputs/a.dcm"))
+    assert calls == ["storage.example"]

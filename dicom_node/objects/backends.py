@@ -36,6 +36,7 @@ from obstore.exceptions import (
 from obstore.store import AzureStore, GCSStore, S3Store
 
 from dicom_node.config.objects import ObjectsConfig
+from dicom_node.net.policy import OutboundPolicy, OutboundRefused
 from dicom_node.objects.errors import ObjectNotFound, ObjectRefused, ObjectStoreError
 from dicom_node.objects.url import ObjectUrl
 
@@ -69,6 +70,25 @@ def _not_configured(url: ObjectUrl, what: str) -> ObjectRefused:
     return ObjectRefused(f"{STORE_NAMES[url.store]} is not configured for {url.bucket}: {what}")
 
 
+def _check_endpoint(endpoint: str | None, allow_link_local: bool, url: ObjectUrl) -> None:
+    """Resolve an operator endpoint's host once and check every address with the configured-peer policy.
+
+    The configuration was checked at load without DNS; this catches a name that
+    resolves to a metadata or link-local address. obstore connects by itself, so
+    the address cannot be pinned as :mod:`dicom_node.net.http` does; the endpoint
+    is the operator's own, trusted as any configured peer.
+    """
+    if endpoint is None:
+        return
+    policy = OutboundPolicy.configured(allow_link_local)
+    try:
+        parts = policy.check_url(endpoint)
+        policy.resolve(parts.hostname or "", parts.port or 0)
+    except OutboundRefused as exc:
+        raise ObjectRefused(f"{STORE_NAMES[url.store]} endpoint for {url.bucket} refused: {exc}",
+                            retryable=exc.retryable) from exc
+
+
 def build_store(config: ObjectsConfig, url: ObjectUrl, bearer_token: str | None = None) -> Store:
     """An obstore client for ``url``'s bucket (no network I/O happens here).
 
@@ -84,8 +104,12 @@ def build_store(config: ObjectsConfig, url: ObjectUrl, bearer_token: str | None 
     Raises
     ------
     ObjectRefused
-        No usable credential, or the library refuses the configuration.
+        No usable credential, an endpoint the outbound policy refuses once resolved,
+        or the library refuses the configuration.
     """
+    section = {"gcs": config.gcs, "s3": config.s3, "azure": config.azure}[url.store]
+    endpoint = config.azure.resolved()[1] if url.store == "azure" else section.endpoint
+    _check_endpoint(endpoint, section.allow_link_local, url)
     try:
         if url.store == "gcs":
             return _gcs(config, url, bearer_token)
@@ -109,11 +133,9 @@ def _gcs(config: ObjectsConfig, url: ObjectUrl, bearer_token: str | None) -> GCS
         kwargs["service_account"] = str(gcs.service_account_file)
     elif gcs.service_account_key is not None:
         kwargs["service_account_key"] = gcs.service_account_key.get_secret_value()
-    elif gcs.anonymous:
-        kwargs["skip_signature"] = True
     elif not gcs.workload_identity:
-        raise _not_configured(url, "set [objects.gcs] service_account_file, service_account_key, workload_identity "
-                                   "or anonymous, or pass the caller's bearer token")
+        raise _not_configured(url, "set [objects.gcs] service_account_file, service_account_key or "
+                                   "workload_identity, or pass the caller's bearer token")
     return GCSStore(url.bucket, config=kwargs,  # type: ignore[arg-type]  # keys checked above; TypedDict
                     client_options=_client_options(config, gcs.allow_http), retry_config=_retry())
 
@@ -173,6 +195,11 @@ def map_error(exc: Exception, url: ObjectUrl, action: str) -> ObjectStoreError:
     """
     store = STORE_NAMES[url.store]
     status = _status(exc)
+    if "token request" in str(exc).lower():
+        # The credential could not be turned into a token (metadata service, OAuth endpoint): the
+        # configuration, not the bucket, is at fault.
+        return ObjectRefused(f"{store} credential for {url.bucket} is unusable: no access token could be obtained "
+                             f"({action}; HTTP {status or 'none'})", retryable=False)
     if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)) or status in (401, 403):
         return ObjectRefused(f"access denied by {store} for {url.bucket} ({action}; HTTP {status or 403}): "
                              "check the credential and its permissions", retryable=False)
