@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from dicom_node.config.objects import ObjectsConfig
+from dicom_node.node import Node
 from dicom_node.objects import ObjectNotFound, ObjectRefused, ObjectStoreError, ObjectStores, ObjectTooLarge, ObjectUrl
 from tests.objects_peers import ObjectPeer
 
@@ -192,3 +193,13 @@ def test_a_store_that_is_down_is_a_retryable_error(peer: ObjectPeer, listener: _
     with pytest.raises(ObjectStoreError) as caught:
         ObjectStores(ObjectsConfig.model_validate(section)).get(peer.url("a.dcm"))
     assert caught.value.retryable and type(caught.value) is ObjectStoreError
+
+
+def test_the_running_node_holds_the_service_its_config_describes(start_node: Callable[..., Node],
+                                                                 s3_server: ObjectPeer) -> None:
+    node = start_node(objects=s3_server.section)
+    url = s3_server.seed("node/in.dcm", b"through the node")
+    assert isinstance(node.objects, ObjectStores)
+    assert node.objects.get(url) == b"through the node"
+    node.objects.put(s3_server.url("node/out.dcm", "results"), b"result")
+    assert s3_server.fetch("node/out.dcm") == b"result"
