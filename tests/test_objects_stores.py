@@ -203,3 +203,22 @@ def test_the_running_node_holds_the_service_its_config_describes(start_node: Cal
     assert node.objects.get(url) == b"through the node"
     node.objects.put(s3_server.url("node/out.dcm", "results"), b"result")
     assert s3_server.fetch("node/out.dcm") == b"result"
+
+
+def test_a_store_that_accepts_and_never_answers_times_out(peer: ObjectPeer) -> None:
+    held: list[socket.socket] = []
+    server = socket.create_server(("127.0.0.1", 0))
+    accepting = threading.Thread(target=lambda: held.append(server.accept()[0]), daemon=True)
+    accepting.start()
+    port = server.getsockname()[1]
+    section = {store: {**values, "endpoint": f"http://127.0.0.1:{port}" + (
+        "/devstoreaccount1" if store == "azure" else "")} for store, values in peer.section.items()}
+    stores = ObjectStores(ObjectsConfig.model_validate({**section, "timeout": 1.0}))
+    try:
+        with pytest.raises(ObjectStoreError) as caught:
+            stores.get(peer.url("stalled.dcm"))
+        assert caught.value.retryable
+    finally:
+        for conn in held:
+            conn.close()
+        server.close()

@@ -4,7 +4,7 @@ Hung off ``NodeConfig.objects`` and read by :class:`dicom_node.objects.ObjectSto
 
     [objects]
     max_object_bytes = 2147483648   # the default cap on one object read (2 GiB)
-    timeout = 60.0                  # seconds for one request (connect: connect_timeout)
+    timeout = 60.0                  # seconds without progress (connect_timeout, transfer_timeout: whole request)
 
     [objects.gcs]
     service_account_file = "/run/secrets/gcs.json"   # or service_account_key, or workload_identity = true
@@ -238,9 +238,11 @@ class ObjectsConfig(_Model):
 
     #: Default cap on one object read (get, download); a caller's own cap can only lower it.
     max_object_bytes: int = Field(2 * 1024**3, ge=1)
-    #: Seconds for one request, and for connecting.
+    #: Seconds a request may go without receiving anything (a stalled store), and for connecting.
     timeout: float = Field(60.0, gt=0, le=3600)
     connect_timeout: float = Field(10.0, gt=0, le=600)
+    #: Seconds one whole request may take, body included (2 GiB at 1 MB/s takes about 2100 s).
+    transfer_timeout: float = Field(3600.0, gt=0, le=86400)
     #: Objects one ``list`` returns at most, unless the caller asks for fewer.
     max_list_items: int = Field(10_000, ge=1, le=10_000_000)
     gcs: GcsObjectsConfig = Field(default_factory=GcsObjectsConfig)

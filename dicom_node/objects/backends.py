@@ -10,8 +10,9 @@ endpoints. Its stores are built here only, with settings chosen on purpose:
   library's own fallback is the link-local metadata address;
 - ``max_retries = 0``: retrying is the caller's policy (the work queue and
   :mod:`dicom_node.net.retry`), so one request here is one attempt;
-- ``timeout`` / ``connect_timeout`` from ``[objects]``; ``allow_http`` only when
-  the configuration allows it (:mod:`dicom_node.config.objects`).
+- ``timeout`` (per read), ``connect_timeout`` and ``transfer_timeout`` (the whole
+  request) from ``[objects]``; ``allow_http`` only when the configuration allows
+  it (:mod:`dicom_node.config.objects`).
 
 Errors are mapped by type and by the HTTP status the library reports, and the
 library's message is never passed on: it can hold a SAS token (Azure signs with
@@ -55,7 +56,10 @@ STORE_NAMES = {"gcs": "Google Cloud Storage", "s3": "S3", "azure": "Azure Blob S
 
 def _client_options(config: ObjectsConfig, allow_http: bool) -> ClientConfig:
     return {
-        "timeout": timedelta(seconds=config.timeout),
+        # reqwest's "timeout" covers the whole request, body included, so it is the transfer bound;
+        # a stalled store is caught by the per-read timeout instead.
+        "timeout": timedelta(seconds=config.transfer_timeout),
+        "read_timeout": timedelta(seconds=config.timeout),
         "connect_timeout": timedelta(seconds=config.connect_timeout),
         "allow_http": allow_http,
     }
