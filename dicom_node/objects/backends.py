@@ -14,6 +14,10 @@ endpoints. Its stores are built here only, with settings chosen on purpose:
   request) from ``[objects]``; ``allow_http`` only when the configuration allows
   it (:mod:`dicom_node.config.objects`).
 
+Checked with obstore 0.12.1: ``GCSStore`` also reads ``GOOGLE_*`` environment
+variables (``GOOGLE_SERVICE_ACCOUNT``, ...), while ``S3Store`` and ``AzureStore``
+built this way do not; settings passed here win over the environment.
+
 Errors are mapped by type and by the HTTP status the library reports, and the
 library's message is never passed on: it can hold a SAS token (Azure signs with
 query parameters) or a response body. The cause stays chained for debugging.

@@ -136,7 +136,7 @@ class ObjectStores:
             raise ObjectStoreError(f"{url}: received {received} of {size} bytes", retryable=True)
 
     def get(self, url: ObjectUrl, *, max_bytes: int | None = None, bearer_token: str | None = None) -> bytes:
-        """Read a whole object into memory.
+        """Read a whole object into memory (briefly up to twice its size while joining; :meth:`download` streams).
 
         Parameters
         ----------
