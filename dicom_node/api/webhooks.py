@@ -11,6 +11,7 @@ import json
 import logging
 from pathlib import Path
 
+from dicom_node.api.bucket_runner import BucketRunner
 from dicom_node.api.inputs import InputRejected, decode_for_model
 from dicom_node.api.predictions import instance_error, run_decoded
 from dicom_node.config import NodeConfig
@@ -26,13 +27,21 @@ log = logging.getLogger(__name__)
 class UploadRunner:
     """Run one stored invocation: decode the upload for its model and predict (a :class:`~dicom_node.invocations.Runner`)."""
 
-    def __init__(self, config: NodeConfig, models: ModelRegistry, tmp_dir: Path) -> None:
+    def __init__(self, config: NodeConfig, models: ModelRegistry, tmp_dir: Path,
+                 buckets: BucketRunner | None = None) -> None:
         self.config = config
         self.models = models
         self.tmp_dir = tmp_dir
+        self.buckets = buckets
 
     def __call__(self, row: Row, upload: Path) -> dict[str, object]:
-        """``{"prediction", "modelVersionId"}`` or ``{"error": {...}}``; never raises for bad input or a model failure."""
+        """``{"prediction", "modelVersionId"}`` or ``{"error": {...}}``; never raises for bad input or a model failure.
+
+        An invocation that reads from or writes to a bucket (the Triton facade's bucket
+        endpoints) runs on the :class:`~dicom_node.api.bucket_runner.BucketRunner`.
+        """
+        if self.buckets is not None and (row.get("input_url") or row.get("output_url")):
+            return self.buckets(row, upload)
         try:
             predictor = self.models.predictor(str(row["model"]))
             data = upload.read_bytes()
@@ -54,4 +63,5 @@ class UploadRunner:
 def invocation_service(node: Node) -> InvocationService:
     """The invocation service of ``node``, running uploads with an :class:`UploadRunner` (not started)."""
     return InvocationService(node.config, node.index, node.writer, node.spool.tmp, node.queue, node.outbound,
-                             UploadRunner(node.config, node.models, node.spool.tmp))
+                             UploadRunner(node.config, node.models, node.spool.tmp,
+                                          BucketRunner(node.config, node.models, node.objects, node.spool.tmp)))

@@ -184,7 +184,7 @@ async def _read_image(request: Request, limit: int) -> tuple[str, bytes]:
     return Path(image.filename or "image").name, await image.read()
 
 
-def _check_webhook(outbound: Outbound, url: str | None) -> None:
+def check_webhook(outbound: Outbound, url: str | None) -> None:
     if url is None:
         return
     try:
@@ -277,7 +277,7 @@ async def accept_upload(request: Request, services: ApiServices, config: NodeCon
     """
     params = parse_parameters(headers.inference_parameters)
     webhook = headers.webhook_url or None
-    await run_in_threadpool(_check_webhook, services.outbound, webhook)
+    await run_in_threadpool(check_webhook, services.outbound, webhook)
     filename, data = await _read_image(request, config.api.max_multipart_parts)
     kind = await run_in_threadpool(check_decodable, data, config.api.max_pixels)
     name = headers.model
