@@ -196,16 +196,15 @@ async def _bucket_invoke(request: Request, services: ApiServices, config: NodeCo
     output_base = None
     if _write(headers, write_name):
         bucket = _store_bucket(config, scheme, headers.output_bucket, output=True)
-        output_base = _url(scheme, bucket, config.facade.output_prefix or "_", "Output-Bucket-Name")
-    objects = services.objects
+        output_base = _url(scheme, bucket, config.facade.output_prefix, "Output-Bucket-Name")
+    tmp = services.storage.spool.tmp
+    single = str(uuid.uuid4())  # the request UUID of a single object, fetched now into its upload
     try:
         if output_base is not None:
-            objects.check(output_base)
-        entries = await run_in_threadpool(_plan, objects, source, config.facade.max_folder_objects)
-        single = None
+            services.objects.check(output_base)
+        entries = await run_in_threadpool(_plan, services.objects, source, config.facade.max_folder_objects)
         if entries is None:
-            single = str(uuid.uuid4())
-            await run_in_threadpool(objects.download, source, upload_path(services.storage.spool.tmp, single),
+            await run_in_threadpool(services.objects.download, source, upload_path(tmp, single),
                                     max_bytes=config.api.max_body_bytes)
     except ObjectRefused as exc:
         raise ApiError(403, "object_refused", str(exc)) from exc
@@ -215,18 +214,17 @@ async def _bucket_invoke(request: Request, services: ApiServices, config: NodeCo
         raise ApiError(413, "payload_too_large", str(exc)) from exc
     except ObjectStoreError as exc:
         raise ApiError(503 if exc.retryable else 502, "object_store", str(exc)) from exc
+    folder = entries is not None
     try:
-        if single is not None:
+        if entries is None:
             entries = [await _fetched(services, config, single, source)]
-        assert entries is not None
         models = await _models(services, entries, params, inv.model)
-    except ApiError:
-        if single is not None:
-            upload_path(services.storage.spool.tmp, single).unlink(missing_ok=True)
-        raise
-    answers = [await _submit(service, entry, models[entry.kind], params, inv, output_base,
-                             single if single is not None else str(uuid.uuid4())) for entry in entries]
-    if single is not None:
+        answers = [await _submit(service, entry, models[entry.kind], params, inv, output_base,
+                                 str(uuid.uuid4()) if folder else single) for entry in entries]
+    finally:
+        if not folder and not (await run_in_threadpool(service.get, single)):
+            upload_path(tmp, single).unlink(missing_ok=True)  # refused or not queued: no upload left behind
+    if not folder:
         return JSONResponse(answers[0], status_code=200)
     return JSONResponse({k: [a[k] for a in answers] for k in ANSWER_FIELDS}, status_code=200)
 
@@ -245,13 +243,8 @@ async def _models(services: ApiServices, entries: list[_Entry], params: dict[str
 
 async def _fetched(services: ApiServices, config: NodeConfig, request_uuid: str, source: ObjectUrl) -> _Entry:
     """The single object fetched into the upload: refused now, as an upload would be, when it does not decode."""
-    path = upload_path(services.storage.spool.tmp, request_uuid)
-    try:
-        data = await run_in_threadpool(path.read_bytes)
-        kind = await run_in_threadpool(check_decodable, data, config.api.max_pixels)
-    except ApiError:
-        path.unlink(missing_ok=True)
-        raise
+    data = await run_in_threadpool(upload_path(services.storage.spool.tmp, request_uuid).read_bytes)
+    kind = await run_in_threadpool(check_decodable, data, config.api.max_pixels)
     return _Entry(source.key.rsplit("/", 1)[-1], source, "dicom" if kind == "dicom" else "image")
 
 
