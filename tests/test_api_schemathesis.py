@@ -75,6 +75,9 @@ EXCLUDED: dict[str, list[str]] = {
     "POST /v1/invocations": ["positive_data_acceptance"],
     # The Triton facade's path of the same implementation (dicom_node.api.routers.facade).
     "POST /invocations": ["positive_data_acceptance"],
+    # What Input-Location names must exist in a bucket the operator configured and allowlisted.
+    "POST /bucket_invocations": ["positive_data_acceptance"],
+    "POST /bucket_invocations_azure_uae": ["positive_data_acceptance"],
     # Only DICOM files are stored from an upload: validity lies in the bytes.
     "PUT /v1/sessions": ["positive_data_acceptance"],
 }
