@@ -127,7 +127,8 @@ class Predictor:
         field_name = self.text.spec.field
         return [{field_name: vector} for vector in self.text.embed(texts)]
 
-    def predict(self, volume: np.ndarray, parameters: dict[str, Any] | None = None) -> Prediction:
+    def predict(self, volume: np.ndarray, parameters: dict[str, Any] | None = None,
+                guidance: np.ndarray | None = None) -> Prediction:
         """Run the model on one volume.
 
         Parameters
@@ -136,6 +137,9 @@ class Predictor:
             ``(slices, rows, cols)`` rescaled values (HU for CT).
         parameters : dict, optional
             Caller overrides of the spec's parameters (``threshold``, ``slice_idx``).
+        guidance : numpy.ndarray, optional
+            ``(channels, slices, rows, cols)`` point maps of a ``[guidance]`` model, fed after the
+            image channel unchanged (no intensity mapping); required by such a model, refused by others.
 
         Returns
         -------
@@ -154,11 +158,12 @@ class Predictor:
         vol = np.asarray(volume)
         if vol.ndim != 3 or 0 in vol.shape:
             raise InputError(f"model {self.spec.name!r}: expected a (slices, rows, cols) volume, got shape {vol.shape}")
+        guide = self._check_guidance(vol.shape, guidance)
         t0 = time.perf_counter()
         if self.spec.preprocessing.mode == "3d":
-            raw, indices = self._predict_3d(vol), list(range(vol.shape[0]))
+            raw, indices = self._predict_3d(vol, guide), list(range(vol.shape[0]))
         else:
-            raw, indices = self._predict_2d(vol, params.get("slice_idx") or [])
+            raw, indices = self._predict_2d(vol, params.get("slice_idx") or [], guide)
         t1 = time.perf_counter()
         out = raw[self.spec.output_name]
         if self.spec.preprocessing.mode == "2d" and self.spec.preprocessing.resize and out.ndim == 4:
@@ -168,7 +173,21 @@ class Predictor:
         t2 = time.perf_counter()
         return Prediction(raw, probs, result, indices, params, {"preprocess+infer": t1 - t0, "postprocess": t2 - t1})
 
-    def _predict_2d(self, vol: np.ndarray, slice_idx: list[int]) -> tuple[dict[str, np.ndarray], list[int]]:
+    def _check_guidance(self, shape: tuple[int, ...], guidance: np.ndarray | None) -> np.ndarray | None:
+        """The guidance maps as float32, checked against the spec's ``[guidance]`` and the volume's shape."""
+        table = self.spec.guidance
+        if table is None:
+            if guidance is not None:
+                raise InputError(f"model {self.spec.name!r} takes no guidance points (no [guidance] in its model.toml)")
+            return None
+        want = (len(table.channels), *shape)
+        if guidance is None or guidance.shape != want:
+            got = None if guidance is None else guidance.shape
+            raise InputError(f"model {self.spec.name!r} needs guidance maps of shape {want}, got {got}")
+        return np.asarray(guidance, dtype=np.float32)
+
+    def _predict_2d(self, vol: np.ndarray, slice_idx: list[int],
+                    guidance: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], list[int]]:
         indices = list(slice_idx) if slice_idx else list(range(vol.shape[0]))
         bad = [i for i in indices if not 0 <= i < vol.shape[0]]
         if bad:
@@ -179,19 +198,30 @@ class Predictor:
         images = apply_intensity(vol[indices] if slice_idx else vol, pre.intensity)
         if pre.resize:
             images = resize_bilinear(images, pre.resize)
-        images = images.astype(self._dtype, copy=False)
-        futures = self.batcher.submit_many((images[k : k + 1] for k in range(len(indices))), flush=True)
+        images = images.astype(self._dtype, copy=False)[:, None]
+        if guidance is not None:
+            # Point maps follow the image as extra channels: (n, 1 + G, rows, cols).
+            maps = (guidance[:, indices] if slice_idx else guidance).transpose(1, 0, 2, 3)
+            if pre.resize:
+                maps = resize_bilinear(maps, pre.resize)
+            images = np.concatenate([images, maps.astype(self._dtype, copy=False)], axis=1)
+        futures = self.batcher.submit_many((images[k] for k in range(len(indices))), flush=True)
         wait(futures)  # one wake-up for the whole job instead of one GIL hand-off per slice
         results = [f.result() for f in futures]
         return {name: stack_views([r[name] for r in results]) for name in results[0]}, indices
 
-    def _predict_3d(self, vol: np.ndarray) -> dict[str, np.ndarray]:
+    def _predict_3d(self, vol: np.ndarray, guidance: np.ndarray | None = None) -> dict[str, np.ndarray]:
         window = self.spec.preprocessing.sliding_window
         assert window is not None  # guaranteed by Preprocessing validation
         x = apply_intensity(vol, self.spec.preprocessing.intensity)
         padded, origins = tile_volume(x, window)
+        stacked = padded[None]
+        if guidance is not None:
+            # Pad the maps like the image (edge values), then tile image and maps together.
+            pads = [(0, 0)] + [(0, p - s) for s, p in zip(vol.shape, padded.shape, strict=True)]
+            stacked = np.concatenate([stacked, np.pad(guidance, pads, mode="edge")], axis=0)
         d, h, w = window.roi
-        inputs: Iterator[np.ndarray] = (padded[None, z : z + d, y : y + h, x0 : x0 + w].astype(self._dtype, copy=False) for z, y, x0 in origins)
+        inputs: Iterator[np.ndarray] = (stacked[:, z : z + d, y : y + h, x0 : x0 + w].astype(self._dtype, copy=False) for z, y, x0 in origins)
         futures = self.batcher.submit_many(inputs, flush=True)
         wait(futures)
         results = [f.result() for f in futures]

@@ -270,6 +270,30 @@ class EmbeddingSpec(_Strict):
         return v
 
 
+class Guidance(_Strict):
+    """Interactive annotation inputs (``[guidance]``): clicked points fed as extra input channels.
+
+    The convention of DeepGrow and DExtr3D (Clara AIAA's ``/v1/deepgrow`` and ``/v1/dextr3d``,
+    MONAI's ``AddGuidanceSignal``): each channel is a map of the volume's shape holding a Gaussian
+    of ``sigma`` voxels (peak 1) at every point of its kind, stacked after the image channel, so
+    ``tensors.inputs[0].dims[0]`` is ``1 + len(channels)``. DExtr3D's extreme points fill
+    ``foreground``; DeepGrow's foreground and background clicks fill their own channels.
+    """
+
+    channels: list[Literal["foreground", "background"]] = Field(
+        default_factory=lambda: ["foreground", "background"], min_length=1, max_length=2)
+    sigma: float = Field(3.0, gt=0.0, le=64.0)
+    #: Which AIAA actions may run this model (``dextr3d``, ``deepgrow``).
+    actions: list[Literal["dextr3d", "deepgrow"]] = Field(default_factory=lambda: ["dextr3d", "deepgrow"], min_length=1)
+
+    @field_validator("channels")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("guidance channels must be distinct")
+        return v
+
+
 class ModelSpec(_Strict):
     """The whole spec of one model (see the module docstring)."""
 
@@ -295,11 +319,18 @@ class ModelSpec(_Strict):
     parameters: dict[str, Parameter] = Field(default_factory=dict)
     #: Embedding models: the answer's fields and an optional text tower (``[embedding]``).
     embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
+    #: Interactive annotation models: point-map channels after the image channel (``[guidance]``).
+    guidance: Guidance | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
         out_names = [t.name for t in self.tensors.outputs]
         self._check_embedding(out_names)
+        if self.guidance is not None:
+            want = 1 + len(self.guidance.channels)
+            if self.task != "segmentation" or self.tensors.inputs[0].dims[0] != want:
+                raise ValueError(f"[guidance] needs task = 'segmentation' and tensors.inputs[0].dims[0] = {want} "
+                                 "(the image channel, then one channel per guidance channel)")
         if self.postprocessing.output is not None and self.postprocessing.output not in out_names:
             raise ValueError(f"postprocessing.output {self.postprocessing.output!r} is not one of {out_names}")
         if self.task == "segmentation" and not self.labels:
