@@ -270,6 +270,12 @@ class EmbeddingSpec(_Strict):
         return v
 
 
+GuidanceChannel = Literal["foreground", "background"]
+GuidanceAction = Literal["dextr3d", "deepgrow"]
+GUIDANCE_CHANNELS: tuple[GuidanceChannel, ...] = ("foreground", "background")
+GUIDANCE_ACTIONS: tuple[GuidanceAction, ...] = ("dextr3d", "deepgrow")
+
+
 class Guidance(_Strict):
     """Interactive annotation inputs (``[guidance]``): clicked points fed as extra input channels.
 
@@ -280,11 +286,10 @@ class Guidance(_Strict):
     ``foreground``; DeepGrow's foreground and background clicks fill their own channels.
     """
 
-    channels: list[Literal["foreground", "background"]] = Field(
-        default_factory=lambda: ["foreground", "background"], min_length=1, max_length=2)
+    channels: list[GuidanceChannel] = Field(default_factory=lambda: list(GUIDANCE_CHANNELS), min_length=1, max_length=2)
     sigma: float = Field(3.0, gt=0.0, le=64.0)
     #: Which AIAA actions may run this model (``dextr3d``, ``deepgrow``).
-    actions: list[Literal["dextr3d", "deepgrow"]] = Field(default_factory=lambda: ["dextr3d", "deepgrow"], min_length=1)
+    actions: list[GuidanceAction] = Field(default_factory=lambda: list(GUIDANCE_ACTIONS), min_length=1)
 
     @field_validator("channels")
     @classmethod
