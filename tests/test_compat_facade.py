@@ -326,3 +326,29 @@ def test_bucket_wrong_credential_is_a_clear_error(request: pytest.FixtureRequest
                        headers={"Input-Location": "images/"}, timeout=60)
     assert reply.status_code in (403, 502) and reply.json()["error"]["code"] in ("object_refused", "object_store")
     assert "denied" in reply.json()["error"]["description"] or "refused" in reply.json()["error"]["description"]
+
+
+def test_mask_png_is_the_label_map_of_the_run_lengths() -> None:
+    from PIL import Image
+
+    from dicom_node.api.bucket_runner import mask_png
+
+    one = {"labels": [{"rle": {"shape": [1, 2, 3], "order": "C", "counts": [2, 3, 1]}}]}
+    png = mask_png(one)
+    assert png is not None
+    assert np.asarray(Image.open(io.BytesIO(png))).tolist() == [[0, 0, 255], [255, 255, 0]]
+    two = {"labels": [one["labels"][0], {"rle": {"shape": [1, 2, 3], "order": "C", "counts": [0, 1, 5]}}]}
+    assert np.asarray(Image.open(io.BytesIO(mask_png(two) or b""))).tolist() == [[2, 0, 1], [1, 1, 0]]
+    assert mask_png({"labels": [{"rle": None}]}) is None  # too many runs to answer: no mask, the JSON says so
+
+
+def test_facade_config_refuses_bad_names() -> None:
+    from pydantic import ValidationError
+
+    from dicom_node.config.facade import FacadeConfig
+
+    assert FacadeConfig(output_prefix="/out/ai/").output_prefix == "out/ai"
+    for bad in ({"gcs_input_bucket": "Bad Bucket"}, {"output_prefix": "../etc"}, {"output_prefix": "a//b"},
+                {"max_folder_objects": 0}):
+        with pytest.raises(ValidationError):
+            FacadeConfig.model_validate(bad)
