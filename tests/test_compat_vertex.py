@@ -168,3 +168,18 @@ def test_gcs_uri_failures_are_instance_errors(start_node: Any, gcs_emulator: Obj
     assert [e["code"] for e in errors] == ["fetch_failed", "invalid_instance", "unsupported_media_type", "not_found"]
     assert "not-allowed-bucket" in errors[0]["description"]
     assert TOKEN not in answer.text
+
+
+def test_openapi_documents_the_vertex_path_and_the_cap(start_node: Any) -> None:
+    """The OpenAPI document carries the Vertex path, the instance shapes and the micro-batch cap."""
+    doc = httpx.get(f"{_base(_node(start_node))}/openapi.json", timeout=30).json()
+    vertex = doc["paths"]["/v1/projects/{project}/locations/{location}/endpoints/{endpoint}:predict"]["post"]
+    ours = doc["paths"]["/v1/models/{name}:predict"]["post"]
+    for op in (vertex, ours):
+        assert "api.max_instances" in op["description"] and "tensors.max_batch" in op["description"]
+        assert {"200", "400", "404"} <= set(op["responses"])
+    text = json.dumps(doc["components"]["schemas"])
+    assert all(f'"{field}"' in text for field in ("gcs_uri", "prompt_query", "dicomweb_uri", "input_bytes"))
+    envelope = doc["components"]["schemas"]["PredictResponse"]["properties"]
+    assert set(envelope) == {"predictions", "deployedModelId", "model", "modelVersionId", "modelDisplayName",
+                             "metadata"}
