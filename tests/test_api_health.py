@@ -22,7 +22,8 @@ def test_ping_healthz_readyz(start_node) -> None:
     ready = httpx.get(url(node, "/readyz"))
     assert ready.status_code == 200, ready.text
     body = ready.json()
-    assert body["checks"]["models"] == {"ct-body": "ok", "ct-body-png": "ok", "ct-lungs": "ok"}
+    assert body["checks"]["models"] == {"ct-body": "ok", "ct-body-png": "ok", "ct-lungs": "ok",
+                                        "demo-image-embedding": "ok", "demo-image-text": "ok"}
     assert body["checks"]["index"] == "ok" and body["checks"]["spool"] == "ok"
 
 
