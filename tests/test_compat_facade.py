@@ -306,6 +306,7 @@ def test_bucket_refusals(request: pytest.FixtureRequest, start_node: Any) -> Non
     url = f"http://127.0.0.1:{node.api.port}/bucket_invocations"
     cases = [
         ({"Input-Location": "images/", "Input-Bucket-Name": "elsewhere"}, 403, "not in the allowlist"),
+        ({"Input-Location": "images/", "Write-To-GCS": "true", "Output-Bucket-Name": "elsewhere"}, 403, "elsewhere"),
         ({"Input-Location": "images/", "Inference-Parameters": "{'iou': 0.5}"}, 400, "'iou'"),
         ({"Input-Location": "images/", "Write-To-GCS": "maybe"}, 400, "Write-To-GCS"),
         ({"Input-Location": "notes/readme.png"}, 415, "PNG"),
@@ -315,6 +316,8 @@ def test_bucket_refusals(request: pytest.FixtureRequest, start_node: Any) -> Non
         reply = httpx.post(url, headers=headers, timeout=60)
         assert reply.status_code == status and word in reply.json()["error"]["description"], (headers, reply.text)
     assert not list(node.spool.tmp.glob("inv-*"))  # a refused single file leaves no upload behind
+    jobs = httpx.get(f"http://127.0.0.1:{node.api.port}/v1/jobs", timeout=30).json()["jobs"]
+    assert jobs == []  # nothing was queued by any refused request
 
 
 def test_bucket_wrong_credential_is_a_clear_error(request: pytest.FixtureRequest, start_node: Any) -> None:

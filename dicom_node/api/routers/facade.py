@@ -11,6 +11,13 @@ each runs on the same implementation as the node's path for the same thing:
   "examination_id"}``, and an upload that is no decodable image or DICOM file gets
   **400** with the plain text ``Cannot decode image data`` (not the node's JSON error).
   Every other refusal (parameters, webhook, size) is the node's JSON error.
+- ``POST /bucket_invocations`` (Google Cloud Storage) and ``POST /bucket_invocations_azure_uae``
+  (Azure Blob Storage): headers ``Input-Location`` (a file or a folder), ``Input-Bucket-Name``
+  and ``Output-Bucket-Name`` (defaults: ``[facade]``, :mod:`dicom_node.config.facade`),
+  ``Write-To-GCS`` (``Write-To-Azure`` too on the Azure path) and the headers of
+  ``/invocations``; each file or DICOM folder becomes an invocation of the same service, run
+  by :class:`dicom_node.api.bucket_runner.BucketRunner`. The answer is 200 ``{"filename",
+  "status", "result_path", "request_uuid"}``, each a list when ``Input-Location`` is a folder.
 
 No public copy of the facade's documents was found (searched: code, pages, docs and
 issues corpora for ``bucket_invocations``, ``Input-Location``, ``Write-To-GCS``,

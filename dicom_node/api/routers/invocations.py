@@ -13,6 +13,8 @@ PNG, JPEG, TIFF or BMP, detected from its bytes) and headers:
   segmentation model of the store by name.
 
 The answer is 202 ``{"filename", "status": "sent", "request_uuid", "examination_id"}``.
+:func:`accept_upload` is the one implementation: the Triton facade's ``POST /invocations``
+(:mod:`dicom_node.api.routers.facade`) calls it too and answers as that facade documents.
 """
 
 from __future__ import annotations
