@@ -282,6 +282,15 @@ def part_head(boundary: str, content_type: str, length: int | None = None) -> by
     return (head + "\r\n").encode("ascii")
 
 
+def form_data_head(boundary: str, name: str, content_type: str, filename: str | None = None) -> bytes:
+    """The delimiter line and headers that open one ``multipart/form-data`` part (RFC 7578 4.2).
+
+    ``name`` and ``filename`` are the node's own fixed names (never a caller's), so they need no escaping.
+    """
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+    return f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {content_type}\r\n\r\n".encode("ascii")
+
+
 def write_related(parts: Iterable[tuple[str, int | None, Iterable[bytes]]], boundary: str) -> Iterator[bytes]:
     """Stream a multipart/related body.
 
