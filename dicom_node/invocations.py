@@ -62,6 +62,9 @@ WEBHOOK = "webhook"
 INVOCATION_WORKERS = 1
 #: Webhooks sent at once.
 WEBHOOK_WORKERS = 2
+#: Runs of an invocation whose input or output store failed transiently (a bucket invocation's fetch
+#: or write answered 503, timed out): 2, 4, 8, 16 s apart, then it ends failed with the last reason.
+INVOCATION_RETRY = RetryPolicy(attempts=5, initial=2.0, factor=2.0, cap=60.0, jitter=0.1)
 
 #: An invocation row (:data:`dicom_node.index.invocations.COLUMNS`).
 Row = dict[str, object]
@@ -71,7 +74,8 @@ class Runner(Protocol):
     """Runs one stored invocation (``dicom_node.api.webhooks.execute``).
 
     Returns ``{"prediction", "modelVersionId"}`` or ``{"error": {"code", "description"}}``; never
-    raises for bad input or a model failure.
+    raises for bad input or a model failure. An error that may pass (an object store's 503 or
+    timeout) carries ``"retry": True``: the invocation runs again on :data:`INVOCATION_RETRY`.
     """
 
     def __call__(self, row: Row, upload: Path) -> dict[str, object]: ...
@@ -155,6 +159,10 @@ class InvocationHandler:
             outcome = self.runner(row, upload_path(self.tmp_dir, item.ref))
         error = outcome.get("error")
         reason = str(error.get("description", "")) if isinstance(error, Mapping) else None
+        if reason is not None and outcome.get("retry") is True:
+            # Not ended: the queue runs it again on its policy, and gives up through give_up().
+            self.rows.update(item.ref, state="queued", error=reason)
+            return Retry(reason)
         self._end(row, outcome, reason)
         return Failed(reason or "failed") if error is not None else Done()
 
@@ -278,7 +286,7 @@ class InvocationService:
             self.queue.register(WEBHOOK, WebhookHandler(self.rows, self.outbound, secret, self.retry), WEBHOOK_WORKERS,
                                 self.retry.attempts + 3, self.retry)
             self.queue.register(INVOCATION, InvocationHandler(self.rows, self.queue, self.tmp_dir, self.runner),
-                                INVOCATION_WORKERS)
+                                INVOCATION_WORKERS, INVOCATION_RETRY.attempts + 3, INVOCATION_RETRY)
 
     def stop(self) -> None:
         """Nothing of its own to stop: the node's work queue stops the running work (its state is committed)."""

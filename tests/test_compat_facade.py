@@ -355,3 +355,33 @@ def test_facade_config_refuses_bad_names() -> None:
                 {"max_folder_objects": 0}):
         with pytest.raises(ValidationError):
             FacadeConfig.model_validate(bad)
+
+
+class FlakyStoreRunner:
+    """A fake :class:`~dicom_node.invocations.Runner` (the store's failure cannot be timed against an emulator):
+    its first run fails as a 503 from an object store would, the second succeeds."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, row: dict[str, object], upload: Path) -> dict[str, object]:
+        self.calls += 1
+        if self.calls == 1:
+            return {"error": {"code": "object_store", "description": "Azure Blob Storage answered HTTP 503"},
+                    "retry": True}
+        return {"prediction": {"ok": True}, "modelVersionId": "1"}
+
+
+def test_transient_store_failure_runs_the_invocation_again(start_node: Any) -> None:
+    from dicom_node.invocations import InvocationService
+
+    node = start_node(api={"enabled": False})  # the fake runner's service is the only one on this queue
+    runner = FlakyStoreRunner()
+    service = InvocationService(node.config, node.index, node.writer, node.spool.tmp, node.queue, node.outbound,
+                                runner)
+    service.start()
+    service.submit({"id": "r-1", "examination_id": None, "model": "ct-body", "parameters": "{}", "webhook_url": None,
+                    "filename": "ct-1/", "input_url": "az://inputs/studies/ct-1/", "output_url": None})
+    assert wait_for(lambda: (service.get("r-1") or {}).get("state") == "done", 30)
+    row = service.get("r-1") or {}
+    assert runner.calls == 2 and json.loads(str(row["result"]))["prediction"] == {"ok": True}

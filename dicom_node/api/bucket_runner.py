@@ -125,7 +125,8 @@ class BucketRunner:
         except InputRejected as exc:
             return instance_error(exc.code, exc.description)
         except ObjectStoreError as exc:
-            return instance_error("object_store", str(exc))
+            # A transient store failure is run again (dicom_node.invocations.INVOCATION_RETRY).
+            return {**instance_error("object_store", str(exc)), **({"retry": True} if exc.retryable else {})}
         except (ModelError, InferenceError) as exc:
             return instance_error("model_unavailable", str(exc))
         except OSError as exc:
