@@ -34,6 +34,7 @@ removes expired sessions with their files, waking at the next expiry.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
@@ -66,6 +67,8 @@ MAX_SWEEP_WAIT = 30.0
 MAX_ACTIVE_RETRIEVALS = 8
 #: The work kind of a session's retrieval (ref: the session id).
 RETRIEVAL = "retrieval"
+#: The image of a NIfTI session (Clara AIAA ``PUT /session/``), in the session folder; read by ``GET /session/{id}``.
+NIFTI_FILE = "image.nii.gz"
 
 
 class SessionService:
@@ -196,6 +199,38 @@ class SessionService:
         self._set_status(session_id, status, reason)
         log.info("session %s id=%s instances=%d failed=%d", status, session_id, sink.ok_count, len(reasons))
         return self.get(session_id)
+
+    def store_nifti(self, session_id: str, data: bytes) -> dict[str, Any] | None:
+        """Keep a NIfTI image (already read by :func:`dicom_node.pixels.nifti.read_nifti`) and mark the session ready.
+
+        Gzipped on the way in when it is a plain ``.nii``, so the folder holds one name (:data:`NIFTI_FILE`).
+        Returns the row, None when the session was closed meanwhile.
+        """
+        if not data.startswith(b"\x1f\x8b"):
+            data = gzip.compress(data, compresslevel=6, mtime=0)
+        folder = self.folder(session_id)
+        temp = folder / f".{NIFTI_FILE}.part"
+        try:
+            with open(temp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, folder / NIFTI_FILE)
+            self.node.spool.sync_dirs({folder})
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write the session image: {exc.strerror}") from exc
+        self._set_status(session_id, "ready", None)
+        log.info("session ready id=%s image=nifti bytes=%d", session_id, len(data))
+        return self.get(session_id)
+
+    def nifti_file(self, session_id: str) -> Path | None:
+        """The NIfTI image of a ready session that holds one; None for a DICOM session or an unknown id."""
+        session = self.get(session_id) if isinstance(session_id, str) else None
+        if session is None or session["status"] != "ready":
+            return None
+        path = self.folder(session_id) / NIFTI_FILE
+        return path if path.is_file() else None
 
     def _set_status(self, session_id: str, status: str, reason: str | None) -> None:
         now = time.time()
