@@ -36,6 +36,7 @@ for peers)::
     │   └── ObjectTooLarge          over objects.max_object_bytes or the caller's cap (``cap``)
     ├── SessionRefused              a retrieval session cannot be opened (``status``, ``code``; sources.sessions)
     ├── SessionUnavailable          a session is unknown, expired or not ready (sources.sessions)
+    ├── AiaaConfigError             a Clara AIAA model config field with no model-spec counterpart (``field``; aiaa.config)
     ├── PollCancelled               a poll cycle was stopped (sources.poller)
     ├── MultipartError              a malformed multipart body or one over a limit (``status``; dicomweb.multipart)
     ├── NotFound                    a study, series, instance or frame the node does not hold (404; archive.retrieve)

@@ -46,7 +46,11 @@ def test_list_and_detail_on_the_real_server(start_node: Callable[..., Node], mod
     base = f"http://127.0.0.1:{node.api.port}"
 
     def names(**q: str) -> list[str]:
-        return [m["name"] for m in httpx.get(f"{base}/v1/models", params=q).json()["models"]]
+        # Clara AIAA's answer shape (issue 17): a JSON list, each model with name, labels, description, version, type.
+        listed = httpx.get(f"{base}/v1/models", params=q).json()
+        shape = {"name", "labels", "description", "version", "type", "task", "backend", "state"}
+        assert isinstance(listed, list) and all(set(m) - {"deepgrow"} == shape for m in listed), listed
+        return [m["name"] for m in listed]
 
     assert names() == ["ct-body", "ct-body-png", "ct-lungs", "demo-image-embedding", "demo-image-text"]
     assert names(task="embedding") == ["demo-image-embedding", "demo-image-text"]
@@ -55,7 +59,9 @@ def test_list_and_detail_on_the_real_server(start_node: Callable[..., Node], mod
     assert names(name="ct-lungs") == ["ct-lungs"]
     # Clara AIAA's filters (issue 12: both were ignored and every model listed).
     assert names(type="segmentation") == ["ct-body", "ct-body-png", "ct-lungs"]
-    assert names(type="classification") == [] and names(type="deepgrow") == []
+    # Interactive models (a [guidance] table) are AIAA's annotation (DExtr3D) and deepgrow types.
+    interactive = [n for n in names() if n == "demo-annotation"]
+    assert names(type="classification") == [] and names(type="deepgrow") == names(type="annotation") == interactive
     assert names(model="ct-lungs") == ["ct-lungs"] and names(model="absent") == []
     assert names(type="segmentation", model="ct-body", label="body") == ["ct-body"]
     for query, words in [({"type": "nonsense"}, "type"), ({"colour": "red"}, "colour"),

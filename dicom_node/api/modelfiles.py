@@ -163,12 +163,17 @@ def install(models_dir: Path, name: str, spec_text: bytes, files: Iterable[tuple
 
 def write_spec(directory: Path, text: str) -> None:
     """Replace ``<directory>/model.toml`` atomically."""
-    temp = directory / f".{SPEC_FILE}.{uuid.uuid4().hex}"
-    with open(temp, "w", encoding="utf-8") as out:
-        out.write(text)
+    write_file(directory, SPEC_FILE, text.encode("utf-8"))
+
+
+def write_file(directory: Path, filename: str, data: bytes) -> None:
+    """Replace ``<directory>/<filename>`` atomically (temp file, fsync, rename); ``filename`` is the caller's constant."""
+    temp = directory / f".{filename}.{uuid.uuid4().hex}"
+    with open(temp, "wb") as out:
+        out.write(data)
         out.flush()
         os.fsync(out.fileno())
-    os.replace(temp, directory / SPEC_FILE)
+    os.replace(temp, directory / filename)
 
 
 def remove(models_dir: Path, name: str) -> bool:

@@ -1,8 +1,8 @@
 """Models (Clara AIAA style): list and describe the model store; admin upload, patch and delete.
 
-``GET /v1/models`` lists the models of ``[inference] models_dir`` with filters
-(``task``, ``label``, ``name``, and Clara AIAA's ``type`` and ``model``; any other
-query parameter is refused with 400 rather than ignored),
+``GET /v1/models`` lists the models of ``[inference] models_dir`` as Clara AIAA's JSON
+list with filters (``task``, ``label``, ``name``, and Clara AIAA's ``type`` and ``model``;
+any other query parameter is refused with 400 rather than ignored),
 ``GET /v1/models/{name}`` shows one spec with the backend that would run it here
 and why each other backend cannot. The admin operations (scope ``admin``, source
 address in ``[api] admin_hosts``) change the store on disk; the job pipeline's
@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import UploadFile
 
+from dicom_node.aiaa import config as aiaa
 from dicom_node.api import modelfiles
 from dicom_node.api.auth import Principal, require
 from dicom_node.api.deps import ModelsDep
@@ -70,12 +71,6 @@ class ModelSummary(BaseModel):
     state: str = Field(description="'ready' when a backend can run it, else 'unavailable'")
 
 
-class ModelList(BaseModel):
-    """``GET /v1/models``."""
-
-    models: list[ModelSummary]
-
-
 class ModelDetail(ModelSummary):
     """``GET /v1/models/{name}``: the spec and where it would run."""
 
@@ -101,16 +96,27 @@ def _entry(models: ModelRegistry, name: str) -> ModelEntry:
         raise ApiError(404, "not_found", str(exc).replace(str(models.models_dir), "<models_dir>")) from exc
 
 
-#: Model types of Clara AIAA's ``GET /v1/models?type=`` -> the spec ``task`` they select here. AIAA's
-#: interactive types (annotation, deepgrow, dextr3d) and pipelines have no counterpart among this
-#: node's tasks, so they are valid filters that select no model.
-AIAA_TYPES: dict[str, str | None] = {
-    "segmentation": "segmentation", "classification": "classification", "embedding": "embedding",
-    "annotation": None, "deepgrow": None, "dextr3d": None, "pipeline": None,
-}
-ModelType = Literal["segmentation", "classification", "embedding", "annotation", "deepgrow", "dextr3d", "pipeline"]
+#: ``type`` values of ``GET /v1/models``: Clara AIAA's model types (Model Config, "Basic Information"), plus
+#: ``dextr3d`` (AIAA's DExtr3D models are type ``annotation``) and this node's ``embedding`` task (AIAA: ``others``).
+ModelType = Literal["segmentation", "annotation", "classification", "deepgrow", "others", "pipeline",
+                    "dextr3d", "embedding"]
 #: The query parameters of ``GET /v1/models``; any other is refused with 400, not ignored.
 _LIST_PARAMS = ("task", "type", "label", "name", "model")
+
+
+class ModelListEntry(BaseModel):
+    """One model as Clara AIAA lists it (``name``, ``labels``, ``description``, ``version``, ``type``), with this
+    node's ``task``, ``backend`` and ``state``."""
+
+    name: str
+    labels: list[str]
+    description: str
+    version: str
+    type: str = Field(description="Clara AIAA model type (segmentation, annotation, classification, deepgrow, others)")
+    deepgrow: str | None = Field(None, description="Deepgrow models: 2D or 3D (AIAA clients read it)")
+    task: str
+    backend: str | None = Field(description="Backend that would run the model here; null when none can")
+    state: str = Field(description="'ready' when a backend can run it, else 'unavailable'")
 
 
 def _known_query(request: Request) -> None:
@@ -121,37 +127,41 @@ def _known_query(request: Request) -> None:
                        f"GET /v1/models takes {', '.join(_LIST_PARAMS)}")
 
 
-@router.get("/v1/models", response_model=ModelList, responses=error_responses(401, 403),
-            summary="List models, filtered by task (or AIAA type), label or name (or AIAA model)")
+@router.get("/v1/models", response_model=list[ModelListEntry], response_model_exclude_unset=True,
+            responses=error_responses(401, 403),
+            summary="List models (Clara AIAA's list), filtered by label, type, model (or task, name)")
 def list_models(
     models: ModelsDep,
     _principal: Annotated[Principal, Depends(require("read"))],
     _query: Annotated[None, Depends(_known_query)],
     task: Annotated[str | None, Query(max_length=64, description="segmentation, classification or embedding")] = None,
-    model_type: Annotated[ModelType | None, Query(alias="type", description="Clara AIAA model type; selects as task "
-                                                  "does (annotation, deepgrow, dextr3d and pipeline select none)")] = None,
+    model_type: Annotated[ModelType | None, Query(alias="type", description="Clara AIAA model type")] = None,
     label: Annotated[str | None, Query(max_length=64, description="A label name (case-insensitive)")] = None,
     name: Annotated[str | None, Query(max_length=64, description="Exact model name")] = None,
     model: Annotated[str | None, Query(max_length=64, description="Exact model name (Clara AIAA's spelling of name)")] = None,
-) -> dict[str, Any]:
-    """The models of the store (hidden test models excluded), each with the backend that would run it.
+) -> list[dict[str, Any]]:
+    """The models of the store (hidden test models excluded) as a JSON list, Clara AIAA's answer shape.
 
-    Every filter given must hold (``type`` as AIAA means it, mapped onto ``task``;
-    ``model`` as AIAA's client sends it, an exact name like ``name``). An unknown
-    query parameter is answered 400 naming it.
+    AIAA clients (3D Slicer's and OHIF's plugins, ``client_api.py``) call this path and iterate
+    the answer as a list of ``{name, labels, description, version, type}``; each entry also
+    carries this node's ``task`` and the backend that would run it. Every filter given must
+    hold (``type`` as AIAA means it: the uploaded config's type, else the task's; ``model`` an
+    exact name like ``name``). An unknown query parameter is answered 400 naming it.
     """
     store = models.store()
     rows = []
     for entry_name in store.names():
-        spec = store.get(entry_name).spec
-        if (task and spec.task != task) or (model_type and AIAA_TYPES[model_type] != spec.task):
+        entry = store.get(entry_name)
+        spec = entry.spec
+        stored = aiaa.stored(entry.directory)
+        if (task and spec.task != task) or (model_type and not aiaa.type_matches(model_type, spec, stored)):
             continue
         if (name and spec.name != name) or (model and spec.name != model):
             continue
         if label and label.casefold() not in {lab.name.casefold() for lab in spec.labels}:
             continue
-        rows.append(_summary(models, spec))
-    return {"models": rows}
+        rows.append({**aiaa.list_entry(spec, stored), **_summary(models, spec)})
+    return rows
 
 
 def _detail(models: ModelRegistry, entry: ModelEntry) -> dict[str, Any]:
