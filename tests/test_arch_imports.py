@@ -23,7 +23,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     1: ("net", "pixels", "dicomweb", "spool"),
     2: ("config", "index", "objects"),
     3: ("scp", "ingest", "staging", "assembler", "background", "routing", "jobs", "invocations", "writers",
-        "validation", "delivery", "sources", "registry", "workqueue", "archive"),
+        "validation", "delivery", "sources", "registry", "workqueue", "archive", "aiaa", "annotation"),
     4: ("services", "node"),
     5: ("api", "commands", "cli", "__main__"),
 }

@@ -14,6 +14,10 @@ from dicom_node.api.docs import install_docs
 from dicom_node.api.errors import install_error_handlers
 from dicom_node.api.limits import BodyLimitMiddleware
 from dicom_node.api.routers import (
+    aiaa_admin,
+    aiaa_geometry,
+    aiaa_infer,
+    aiaa_sessions,
     dicomweb,
     facade,
     health,
@@ -32,7 +36,8 @@ from dicom_node.config import NodeConfig
 log = logging.getLogger(__name__)
 
 #: Router modules, each exposing ``router``, in the order their routes are matched.
-ROUTERS = (health, models, predict, invocations, facade, jobs, results, worklist, dicomweb, wado, qido, sessions)
+ROUTERS = (health, models, predict, invocations, facade, jobs, results, worklist, dicomweb, wado, qido, sessions,
+           aiaa_admin, aiaa_sessions, aiaa_infer, aiaa_geometry)
 
 
 def create_app(config: NodeConfig, services: ApiServices | None) -> FastAPI:
