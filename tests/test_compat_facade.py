@@ -290,11 +290,18 @@ def test_bucket_dicom_folder_honours_slice_idx(store: str, request: pytest.Fixtu
     assert row["state"] == "done" and len(series) == 1 and series[0]["instances"] == 4, row
     assert series[0]["prediction"]["slice_indices"] == [1, 2]
     assert series[0]["prediction"]["labels"][0]["rle"]["shape"][0] == 2
+    # Stored and indexed in the node as a series job's results are, written to the bucket or not.
+    base = f"http://127.0.0.1:{node.api.port}"
+    study = str(pydicom.dcmread(io.BytesIO(dicom_series(4, "bucket")[0])).StudyInstanceUID)
+    results = httpx.get(f"{base}/v1/studies/{study}/results", timeout=30).json()["results"]
+    assert sorted(r["kind"] for r in results) == ["SEG", "SR"] and {r["job_id"] for r in results} == {rid}
+    stored = httpx.get(f"{base}/v1/results/{series[0]['seg_sop_instance_uid']}", timeout=30).content
+    seg = pydicom.dcmread(io.BytesIO(stored))
+    assert seg.Modality == "SEG" and int(seg.NumberOfFrames) <= 2
     if store == "gs":
         assert result_path is None and "seg" not in series[0]
         return
-    seg = pydicom.dcmread(io.BytesIO(peer.fetch(ObjectUrl.parse(result_path).key + "series-1/seg.dcm") or b""))
-    assert seg.Modality == "SEG" and int(seg.NumberOfFrames) <= 2
+    assert peer.fetch(ObjectUrl.parse(result_path).key + "series-1/seg.dcm") == stored
 
 
 def test_bucket_refusals(request: pytest.FixtureRequest, start_node: Any) -> None:

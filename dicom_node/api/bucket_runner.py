@@ -19,6 +19,10 @@ Results (when ``output_url``, the folder ``<bucket>/<facade.output_prefix>/<requ
     series-<n>/seg.dcm, sr.dcm       DICOM input: the SEG and TID 1500 SR of series n (1-based,
                                      in Series Instance UID order), as the job pipeline writes them
 
+A DICOM input's SEG and SR are also stored under ``<storage.root>/results/`` and indexed with
+the request UUID as their job id, as a series job's are, whether or not they are written to a
+bucket: ``GET /v1/studies/{study}/results``, ``GET /v1/results/{sop}`` and WADO-RS serve them.
+
 Fetched files are named by the node (``0001.dcm``, never a peer's key) under
 ``<storage.root>/tmp/inv-<request_uuid>.d/`` and removed when the run ends.
 """
@@ -29,6 +33,8 @@ import io
 import json
 import logging
 import shutil
+import sqlite3
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -43,15 +49,17 @@ from dicom_node.api.inputs import (
     sniff,
 )
 from dicom_node.api.predictions import instance_error, run_decoded, summarise
+from dicom_node.archive.backfill import index_result
 from dicom_node.config import NodeConfig
 from dicom_node.errors import DicomNodeError, ModelError
+from dicom_node.index import IndexWriter, qido
+from dicom_node.index import jobs as job_rows
 from dicom_node.invocations import Row
+from dicom_node.jobs.stages import FileResultWriter
 from dicom_node.objects import ObjectStoreError, ObjectStores, ObjectUrl
 from dicom_node.pixels.decode import read_dataset
 from dicom_node.pixels.volume import load_series
 from dicom_node.registry import ModelRegistry
-from dicom_node.writers.options import WriterOptions
-from dicom_node.writers.results import build_results
 from inference.errors import InferenceError, InputError, ParameterError
 from inference.predictor import Predictor
 
@@ -108,13 +116,19 @@ class BucketRunner:
         The node's object storage (allowlists, caps).
     tmp_dir : Path
         The spool's ``tmp``.
+    writer : IndexWriter
+        Records the SEG and SR in the index (``results``, the QIDO-RS search tables).
     """
 
-    def __init__(self, config: NodeConfig, models: ModelRegistry, objects: ObjectStores, tmp_dir: Path) -> None:
+    def __init__(self, config: NodeConfig, models: ModelRegistry, objects: ObjectStores, tmp_dir: Path,
+                 writer: IndexWriter) -> None:
         self.config = config
         self.models = models
         self.objects = objects
         self.tmp_dir = tmp_dir
+        self.writer = writer
+        #: SEG and SR are stored and indexed as a series job's are, so they stay downloadable and searchable.
+        self.results = FileResultWriter(config)
 
     def __call__(self, row: Row, upload: Path) -> dict[str, object]:
         """``{"prediction", "modelVersionId", "result_path"}`` or ``{"error": {...}}``; never raises for bad input."""
@@ -141,11 +155,12 @@ class BucketRunner:
         params = json.loads(str(row["parameters"] or "{}"))
         source = str(row["input_url"]) if row.get("input_url") else None
         if source is not None and source.endswith("/"):
-            outcome = self._series(predictor, params, self._fetch_folder(ObjectUrl.parse(source), work), output)
+            outcome = self._series(str(row["id"]), predictor, params,
+                                   self._fetch_folder(ObjectUrl.parse(source), work), output)
         else:
             if not upload.exists() and source is not None:
                 self.objects.download(ObjectUrl.parse(source), upload, max_bytes=self.config.api.max_body_bytes)
-            outcome = self._single(predictor, params, upload, work, output)
+            outcome = self._single(str(row["id"]), predictor, params, upload, work, output)
         if "error" in outcome:
             return outcome
         result: dict[str, object] = {**outcome, "modelVersionId": predictor.spec.version,
@@ -172,7 +187,7 @@ class BucketRunner:
             paths.append(path)
         return paths
 
-    def _single(self, predictor: Predictor, params: dict[str, Any], upload: Path, work: Path,
+    def _single(self, rid: str, predictor: Predictor, params: dict[str, Any], upload: Path, work: Path,
                 output: ObjectUrl | None) -> dict[str, Any]:
         """One object: an image (prediction JSON and mask) or one DICOM instance (a series of one)."""
         with upload.open("rb") as fh:
@@ -180,7 +195,7 @@ class BucketRunner:
         if sniff(head) == "dicom":
             target = work / "00001.dcm"
             shutil.copyfile(upload, target)
-            return self._series(predictor, params, [target], output)
+            return self._series(rid, predictor, params, [target], output)
         data = upload.read_bytes()  # fetched with the upload cap (api.max_body_bytes)
         decoded = decode_for_model(data, predictor.spec, self.tmp_dir, self.config.api.max_pixels,
                                    gpu=self.config.pixels.gpu_decode)
@@ -196,7 +211,7 @@ class BucketRunner:
 
     # -- DICOM series --------------------------------------------------------------------------------------------
 
-    def _series(self, predictor: Predictor, params: dict[str, Any], paths: list[Path],
+    def _series(self, rid: str, predictor: Predictor, params: dict[str, Any], paths: list[Path],
                 output: ObjectUrl | None) -> dict[str, Any]:
         """Group DICOM files by series; run each series the contract accepts; write its SEG and SR."""
         max_inflated = self.config.scp.max_inflated_bytes
@@ -212,14 +227,14 @@ class BucketRunner:
             raise InputRejected("undecodable", f"no readable DICOM Part 10 file among the {len(paths)} object(s)")
         series = []
         for n, uid in enumerate(sorted(groups), start=1):
-            series.append(self._one_series(predictor, params, groups[uid], n, output))
+            series.append(self._one_series(rid, predictor, params, groups[uid], n, output))
         failed = [s for s in series if "error" in s]
         if len(failed) == len(series):
             return instance_error(str(failed[0]["error"]["code"]), str(failed[0]["error"]["description"]))
         return {"prediction": {"series": series, "skipped_objects": skipped}}
 
-    def _one_series(self, predictor: Predictor, params: dict[str, Any], files: list[tuple[Path, Any]], n: int,
-                    output: ObjectUrl | None) -> dict[str, Any]:
+    def _one_series(self, rid: str, predictor: Predictor, params: dict[str, Any], files: list[tuple[Path, Any]],
+                    n: int, output: ObjectUrl | None) -> dict[str, Any]:
         spec = predictor.spec
         headers = [ds for _, ds in files]
         entry: dict[str, Any] = {"series_instance_uid": str(headers[0].SeriesInstanceUID), "instances": len(files)}
@@ -240,16 +255,31 @@ class BucketRunner:
             return {**entry, **instance_error("inference_failed", f"inference failed: {exc}")}
         spacing = tuple(float(s) for s in volume.spacing)
         entry["prediction"] = summarise(spec, prediction, DecodedInput(volume.array, spacing, "dicom"))  # type: ignore[arg-type]
-        if output is not None:
-            try:
-                objects = build_results({str(ds.SOPInstanceUID): ds for ds in headers}, volume, predictor.entry.spec,
-                                        prediction, WriterOptions.from_config(self.config.results),
-                                        model_sha256=predictor.entry.onnx_sha256())
-            except DicomNodeError as exc:
-                return {**entry, **instance_error("write_failed", f"the SEG/SR could not be written: {exc}")}
-            for name, data in (("seg.dcm", objects.seg), ("sr.dcm", objects.sr)):
-                if data is not None:
-                    url = output.child(f"series-{n}/{name}")
-                    self.objects.put(url, data, content_type="application/dicom")
-                    entry[name.split(".")[0]] = str(url)
+        try:
+            rows = self.results.write({"id": rid}, predictor.entry, volume, prediction,
+                                      {str(ds.SOPInstanceUID): ds for ds in headers})
+        except DicomNodeError as exc:
+            return {**entry, **instance_error("write_failed", f"the SEG/SR could not be written: {exc}")}
+        self._record(rows)
+        for row in rows:
+            name = "seg" if row["kind"] == "SEG" else "sr"
+            entry[f"{name}_sop_instance_uid"] = str(row["sop_instance_uid"])
+            if output is not None:
+                url = output.child(f"series-{n}/{name}.dcm")
+                self.objects.put(url, self.results.path_of(str(row["path"])), content_type="application/dicom")
+                entry[name] = str(url)
         return entry
+
+    def _record(self, rows: list[dict[str, Any]]) -> None:
+        """Index the stored SEG and SR as the job pipeline does: ``results`` rows and the search tables."""
+        found = [index_result(self.results.path_of(str(row["path"])), self.config.scp.max_inflated_bytes)
+                 for row in rows]
+        now = time.time()
+
+        def record(conn: sqlite3.Connection) -> None:
+            job_rows.record_results(conn, rows)
+            for rec in found:
+                if rec is not None:
+                    qido.record(conn, rec, now)
+
+        self.writer.run(record)

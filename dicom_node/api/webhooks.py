@@ -64,4 +64,5 @@ def invocation_service(node: Node) -> InvocationService:
     """The invocation service of ``node``, running uploads with an :class:`UploadRunner` (not started)."""
     return InvocationService(node.config, node.index, node.writer, node.spool.tmp, node.queue, node.outbound,
                              UploadRunner(node.config, node.models, node.spool.tmp,
-                                          BucketRunner(node.config, node.models, node.objects, node.spool.tmp)))
+                                          BucketRunner(node.config, node.models, node.objects, node.spool.tmp,
+                                                       node.writer)))
