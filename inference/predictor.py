@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from concurrent.futures import wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from inference.backends import Backend, BackendOptions, load_backend, select_backend
 from inference.batching import BatchStats, MicroBatcher, stack_views
-from inference.errors import BackendUnavailableError, InputError, SpecError
+from inference.errors import BackendUnavailableError, InferenceError, InputError, SpecError
 from inference.processing import activate, apply_intensity, blend_tiles, decide, resize_bilinear, tile_volume
 from inference.spec import ModelSpec
 from inference.store import ModelEntry
@@ -122,10 +122,19 @@ class Predictor:
         inference.errors.BackendError
             The tower failed.
         """
+        outcomes = self.embed_texts_each(texts)
+        for outcome in outcomes:
+            if isinstance(outcome, InferenceError):
+                raise outcome
+        return [o for o in outcomes if not isinstance(o, InferenceError)]
+
+    def embed_texts_each(self, texts: list[str]) -> list[dict[str, np.ndarray] | InferenceError]:
+        """As :meth:`embed_texts`, one outcome per text: a bad text is its own error, the others still run."""
         if self.text is None:
-            raise InputError(f"model {self.spec.name!r} has no text tower ([embedding.text] in its model.toml)")
+            return [InputError(f"model {self.spec.name!r} has no text tower ([embedding.text] in its model.toml)")
+                    for _ in texts]
         field_name = self.text.spec.field
-        return [{field_name: vector} for vector in self.text.embed(texts)]
+        return [o if isinstance(o, InferenceError) else {field_name: o} for o in self.text.embed_each(texts)]
 
     def predict(self, volume: np.ndarray, parameters: dict[str, Any] | None = None,
                 guidance: np.ndarray | None = None) -> Prediction:
@@ -155,15 +164,72 @@ class Predictor:
             The backend failed on an item (the first failure is raised).
         """
         params = self.spec.resolve_parameters(parameters)
-        vol = np.asarray(volume)
-        if vol.ndim != 3 or 0 in vol.shape:
-            raise InputError(f"model {self.spec.name!r}: expected a (slices, rows, cols) volume, got shape {vol.shape}")
+        vol = self._check_volume(volume)
         guide = self._check_guidance(vol.shape, guidance)
         t0 = time.perf_counter()
         if self.spec.preprocessing.mode == "3d":
             raw, indices = self._predict_3d(vol, guide), list(range(vol.shape[0]))
         else:
             raw, indices = self._predict_2d(vol, params.get("slice_idx") or [], guide)
+        return self._finish(vol, raw, indices, params, t0)
+
+    def predict_many(self, volumes: list[np.ndarray],
+                     parameters: dict[str, Any] | None = None) -> list[Prediction | InferenceError]:
+        """Run the model on several volumes (one predict request's instances), one outcome each, in order.
+
+        A 2D model without guidance gets every slice of every volume in one submission,
+        so a request of 32 images fills one batch of ``max_batch`` instead of racing 32
+        partial ones; other models run the volumes one by one. A volume that fails
+        (shape, backend) is that volume's error and never fails the others.
+
+        Raises
+        ------
+        inference.errors.ParameterError
+            A parameter is unknown or out of bounds (shared by every volume).
+        """
+        params = self.spec.resolve_parameters(parameters)
+        if self.spec.preprocessing.mode == "3d" or self.spec.guidance is not None:
+            return [self._predict_or_error(v, parameters) for v in volumes]
+        t0 = time.perf_counter()
+        prepared: list[tuple[np.ndarray, np.ndarray, list[int]] | InferenceError] = []
+        for volume in volumes:
+            try:
+                vol = self._check_volume(volume)
+                prepared.append((vol, *self._items_2d(vol, params.get("slice_idx") or [], None)))
+            except InferenceError as exc:
+                prepared.append(exc)
+        items = (p[1][k] for p in prepared if not isinstance(p, InferenceError) for k in range(len(p[2])))
+        futures = self.batcher.submit_many(items, flush=True)
+        wait(futures)
+        out: list[Prediction | InferenceError] = []
+        start = 0
+        for p in prepared:
+            if isinstance(p, InferenceError):
+                out.append(p)
+                continue
+            vol, _, indices = p
+            mine, start = futures[start : start + len(indices)], start + len(indices)
+            try:
+                out.append(self._finish(vol, self._gather(mine), indices, params, t0))
+            except InferenceError as exc:
+                out.append(exc)
+        return out
+
+    def _predict_or_error(self, volume: np.ndarray, parameters: dict[str, Any] | None) -> Prediction | InferenceError:
+        try:
+            return self.predict(volume, parameters)
+        except InferenceError as exc:
+            return exc
+
+    def _check_volume(self, volume: np.ndarray) -> np.ndarray:
+        vol = np.asarray(volume)
+        if vol.ndim != 3 or 0 in vol.shape:
+            raise InputError(f"model {self.spec.name!r}: expected a (slices, rows, cols) volume, got shape {vol.shape}")
+        return vol
+
+    def _finish(self, vol: np.ndarray, raw: dict[str, np.ndarray], indices: list[int], params: dict[str, Any],
+                t0: float) -> Prediction:
+        """Post-process the stacked outputs of one volume into its :class:`Prediction`."""
         t1 = time.perf_counter()
         out = raw[self.spec.output_name]
         if self.spec.preprocessing.mode == "2d" and self.spec.preprocessing.resize and out.ndim == 4:
@@ -188,6 +254,20 @@ class Predictor:
 
     def _predict_2d(self, vol: np.ndarray, slice_idx: list[int],
                     guidance: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], list[int]]:
+        images, indices = self._items_2d(vol, slice_idx, guidance)
+        futures = self.batcher.submit_many((images[k] for k in range(len(indices))), flush=True)
+        wait(futures)  # one wake-up for the whole job instead of one GIL hand-off per slice
+        return self._gather(futures), indices
+
+    @staticmethod
+    def _gather(futures: list[Future[dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+        """The items' outputs stacked in order (the first failed item's error is raised)."""
+        results = [f.result() for f in futures]
+        return {name: stack_views([r[name] for r in results]) for name in results[0]}
+
+    def _items_2d(self, vol: np.ndarray, slice_idx: list[int],
+                  guidance: np.ndarray | None) -> tuple[np.ndarray, list[int]]:
+        """The preprocessed slices ``(n, channels, rows, cols)`` a 2D model is fed, and their indices."""
         indices = list(slice_idx) if slice_idx else list(range(vol.shape[0]))
         bad = [i for i in indices if not 0 <= i < vol.shape[0]]
         if bad:
@@ -205,10 +285,7 @@ class Predictor:
             if pre.resize:
                 maps = resize_bilinear(maps, pre.resize)
             images = np.concatenate([images, maps.astype(self._dtype, copy=False)], axis=1)
-        futures = self.batcher.submit_many((images[k] for k in range(len(indices))), flush=True)
-        wait(futures)  # one wake-up for the whole job instead of one GIL hand-off per slice
-        results = [f.result() for f in futures]
-        return {name: stack_views([r[name] for r in results]) for name in results[0]}, indices
+        return images, indices
 
     def _predict_3d(self, vol: np.ndarray, guidance: np.ndarray | None = None) -> dict[str, np.ndarray]:
         window = self.spec.preprocessing.sliding_window

@@ -25,7 +25,7 @@ import numpy as np
 
 from inference.backends.base import Backend
 from inference.batching import MicroBatcher
-from inference.errors import BackendUnavailableError, InputError, SpecError
+from inference.errors import BackendUnavailableError, InferenceError, InputError, SpecError
 from inference.spec import TextSpec
 
 log = logging.getLogger(__name__)
@@ -105,19 +105,44 @@ class TextEncoder:
         return out
 
     def embed(self, texts: list[str]) -> list[np.ndarray]:
-        """One vector per text, in order (all tokenized first, so a bad text fails before any runs).
+        """One vector per text, in order.
 
         Raises
         ------
         InputError
-            A text cannot be tokenized within the limits.
+            A text cannot be tokenized within the limits (the first such text).
         inference.errors.BackendError
             The tower failed.
         """
-        items = [self.token_ids(t) for t in texts]  # one (max_tokens,) item each; the batcher stacks them
-        futures: list[Future[dict[str, np.ndarray]]] = self.batcher.submit_many(iter(items), flush=True)
+        outcomes = self.embed_each(texts)
+        for outcome in outcomes:
+            if isinstance(outcome, InferenceError):
+                raise outcome
+        return [o for o in outcomes if not isinstance(o, InferenceError)]
+
+    def embed_each(self, texts: list[str]) -> list[np.ndarray | InferenceError]:
+        """One vector or one error per text, in order: every tokenizable text rides in one submission."""
+        ids: list[np.ndarray | InferenceError] = []
+        for text in texts:
+            try:
+                ids.append(self.token_ids(text))
+            except InputError as exc:
+                ids.append(exc)
+        # One (max_tokens,) item per text; the batcher stacks them into (batch, max_tokens).
+        futures: list[Future[dict[str, np.ndarray]]] = self.batcher.submit_many(
+            (i for i in ids if not isinstance(i, InferenceError)), flush=True)
         wait(futures)
-        return [np.asarray(f.result()[self.spec.output]).reshape(-1) for f in futures]
+        pending = iter(futures)
+        out: list[np.ndarray | InferenceError] = []
+        for item in ids:
+            if isinstance(item, InferenceError):
+                out.append(item)
+                continue
+            try:
+                out.append(np.asarray(next(pending).result()[self.spec.output]).reshape(-1))
+            except InferenceError as exc:
+                out.append(exc)
+        return out
 
     def close(self) -> None:
         """Stop the batcher and release the backend."""

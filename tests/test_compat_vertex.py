@@ -183,3 +183,24 @@ def test_openapi_documents_the_vertex_path_and_the_cap(start_node: Any) -> None:
     envelope = doc["components"]["schemas"]["PredictResponse"]["properties"]
     assert set(envelope) == {"predictions", "deployedModelId", "model", "modelVersionId", "modelDisplayName",
                              "metadata"}
+
+
+def test_a_requests_instances_share_one_micro_batch(start_node: Any) -> None:
+    """Eight images and eight prompts of one request ride in one image batch and one text batch.
+
+    The batcher is given a long delay, so only the request's own flush (after all of its items)
+    dispatches: instances racing each other into the batcher would show up as more batches.
+    """
+    node = start_node(inference={"models_dir": str(ENGINES), "backends": ["onnxruntime"], "max_batch_delay_ms": 1000})
+    png = base64.b64encode(image("PNG")).decode()
+    body = {"instances": [{"input_bytes": png, "prompt_query": f"nodule {i}"} for i in range(8)]}
+    url = f"{_base(node)}/v1/projects/p/locations/l/endpoints/demo-image-text:predict"
+    assert httpx.post(url, json=body, timeout=60).status_code == 200  # opens the predictor
+    predictor = node.models.predictor("demo-image-text")
+    assert predictor.text is not None
+    image_before, text_before = predictor.stats(), predictor.text.batcher.stats()
+    answer = httpx.post(url, json=body, timeout=60)
+    assert answer.status_code == 200 and all(len(p) == 3 for p in answer.json()["predictions"]), answer.text[:300]
+    image_after, text_after = predictor.stats(), predictor.text.batcher.stats()
+    assert (image_after.items - image_before.items, image_after.batches - image_before.batches) == (8, 1)
+    assert (text_after.items - text_before.items, text_after.batches - text_before.batches) == (8, 1)

@@ -119,13 +119,35 @@ def run_decoded(predictor: Predictor, decoded: DecodedInput, params: dict[str, A
 
 
 
+def _answer(predictor: Predictor, outcome: Prediction | InferenceError, decoded: DecodedInput) -> dict[str, Any]:
+    if isinstance(outcome, InputError | ParameterError):
+        return instance_error("model_input", f"the input does not fit model {predictor.spec.name!r}: {outcome}")
+    if isinstance(outcome, InferenceError):
+        log.warning("prediction failed model=%s error=%s", predictor.spec.name, type(outcome).__name__)
+        return instance_error("inference_failed", f"inference failed: {outcome}")
+    return summarise(predictor.spec, outcome, decoded)
+
+
+def run_decoded_many(predictor: Predictor, decoded: list[DecodedInput], params: dict[str, Any]) -> list[dict[str, Any]]:
+    """As :func:`run_decoded` for a request's inputs together, so their slices fill the same batches (in order)."""
+    outcomes = predictor.predict_many([d.array for d in decoded], params)
+    return [_answer(predictor, o, d) for o, d in zip(outcomes, decoded, strict=True)]
+
+
+def _text_answer(predictor: Predictor, outcome: dict[str, np.ndarray] | InferenceError) -> dict[str, Any]:
+    if isinstance(outcome, InputError):
+        return instance_error("model_input", f"prompt_query: {outcome}")
+    if isinstance(outcome, InferenceError):
+        log.warning("text embedding failed model=%s error=%s", predictor.spec.name, type(outcome).__name__)
+        return instance_error("inference_failed", f"inference failed: {outcome}")
+    return {name: np.asarray(vector, dtype=np.float64).tolist() for name, vector in outcome.items()}
+
+
+def run_texts(predictor: Predictor, prompts: list[str]) -> list[dict[str, Any]]:
+    """The text tower's answer per ``prompt_query``, in order, all in one submission; a bad one is its own error."""
+    return [_text_answer(predictor, o) for o in predictor.embed_texts_each(prompts)] if prompts else []
+
+
 def run_text(predictor: Predictor, prompt: str) -> dict[str, Any]:
     """The text tower's answer to one ``prompt_query`` (``{"contrastive_txt_emb": [...]}``), or an instance error."""
-    try:
-        answer = predictor.embed_texts([prompt])[0]
-    except InputError as exc:
-        return instance_error("model_input", f"prompt_query: {exc}")
-    except InferenceError as exc:
-        log.warning("text embedding failed model=%s error=%s", predictor.spec.name, type(exc).__name__)
-        return instance_error("inference_failed", f"inference failed: {exc}")
-    return {name: np.asarray(vector, dtype=np.float64).tolist() for name, vector in answer.items()}
+    return run_texts(predictor, [prompt])[0]

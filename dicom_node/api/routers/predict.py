@@ -33,6 +33,7 @@ import asyncio
 import base64
 import binascii
 import logging
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -53,7 +54,7 @@ from dicom_node.api.inputs import (
     sniff,
     split_multipart,
 )
-from dicom_node.api.predictions import instance_error, run_decoded, run_text
+from dicom_node.api.predictions import instance_error, run_decoded_many, run_texts
 from dicom_node.api.schemas import UID_PATTERN, error_responses
 from dicom_node.config import NodeConfig
 from dicom_node.config.api import VERTEX_ID
@@ -331,26 +332,48 @@ def decode_instance(services: ApiServices, config: NodeConfig, spec: ModelSpec, 
     return decode_dicom(parts, spec, tmp, config.api.max_pixels, gpu=gpu)
 
 
-def run_instance(services: ApiServices, config: NodeConfig, predictor: Predictor, instance: Any,
-                 params: dict[str, Any]) -> dict[str, Any]:
-    """One instance from request to answer entry (image fields, text fields, or both); never raises for a bad input."""
+@dataclass
+class Prepared:
+    """One instance after phase 1 (fields checked, image fetched and decoded): what phase 2 runs, or its error."""
+
+    decoded: DecodedInput | None = None
+    prompt: str | None = None
+    error: dict[str, Any] | None = None
+
+
+def prepare_instance(services: ApiServices, config: NodeConfig, spec: ModelSpec, instance: Any) -> Prepared:
+    """Phase 1 of one instance (run concurrently with the others); never raises for a bad input."""
     if not isinstance(instance, dict):
-        return instance_error("invalid_instance", f"an instance must be an object; {_FIELDS_HELP}")
+        return Prepared(error=instance_error("invalid_instance", f"an instance must be an object; {_FIELDS_HELP}"))
     try:
-        field, prompt = check_fields(predictor.spec, instance)
-        decoded = decode_instance(services, config, predictor.spec, instance, field) if field else None
+        field, prompt = check_fields(spec, instance)
+        decoded = decode_instance(services, config, spec, instance, field) if field else None
     except InputRejected as exc:
-        return instance_error(exc.code, exc.description)
+        return Prepared(error=instance_error(exc.code, exc.description))
     except (OSError, MemoryError) as exc:
-        log.exception("instance could not be read model=%s", predictor.spec.name)
-        return instance_error("internal_error", f"the input could not be processed ({type(exc).__name__})")
-    answer: dict[str, Any] = {}
-    if decoded is not None:
-        answer = run_decoded(predictor, decoded, params)
-    if prompt is not None and "error" not in answer:
-        text = run_text(predictor, prompt)
-        answer = text if "error" in text else {**answer, **text}
-    return answer
+        log.exception("instance could not be read model=%s", spec.name)
+        return Prepared(error=instance_error("internal_error",
+                                             f"the input could not be processed ({type(exc).__name__})"))
+    return Prepared(decoded, prompt)
+
+
+def run_prepared(predictor: Predictor, prepared: list[Prepared], params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Phase 2: every decoded image in one submission, then every prompt in one, so the request's instances
+    fill the model's micro-batches together; one answer per instance, in order (image fields, text fields, or both).
+    """
+    images = {i: p.decoded for i, p in enumerate(prepared) if p.error is None and p.decoded is not None}
+    image_answers = dict(zip(images, run_decoded_many(predictor, list(images.values()), params), strict=True))
+    prompts = {i: p.prompt for i, p in enumerate(prepared)
+               if p.error is None and p.prompt is not None and "error" not in image_answers.get(i, {})}
+    text_answers = dict(zip(prompts, run_texts(predictor, list(prompts.values())), strict=True))
+    out: list[dict[str, Any]] = []
+    for i, p in enumerate(prepared):
+        answer = p.error or image_answers.get(i, {})
+        text = text_answers.get(i)
+        if text is not None:
+            answer = text if "error" in text else {**answer, **text}
+        out.append(answer)
+    return out
 
 
 def endpoint_model(config: NodeConfig, endpoint: str) -> str:
@@ -378,10 +401,11 @@ async def answer(name: str, body: PredictRequest, services: ApiServices, config:
         spec.resolve_parameters(body.parameters)  # checked once: shared by every instance
     except ParameterError as exc:
         raise ApiError(400, "invalid_parameters", str(exc)) from exc
-    predictions = await asyncio.gather(
-        *(run_in_threadpool(run_instance, services, config, predictor, inst, body.parameters)
-          for inst in body.instances)
+    # Phase 1 (fetch, decode) runs the instances concurrently; phase 2 hands them to the model together.
+    prepared = await asyncio.gather(
+        *(run_in_threadpool(prepare_instance, services, config, spec, inst) for inst in body.instances)
     )
+    predictions = await run_in_threadpool(run_prepared, predictor, list(prepared), body.parameters)
     errors = sum(1 for p in predictions if "error" in p)
     log.info("predict model=%s instances=%d errors=%d", name, len(predictions), errors)
     # JSONResponse directly: the answer is plain JSON already, and FastAPI's encoder walks long RLE lists slowly.
