@@ -102,7 +102,8 @@ class Node:
         # A delivery's retries are bounded per object by [delivery.retry] (the ledger); its work row may
         # be claimed that often, plus jobs.max_attempts runs interrupted by a crash.
         self.queue.register(DELIVERY, DeliveryHandler(self.index, self.writer,
-                                                      JobDelivery(config, self.index, self.writer, results)),
+                                                      JobDelivery(config, self.index, self.writer, results,
+                                                                  self.objects)),
                             DELIVERY_WORKERS, config.delivery.retry.attempts + config.jobs.max_attempts)
         self._frontend = frontend
         # Set in start() when configured.

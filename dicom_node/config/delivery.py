@@ -25,6 +25,11 @@ The ``[delivery]`` section of the node configuration (hung off
     kind = "reply"         # back to the AE that sent the study
     name = "caller"
 
+    [[delivery.destinations]]
+    kind = "object"        # a bucket prefix (GCS, Azure Blob, S3) through [objects]
+    name = "bucket"
+    url = "s3://hospital-results/ai"   # objects land at <url>/<Study>/<Series>/<SOP>.dcm
+
     [[delivery.known_peers]]
     ae_title = "CT01"
     host = "10.1.5.20"
@@ -49,9 +54,14 @@ from dicom_node.net.auth import HttpAuth, NoAuth
 from dicom_node.net.peers import DimsePeer
 from dicom_node.net.policy import OutboundPolicy, OutboundRefused
 from dicom_node.net.retry import RetryPolicy
+from dicom_node.objects.errors import ObjectRefused
+from dicom_node.objects.url import ObjectUrl
 from dicom_node.validators import check_ae_title, is_loopback
 
-__all__ = ["DeliveryConfig", "Destination", "DimseDestination", "KnownPeer", "ReplyToCaller", "StowDestination"]
+__all__ = [
+    "DeliveryConfig", "Destination", "DimseDestination", "KnownPeer", "ObjectDestination", "ReplyToCaller",
+    "StowDestination",
+]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -141,6 +151,33 @@ class ReplyToCaller(_NamedDestination):
         return {check_ae_title(k, "AE title"): check_ae_title(t, "AE title") for k, t in v.items()}
 
 
+class ObjectDestination(_NamedDestination):
+    """A bucket prefix that result objects are written under (:mod:`dicom_node.delivery.objects`).
+
+    ``url`` is ``gs://bucket/prefix``, ``s3://bucket/prefix`` or ``az://container/prefix``
+    (:class:`dicom_node.objects.ObjectUrl`); each object is written to
+    ``<prefix>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``. The bucket
+    must be allowlisted in ``[objects]``, whose store section holds the credentials, so
+    a destination names no secret and no endpoint of its own.
+    """
+
+    kind: Literal["object"] = "object"
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        try:
+            ObjectUrl.parse(v)
+        except ObjectRefused as exc:  # a malformed URL is a configuration error, named at load
+            raise ValueError(str(exc)) from exc
+        return v
+
+    def prefix(self) -> ObjectUrl:
+        """The parsed prefix the objects are written under."""
+        return ObjectUrl.parse(self.url)
+
+
 class KnownPeer(_Model):
     """Where the Storage SCP of a calling AE title listens."""
 
@@ -154,7 +191,8 @@ class KnownPeer(_Model):
         return check_ae_title(v, "AE title")
 
 
-Destination = Annotated[DimseDestination | StowDestination | ReplyToCaller, Field(discriminator="kind")]
+Destination = Annotated[DimseDestination | StowDestination | ReplyToCaller | ObjectDestination,
+                        Field(discriminator="kind")]
 
 
 class DeliveryConfig(_Model):

@@ -5,7 +5,8 @@
 1. read the SOP Instance UIDs of the Part 10 files;
 2. skip objects the ledger says the destination already stored (``sent``) or
    that were dead-lettered (``dead``; an operator requeues those);
-3. send the rest by C-STORE (PS3.4 Annex B) or STOW-RS (PS3.18 10.5);
+3. send the rest by C-STORE (PS3.4 Annex B), STOW-RS (PS3.18 10.5) or as objects
+   in a bucket (:mod:`dicom_node.delivery.objects`);
 4. record each outcome as it arrives: ``sent`` right after a success, the
    next attempt time for a retryable failure (:class:`~dicom_node.net.retry.RetryPolicy`),
    ``dead`` for a permanent failure or when the policy's attempts are spent.
@@ -33,16 +34,19 @@ from dicom_node.config.delivery import (
     Destination,
     DimseDestination,
     KnownPeer,
+    ObjectDestination,
     ReplyToCaller,
     StowDestination,
 )
 from dicom_node.delivery.classify import Outcome, Verdict
 from dicom_node.delivery.dimse import send_dimse
+from dicom_node.delivery.objects import send_objects
 from dicom_node.delivery.stowrs import send_stow
 from dicom_node.errors import DeliveryError
 from dicom_node.index import deliveries as ledger
 from dicom_node.net.policy import OutboundError
 from dicom_node.net.retry import RetryPolicy
+from dicom_node.objects import ObjectStores
 
 __all__ = ["Caller", "Deliverer", "DeliveryResult", "ObjectResult", "resolve_reply"]
 
@@ -153,21 +157,25 @@ class Deliverer:
         Where calling AEs listen, for reply-to-caller destinations.
     clock : callable
         Wall-clock seconds (``time.time``); injectable for schedule tests.
+    objects : ObjectStores, optional
+        The node's object storage, for ``object`` destinations (without it they fail, not retryable).
     """
 
     def __init__(
         self, destinations: Sequence[Destination], policy: RetryPolicy,
         known_peers: Sequence[KnownPeer] = (), clock: Callable[[], float] = time.time,
+        objects: ObjectStores | None = None,
     ) -> None:
         self._destinations = {d.name: d for d in destinations}
         self._policy = policy
         self._known_peers = tuple(known_peers)
         self._clock = clock
+        self._objects = objects
 
     @classmethod
-    def from_config(cls, config: DeliveryConfig) -> Deliverer:
-        """Build from the ``[delivery]`` configuration section."""
-        return cls(config.destinations, config.retry, config.known_peers)
+    def from_config(cls, config: DeliveryConfig, objects: ObjectStores | None = None) -> Deliverer:
+        """Build from the ``[delivery]`` configuration section (and the node's object stores)."""
+        return cls(config.destinations, config.retry, config.known_peers, objects=objects)
 
     def destination(self, name: str) -> Destination:
         """The destination called ``name``; raises :class:`DeliveryError` when unknown."""
@@ -250,6 +258,11 @@ class Deliverer:
         try:
             if isinstance(dest, StowDestination):
                 send_stow(dest, datasets, record)
+            elif isinstance(dest, ObjectDestination):
+                if self._objects is None:
+                    raise DeliveryError(f"destination {dest.name}: object storage is not available here",
+                                        retryable=False)
+                send_objects(dest, self._objects, todo, record)
             else:
                 target = resolve_reply(dest, self._known_peers, caller) if isinstance(dest, ReplyToCaller) else dest
                 # Resolved and checked once; the association goes to that address (DNS pinning).

@@ -14,6 +14,7 @@ from dicom_node.config import NodeConfig
 from dicom_node.delivery.deliverer import Caller, Deliverer
 from dicom_node.errors import DeliveryError, StorageError
 from dicom_node.index import Index, IndexWriter, instances
+from dicom_node.objects import ObjectStores
 from dicom_node.writers.options import WriterOptions
 from dicom_node.writers.results import build_results
 
@@ -101,8 +102,9 @@ class FileResultWriter:
 class JobDelivery:
     """Deliver a job's result objects to each of its destinations through the ledger."""
 
-    def __init__(self, config: NodeConfig, index: Index, writer: IndexWriter, results: FileResultWriter) -> None:
-        self.deliverer = Deliverer.from_config(config.delivery)
+    def __init__(self, config: NodeConfig, index: Index, writer: IndexWriter, results: FileResultWriter,
+                 objects: ObjectStores | None = None) -> None:
+        self.deliverer = Deliverer.from_config(config.delivery, objects)
         self.index = index
         self.writer = writer
         self.results = results
