@@ -327,6 +327,18 @@ def test_bucket_refusals(request: pytest.FixtureRequest, start_node: Any) -> Non
     assert jobs == []  # nothing was queued by any refused request
 
 
+def test_bucket_folder_over_the_byte_bound_is_refused(request: pytest.FixtureRequest, start_node: Any) -> None:
+    """A DICOM folder larger than facade.max_folder_bytes is a 413 before anything is fetched or queued."""
+    peer: ObjectPeer = request.getfixturevalue("gcs_emulator")
+    peer.seed("big/0001.dcm", b"\0" * (1024 * 1024 + 1))
+    node = start_node(inference={"models_dir": str(ENGINES), "backends": ["onnxruntime"]}, objects=peer.section,
+                      facade={"gcs_input_bucket": "inputs", "max_folder_bytes": 1024 * 1024})
+    reply = httpx.post(f"http://127.0.0.1:{node.api.port}/bucket_invocations", headers={"Input-Location": "big/"},
+                       timeout=60)
+    assert reply.status_code == 413 and "facade.max_folder_bytes" in reply.json()["error"]["description"]
+    assert httpx.get(f"http://127.0.0.1:{node.api.port}/v1/jobs", timeout=30).json()["jobs"] == []
+
+
 def test_bucket_wrong_credential_is_a_clear_error(request: pytest.FixtureRequest, start_node: Any) -> None:
     """Azurite checks Shared Key: a wrong account key is refused with the store's reason, no traceback."""
     peer: ObjectPeer = request.getfixturevalue("azurite")

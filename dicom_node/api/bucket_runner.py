@@ -56,7 +56,7 @@ from dicom_node.index import IndexWriter, qido
 from dicom_node.index import jobs as job_rows
 from dicom_node.invocations import Row
 from dicom_node.jobs.stages import FileResultWriter
-from dicom_node.objects import ObjectStoreError, ObjectStores, ObjectUrl
+from dicom_node.objects import ObjectStoreError, ObjectStores, ObjectTooLarge, ObjectUrl
 from dicom_node.pixels.decode import read_dataset
 from dicom_node.pixels.volume import load_series
 from dicom_node.registry import ModelRegistry
@@ -180,10 +180,15 @@ class BucketRunner:
         if len(found) > limit:
             raise InputRejected("too_many_objects", f"{folder} holds more than facade.max_folder_objects = {limit} "
                                 "objects; give the folder of one study")
+        budget = self.config.facade.max_folder_bytes  # checked at request time; the folder may have grown since
         paths = []
         for n, info in enumerate(sorted(found, key=lambda o: o.url.key), start=1):
             path = work / f"{n:05d}.dcm"
-            self.objects.download(info.url, path)
+            try:
+                budget -= self.objects.download(info.url, path, max_bytes=budget)
+            except ObjectTooLarge as exc:
+                raise InputRejected("too_large", f"the folder's DICOM files hold more than facade.max_folder_bytes = "
+                                    f"{self.config.facade.max_folder_bytes}") from exc
             paths.append(path)
         return paths
 

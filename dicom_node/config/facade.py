@@ -10,6 +10,7 @@ Cloud Storage, ``POST /bucket_invocations_azure_uae`` on Azure Blob Storage)::
     azure_output_container = "dicom-out"
     output_prefix = "results"                   # results go to <bucket>/<output_prefix>/<request_uuid>/
     max_folder_objects = 2000                   # objects one Input-Location folder may hold
+    max_folder_bytes = 8589934592               # bytes its DICOM files may hold in all (fetched to disk)
 
 The buckets named here, and those a request names, must still be allowlisted in
 ``[objects.gcs] allowed_buckets`` / ``[objects.azure] allowed_containers``: this section
@@ -43,6 +44,9 @@ class FacadeConfig(BaseModel):
     output_prefix: str = "results"
     #: Most objects one ``Input-Location`` folder may hold; a larger folder is refused (400) before anything runs.
     max_folder_objects: int = Field(2000, ge=1, le=100_000)
+    #: Most bytes one ``Input-Location`` folder's DICOM files may hold in all (they are fetched to local disk
+    #: before the run); a larger folder is refused (413) before anything runs. Default 8 GiB.
+    max_folder_bytes: int = Field(8 * 1024**3, ge=1024 * 1024)
 
     @field_validator("gcs_input_bucket", "gcs_output_bucket", "azure_input_container", "azure_output_container")
     @classmethod

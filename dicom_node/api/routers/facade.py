@@ -63,6 +63,7 @@ from dicom_node.api.routers.invocations import (
 from dicom_node.api.routers.predict import get_predictor
 from dicom_node.api.schemas import ErrorResponse, error_responses
 from dicom_node.config import NodeConfig
+from dicom_node.config.facade import FacadeConfig
 from dicom_node.errors import DicomNodeError
 from dicom_node.invocations import InvocationService, upload_path
 from dicom_node.objects import ObjectNotFound, ObjectRefused, ObjectStoreError, ObjectStores, ObjectTooLarge, ObjectUrl
@@ -171,20 +172,26 @@ def _write(headers: BucketHeaders, name: str) -> bool:
     return value in _TRUE
 
 
-def _plan(objects: ObjectStores, source: ObjectUrl, limit: int) -> list[_Entry] | None:
+def _plan(objects: ObjectStores, source: ObjectUrl, facade: FacadeConfig) -> list[_Entry] | None:
     """The folder's invocations (images one each, DICOM files one together); None when ``source`` is no folder.
 
     Raises
     ------
     ApiError
-        400 when the folder holds more than ``limit`` objects.
+        400 when the folder holds more than ``facade.max_folder_objects`` objects, 413 when its
+        DICOM files hold more than ``facade.max_folder_bytes``.
     """
+    limit = facade.max_folder_objects
     listed = [o for o in objects.list(source, max_items=limit + 1) if not o.url.key.endswith("/")]
     if not listed:
         return None
     if len(listed) > limit:
         raise ApiError(400, "too_many_objects", f"Input-Location holds more than facade.max_folder_objects = "
                        f"{limit} objects; give the folder of one study or fewer images")
+    dicom_bytes = sum(o.size for o in listed if not is_image_key(o.url.key))
+    if dicom_bytes > facade.max_folder_bytes:
+        raise ApiError(413, "payload_too_large", f"the DICOM files at Input-Location hold {dicom_bytes} bytes, more "
+                       f"than facade.max_folder_bytes = {facade.max_folder_bytes}")
     images = sorted((o.url for o in listed if is_image_key(o.url.key)), key=lambda u: u.key)
     entries = [_Entry(u.key.rsplit("/", 1)[-1], u, "image") for u in images]
     if len(images) < len(listed):
@@ -209,7 +216,7 @@ async def _bucket_invoke(request: Request, services: ApiServices, config: NodeCo
     try:
         if output_base is not None:
             services.objects.check(output_base)
-        entries = await run_in_threadpool(_plan, services.objects, source, config.facade.max_folder_objects)
+        entries = await run_in_threadpool(_plan, services.objects, source, config.facade)
         if entries is None:
             await run_in_threadpool(services.objects.download, source, upload_path(tmp, single),
                                     max_bytes=config.api.max_body_bytes)
