@@ -18,6 +18,9 @@ What maps:
   ``NormalizeIntensity(d)`` with ``subtrahend`` and ``divisor`` -> ``intensity = normalize``;
 - ``inference.args.roi`` (AIAA's ``[x, y, z]``) -> ``preprocessing.sliding_window.roi``
   (``[slices, rows, cols]``, reversed); a 2-value ROI or a 3-dim input tensor -> ``mode = "2d"``;
+- ``type`` ``annotation`` (DExtr3D) and ``deepgrow`` -> a ``[guidance]`` table (extreme points or
+  foreground/background clicks as point-map channels after the image; ``sigma`` from
+  ``AddGuidanceSignal``), the click-to-map transforms being the node's own;
 - ``inference.trtis.input``/``output`` (Triton names, ``TYPE_FP32``, dims) -> ``[tensors]``,
   else ``node_mapping`` names with dims from the ROI;
 - ``Activations(d)`` -> ``activation``; ``ArgmaxAcrossChannels``/``AsDiscreted(argmax)`` ->
@@ -58,6 +61,12 @@ _LOADERS = {"loadnifti", "loadimage", "loadimaged", "loadpng", "loadniftid", "co
 _BOOKKEEPING = {"copyproperties", "restoreoriginalshape", "restored", "fetchextremepoints", "extremepointsd",
                 "boundingboxd", "squeezedim", "squeezedimd", "tonumpy", "tonumpyd", "splitacrosschannels",
                 "splitbasedonlabel"}
+#: Click-to-map transforms of DeepGrow/DExtr3D configs: the node's ``[guidance]`` table makes the same maps.
+_GUIDANCE = {"addguidancesignal", "addguidancesignald", "addguidancefrompoints", "addguidancefrompointsd",
+             "addextremepointschannel", "addextremepointschanneld"}
+#: AIAA's interactive types -> the ``[guidance]`` table (channels after the image, the action that runs it).
+_INTERACTIVE = {"annotation": {"channels": ["foreground"], "actions": ["dextr3d"]},
+                "deepgrow": {"channels": ["foreground", "background"], "actions": ["deepgrow"]}}
 _DTYPES = {"TYPE_FP32": "float32", "TYPE_FP16": "float16", "TYPE_INT64": "int64", "TYPE_INT32": "int32",
            "TYPE_UINT8": "uint8", "TYPE_BOOL": "bool"}
 _TRITON = {v: k for k, v in _DTYPES.items()}
@@ -141,7 +150,7 @@ def _pre(config: dict[str, Any]) -> dict[str, Any]:
     for i, item in enumerate(items):
         where = f"pre_transforms[{i}]"
         name, args = _name(item, where)
-        if name.lower() in _LOADERS:
+        if name.lower() in _LOADERS or name.lower() in _GUIDANCE:
             continue
         if intensity["kind"] != "none":
             raise AiaaConfigError(f"{where}.name", f"a second intensity transform ({name}) has no counterpart")
@@ -191,7 +200,7 @@ def _tensor(item: Any, where: str) -> dict[str, Any]:
     return {"name": item["name"], "dtype": dtype, "dims": _dims(item.get("dims"), f"{where}.dims")}
 
 
-def _tensors(inference: dict[str, Any], roi: list[int], channels: int) -> tuple[dict[str, Any], int]:
+def _tensors(inference: dict[str, Any], roi: list[int], channels: int, in_channels: int) -> tuple[dict[str, Any], int]:
     """The ``[tensors]`` table and the spatial rank of the input (2 or 3)."""
     args = inference.get("args") or {}
     batch = args.get("batch_size", 1) if isinstance(args, dict) else 1
@@ -217,7 +226,7 @@ def _tensors(inference: dict[str, Any], roi: list[int], channels: int) -> tuple[
             raise AiaaConfigError("inference.node_mapping", f"needs one tensor for {image!r} and at least one output")
         rank = len(roi) if roi else 2
         spatial = list(reversed(roi)) if rank == 3 else [-1, -1]
-        ins = [{"name": in_names[0], "dtype": "float32", "dims": [1, *spatial]}]
+        ins = [{"name": in_names[0], "dtype": "float32", "dims": [in_channels, *spatial]}]
         outs = [{"name": n, "dtype": "float32", "dims": [channels, *spatial]} for n in out_names]
     if rank not in (2, 3):
         raise AiaaConfigError("inference", f"a {rank}-D input has no counterpart (2-D slices or 3-D volumes)")
@@ -248,9 +257,9 @@ def to_spec(name: str, config: dict[str, Any], onnx: str = "model.onnx") -> dict
     kind = config.get("type")
     if kind not in AIAA_TYPES:
         raise AiaaConfigError("type", f"one of {', '.join(AIAA_TYPES)}")
-    if kind not in _TASKS:
+    if kind not in _TASKS and kind not in _INTERACTIVE:
         raise AiaaConfigError("type", f"{kind!r} models have no counterpart in this node's model spec "
-                              f"(accepted: {', '.join(_TASKS)})")
+                              f"(accepted: {', '.join([*_TASKS, *_INTERACTIVE])})")
     version = config.get("version", "3")
     if not isinstance(version, str | int) or isinstance(version, bool):
         raise AiaaConfigError("version", "must be a string or a number")
@@ -267,20 +276,33 @@ def to_spec(name: str, config: dict[str, Any], onnx: str = "model.onnx") -> dict
     post = _post(config)
     labels = _labels(config, post["decision"] == "argmax")
     channels = len(labels) + 1 if post["decision"] == "argmax" else max(1, len(labels))
-    tensors, rank = _tensors(inference, roi, channels)
+    guidance = _INTERACTIVE.get(str(kind))
+    tensors, rank = _tensors(inference, roi, channels, 1 + len(guidance["channels"]) if guidance else 1)
     pre: dict[str, Any] = {"rescale": True, "intensity": _pre(config), "mode": "3d" if rank == 3 else "2d"}
     if rank == 3:
         tile = list(reversed(roi)) if len(roi) == 3 else [d if d > 0 else 96 for d in tensors["inputs"][0]["dims"][1:]]
         pre["sliding_window"] = {"roi": tile}
     spec: dict[str, Any] = {
-        "name": name, "version": str(version)[:32], "task": _TASKS[kind], "description": description,
+        "name": name, "version": str(version)[:32], "task": _TASKS.get(str(kind), "segmentation"),
+        "description": description,
         "onnx": onnx, "preprocessing": pre, "tensors": tensors, "postprocessing": post, "labels": labels,
         "parameters": {"threshold": {"type": "float", "default": post["threshold"], "min": 0.0, "max": 1.0,
                                      "description": "Probability above which a voxel belongs to a label."}},
     }
     if rank == 3:
         spec["input"] = {"geometry": {"volume": True}}
+    if guidance:
+        spec["guidance"] = {**guidance, "sigma": _sigma(config)}
     return spec
+
+
+def _sigma(config: dict[str, Any]) -> float:
+    """The Gaussian width of the click maps: the config's ``AddGuidanceSignal`` ``sigma``, else 3 voxels."""
+    for i, item in enumerate(config.get("pre_transforms") or []):
+        name, args = _name(item, f"pre_transforms[{i}]")
+        if name.lower() in _GUIDANCE and "sigma" in args:
+            return _number(args, "sigma", f"pre_transforms[{i}]")
+    return 3.0
 
 
 def stored(directory: Path) -> dict[str, Any] | None:

@@ -243,7 +243,8 @@ async def _http(body: Any, services: ApiServices, service: SessionService, confi
     if kind == "unknown":
         raise ApiError(400, "invalid_image", "http.url: the answer is neither a NIfTI file nor a zip of DICOM files")
     host = urlsplit(url).hostname or "http"  # the host only: a query string may hold a token
-    row = await run_in_threadpool(service.open, "http", host[:64], {"host": host[:255]}, seconds)
+    # Kind "upload" (the index's kinds are upload, dicom, dicomweb): the caller chose the bytes, as with an upload.
+    row = await run_in_threadpool(service.open, "upload", f"http:{host[:64]}", {"host": host[:255]}, seconds)
     if kind == "nifti":
         final = await _guarded(service, row, _nifti_session(service, config, row, data, "http.url"))
     else:
