@@ -23,7 +23,6 @@ also to the nearest vertex of the ``propagate_neighbor_3d`` slices on each side 
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -155,7 +154,7 @@ def fix_polygon(polygons: list[Polygons], slice_index: int, poly_index: int, ver
         raise PolygonError(f"poly_index {poly_index} is outside the {len(polys)} polygons of that slice")
     if not 0 <= vertex_index < len(polys[poly_index]):
         raise PolygonError(f"vertex_index {vertex_index} is outside the {len(polys[poly_index])} vertices of that polygon")
-    out = copy.deepcopy(polygons)
+    out = [[[list(v) for v in poly] for poly in polys] for polys in polygons]  # fresh lists, even for aliased input
     anchor = list(polys[poly_index][vertex_index])
     _move(out[slice_index][poly_index], vertex_index, offset, neighbor, 1.0)
     for d in range(1, neighbor_3d + 1):

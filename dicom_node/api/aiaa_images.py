@@ -9,7 +9,8 @@ affine), the same one the DICOM path builds (:func:`dicom_node.pixels.volume.loa
 - DICOM Part 10: the model's input contract is checked (:func:`dicom_node.api.inputs.check_contract`)
   and the instance decoded by ``load_series`` (an enhanced multi-frame CT is a whole volume); a
   single projection image without plane geometry goes through :func:`~dicom_node.api.inputs.decode_for_model`;
-- a session: the DICOM series of a ready ``/v1/sessions`` session (``SessionService.series_files``).
+- a session (``/session/`` or ``/v1/sessions``): its NIfTI image (``SessionService.nifti_file``) or its
+  one DICOM series (``SessionService.series_files``).
 
 Points of dextr3d/deepgrow are voxel indices ``[x, y, z]`` in the image's own index order (NIfTI
 ``i, j, k``; for DICOM ``x`` = column, ``y`` = row, ``z`` = slice in series order, as ITK reads a
@@ -183,8 +184,16 @@ def load_upload(data: bytes, spec: ModelSpec, config: NodeConfig, tmp_dir: Path)
 
 
 def load_session(sessions: SessionService, session_id: str, spec: ModelSpec, config: NodeConfig) -> AiaaImage:
-    """The DICOM series of a ready session; unknown, expired or not ready: 440 as AIAA answers an expired session."""
+    """The image of a ready session (its NIfTI file, else its one DICOM series), from ``/session/`` or
+    ``/v1/sessions`` alike; unknown, expired or not ready: 440, as AIAA answers an expired session."""
     try:
+        nifti = sessions.nifti_file(session_id)
+        if nifti is not None:
+            try:
+                data = nifti.read_bytes()
+            except OSError as exc:  # swept between the lookup and the read: expired
+                raise InputRejected("session_unavailable", f"session_id: {session_id!r} expired") from exc
+            return load_upload(data, spec, config, nifti.parent)
         try:
             paths = sessions.series_files(session_id, None)
         except SessionUnavailable as exc:
