@@ -23,10 +23,12 @@ CASES = {
     "api": ["--requests", "2", "--clients", "1"],
     "results": ["--slices", "4", "--e2e-slices", "4", "--repeats", "1", "--quiet-period", "0.5"],
     "pull": ["--slices", "4", "--size", "64", "--repeats", "1"],
+    "dicomweb": ["--studies", "50", "--slices", "8", "--size", "64", "--repeats", "2", "--requests", "20"],
     "fuzz": ["--cases", "200"],
     "soak": ["--duration", "10", "--slices", "2", "--store-interval", "4", "--invoke-interval", "3"],
 }
-PEERS = {"ingest": ("storescu", "storescp"), "results": ("storescu",), "pull": ("getscu", "Orthanc")}
+PEERS = {"ingest": ("storescu", "storescp"), "results": ("storescu",), "pull": ("getscu", "Orthanc"),
+         "dicomweb": ("storescu", "Orthanc")}
 
 
 @pytest.mark.parametrize("script", sorted(CASES))
