@@ -152,7 +152,7 @@ class Node:
             self.router.start()
         self.queue.start()  # work a previous run left running is claimed again
         if any(p.enabled for p in self.config.sources.pollers):  # DICOMweb/DIMSE pollers (dicom_node.sources.poller)
-            self.pollers = PollerService(self)
+            self.pollers = PollerService(self, objects=self.objects)
             self.pollers.start()
         if self.config.api.enabled:
             # Retrieval sessions: resume sweeping what a previous run kept (they are reached only through the API).

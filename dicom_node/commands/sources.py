@@ -109,7 +109,7 @@ def run_poll_now(args: argparse.Namespace, config: NodeConfig) -> int:
 
     node = Node(config)
     node.writer.start()
-    service = PollerService(node)
+    service = PollerService(node, objects=node.objects)
     try:
         report = service.run_cycle(poller.name, poller=poller, wait_lease=60.0)
     finally:

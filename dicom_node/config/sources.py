@@ -25,8 +25,17 @@
     kind = "dimse"
     remote = "pacs"
 
+    [[sources.pollers]]          # poll a bucket prefix for new DICOM files (GCS, Azure Blob, S3)
+    name = "uploads"
+    kind = "object"
+    url = "s3://hospital-inputs/incoming"   # the bucket must be allowlisted in [objects]
+    settle = 30.0                # a folder is read once its listing stayed unchanged this long
+
 Outbound hosts and URLs pass the same SSRF checks as delivery destinations
-(:class:`dicom_node.net.policy.OutboundPolicy`).
+(:class:`dicom_node.net.policy.OutboundPolicy`). An ``object`` poller's URL is a
+bucket prefix (:class:`dicom_node.objects.ObjectUrl`): its store's endpoint,
+credentials and bucket allowlist are the ``[objects]`` section's, so the poller
+itself carries no credential.
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from dicom_node.net.auth import HttpAuth, NoAuth
 from dicom_node.net.peers import DimsePeer
 from dicom_node.net.policy import OutboundPolicy, OutboundRefused
+from dicom_node.objects.errors import ObjectRefused
+from dicom_node.objects.url import ObjectUrl
 from dicom_node.validators import check_ae_title, is_loopback
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,15}")
@@ -83,8 +94,8 @@ class Poller(_Model):
     """One polled source: which studies to look for, how often, and where to fetch them."""
 
     name: str
-    kind: Literal["dicomweb", "dimse"]
-    #: DICOMweb service root (kind = "dicomweb").
+    kind: Literal["dicomweb", "dimse", "object"]
+    #: DICOMweb service root (kind = "dicomweb"), or the bucket prefix polled (kind = "object").
     url: str = ""
     auth: HttpAuth = Field(default_factory=NoAuth)
     ca_file: Path | None = None
@@ -111,6 +122,13 @@ class Poller(_Model):
     #: a longer Retry-After from the server wins (capped at backoff_max).
     backoff_initial: float = Field(5.0, gt=0, le=3600)
     backoff_max: float = Field(900.0, gt=0, le=86400)
+    #: kind = "object": seconds a folder's listing must stay unchanged before its new objects are read
+    #: (a series still being uploaded waits); 0 = read new objects at first sight.
+    settle: float = Field(30.0, ge=0, le=86400)
+    #: kind = "object": objects listed per poll at most (also bounded by objects.max_list_items).
+    max_objects: int = Field(10_000, ge=1, le=10_000_000)
+    #: kind = "object": objects downloaded at once.
+    concurrency: int = Field(4, ge=1, le=64)
 
     @field_validator("name")
     @classmethod
@@ -145,6 +163,13 @@ class Poller(_Model):
             if (parts.scheme == "http" and self.auth.type != "none" and not self.allow_insecure_http
                     and not is_loopback(parts.hostname or "")):
                 raise ValueError("credentials over plain http are refused; use https or set allow_insecure_http = true")
+        elif self.kind == "object":
+            try:
+                ObjectUrl.parse(self.url)
+            except ObjectRefused as exc:
+                raise ValueError(f"an object poller needs url = a bucket prefix: {exc}") from exc
+            if self.auth.type != "none":
+                raise ValueError("an object poller takes its credentials from [objects], not auth")
         elif not self.remote:
             raise ValueError("a dimse poller needs remote (the name of a [[sources.remotes]] entry)")
         if self.backoff_max < self.backoff_initial:

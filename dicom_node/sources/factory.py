@@ -30,6 +30,8 @@ def make_source(config: NodeConfig, poller: Poller, node: NodeStorage) -> Source
     """
     if poller.kind == "dicomweb":
         return DicomwebSource(poller, node)
+    if poller.kind == "object":  # listed and read by sources.objects.ObjectPollCycle, not a query source
+        raise ConfigError(f"sources.pollers {poller.name!r}: an object poller is not a DICOMweb or DIMSE source")
     remote = config.sources.remote(poller.remote)
     if remote is None:
         raise ConfigError(f"sources.pollers {poller.name!r}: remote {poller.remote!r} is not in [[sources.remotes]]")
@@ -37,8 +39,11 @@ def make_source(config: NodeConfig, poller: Poller, node: NodeStorage) -> Source
 
 
 def source_label(poller: Poller) -> str:
-    """What ``instances.source`` records for what ``poller`` brings in (``dicomweb:<name>``, ``qr:<remote>``)."""
-    return f"dicomweb:{poller.name}" if poller.kind == "dicomweb" else f"qr:{poller.remote}"
+    """What ``instances.source`` records for what ``poller`` brings in (``dicomweb:<name>``, ``object:<name>``,
+    ``qr:<remote>``)."""
+    if poller.kind in ("dicomweb", "object"):
+        return f"{poller.kind}:{poller.name}"
+    return f"qr:{poller.remote}"
 
 
 def source_rules(sources: SourcesConfig) -> dict[str, list[str]]:

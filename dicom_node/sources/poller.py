@@ -1,5 +1,11 @@
 """The poller service: one thread polls every enabled ``[[sources.pollers]]`` entry on its interval.
 
+DICOMweb and DIMSE sources run the :class:`PollCycle` below; bucket prefixes
+(``kind = "object"``) run :class:`dicom_node.sources.objects.ObjectPollCycle`. Both
+share :class:`dicom_node.sources.cycle.CycleBase` (lease, cancellation, sink) and
+everything this service does around a cycle: scheduling, backoff, ``stopped``, the
+persisted watermark.
+
 A poll cycle of one source (:class:`PollCycle`):
 
 1. Query studies page by page (``limit = page_size``, ``offset`` growing) with
@@ -45,16 +51,17 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dicom_node.config.sources import Poller
 from dicom_node.errors import DicomNodeError, SourceError, StorageError
 from dicom_node.index import sources as state
 from dicom_node.net.retry import RetryPolicy
-from dicom_node.sources.factory import make_source, source_label
-from dicom_node.sources.sink import NodeStorage, RetrievalSink, Stored
+from dicom_node.objects import ObjectStores
+from dicom_node.sources.cycle import LEASE, Arrived, CycleBase, CycleReport, PollCancelled
+from dicom_node.sources.factory import make_source
+from dicom_node.sources.objects import ObjectPollCycle, ObjectSource
+from dicom_node.sources.sink import NodeStorage, Stored
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -62,43 +69,6 @@ if TYPE_CHECKING:
     from dicom_node.sources.base import Source
 
 log = logging.getLogger(__name__)
-
-_LEASE = 120.0
-
-
-class PollCancelled(DicomNodeError):
-    """The poll was cancelled (service stopping, lease lost); nothing is judged failed."""
-
-
-@dataclass(frozen=True)
-class Arrived:
-    """What one retrieval of a series brought in."""
-
-    study_instance_uid: str
-    series_instance_uid: str
-    stored: int
-    duplicates: int
-    failed: int
-
-
-@dataclass
-class CycleReport:
-    """Outcome of one poll cycle of one source."""
-
-    source: str
-    ok: bool = True
-    state: str = state.IDLE
-    error: str | None = None
-    studies: int = 0
-    complete: bool = True
-    arrived: list[Arrived] = field(default_factory=list)
-    retry_in: float | None = None
-
-    @property
-    def retrieved(self) -> int:
-        """Instances newly stored by this cycle."""
-        return sum(a.stored for a in self.arrived)
-
 
 def study_filters(poller: Poller, watermark: str | None, today: dt.date) -> tuple[dict[str, str], str | None]:
     """Matching keys of the study query, and the window start the watermark advances to after a full scan."""
@@ -119,20 +89,14 @@ def _transient(status: int) -> bool:
     return status & 0xFF00 == 0xA700
 
 
-class PollCycle:
-    """One poll of one source (see the module docstring); :meth:`run` raises on failure."""
+class PollCycle(CycleBase):
+    """One poll of one DICOMweb or DIMSE source (see the module docstring); :meth:`run` raises on failure."""
 
     def __init__(self, node: NodeStorage, poller: Poller, source: Source, owner: str, cancel: threading.Event,
                  today: dt.date | None = None) -> None:
-        self.node = node
-        self.poller = poller
+        super().__init__(node, poller, owner, cancel, source.peer_host)
         self.source = source
-        self.owner = owner
-        self.cancel = cancel
         self.today = today or dt.date.today()
-        self.name = poller.name
-        self.report = CycleReport(poller.name)
-        self._renew_at = time.monotonic() + _LEASE / 4
         self._conn: sqlite3.Connection | None = None
 
     def run(self, watermark: str | None) -> str | None:
@@ -198,9 +162,6 @@ class PollCycle:
             message = str(exc)
             self.node.writer.run(lambda c: state.note_error(c, self.name, message, time.time()))
 
-    def _sink(self, on_stored: Callable[[Stored], None]) -> RetrievalSink:
-        return RetrievalSink(self.node, self.name, source_label(self.poller), self.source.peer_host, on_stored)
-
     def _retrieve(self, study_uid: str, series_uid: str, wanted: list[str] | None, study_date: str = "") -> None:
         """Retrieve one series (or ``wanted`` of it) in one pseudo-association."""
         pending: list[Future[None]] = []
@@ -225,16 +186,6 @@ class PollCycle:
         log.info("series retrieved source=%s series_uid=%s stored=%d duplicates=%d failed=%d", self.name,
                  series_uid, arrived.stored, arrived.duplicates, arrived.failed)
 
-    def _check(self) -> None:
-        """Stop promptly when cancelled; keep the lease alive during long retrievals."""
-        if self.cancel.is_set():
-            raise PollCancelled("poll cancelled")
-        if time.monotonic() >= self._renew_at:
-            until = time.time() + _LEASE
-            if not self.node.writer.run(lambda c: state.renew(c, self.name, self.owner, until)):
-                raise PollCancelled("poll lease lost")
-            self._renew_at = time.monotonic() + _LEASE / 4
-
 
 class PollerService:
     """Runs the poll cycles of the enabled pollers in one thread, with backoff and persisted status.
@@ -245,11 +196,16 @@ class PollerService:
         The running node (``config``, ``index``, ``writer``, ``spool``, ``ingestor``).
     tick : float
         How often the thread looks for a due source.
+    objects : ObjectStores, optional
+        The node's object storage, which ``kind = "object"`` pollers list and read.
     """
 
-    def __init__(self, node: NodeStorage, tick: float = 0.25) -> None:
+    def __init__(self, node: NodeStorage, tick: float = 0.25, objects: ObjectStores | None = None) -> None:
         self.node = node
         self.tick = tick
+        self.objects = objects
+        # Bucket sources keep what they saw of each folder between cycles (growth: see sources.objects).
+        self._buckets: dict[str, ObjectSource] = {}
         self.pollers = {p.name: p for p in node.config.sources.pollers if p.enabled}
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._sources: dict[str, Source] = {}
@@ -319,6 +275,17 @@ class PollerService:
             self._sources[poller.name] = make_source(self.node.config, poller, self.node)
         return self._sources[poller.name]
 
+    def _cycle(self, poller: Poller) -> CycleBase:
+        """A new cycle of ``poller``: a bucket listing (``object``), else a DICOMweb/DIMSE query."""
+        if poller.kind != "object":
+            return PollCycle(self.node, poller, self.source(poller), self.owner, self._stop)
+        if self.objects is None:
+            raise SourceError(f"poller {poller.name}: object storage is not available here", retryable=False)
+        bucket = self._buckets.get(poller.name)
+        if bucket is None:
+            bucket = self._buckets[poller.name] = ObjectSource(poller, self.objects)
+        return ObjectPollCycle(self.node, poller, bucket, self.owner, self._stop)
+
     def run_cycle(self, name: str, *, poller: Poller | None = None, wait_lease: float = 60.0) -> CycleReport:
         """Poll ``name`` once now, whatever its state; the outcome is persisted and returned.
 
@@ -344,16 +311,15 @@ class PollerService:
         writer = self.node.writer
         writer.run(lambda c: state.ensure(c, name, poller.kind, time.time()))
         deadline = time.monotonic() + wait_lease
-        while not writer.run(lambda c: state.acquire(c, name, self.owner, time.time(), time.time() + _LEASE)):
+        while not writer.run(lambda c: state.acquire(c, name, self.owner, time.time(), time.time() + LEASE)):
             if time.monotonic() >= deadline or self._stop.wait(0.2):
                 holder = self.status().get(name, {}).get("lease_owner")
                 return CycleReport(name, ok=False, state=state.POLLING, error=f"being polled by {holder}")
         watermark = self.status().get(name, {}).get("watermark")
         try:
-            source = self.source(poller)
+            cycle = self._cycle(poller)
         except (SourceError, StorageError, DicomNodeError) as exc:  # e.g. a remote missing from the config
             return self._failed(poller, CycleReport(name), exc)
-        cycle = PollCycle(self.node, poller, source, self.owner, self._stop)
         try:
             new_watermark = cycle.run(watermark)
         except PollCancelled as exc:

@@ -1,0 +1,155 @@
+"""``kind = "object"`` pollers against real emulators: a CT series uploaded to a prefix is ingested and routed.
+
+The files are written through each emulator's own API (``ObjectPeer.seed``), read by the
+node through :class:`dicom_node.objects.ObjectStores`, and stored through the same sink and
+ingest checks as a C-STORE; the job runs on the embedded ONNX Runtime model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from pydicom.dataset import Dataset
+from pydicom.filewriter import dcmwrite
+
+from dicom_node.config.sources import Poller
+from dicom_node.node import Node
+from dicom_node.sources.objects import decode_mark, encode_mark
+from dicom_node.synthetic import SeriesSpec, ct_datasets
+from tests.conftest import wait_for
+from tests.objects_peers import ObjectPeer
+
+NAME = "bucket"
+RULE = {"name": "ct", "models": ["ct-body"], "match": {"modality": "CT"}}
+
+
+def engines() -> str:
+    return str(Path(__file__).resolve().parents[1] / "engines")
+
+
+def part10(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def upload(peer: ObjectPeer, folder: str, datasets: list[Dataset]) -> None:
+    for ds in datasets:
+        peer.seed(f"{folder}/{ds.InstanceNumber:04d}.dcm", part10(ds))
+
+
+def start(start_node: Any, peer: ObjectPeer, prefix: str, root: Path | None = None,
+          objects: dict[str, Any] | None = None, **poller: Any) -> Node:
+    entry = {"name": NAME, "kind": "object", "url": f"{peer.scheme}://inputs/{prefix}", "interval": 3600.0,
+             "settle": 0.0, "backoff_initial": 0.3, "backoff_max": 2.0, **poller}
+    node: Node = start_node(root=root, api={"enabled": False}, sources={"pollers": [entry]},
+                            routing={"rules": [RULE]}, inference={"models_dir": engines()},
+                            objects=objects or peer.section)
+    return node
+
+
+def row(node: Node) -> dict[str, Any]:
+    assert node.pollers is not None
+    return node.pollers.status().get(NAME, {})
+
+
+def job_states(node: Node) -> list[str]:
+    conn = node.index.reader()
+    try:
+        return [r[0] for r in conn.execute("SELECT state FROM jobs ORDER BY created_at")]
+    finally:
+        conn.close()
+
+
+# -- configuration and the watermark (no peer) --------------------------------------------------------------------
+
+
+def test_object_pollers_need_a_bucket_prefix_and_no_credentials_of_their_own() -> None:
+    ok = Poller(name="b", kind="object", url="gs://inputs/incoming")
+    assert ok.settle == 30.0 and ok.concurrency == 4
+    for bad, why in (({"url": ""}, "bucket prefix"), ({"url": "https://inputs/x"}, "bucket prefix"),
+                     ({"url": "s3://inputs/../x"}, "bucket prefix"),
+                     ({"url": "s3://inputs/x", "auth": {"type": "bearer", "token": "t"}}, "from \\[objects\\]"),
+                     ({"url": "s3://inputs/x", "settle": -1}, "settle")):
+        with pytest.raises(ValidationError, match=why):
+            Poller.model_validate({"name": "b", "kind": "object", **bad})
+
+
+def test_watermarks_order_by_time_then_key_and_foreign_ones_are_ignored() -> None:
+    t = dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
+    mark = decode_mark(encode_mark(t, "a/b|c.dcm"))
+    assert mark == ("2026-01-02T03:04:05.000006+00:00", "a/b|c.dcm")
+    assert decode_mark(encode_mark(t, "a/b")) < decode_mark(encode_mark(t, "a/c"))  # type: ignore[operator]
+    assert decode_mark(encode_mark(t, "z")) < decode_mark(encode_mark(t + dt.timedelta(microseconds=1), "a"))  # type: ignore[operator]
+    for foreign in (None, "", "20260101", "not a time|key"):
+        assert decode_mark(foreign) is None
+
+
+# -- against the emulators ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("peer_name", ["s3_server", "gcs_emulator"])
+def test_uploaded_series_is_ingested_once_and_routed(start_node: Any, peer_name: str, tmp_path: Path,
+                                                     request: pytest.FixtureRequest) -> None:
+    peer: ObjectPeer = request.getfixturevalue(peer_name)
+    prefix = f"in-{peer_name}"
+    series = list(ct_datasets(SeriesSpec(slices=6, rows=32, columns=32, seed=f"bucketsrc-{peer_name}")))
+    upload(peer, f"{prefix}/series-1", series)
+    peer.seed(f"{prefix}/series-1/notes.txt", b"not a DICOM file")  # refused by the ingest checks, not fatal
+    peer.seed(f"{prefix}-other/0001.dcm", part10(series[0]))  # a sibling prefix is not polled
+    root = tmp_path / "node"
+    node = start(start_node, peer, prefix, root=root)
+    assert wait_for(lambda: row(node).get("polls", 0) >= 1, timeout=30), row(node)
+    assert row(node)["state"] == "idle" and row(node)["retrieved"] == 6, row(node)
+    conn = node.index.reader()
+    stored = conn.execute("SELECT sop_instance_uid, source, calling_ae FROM instances").fetchall()
+    conn.close()
+    assert {r[0] for r in stored} == {str(ds.SOPInstanceUID) for ds in series}
+    assert {(r[1], r[2]) for r in stored} == {(f"object:{NAME}", NAME)}
+    assert wait_for(lambda: job_states(node) == ["done"], timeout=90), job_states(node)
+    assert decode_mark(row(node)["watermark"]) is not None
+    assert not any(node.spool.tmp.iterdir()), "downloads left behind"
+
+    # A second poll reads nothing: everything listed is below the watermark.
+    assert node.pollers is not None
+    report = node.pollers.run_cycle(NAME)
+    assert report.ok and report.arrived == [] and report.retrieved == 0 and report.complete
+    node.stop()
+    # Nor does a restarted node on the same storage root: the watermark persisted.
+    again = start(start_node, peer, prefix, root=root)
+    assert wait_for(lambda: row(again).get("polls", 0) >= 2, timeout=30), row(again)
+    assert row(again)["last_retrieved"] == 0 and again.index.counts()["instances"] == 6
+    assert job_states(again) == ["done"]
+
+
+def test_a_folder_still_growing_waits_until_its_listing_settles(start_node: Any, s3_server: ObjectPeer) -> None:
+    prefix = "in-growing"
+    series = list(ct_datasets(SeriesSpec(slices=5, rows=32, columns=32, seed="bucketgrow")))
+    upload(s3_server, f"{prefix}/s", series[:3])
+    node = start(start_node, s3_server, prefix, settle=1.0)
+    assert node.pollers is not None
+    assert wait_for(lambda: row(node).get("polls", 0) >= 1, timeout=30), row(node)
+    assert node.index.counts()["instances"] == 0  # first sight: the folder may still be uploading
+    upload(s3_server, f"{prefix}/s", series[3:])
+    report = node.pollers.run_cycle(NAME)
+    assert report.ok and report.retrieved == 0 and not report.complete  # it grew: settling starts again
+    time.sleep(1.2)
+    report = node.pollers.run_cycle(NAME)
+    assert report.ok and report.retrieved == 5 and report.complete
+    assert [(a.series_instance_uid, a.stored) for a in report.arrived] == [(str(series[0].SeriesInstanceUID), 5)]
+    # One pseudo-association for the folder, released, so the series completes with all five.
+    assert wait_for(lambda: node.index.counts()["complete"] == 1, timeout=20)
+    assert node.pollers.run_cycle(NAME).retrieved == 0
+
+
+def test_wrong_credential_stops_the_source_with_the_reason(start_node: Any, s3_server: ObjectPeer) -> None:
+    node = start(start_node, s3_server, "in-denied", objects=s3_server.wrong_section)
+    assert wait_for(lambda: row(node).get("state") == "stopped", timeout=30), row(node)
+    assert "access denied by S3 for inputs" in row(node)["reason"], row(node)
+    assert node.index.counts()["instances"] == 0
