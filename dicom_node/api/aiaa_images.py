@@ -97,12 +97,7 @@ class AiaaImage:
         """An ``(s, r, c)`` array on :attr:`array`'s grid in the caller's ``x, y, z`` order."""
         if self.nifti is None:
             return np.asarray(grid).transpose(2, 1, 0)
-        from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
-
-        from dicom_node.pixels.nifti import CANONICAL
-
-        back = ornt_transform(CANONICAL, io_orientation(self.nifti.image.affine))
-        return np.asarray(apply_orientation(np.asarray(grid).transpose(2, 1, 0), back))
+        return self.nifti.to_file_order(grid)
 
     def mask_file(self, labels: np.ndarray) -> bytes:
         """A uint8 ``(s, r, c)`` label map as ``.nii.gz`` on the caller's grid, affine and header."""

@@ -120,12 +120,15 @@ class NiftiVolume:
             out[:, int(target)] = (shape[axis] - 1 - value) if flip < 0 else value
         return out[:, ::-1]
 
+    def to_file_order(self, grid: np.ndarray) -> np.ndarray:
+        """An ``(s, r, c)`` array on :attr:`array`'s grid in the file's own ``(i, j, k)`` voxel order."""
+        back = ornt_transform(CANONICAL, io_orientation(self.image.affine))
+        return np.ascontiguousarray(apply_orientation(np.asarray(grid).transpose(2, 1, 0), back))
+
     def mask_image(self, mask: np.ndarray) -> bytes:
         """A ``(slices, rows, cols)`` mask on :attr:`array`'s grid as ``.nii.gz`` in the input's own voxel order,
         affine and header (uint8, no scaling)."""
-        ijk = np.ascontiguousarray(np.asarray(mask).transpose(2, 1, 0))
-        back = ornt_transform(CANONICAL, io_orientation(self.image.affine))
-        data = np.ascontiguousarray(apply_orientation(ijk, back)).astype(np.uint8)
+        data = self.to_file_order(mask).astype(np.uint8)
         header = self.image.header.copy()
         header.set_data_dtype(np.uint8)
         header.set_slope_inter(1.0, 0.0)
