@@ -288,6 +288,7 @@ def test_bucket_dicom_folder_honours_slice_idx(store: str, request: pytest.Fixtu
     row = invocation(node, rid)
     series = row["result"]["prediction"]["series"]
     assert row["state"] == "done" and len(series) == 1 and series[0]["instances"] == 4, row
+    assert row["input_url"] == f"{store}://inputs/studies/ct-1/"
     assert series[0]["prediction"]["slice_indices"] == [1, 2]
     assert series[0]["prediction"]["labels"][0]["rle"]["shape"][0] == 2
     # Stored and indexed in the node as a series job's results are, written to the bucket or not.

@@ -30,7 +30,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -87,6 +87,8 @@ class Invocation(BaseModel):
     created_at: float
     updated_at: float
     webhook: WebhookStatus
+    input_url: str | None = Field(None, description="Bucket invocations: the object or folder read (else null)")
+    output_url: str | None = Field(None, description="Bucket invocations: the folder results are written to")
 
 
 _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -340,4 +342,5 @@ async def get_invocation(request_uuid: str, service: InvocationsDep, _: Reader) 
         "webhook": {"state": row["webhook_state"], "attempts": row["webhook_attempts"],
                     "next_attempt_at": row["next_webhook_at"] if row["webhook_state"] == "pending" else None,
                     "last_error": row["webhook_error"]},
+        "input_url": row.get("input_url"), "output_url": row.get("output_url"),
     }
