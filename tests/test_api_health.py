@@ -23,7 +23,7 @@ def test_ping_healthz_readyz(start_node) -> None:
     assert ready.status_code == 200, ready.text
     body = ready.json()
     assert body["checks"]["models"] == {"ct-body": "ok", "ct-body-png": "ok", "ct-lungs": "ok",
-                                        "demo-image-embedding": "ok", "demo-image-text": "ok"}
+                                        "demo-annotation": "ok", "demo-image-embedding": "ok", "demo-image-text": "ok"}
     assert body["checks"]["index"] == "ok" and body["checks"]["spool"] == "ok"
 
 

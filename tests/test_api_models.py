@@ -52,13 +52,14 @@ def test_list_and_detail_on_the_real_server(start_node: Callable[..., Node], mod
         assert isinstance(listed, list) and all(set(m) - {"deepgrow"} == shape for m in listed), listed
         return [m["name"] for m in listed]
 
-    assert names() == ["ct-body", "ct-body-png", "ct-lungs", "demo-image-embedding", "demo-image-text"]
+    segmentation = ["ct-body", "ct-body-png", "ct-lungs", "demo-annotation"]
+    assert names() == [*segmentation, "demo-image-embedding", "demo-image-text"]
     assert names(task="embedding") == ["demo-image-embedding", "demo-image-text"]
     assert names(label="BODY") == ["ct-body", "ct-body-png"] and names(label="nothing") == []
-    assert names(task="segmentation") == ["ct-body", "ct-body-png", "ct-lungs"] and names(task="classification") == []
+    assert names(task="segmentation") == segmentation and names(task="classification") == []
     assert names(name="ct-lungs") == ["ct-lungs"]
     # Clara AIAA's filters (issue 12: both were ignored and every model listed).
-    assert names(type="segmentation") == ["ct-body", "ct-body-png", "ct-lungs"]
+    assert names(type="segmentation") == ["ct-body", "ct-body-png", "ct-lungs"]  # demo-annotation is AIAA's annotation type
     # Interactive models (a [guidance] table) are AIAA's annotation (DExtr3D) and deepgrow types.
     interactive = [n for n in names() if n == "demo-annotation"]
     assert names(type="classification") == [] and names(type="deepgrow") == names(type="annotation") == interactive
