@@ -26,7 +26,7 @@ def _copy_model(src: str, dst_root: Path, name: str | None = None) -> Path:
 def test_bundled_specs_load() -> None:
     store = ModelStore([ENGINES, TEST_MODELS])
     assert store.errors == {}
-    demos = ["demo-image-embedding", "demo-image-text"]
+    demos = ["demo-annotation", "demo-image-embedding", "demo-image-text"]
     assert store.names() == ["ct-body", "ct-body-png", "ct-lungs", *demos]
     assert store.names(include_hidden=True) == ["ct-body", "ct-body-png", "ct-lungs", *demos, "random-cnn"]
     body = store.get("ct-body").spec
