@@ -104,6 +104,11 @@ def test_documented_admin_and_list_examples(start_node: Any, models_dir: Path) -
     assert sorted(p.name for p in (models_dir / MODEL).iterdir()) == before  # nothing written
     assert httpx.get(f"{base}/admin/model/{MODEL}").json()["description"].startswith("patched: ")
 
+    # One model store: the node's own PATCH edits the same model, and GET then draws the config from the spec.
+    assert httpx.patch(f"{base}/admin/models/{MODEL}", json={"description": "edited as TOML"}).status_code == 200
+    drawn = httpx.get(f"{base}/admin/model/{MODEL}").json()
+    assert drawn["description"] == "edited as TOML" and drawn["labels"] == ["spleen"] and "writer" not in drawn
+
     check(send(base, load("admin_delete_model.json"), values, files), load("admin_delete_model.json"), values)
     assert httpx.get(f"{base}/admin/model/{MODEL}").status_code == 404
     assert httpx.get(f"{base}/v1/models", params={"model": MODEL}).json() == []

@@ -46,7 +46,8 @@ def kind_of(head: bytes) -> ImageKind:
     return "unknown"
 
 
-def _chunks(fh: IO[bytes]) -> Iterator[bytes]:
+def chunks(fh: IO[bytes]) -> Iterator[bytes]:
+    """The file in 1 MiB chunks (what ``SessionSink.store_part10`` streams)."""
     return iter(lambda: fh.read(_CHUNK), b"")
 
 
@@ -83,7 +84,7 @@ def store_zip(archive: IO[bytes], sink: SessionSink, max_members: int, max_nifti
                 return data
             for info in members:
                 with zf.open(info) as fh:
-                    sink.store_part10(_chunks(fh))
+                    sink.store_part10(chunks(fh))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
         raise DecodeError(f"the zip cannot be read: {exc}") from exc
     return None

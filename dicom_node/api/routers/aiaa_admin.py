@@ -51,7 +51,8 @@ ONNX_FILE = "model.onnx"
 _PUT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["config", "data"],
     "properties": {
-        "config": {"type": "string", "contentMediaType": "application/json", "maxLength": aiaa.MAX_CONFIG_BYTES,
+        "config": {"type": "string", "contentMediaType": "application/json", "minLength": 2,
+                   "maxLength": aiaa.MAX_CONFIG_BYTES,
                    "description": "The AIAA model config (config_aiaa.json)"},
         "data": {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream",
                  "description": "The model: an ONNX file"},

@@ -122,7 +122,7 @@ async def _dicom_parts(sink: SessionSink, parts: list[UploadFile | bytes], confi
             if nifti is not None:
                 raise ApiError(400, "invalid_image", f"{field}: a zip with a NIfTI file must be the only image")
         elif kind == "dicom":
-            await run_in_threadpool(sink.store_part10, iter(lambda f=fh: f.read(1 << 20), b""))  # type: ignore[misc]
+            await run_in_threadpool(sink.store_part10, images.chunks(fh))
         else:
             raise ApiError(400, "invalid_image", f"{field}: neither NIfTI, DICOM (Part 10) nor a zip of DICOM files")
 

@@ -255,6 +255,8 @@ def patch_model(models: ModelsDep, patch: dict[str, Any], name: Annotated[str, n
     if not (entry.directory / spec.onnx).is_file() or not _FILE_NAME.fullmatch(spec.onnx):
         raise ApiError(400, "invalid_spec", f"onnx: file {spec.onnx!r} is not in the model folder")
     modelfiles.write_spec(entry.directory, modelfiles.dump_toml(merged))
+    # A Clara AIAA config loaded with the model no longer describes it: GET /admin/model draws one from the spec.
+    (entry.directory / aiaa.CONFIG_FILE).unlink(missing_ok=True)
     models.forget(name)
     log.info("model patched model=%s fields=%s", name, ",".join(sorted(patch)))
     return _detail(models, _entry(models, name))
