@@ -163,6 +163,11 @@ def test_both_path_sets_share_one_implementation(node: Node) -> None:
     truncated = {"image": ("cut.png", FILES["{{PNG_IMAGE}}"][:60], "image/png")}
     cut = httpx.post(base + "/invocations", files=truncated, timeout=60)
     assert (cut.status_code, cut.text) == (400, "Cannot decode image data")
+    for garbled in (FILES["{{DICOM_IMAGE}}"][:-1], FILES["{{DICOM_IMAGE}}"][:200]):  # cut in pixels, in meta
+        bad = httpx.post(base + "/invocations", files={"image": ("x.dcm", garbled, "application/dicom")}, timeout=60)
+        assert (bad.status_code, bad.text) == (400, "Cannot decode image data")
+    refused = httpx.post(base + "/v1/invocations", files={"image": ("x.dcm", garbled, "application/dicom")}, timeout=60)
+    assert refused.status_code == 415 and "not well framed" in refused.json()["error"]["description"]
 
 
 # -- bucket endpoints (real emulators: fake-gcs-server, Azurite; tests/objects_peers.py) -----------------------------

@@ -258,7 +258,7 @@ async def _models(services: ApiServices, entries: list[_Entry], params: dict[str
 async def _fetched(services: ApiServices, config: NodeConfig, request_uuid: str, source: ObjectUrl) -> _Entry:
     """The single object fetched into the upload: refused now, as an upload would be, when it does not decode."""
     data = await run_in_threadpool(upload_path(services.storage.spool.tmp, request_uuid).read_bytes)
-    kind = await run_in_threadpool(check_decodable, data, config.api.max_pixels)
+    kind = await run_in_threadpool(check_decodable, data, config.api.max_pixels, config.scp.max_inflated_bytes)
     return _Entry(source.key.rsplit("/", 1)[-1], source, "dicom" if kind == "dicom" else "image")
 
 

@@ -41,10 +41,13 @@ from dicom_node.api.inputs import InputRejected, decode_image, sniff, unsupporte
 from dicom_node.api.routers.predict import get_predictor
 from dicom_node.api.schemas import error_responses
 from dicom_node.config import NodeConfig
+from dicom_node.errors import DicomNodeError
 from dicom_node.invocations import InvocationService, upload_path
 from dicom_node.net.http import Outbound
 from dicom_node.net.policy import OutboundRefused
+from dicom_node.pixels.framing import walk_bytes
 from dicom_node.registry import ModelRegistry
+from dicom_node.staging import parse_meta
 from inference.errors import ParameterError
 from inference.spec import ModelSpec
 
@@ -243,30 +246,40 @@ def check_parameters(spec: ModelSpec, params: dict[str, Any]) -> dict[str, Any]:
         raise ApiError(400, "invalid_parameters", str(exc)) from exc
 
 
-def check_decodable(data: bytes, max_pixels: int) -> str:
+def check_decodable(data: bytes, max_pixels: int, max_inflated: int) -> str:
     """The kind of an upload (``dicom``, ``png``, ...) once its bytes are known to decode.
 
     Images are decoded once here, so a truncated PNG is refused now rather than failing
-    the queued invocation later; DICOM is checked by its Part 10 header (the runner
-    decodes it against the model's contract).
+    the queued invocation later; DICOM gets the element framing walk of
+    :mod:`dicom_node.pixels.framing` (its pixels are decoded by the runner against the
+    model's contract).
 
     Raises
     ------
     UndecodableUpload
-        Neither DICOM nor a decodable PNG, JPEG, TIFF or BMP.
+        Neither a readable DICOM Part 10 header nor a decodable PNG, JPEG, TIFF or BMP.
     ApiError
         413 when the image has more than ``api.max_pixels`` pixels.
     """
     kind = sniff(data)
     if kind is None:
         raise UndecodableUpload(unsupported_reason(data))
-    if kind != "dicom":
+    if kind == "dicom":
+        # The framing walk every received instance passes before its ack (pydicom reads garbage leniently).
         try:
-            decode_image(data, max_pixels)
-        except InputRejected as exc:
-            if exc.code == "too_many_pixels":
-                raise ApiError(413, exc.code, exc.description) from exc
-            raise UndecodableUpload(exc.description) from exc
+            parsed = parse_meta(data)
+            if parsed is None or not parsed[0].get("transfer_syntax"):
+                raise ValueError("the File Meta Information is cut short or names no Transfer Syntax UID")
+            walk_bytes(memoryview(data)[parsed[1]:], parsed[0]["transfer_syntax"], max_inflated=max_inflated)
+        except (ValueError, DicomNodeError) as exc:
+            raise UndecodableUpload(f"the DICOM file is not well framed: {exc}") from exc
+        return kind
+    try:
+        decode_image(data, max_pixels)
+    except InputRejected as exc:
+        if exc.code == "too_many_pixels":
+            raise ApiError(413, exc.code, exc.description) from exc
+        raise UndecodableUpload(exc.description) from exc
     return kind
 
 
@@ -283,7 +296,7 @@ async def accept_upload(request: Request, services: ApiServices, config: NodeCon
     webhook = headers.webhook_url or None
     await run_in_threadpool(check_webhook, services.outbound, webhook)
     filename, data = await _read_image(request, config.api.max_multipart_parts)
-    kind = await run_in_threadpool(check_decodable, data, config.api.max_pixels)
+    kind = await run_in_threadpool(check_decodable, data, config.api.max_pixels, config.scp.max_inflated_bytes)
     name = headers.model
     if not name:
         name = await run_in_threadpool(default_model, services.models, kind != "dicom")
