@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import threading
 import urllib.request
 import zipfile
@@ -235,6 +236,14 @@ def test_dicom_session_from_orthanc(start_node: Any, orthanc: tuple[Any, list[An
     reply = httpx.post(f"{base}/v1/models/ct-body:predict", json={"instances": [{"session_id": created["session_id"]}]},
                        timeout=120)
     assert reply.status_code == 200 and "labels" in reply.json()["predictions"][0], reply.text
+    # The other query levels of the same body: the study, and the patient's studies.
+    for level, keep in (("STUDY", ("patient_id", "study_uid")), ("PATIENT", ("patient_id",))):
+        ids_only = {k: values[k.upper()] for k in keep}
+        body = {"dicom": {"server_address": "127.0.0.1", "server_port": peer.dicom_port, "ae_title": "ORTHANC",
+                          "query_level": level, **ids_only}}
+        reply = httpx.put(f"{base}/session/", params={"expiry": 60}, content=json.dumps(body), timeout=120)
+        assert reply.status_code == 200 and reply.json()["status"] == "ready", (level, reply.text)
+        assert httpx.get(f"{base}/session/{reply.json()['session_id']}").json()["instances"] == 3
     check(send(base, load("session_put_dicom_unconfigured.json"), values, {}),
           load("session_put_dicom_unconfigured.json"), values)
     check(send(base, load("session_delete.json"), ids, {}), load("session_delete.json"), ids)
