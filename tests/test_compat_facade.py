@@ -333,6 +333,23 @@ def test_bucket_refusals(request: pytest.FixtureRequest, start_node: Any) -> Non
     assert jobs == []  # nothing was queued by any refused request
 
 
+def test_bucket_dicom_folder_with_a_cut_instance_fails_naming_it(request: pytest.FixtureRequest,
+                                                                 start_node: Any) -> None:
+    """A folder file cut short fails its invocation with the framing reason (the series would have a gap)."""
+    peer: ObjectPeer = request.getfixturevalue("gcs_emulator")
+    series = dicom_series(3, "cut")
+    for n, data in enumerate(series, start=1):
+        peer.seed(f"cut/{n:04d}.dcm", data[:-10] if n == 2 else data)
+    peer.seed("cut/notes.txt", b"not DICOM, left out")
+    node = bucket_node(start_node, peer)
+    reply = httpx.post(f"http://127.0.0.1:{node.api.port}/bucket_invocations", headers={"Input-Location": "cut/"},
+                       timeout=60)
+    rid = reply.json()["request_uuid"][0]
+    assert wait_for(lambda: invocation(node, rid)["state"] in ("done", "failed"), 60)
+    row = invocation(node, rid)
+    assert row["state"] == "failed" and "object 2 of the input" in row["error"] and "framed" in row["error"], row
+
+
 def test_bucket_folder_over_the_byte_bound_is_refused(request: pytest.FixtureRequest, start_node: Any) -> None:
     """A DICOM folder larger than facade.max_folder_bytes is a 413 before anything is fetched or queued."""
     peer: ObjectPeer = request.getfixturevalue("gcs_emulator")

@@ -54,17 +54,21 @@ from dicom_node.config import NodeConfig
 from dicom_node.errors import DicomNodeError, ModelError
 from dicom_node.index import IndexWriter, qido
 from dicom_node.index import jobs as job_rows
+from dicom_node.ingest import check_framing
 from dicom_node.invocations import Row
 from dicom_node.jobs.stages import FileResultWriter
 from dicom_node.objects import ObjectStoreError, ObjectStores, ObjectTooLarge, ObjectUrl
 from dicom_node.pixels.decode import read_dataset
 from dicom_node.pixels.volume import load_series
 from dicom_node.registry import ModelRegistry
+from dicom_node.staging import parse_meta
 from inference.errors import InferenceError, InputError, ParameterError
 from inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
+#: Bytes read to find a file's File Meta Information (STOW-RS staging bounds it the same way).
+META_LIMIT = 1 << 20
 #: Object names treated as images in a folder (everything else is taken for DICOM, checked by content).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -222,12 +226,15 @@ class BucketRunner:
         max_inflated = self.config.scp.max_inflated_bytes
         groups: dict[str, list[tuple[Path, Any]]] = defaultdict(list)
         skipped = 0
-        for path in paths:
+        for n, path in enumerate(paths, start=1):
+            if not self._framed(path, n):
+                skipped += 1  # not DICOM: left out, and counted in the answer
+                continue
             try:
                 ds = read_dataset(path, max_inflated_bytes=max_inflated, stop_before_pixels=True)
                 groups[str(ds.SeriesInstanceUID)].append((path, ds))
             except (DicomNodeError, AttributeError):
-                skipped += 1  # not DICOM, or no Series Instance UID: left out, and counted in the answer
+                skipped += 1  # no Series Instance UID: left out, and counted
         if not groups:
             raise InputRejected("undecodable", f"no readable DICOM Part 10 file among the {len(paths)} object(s)")
         series = []
@@ -237,6 +244,29 @@ class BucketRunner:
         if len(failed) == len(series):
             return instance_error(str(failed[0]["error"]["code"]), str(failed[0]["error"]["description"]))
         return {"prediction": {"series": series, "skipped_objects": skipped}}
+
+    def _framed(self, path: Path, n: int) -> bool:
+        """False for a file that is no DICOM Part 10; True once a DICOM file passed the ingest's framing walk.
+
+        Raises
+        ------
+        InputRejected
+            ``undecodable``: a DICOM file whose element framing or declared pixel geometry is broken
+            (a series missing it would be decoded with a gap), naming the object's place in key order.
+        """
+        with path.open("rb") as fh:
+            head = fh.read(META_LIMIT)
+        if sniff(head) != "dicom":
+            return False
+        try:
+            parsed = parse_meta(head)
+            if parsed is None or not parsed[0].get("transfer_syntax"):
+                raise ValueError("the File Meta Information is cut short or names no Transfer Syntax UID")
+            check_framing(path, parsed[1], parsed[0]["transfer_syntax"], self.config.scp.max_inflated_bytes)
+        except (ValueError, DicomNodeError) as exc:
+            raise InputRejected("undecodable", f"DICOM object {n} of the input (in key order) is not well "
+                                f"framed: {exc}") from exc
+        return True
 
     def _one_series(self, rid: str, predictor: Predictor, params: dict[str, Any], files: list[tuple[Path, Any]],
                     n: int, output: ObjectUrl | None) -> dict[str, Any]:
