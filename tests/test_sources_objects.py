@@ -153,3 +153,17 @@ def test_wrong_credential_stops_the_source_with_the_reason(start_node: Any, s3_s
     assert wait_for(lambda: row(node).get("state") == "stopped", timeout=30), row(node)
     assert "access denied by S3 for inputs" in row(node)["reason"], row(node)
     assert node.index.counts()["instances"] == 0
+
+
+def test_objects_over_the_memory_bound_stream_through_the_spool(start_node: Any, azurite: ObjectPeer,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import dicom_node.sources.objects as bucket
+
+    # Every object counts as large here: read by ObjectStores.download into a spool temporary file.
+    monkeypatch.setattr(bucket, "MEMORY_READ", 0)
+    series = list(ct_datasets(SeriesSpec(slices=3, rows=32, columns=32, seed="bucketstream")))
+    upload(azurite, "in-stream/s", series)
+    node = start(start_node, azurite, "in-stream")
+    assert wait_for(lambda: row(node).get("polls", 0) >= 1, timeout=30), row(node)
+    assert row(node)["retrieved"] == 3 and node.index.counts()["instances"] == 3, row(node)
+    assert not any(node.spool.tmp.iterdir()), "downloads left behind"

@@ -13,12 +13,12 @@ A ``kind = "object"`` poller (:class:`~dicom_node.config.sources.Poller`) is sch
    and reads a folder only once its new objects' listing (keys, sizes, ETags, times)
    stayed unchanged for ``settle`` seconds, across polls: a series still being uploaded
    waits, like the assembler's quiet period waits for a C-STORE association;
-4. downloads each object of a ready folder (``concurrency`` at once) with
-   :meth:`ObjectStores.download` into the spool's temporary folder, bounded by
-   ``scp.max_dataset_bytes``, and stores it through a
-   :class:`~dicom_node.sources.sink.RetrievalSink` (one pseudo-association per folder,
-   calling AE = the poller's name, ``instances.source`` = ``object:<name>``), so it
-   passes the same PS3.10 and ingest checks and starts the same jobs as a C-STORE;
+4. reads each object of a ready folder (``concurrency`` at once; up to 16 MiB with
+   :meth:`ObjectStores.get`, larger ones streamed by :meth:`ObjectStores.download`
+   into the spool's temporary folder, bounded by ``scp.max_dataset_bytes``) and stores
+   it through a :class:`~dicom_node.sources.sink.RetrievalSink` (one pseudo-association
+   per folder, calling AE = the poller's name, ``instances.source`` = ``object:<name>``),
+   so it passes the same PS3.10 and ingest checks and starts the same jobs as a C-STORE;
 5. moves the watermark over the handled objects, in ``(modified, key)`` order, up to
    the first one not handled (a folder still settling, a transient failure).
 
@@ -41,7 +41,6 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from dicom_node.config.sources import Poller
 from dicom_node.errors import SourceError
@@ -58,6 +57,8 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 #: Room for the File Meta Information above ``scp.max_dataset_bytes`` (which bounds the dataset).
 _META_ROOM = 1 << 20
+#: Objects up to this size are read into memory; larger ones are streamed through a spool temporary file.
+MEMORY_READ = 16 << 20
 Mark = tuple[str, str]
 
 
@@ -241,21 +242,20 @@ class ObjectPollCycle(CycleBase):
         return encode_mark(new.modified, new.url.key) if floor is None or mark > floor else None
 
     def _read_folder(self, infos: list[ObjectInfo]) -> None:
-        """Download and store one folder's new objects in one pseudo-association."""
+        """Read and store one folder's new objects in one pseudo-association."""
         outcomes: list[Stored] = []
         failed = 0
         with self._sink(lambda _stored: self._check()) as sink:
-            for info, got in self._downloads(infos):
-                if isinstance(got, Path):
-                    result = _store_file(sink, got)
-                    outcomes.append(result)
-                    if result.status and result.status & 0xFF00 == 0xA700:  # out of resources: try again later
-                        self._transient.append(result.reason or "out of resources")
+            for info, got in self._transfers(infos, sink):
+                if isinstance(got, Stored):
+                    outcomes.append(got)
+                    if got.status and got.status & 0xFF00 == 0xA700:  # out of resources: try again later
+                        self._transient.append(got.reason or "out of resources")
                         continue
-                    if result.status:
+                    if got.status:
                         failed += 1
                         log.warning("bucket object refused source=%s status=0x%04X reason=%s", self.name,
-                                    result.status, result.reason)
+                                    got.status, got.reason)
                 elif isinstance(got, (ObjectNotFound, ObjectTooLarge)) or not got.retryable:
                     failed += 1  # deleted since the listing, over the cap, or refused: a retry cannot help
                     log.warning("bucket object skipped source=%s error=%s", self.name, got)
@@ -265,30 +265,25 @@ class ObjectPollCycle(CycleBase):
                 self.source.remember(info)
         self._report(outcomes, failed)
 
-    def _downloads(self, infos: list[ObjectInfo]) -> Iterator[tuple[ObjectInfo, Path | ObjectStoreError]]:
-        """Each object downloaded to a spool temporary file, in order, ``concurrency`` at a time.
+    def _transfers(self, infos: list[ObjectInfo], sink: RetrievalSink) -> Iterator[tuple[ObjectInfo, Stored | ObjectStoreError]]:
+        """Each object read and stored by ``concurrency`` workers; outcomes in the order of ``infos``.
 
-        A refusal of the store (access denied) ends the cycle as a :class:`SourceError`; other
-        store errors are handed back per object. Files not consumed are removed whatever happens.
+        Workers both read and store: the ingestor takes concurrent stores (as from several
+        associations), so their fsyncs overlap and the index writer commits them together.
+        A refusal of the store (access denied) ends the cycle as a :class:`SourceError`;
+        other store errors are handed back per object. Read-ahead is bounded.
         """
-        spool, cap = self.node.spool, self.node.config.scp.max_dataset_bytes + _META_ROOM
         width = self.poller.concurrency
-
-        def fetch(info: ObjectInfo) -> Path:
-            dest = spool.tmp / f"{uuid.uuid4().hex}.obj.part"  # '.part': a crash leaves nothing clean_temp keeps
-            self.source.stores.download(info.url, dest, max_bytes=cap)
-            return dest
-
-        pending: list[tuple[ObjectInfo, Future[Path]]] = []
+        pending: list[tuple[ObjectInfo, Future[Stored]]] = []
         queue = iter(infos)
         with ThreadPoolExecutor(max_workers=width, thread_name_prefix=f"bucket-{self.name}") as pool:
             try:
                 while True:
-                    while len(pending) < 2 * width:  # bounded read-ahead: disk use stays at a few objects
+                    while len(pending) < 2 * width:
                         info = next(queue, None)
                         if info is None:
                             break
-                        pending.append((info, pool.submit(fetch, info)))
+                        pending.append((info, pool.submit(self._transfer, info, sink)))
                     if not pending:
                         return
                     info, future = pending.pop(0)
@@ -302,10 +297,25 @@ class ObjectPollCycle(CycleBase):
             finally:
                 for _info, future in pending:
                     future.cancel()
-                pool.shutdown(wait=True)
-                for _info, future in pending:
-                    if future.done() and not future.cancelled() and future.exception() is None:
-                        future.result().unlink(missing_ok=True)
+
+    def _transfer(self, info: ObjectInfo, sink: RetrievalSink) -> Stored:
+        """Read one object and store it through ``sink`` (a worker thread).
+
+        Objects up to ``MEMORY_READ`` bytes are read into memory (:meth:`ObjectStores.get`)
+        and handed to the sink at once; larger ones are streamed to a spool temporary file
+        (:meth:`ObjectStores.download`) and fed from there, so memory stays bounded by
+        ``concurrency`` small objects whatever the size of a large one.
+        """
+        stores, cap = self.source.stores, self.node.config.scp.max_dataset_bytes + _META_ROOM
+        if info.size <= MEMORY_READ:
+            return sink.store_part10(stores.get(info.url, max_bytes=min(cap, 2 * MEMORY_READ)))
+        dest = self.node.spool.tmp / f"{uuid.uuid4().hex}.obj.part"  # '.part': a crash leaves nothing behind
+        try:
+            stores.download(info.url, dest, max_bytes=cap)
+            with dest.open("rb") as fh:
+                return sink.store_part10(iter(lambda: fh.read(_CHUNK), b""))
+        finally:
+            dest.unlink(missing_ok=True)
 
     def _report(self, outcomes: list[Stored], failed: int) -> None:
         """One :class:`Arrived` per series the folder held (UIDs from the index, never from the key)."""
@@ -326,12 +336,3 @@ class ObjectPollCycle(CycleBase):
             self.report.arrived.append(arrived)
             log.info("bucket series read source=%s series_uid=%s stored=%d duplicates=%d failed=%d", self.name,
                      series_uid, arrived.stored, arrived.duplicates, arrived.failed)
-
-
-def _store_file(sink: RetrievalSink, path: Path) -> Stored:
-    """Feed a downloaded PS3.10 file to the sink (which checks and stages it) and remove the download."""
-    try:
-        with path.open("rb") as fh:
-            return sink.store_part10(iter(lambda: fh.read(_CHUNK), b""))
-    finally:
-        path.unlink(missing_ok=True)
