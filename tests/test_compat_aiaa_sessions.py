@@ -187,6 +187,9 @@ def test_http_sessions(start_node: Any, http_files: str) -> None:
     check(send(base, load("session_put_http_metadata.json"), values, {}), load("session_put_http_metadata.json"), values)
     missing = httpx.put(f"{base}/session/", content=f'{{"http": {{"url": "{http_files}/absent.zip"}}}}')
     assert missing.status_code == 502 and "404" in missing.text
+    for bad in ("\u00b5\u00d8\u0089\u00a6J", "ftp://127.0.0.1/series.zip", "http://exa mple/"):
+        reply = httpx.put(f"{base}/session/", json={"http": {"url": bad}})
+        assert reply.status_code == 400 and "http.url" in reply.text, (bad, reply.text)
     post = httpx.put(f"{base}/session/", content=f'{{"http": {{"url": "{http_files}/series.zip", "method": "POST"}}}}')
     assert post.status_code == 400 and "http.method" in post.text
 

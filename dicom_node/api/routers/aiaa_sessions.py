@@ -224,6 +224,13 @@ def _http_url(body: Any) -> str:
     if not isinstance(params, dict) or not all(isinstance(v, str | int | float) for v in params.values()):
         raise ApiError(400, "invalid_request", "http.params: an object of strings or numbers")
     url = str(body["url"])
+    parts = urlsplit(url)
+    try:
+        ascii_host = (parts.hostname or "").encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_host = ""
+    if parts.scheme not in ("http", "https") or not ascii_host or any(ord(c) < 33 for c in url):
+        raise ApiError(400, "invalid_request", "http.url: an http:// or https:// URL with a valid host name")
     if params:
         url += ("&" if urlsplit(url).query else "?") + urlencode({str(k): str(v) for k, v in params.items()})
     return url
