@@ -250,3 +250,20 @@ def test_dicom_session_from_orthanc(start_node: Any, orthanc: tuple[Any, list[An
     check(send(base, load("session_put_dicom_unconfigured.json"), values, {}),
           load("session_put_dicom_unconfigured.json"), values)
     check(send(base, load("session_delete.json"), ids, {}), load("session_delete.json"), ids)
+
+
+def test_zip_bounds(start_node: Any) -> None:
+    node = start_node(inference={"models_dir": str(ENGINES)}, api={"max_multipart_parts": 2})
+    put = f"http://127.0.0.1:{node.api.port}/session/"
+    series = dicom_series(3, seed="aiaa-zip")
+    reply = httpx.put(put, files={"image": ("s.zip", zipped(series), "application/zip")})
+    assert reply.status_code == 400 and "more than 2" in reply.text, reply.text
+    mixed = io.BytesIO()
+    with zipfile.ZipFile(mixed, "w") as zf:
+        zf.writestr("image.nii", nifti_image().to_bytes())
+        zf.writestr("note.txt", "x")
+    reply = httpx.put(put, files={"image": ("m.zip", mixed.getvalue(), "application/zip")})
+    assert reply.status_code == 400 and "alone" in reply.text, reply.text
+    ok = httpx.put(put, files={"image": ("s.zip", zipped(series[:2]), "application/zip")})
+    assert ok.status_code == 200 and ok.json()["status"] == "ready", ok.text
+    assert httpx.get(f"{put}{ok.json()['session_id']}").json()["instances"] == 2
