@@ -26,6 +26,7 @@ CASES = {
     "dicomweb": ["--studies", "50", "--slices", "8", "--size", "64", "--repeats", "2", "--requests", "20"],
     "fuzz": ["--cases", "200"],
     "soak": ["--duration", "10", "--slices", "2", "--store-interval", "4", "--invoke-interval", "3"],
+    "objects": ["--slices", "4", "--size", "64", "--repeats", "1", "--requests", "2", "--batches", "1", "4"],
 }
 PEERS = {"ingest": ("storescu", "storescp"), "results": ("storescu",), "pull": ("getscu", "Orthanc"),
          "dicomweb": ("storescu", "Orthanc")}
@@ -36,8 +37,25 @@ def test_bench_script_prints_its_table(script: str, tmp_path: Path) -> None:
     for tool in PEERS.get(script, ()):
         require_tool(tool)
     extra = ["--work", str(tmp_path)] if script != "api" else []
+    if script == "objects":  # the emulators this machine has (tests/objects_peers.py)
+        extra += ["--stores", *_object_stores()]
     run = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py"), *CASES[script], *extra],
                          cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     table = [line for line in run.stdout.splitlines() if line.startswith("|")]
     assert len(table) >= 3, run.stdout
+
+
+def _object_stores() -> list[str]:
+    """The object storage emulators installed here; none skips (or fails under DICOM_NODE_REQUIRE_PEERS=1)."""
+    import importlib.util
+
+    from tests.objects_peers import azurite_binary, gcs_binary
+
+    found = [name for name, present in (("s3", importlib.util.find_spec("moto") is not None),
+                                         ("gcs", gcs_binary() is not None), ("azure", azurite_binary() is not None))
+             if present]
+    if not found:
+        require_tool("an object storage emulator (moto, fake-gcs-server, Azurite)",
+                     "pip install -e '.[test]'; tests/peers/install_object_peers.sh")
+    return found
