@@ -84,6 +84,15 @@ EXCLUDED: dict[str, list[str]] = {
     "PUT /admin/model/{model}": ["positive_data_acceptance"],
     # Clara AIAA: a NIfTI, DICOM or zip image (magic bytes), a configured PACS, a URL the policy allows.
     "PUT /session/": ["positive_data_acceptance"],
+    # Clara AIAA (issue 17): params is JSON text whose keys (poly, vertex_index, more_points, a model's
+    # parameters) and an image's magic bytes (NIfTI, DICOM, PNG) decide validity, not the form's shape.
+    # params is optional there: a "params" generated as an empty array serialises to no form field at all.
+    "POST /v1/mask2polygon": ["positive_data_acceptance", "negative_data_rejection"],
+    "POST /v1/fixpolygon": ["positive_data_acceptance"],
+    "POST /v1/segmentation": ["positive_data_acceptance"],
+    "POST /v1/inference": ["positive_data_acceptance"],
+    "POST /v1/dextr3d": ["positive_data_acceptance"],
+    "POST /v1/deepgrow": ["positive_data_acceptance"],
 }
 
 

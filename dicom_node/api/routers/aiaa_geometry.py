@@ -47,11 +47,12 @@ Submitter = Annotated[Principal, Depends(require("submit"))]
 OutputQuery = Annotated[Output, Query(description="json: the polygons; everything (default): multipart/form-data "
                                                   "with params (the polygons) and the mask; image: the mask")]
 
-_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "properties": {
-        "params": {"type": "string", "description": "JSON object (see the route's description)"},
-        "image": {"type": "string", "format": "binary", "description": "NIfTI (.nii, .nii.gz) or a PNG/JPEG/TIFF/BMP"},
-    }}}}}}
+def _body(required: str) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": [required], "properties": {
+            "params": {"type": "string", "description": "JSON object (see the route's description)"},
+            "image": {"type": "string", "format": "binary", "description": "NIfTI (.nii, .nii.gz) or a PNG/JPEG/TIFF/BMP"},
+        }}}}}}
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Polygons (JSON), or polygons and a mask (multipart/form-data)",
           "content": {"application/json": {}, "multipart/form-data": {}, "application/octet-stream": {}}},
@@ -103,7 +104,7 @@ def _int(params: dict[str, Any], names: tuple[str, ...], default: int | None = N
     return default
 
 
-@router.post("/v1/mask2polygon", openapi_extra=_BODY, responses=_RESPONSES, summary="Clara AIAA: a mask's outlines as polygons, slice by slice")
+@router.post("/v1/mask2polygon", openapi_extra=_body("image"), responses=_RESPONSES, summary="Clara AIAA: a mask's outlines as polygons, slice by slice")
 async def mask2polygon(request: Request, config: ConfigDep, _caller: Submitter) -> Response:
     """``params={"more_points": N}`` (vertex spacing along the outline, default 10); image: a mask (NIfTI or PNG)."""
     params, data = await read_form(request, config.api.max_multipart_parts)
@@ -143,7 +144,7 @@ def _edit(params: dict[str, Any], shape: tuple[int, int, int] | None) -> tuple[l
     return fixed, dimension
 
 
-@router.post("/v1/fixpolygon", openapi_extra=_BODY, responses=_RESPONSES,
+@router.post("/v1/fixpolygon", openapi_extra=_body("params"), responses=_RESPONSES,
              summary="Clara AIAA: move one polygon vertex and its neighbours (2D and 3D)")
 async def fixpolygon(request: Request, config: ConfigDep, _caller: Submitter, output: OutputQuery = "everything") -> Response:
     """Edit one vertex (``poly``, ``poly_index``, ``vertex_index``, ``vertex_offset``, ``propagate_neighbor``;
