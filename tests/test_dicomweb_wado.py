@@ -15,6 +15,8 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEGLSLossless
 
+from dicom_node.archive.frames import layout
+from dicom_node.archive.retrieve import Located
 from dicom_node.dicomweb.multipart import media_type, split
 from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, ct_datasets
@@ -223,3 +225,18 @@ def test_bulk_data_over_the_threshold_goes_by_uri_also_inside_sequences(start_no
     assert plain.status_code == 200 and plain.content == nested
     wrong = httpx.get(inner.replace("/0/", "/3/"))
     assert wrong.status_code == 400 and "no item 3" in wrong.json()["error"]["description"]
+
+
+def test_a_frame_layout_is_read_once_per_file_version(tmp_path: Path) -> None:
+    path = tmp_path / "i.dcm"
+    ds = next(ct_datasets(SeriesSpec(slices=1, rows=8, columns=8, seed="layout-cache")))
+    ds.save_as(path, enforce_file_format=True)
+    item = Located(path, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
+                   str(ds.SOPClassUID), "received")
+    first = layout(item)
+    assert layout(item) is first and first.frame_bytes == 8 * 8 * 2
+    # The same name holding another file (a replaced duplicate) is read again, not served from the cache.
+    bigger = next(ct_datasets(SeriesSpec(slices=1, rows=16, columns=16, seed="layout-cache")))
+    bigger.save_as(path, enforce_file_format=True)
+    again = layout(item)
+    assert again is not first and again.frame_bytes == 16 * 16 * 2

@@ -3,7 +3,9 @@
 Native Pixel Data (Explicit/Implicit VR Little Endian) is sliced by offset arithmetic
 from the deferred element's file position; encapsulated Pixel Data is read frame by
 frame with pydicom's fragment generators from that position (:func:`pydicom.encaps.get_frame`),
-so a frame of a 512-slice CT costs a header parse and one frame's bytes.
+so a frame of a 512-slice CT costs one frame's bytes and, the first time, a header parse: the
+layout found is kept per file (path, modification time and size; the spool never rewrites a file
+under its name), as a viewer asks for every frame of a series one request at a time.
 Offers, in order: the frame as stored (``image/jls``, ``image/jp2``... for encapsulated
 syntaxes, then ``application/octet-stream`` in the stored syntax) and the native frame
 (``application/octet-stream``, Explicit VR Little Endian, decoded when stored compressed).
@@ -11,6 +13,8 @@ syntaxes, then ``application/octet-stream`` in the stored syntax) and the native
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +49,8 @@ FRAME_MEDIA_TYPES: dict[str, str] = {
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
 _SLICEABLE = frozenset({EXPLICIT_VR_LE, IMPLICIT_VR_LE})
+#: Layouts kept (a few hundred bytes each): a 512-slice series several times over.
+LAYOUT_CACHE_ENTRIES = 4096
 
 
 @dataclass(frozen=True)
@@ -66,16 +72,41 @@ class PixelLayout:
                 raise BadRequest(f"frame {n} is out of range: the instance has {self.frames} frame(s), numbered from 1")
 
 
+_layouts: OrderedDict[tuple[str, int, int], PixelLayout] = OrderedDict()
+_layouts_lock = threading.Lock()
+
+
 def layout(item: Located) -> PixelLayout:
-    """Read the header of an image instance; Pixel Data itself stays on disk.
+    """Where the instance's Pixel Data is (read from its header once per file version); it stays on disk.
 
     Raises
     ------
     BadRequest
         The instance has no Pixel Data (an SR, for example).
+    PixelError
+        The file cannot be read.
     """
     try:
-        ds: Dataset = pydicom.dcmread(item.path, defer_size=256)
+        st = item.path.stat()
+    except OSError as exc:
+        raise PixelError(f"cannot read a stored instance: {exc}") from exc
+    key = (str(item.path), st.st_mtime_ns, st.st_size)
+    with _layouts_lock:
+        found = _layouts.get(key)
+        if found is not None:
+            _layouts.move_to_end(key)
+            return found
+    found = _read_layout(item.path)
+    with _layouts_lock:
+        _layouts[key] = found
+        while len(_layouts) > LAYOUT_CACHE_ENTRIES:
+            _layouts.popitem(last=False)
+    return found
+
+
+def _read_layout(path: Path) -> PixelLayout:
+    try:
+        ds: Dataset = pydicom.dcmread(path, defer_size=256)
     except (InvalidDicomError, OSError, ValueError) as exc:
         raise PixelError(f"cannot read a stored instance: {exc}") from exc
     raw = ds._dict.get(Tag(0x7FE00010))  # the deferred raw element carries the value's file position
@@ -92,7 +123,7 @@ def layout(item: Located) -> PixelLayout:
         offset, length = -1, len(value)
     frame_bits = rows * cols * samples * bits
     # A frame of 1-bit pixels (SEG) may end mid-byte: then it is not sliced but decoded (-1).
-    return PixelLayout(item.path, syntax, bool(ds.file_meta.TransferSyntaxUID.is_encapsulated), frames,
+    return PixelLayout(path, syntax, bool(ds.file_meta.TransferSyntaxUID.is_encapsulated), frames,
                        frame_bits // 8 if frame_bits % 8 == 0 else -1, offset, length)
 
 

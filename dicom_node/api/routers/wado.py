@@ -168,7 +168,13 @@ def instance_metadata(request: Request, storage: StorageDep, study: Uid, series:
 
 # -- frames and bulk data ---------------------------------------------------------------------------------------
 
-def _frames(request: Request, storage: Storage, study: str, series: str, sop: str, numbers: list[int]) -> StreamingResponse:
+#: Frame answers up to this size (native frame size times frames asked) are built in memory and sent
+#: in one piece; larger ones stream frame by frame.
+FRAMES_IN_MEMORY = 16 * 1024 * 1024
+
+
+def _frames(request: Request, storage: Storage, study: str, series: str, sop: str,
+            numbers: list[int]) -> Response:
     item = _locate(storage, study, series, sop)[0]
     lay = _answer(lambda: framing.layout(item))
     _answer(lambda: lay.check(numbers))
@@ -182,14 +188,18 @@ def _frames(request: Request, storage: Storage, study: str, series: str, sop: st
             yield offer.part_content_type, len(data), iter((data,))
 
     boundary = new_boundary()
-    return StreamingResponse(write_related(parts(), boundary),
-                             media_type=related_content_type(boundary, offer.media_type))
+    media_type = related_content_type(boundary, offer.media_type)
+    if len(numbers) == 1 or 0 < lay.frame_bytes * len(numbers) <= FRAMES_IN_MEMORY:
+        # A viewer asks for one frame per request, hundreds per series: one send with a Content-Length
+        # instead of a chunked stream, whose every piece is a hop through the thread pool.
+        return Response(_answer(lambda: b"".join(write_related(parts(), boundary))), media_type=media_type)
+    return StreamingResponse(write_related(parts(), boundary), media_type=media_type)
 
 
 @router.get("/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/{frame_list}", responses=_MULTIPART,
             response_class=StreamingResponse, summary="WADO-RS: frames of an instance (PS3.18 10.4)")
 def retrieve_frames(request: Request, storage: StorageDep, study: Uid, series: Uid, sop: Uid,
-                    frame_list: FrameList, _p: Reader) -> StreamingResponse:
+                    frame_list: FrameList, _p: Reader) -> Response:
     """One part per frame asked for (numbered from 1): native bytes, or compressed as stored."""
     numbers = _answer(lambda: framing.parse_frame_list(frame_list))
     return _frames(request, storage, study, series, sop, numbers)
