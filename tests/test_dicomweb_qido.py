@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.archive.keys import KEYS
 from dicom_node.archive.match import condition
-from dicom_node.archive.query import parse_qido, run
+from dicom_node.archive.query import _set, element_json, parse_qido, run, run_json
 from dicom_node.index import qido
 from dicom_node.index.schema import migrate
 from dicom_node.node import Node
@@ -243,3 +244,41 @@ def test_ten_thousand_studies_are_paged_off_the_index(tmp_path: Path) -> None:
     ct = run(conn, parse_qido("STUDY", [("ModalitiesInStudy", "CT"), ("PatientID", "P5"), ("limit", "1000")]))
     assert ct.entities and all(ds.ModalitiesInStudy == "CT" and ds.PatientID == "P5" for ds in ct.entities)
     assert len(ct.entities) == sum(1 for n in range(10_000) if n % 97 == 5 and n % 2)
+
+
+@pytest.mark.parametrize(("keyword", "value"), [
+    ("PatientName", "DOE^JOHN"), ("PatientName", "Yamada^Tarou=山田^太郎=やまだ^たろう"), ("PatientName", "=Ideo"),
+    ("PatientName", "A^B\\C^D"), ("PatientName", ""), ("PatientName", None), ("PatientName", "Müller^Jörg"),
+    ("StudyInstanceUID", "1.2.3"), ("StudyDate", "20240101"), ("StudyTime", "120000.123"),
+    ("AccessionNumber", "A\\"), ("PatientID", "X\\Y\\Z"), ("StudyDescription", " padded "),
+    ("ModalitiesInStudy", ["CT", "MR"]), ("ModalitiesInStudy", ["CT"]), ("ModalitiesInStudy", []),
+    ("ModalitiesInStudy", None), ("SOPClassesInStudy", ["1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"]),
+    ("NumberOfStudyRelatedSeries", 0), ("NumberOfStudyRelatedInstances", 512), ("Rows", 512), ("Rows", None),
+    ("SeriesNumber", None), ("SeriesNumber", "5"), ("InstanceNumber", 7),
+    # Asked for by includefield but not held: whatever VR the dictionary gives, sequences and ambiguous VRs too.
+    ("ReferencedSeriesSequence", None), ("SmallestImagePixelValue", None), ("PixelSpacing", None),
+    ("PatientWeight", None), ("RetrieveURL", None), ("PixelData", None), ("InstitutionName", None),
+])
+def test_search_json_is_what_pydicom_writes_for_the_same_values(keyword: str, value: object) -> None:
+    """QIDO-RS writes DICOM JSON without a Dataset (element_json); it must equal pydicom's to_json_dict."""
+    ds = Dataset()
+    _set(ds, keyword, value)  # type: ignore[arg-type]  # the test feeds odd types on purpose
+    tag, element = element_json(keyword, value)  # type: ignore[arg-type]
+    assert json.dumps({tag: element}) == json.dumps(ds.to_json_dict())
+
+
+def test_search_json_equals_the_datasets_of_the_same_search(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "i.sqlite3", isolation_level=None)
+    migrate(conn)
+    for n, name in enumerate(("DOE^JOHN", "Doe^Jane", "Yamada^Tarou=山田^太郎", None)):
+        study = f"1.2.826.0.2.{n}"
+        qido.record(conn, qido.QidoRecord(
+            study={"study_uid": study, "patient_name": name, "patient_id": f"P{n}", "study_date": f"2024010{n + 1}"},
+            series={"series_uid": study + ".1", "study_uid": study, "modality": "CT", "series_number": n or None},
+            instance={"sop_uid": study + ".1.1", "series_uid": study + ".1", "study_uid": study, "rows": 8,
+                      "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2"}, origin="received"), 0.0)
+    for level, params in (("STUDY", [("PatientName", "doe*")]), ("STUDY", [("includefield", "all")]),
+                          ("SERIES", [("includefield", "StudyDescription,ReferencedSeriesSequence")]),
+                          ("INSTANCE", [("limit", "2")]), ("STUDY", [("ModalitiesInStudy", "CT\\MR")])):
+        search = parse_qido(level, params)  # type: ignore[arg-type]
+        assert run_json(conn, search).entities == [ds.to_json_dict() for ds in run(conn, search).entities]

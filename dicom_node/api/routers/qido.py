@@ -22,7 +22,7 @@ from dicom_node.api.deps import StorageDep
 from dicom_node.api.errors import ApiError
 from dicom_node.api.routers.dicomweb import uid_param
 from dicom_node.api.schemas import error_responses
-from dicom_node.archive.query import MAX_LIMIT, Page, Search, parse_qido, run
+from dicom_node.archive.query import MAX_LIMIT, JsonElement, JsonPage, Search, parse_qido, run_json
 from dicom_node.dicomweb.accept import NotAcceptable, Offer, choose
 from dicom_node.errors import IdentifierError, StorageError
 from dicom_node.index.qido import Level
@@ -35,6 +35,15 @@ _OFFERS = (Offer(DICOM_JSON), Offer("application/json"))
 _RESPONSES = {200: {"description": "Matching entities as DICOM JSON", "content": {DICOM_JSON: {}}},
               **error_responses(400, 401, 403, 406, 503)}
 Read = Annotated[Principal, Depends(require("read"))]
+
+
+_STUDY_UID, _SERIES_UID, _SOP_UID, _RETRIEVE_URL = "0020000D", "0020000E", "00080018", "00081190"
+
+
+def _uid(entity: dict[str, JsonElement], tag: str) -> str:
+    """The UID an entity answers under ``tag`` (a unique key: always present and single-valued)."""
+    values = entity[tag].get("Value")
+    return str(values[0]) if isinstance(values, list) and values else ""
 
 
 def _warning(text: str) -> str:
@@ -51,11 +60,11 @@ def _search(request: Request, level: Level, scope: dict[str, str]) -> Search:
                   search.offset, search.fuzzy, search.ignored)
 
 
-def _run(storage: Storage, search: Search) -> Page:
+def _run(storage: Storage, search: Search) -> JsonPage:
     try:
         conn = storage.index.reader()
         try:
-            return run(conn, search)
+            return run_json(conn, search)
         finally:
             conn.close()
     except (StorageError, sqlite3.Error) as exc:
@@ -71,14 +80,14 @@ async def _answer(request: Request, storage: Storage, level: Level, **scope: str
     page = await run_in_threadpool(_run, storage, search)
     base = str(request.base_url).rstrip("/") + "/dicomweb"
     body = []
-    for ds in page.entities:
-        url = f"{base}/studies/{ds.StudyInstanceUID}"
+    for entity in page.entities:
+        url = f"{base}/studies/{_uid(entity, _STUDY_UID)}"
         if level != "STUDY":
-            url += f"/series/{ds.SeriesInstanceUID}"
+            url += f"/series/{_uid(entity, _SERIES_UID)}"
         if level == "INSTANCE":
-            url += f"/instances/{ds.SOPInstanceUID}"
-        ds.RetrieveURL = url
-        body.append(ds.to_json_dict())
+            url += f"/instances/{_uid(entity, _SOP_UID)}"
+        entity[_RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
+        body.append(dict(sorted(entity.items())))
     warnings = []
     if search.fuzzy:
         warnings.append(_warning("fuzzymatching not supported"))
