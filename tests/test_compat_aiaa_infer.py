@@ -201,3 +201,45 @@ def test_examples_cover_every_route() -> None:
     paths = {json.loads(p.read_text())["request"]["path"].split("?")[0] for p in EXAMPLES}
     assert paths == {"/v1/segmentation", "/v1/inference", "/v1/dextr3d", "/v1/deepgrow", "/v1/mask2polygon",
                      "/v1/fixpolygon"}
+
+
+def test_docs_show_both_path_sets(node: Node) -> None:
+    """One implementation, two path sets: /docs's schema lists the AIAA paths next to the node's own."""
+    base = f"http://127.0.0.1:{node.api.port}"
+    paths = httpx.get(base + "/openapi.json", timeout=30).json()["paths"]
+    for path in ("/v1/segmentation", "/v1/inference", "/v1/dextr3d", "/v1/deepgrow", "/v1/mask2polygon",
+                 "/v1/fixpolygon", "/v1/models/{name}:predict"):
+        assert "post" in paths[path], path
+    assert httpx.get(base + "/docs", timeout=30).status_code == 200
+
+
+def test_bad_images_are_refused_by_name(node: Node, inputs: dict[str, bytes]) -> None:
+    """Not an image, a gzip bomb, too many voxels, a DICOM outside the contract, no image: 4xx naming why."""
+    import pydicom
+
+    base = f"http://127.0.0.1:{node.api.port}/v1/segmentation?model=ct-body&output=json"
+
+    def post(data: bytes | None) -> httpx.Response:
+        files = {"image": ("x.nii.gz", data, "application/octet-stream")} if data is not None else None
+        if files is None:
+            return httpx.post(base, files={"params": (None, "{}")}, timeout=60)
+        return httpx.post(base, data={"params": "{}"}, files=files, timeout=60)
+
+    reply = post(b"meeting notes\n" * 40)
+    assert reply.status_code == 415 and reply.json()["error"]["code"] == "unsupported_media_type", reply.text
+    reply = post(gzip.compress(b"\0" * (80 << 20)))  # gzip, no NIfTI header: refused after 540 inflated bytes
+    assert reply.status_code in (400, 413), reply.text
+    big = nib.Nifti1Image(np.zeros((512, 512, 300), np.uint8), np.eye(4))  # 78.6 M voxels > api.max_pixels (64 Mi)
+    reply = post(gzip.compress(big.to_bytes()))
+    assert reply.status_code == 413 and "api.max_pixels" in reply.json()["error"]["description"], reply.text
+    mr = pydicom.dcmread(io.BytesIO(inputs["{{DICOM_IMAGE}}"]))
+    mr.Modality = "MR"
+    buf = io.BytesIO()
+    mr.save_as(buf, enforce_file_format=True)
+    reply = post(buf.getvalue())
+    assert reply.status_code == 422 and reply.json()["error"]["code"] == "contract", reply.text
+    reply = post(None)
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "image_required", reply.text
+    reply = httpx.post(base, data={"params": "[1, 2]"}, files={"image": ("x.nii.gz", inputs["{{NIFTI_IMAGE}}"])},
+                       timeout=60)
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_params", reply.text

@@ -120,7 +120,14 @@ def test_refusals_name_the_problem() -> None:
     big = nib.Nifti1Image(np.zeros((64, 64, 64), np.uint8), np.eye(4)).to_bytes()
     with pytest.raises(PixelDataError, match="api.max_pixels"):
         read_nifti(big, 1 << 30, 1000)
-    bomb = gzip.compress(b"\x00" * (4 << 20))
-    with pytest.raises(PixelDataError, match="inflates"):
-        read_nifti(bomb, 1 << 20, 1 << 30)
+    with pytest.raises(DecodeError, match="not a NIfTI"):  # zeros: no header, nothing past 540 bytes is inflated
+        read_nifti(gzip.compress(b"\x00" * (4 << 20)), 1 << 20, 1 << 30)
+    header = nib.Nifti1Header()
+    header.set_data_shape((2048, 2048, 2048))
+    header.set_data_dtype(np.float32)
+    bomb = gzip.compress(header.binaryblock + b"\x00" * 4 + b"\x00" * (4 << 20))
+    with pytest.raises(PixelDataError, match="api.max_pixels"):
+        read_nifti(bomb, 1 << 40, 1 << 26)
+    with pytest.raises(PixelDataError, match="pixels.max_volume_bytes"):
+        read_nifti(bomb, 1 << 20, 1 << 40)
     assert is_nifti(big) and is_nifti(gzip.compress(big)) and not is_nifti(b"\x00" * 400) and not is_nifti(b"")

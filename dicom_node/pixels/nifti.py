@@ -18,8 +18,9 @@ made from such a series (dcm2niix, ITK) yields the same array as the DICOM path.
 written back in the input's own voxel order with the input's own affine and header, so
 orientation and spacing are preserved exactly.
 
-Bounds: a gzip stream is inflated to at most ``max_bytes`` (a small upload cannot expand to
-gigabytes) and the voxel count from the header is checked before the data are read.
+Bounds: the header (the first 540 inflated bytes) is read first; an image over ``max_voxels`` or
+``max_bytes`` is refused before its data are inflated, and a gzip stream is never inflated past
+the size its header declares, so a small upload cannot expand to gigabytes.
 """
 
 from __future__ import annotations
@@ -64,24 +65,49 @@ def lps_to_ras(affine_src_lps: np.ndarray) -> np.ndarray:
     return FLIP_XY @ np.asarray(affine_src_lps, dtype=np.float64) @ REVERSE_IJK
 
 
-def _inflate(data: bytes, max_bytes: int) -> bytes:
-    """Gunzip with a bound on the output (multi-member streams included)."""
-    out = io.BytesIO()
+def _inflate(data: bytes, limit: int) -> bytes:
+    """Gunzip at most ``limit`` bytes (multi-member streams included): what lies beyond is never inflated."""
+    out = bytearray()
     rest = data
-    while rest:
+    while rest and len(out) < limit:
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            out.write(inflater.decompress(rest, max_bytes + 1 - out.tell()))
+            out += inflater.decompress(rest, limit - len(out))
         except zlib.error as exc:
             raise DecodeError(f"the gzip stream is corrupt: {exc}") from exc
-        if out.tell() > max_bytes:
-            raise PixelDataError(f"the NIfTI image inflates to more than {max_bytes} bytes (pixels.max_volume_bytes)")
+        if len(out) >= limit:
+            break
         if not inflater.eof:
             raise DecodeError("the gzip stream is truncated")
         rest = inflater.unused_data
         if rest and not rest.startswith(_GZIP_MAGIC):
             break  # trailing garbage after the last member, as gzip(1) tolerates
-    return out.getvalue()
+    return bytes(out)
+
+
+def _head(data: bytes) -> bytes:
+    """The first 540 inflated bytes of a gzip stream (room for a NIfTI-2 header), inflating no more."""
+    try:
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, 540)
+    except zlib.error as exc:
+        raise DecodeError(f"the gzip stream is corrupt: {exc}") from exc
+
+
+def _declared_size(kind: type[nib.Nifti1Image], head: bytes, max_voxels: int) -> int:
+    """Bytes the header declares (data offset + voxels x item size), after checking its voxel count."""
+    header_class = nib.Nifti1Header if kind is nib.Nifti1Image else nib.Nifti2Header
+    size = 348 if kind is nib.Nifti1Image else 540
+    try:
+        header = header_class.from_fileobj(io.BytesIO(head[:size]))
+        shape = tuple(int(n) for n in header.get_data_shape())
+        itemsize = int(header.get_data_dtype().itemsize)
+        offset = int(header.get_data_offset())
+    except (WrapStructError, HeaderDataError, ValueError, EOFError, OSError) as exc:
+        raise DecodeError(f"the NIfTI header cannot be read: {exc}") from exc
+    voxels = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    if voxels > max_voxels:
+        raise PixelDataError(f"the NIfTI image has {voxels} voxels, more than api.max_pixels = {max_voxels}")
+    return max(offset, size) + voxels * itemsize
 
 
 @dataclass
@@ -162,15 +188,22 @@ def read_nifti(data: bytes, max_bytes: int, max_voxels: int) -> NiftiVolume:
     PixelDataError
         Over one of the bounds.
     """
-    raw = _inflate(data, max_bytes) if data.startswith(_GZIP_MAGIC) else data
+    gzipped = data.startswith(_GZIP_MAGIC)
+    head = _head(data) if gzipped else data[:540]
     # The magic decides the format (NIfTI-1: "n+1" at byte 344, NIfTI-2: "n+2" at byte 4), so nibabel
     # only ever parses a header of the kind it claims to be.
-    if len(raw) >= 348 and raw[344:348] == b"n+1\x00":
+    if len(head) >= 348 and head[344:348] == b"n+1\x00":
         kind: type[nib.Nifti1Image] = nib.Nifti1Image
-    elif len(raw) >= 540 and raw[4:8] == b"n+2\x00":
+    elif len(head) >= 540 and head[4:8] == b"n+2\x00":
         kind = nib.Nifti2Image
     else:
         raise DecodeError("not a NIfTI-1 or NIfTI-2 image (expected a single-file .nii or .nii.gz)")
+    # The header says how many bytes the image has: a gzip stream is inflated to that much and no
+    # further, and an image over the voxel bound is refused before its data are inflated at all.
+    needed = _declared_size(kind, head, max_voxels)
+    if needed > max_bytes:
+        raise PixelDataError(f"the NIfTI image needs {needed} bytes, more than pixels.max_volume_bytes = {max_bytes}")
+    raw = _inflate(data, needed) if gzipped else data
     try:
         image = kind.from_bytes(raw)
     except (ImageFileError, WrapStructError, HeaderDataError, ValueError, EOFError, OSError) as exc:
