@@ -81,12 +81,15 @@ def test_object_pollers_need_a_bucket_prefix_and_no_credentials_of_their_own() -
             Poller.model_validate({"name": "b", "kind": "object", **bad})
 
 
-def test_watermarks_order_by_time_then_key_and_foreign_ones_are_ignored() -> None:
+def test_watermarks_order_by_time_then_key_digest_and_foreign_ones_are_ignored() -> None:
     t = dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
-    mark = decode_mark(encode_mark(t, "a/b|c.dcm"))
-    assert mark == ("2026-01-02T03:04:05.000006+00:00", "a/b|c.dcm")
-    assert decode_mark(encode_mark(t, "a/b")) < decode_mark(encode_mark(t, "a/c"))  # type: ignore[operator]
-    assert decode_mark(encode_mark(t, "z")) < decode_mark(encode_mark(t + dt.timedelta(microseconds=1), "a"))  # type: ignore[operator]
+    text = encode_mark(t, "DOE^JANE/b|c.dcm")
+    assert "DOE" not in text  # the index and `sources list` never show a key
+    mark = decode_mark(text)
+    assert mark is not None and mark[0] == "2026-01-02T03:04:05.000006+00:00" and len(mark[1]) == 32
+    assert decode_mark(encode_mark(t, "a/b")) != decode_mark(encode_mark(t, "a/c"))  # equal times: keys still differ
+    later = decode_mark(encode_mark(t + dt.timedelta(microseconds=1), "a"))
+    assert later is not None and all(m < later for m in (decode_mark(encode_mark(t, k)) for k in "xyz") if m)
     for foreign in (None, "", "20260101", "not a time|key"):
         assert decode_mark(foreign) is None
 
@@ -167,3 +170,21 @@ def test_objects_over_the_memory_bound_stream_through_the_spool(start_node: Any,
     assert wait_for(lambda: row(node).get("polls", 0) >= 1, timeout=30), row(node)
     assert row(node)["retrieved"] == 3 and node.index.counts()["instances"] == 3, row(node)
     assert not any(node.spool.tmp.iterdir()), "downloads left behind"
+
+
+def test_an_object_over_the_cap_is_skipped_for_good_and_its_key_not_logged(
+        start_node: Any, s3_server: ObjectPeer, caplog: pytest.LogCaptureFixture) -> None:
+    series = list(ct_datasets(SeriesSpec(slices=2, rows=32, columns=32, seed="bucketcap")))
+    upload(s3_server, "in-cap/s", series)
+    s3_server.seed("in-cap/s/DOE^JANE-scan.dcm", b"\0" * (3 << 20))  # over scp.max_dataset_bytes + File Meta room
+    entry = {"name": NAME, "kind": "object", "url": "s3://inputs/in-cap", "interval": 3600.0, "settle": 0.0}
+    with caplog.at_level("INFO"):
+        node: Node = start_node(api={"enabled": False}, sources={"pollers": [entry]}, objects=s3_server.section,
+                                scp={"max_dataset_bytes": 1 << 20})
+        assert wait_for(lambda: row(node).get("polls", 0) >= 1, timeout=30), row(node)
+    assert row(node)["state"] == "idle" and row(node)["retrieved"] == 2, row(node)
+    assert "DOE^JANE" not in caplog.text and "DOE^JANE" not in str(row(node))
+    assert "over the cap" in caplog.text
+    assert node.pollers is not None
+    report = node.pollers.run_cycle(NAME)  # skipped for good: the watermark moved past it
+    assert report.ok and report.arrived == [] and "DOE^JANE" not in (row(node)["watermark"] or "")

@@ -7,8 +7,9 @@ A ``kind = "object"`` poller (:class:`~dicom_node.config.sources.Poller`) is sch
 
 1. lists the prefix through :class:`dicom_node.objects.ObjectStores` (recursive, at
    most ``max_objects``; the bucket must be allowlisted in ``[objects]``);
-2. keeps the objects above the watermark, the largest ``(last modified, key)`` up to
-   which every object was handled; folder markers and empty objects count as handled;
+2. keeps the objects above the watermark, the largest ``(last modified, key digest)``
+   up to which every object was handled (a SHA-256 digest of the key breaks ties of
+   equal times, so the watermark the index keeps and ``sources list`` shows names no key); folder markers and empty objects count as handled;
 3. groups them by folder (the key up to its last ``/``, where uploaders put a series)
    and reads a folder only once its new objects' listing (keys, sizes, ETags, times)
    stayed unchanged for ``settle`` seconds, across polls: a series still being uploaded
@@ -19,7 +20,7 @@ A ``kind = "object"`` poller (:class:`~dicom_node.config.sources.Poller`) is sch
    it through a :class:`~dicom_node.sources.sink.RetrievalSink` (one pseudo-association
    per folder, calling AE = the poller's name, ``instances.source`` = ``object:<name>``),
    so it passes the same PS3.10 and ingest checks and starts the same jobs as a C-STORE;
-5. moves the watermark over the handled objects, in ``(modified, key)`` order, up to
+5. moves the watermark over the handled objects, in ``(modified, key digest)`` order, up to
    the first one not handled (a folder still settling, a transient failure).
 
 Objects above the watermark already handled are remembered in memory, so the next
@@ -34,6 +35,7 @@ changes). Object keys are never logged (uploaders may put identifiers in them).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import threading
 import time
@@ -63,12 +65,12 @@ Mark = tuple[str, str]
 
 
 def encode_mark(modified: dt.datetime, key: str) -> str:
-    """The watermark text of an object: its UTC modification time (ISO 8601, microseconds), ``|``, its key."""
-    return f"{_iso(modified)}|{key}"
+    """The watermark text of an object: its UTC modification time (ISO 8601, microseconds), ``|``, its key's digest."""
+    return f"{_iso(modified)}|{_digest(key)}"
 
 
 def decode_mark(text: str | None) -> Mark | None:
-    """``(iso time, key)`` of a watermark, or None when there is none or it is not one (another kind's)."""
+    """``(iso time, key digest)`` of a watermark, or None when there is none or it is not one (another kind's)."""
     if not text or "|" not in text:
         return None
     when, _, key = text.partition("|")
@@ -84,9 +86,13 @@ def _iso(modified: dt.datetime) -> str:
     return aware.astimezone(dt.UTC).isoformat(timespec="microseconds")
 
 
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
 def mark_of(info: ObjectInfo) -> Mark:
-    """The ``(modified, key)`` order of an object; fixed-width UTC times compare as text."""
-    return _iso(info.modified), info.url.key
+    """The ``(modified, key digest)`` order of an object; fixed-width UTC times compare as text."""
+    return _iso(info.modified), _digest(info.url.key)
 
 
 def folder_of(info: ObjectInfo) -> str:
@@ -258,9 +264,9 @@ class ObjectPollCycle(CycleBase):
                                     got.status, got.reason)
                 elif isinstance(got, (ObjectNotFound, ObjectTooLarge)) or not got.retryable:
                     failed += 1  # deleted since the listing, over the cap, or refused: a retry cannot help
-                    log.warning("bucket object skipped source=%s error=%s", self.name, got)
+                    log.warning("bucket object skipped source=%s error=%s", self.name, _redact(got, info))
                 else:
-                    self._transient.append(str(got))
+                    self._transient.append(_redact(got, info))
                     continue
                 self.source.remember(info)
         self._report(outcomes, failed)
@@ -293,7 +299,8 @@ class ObjectPollCycle(CycleBase):
                         if exc.retryable or isinstance(exc, (ObjectNotFound, ObjectTooLarge)):
                             yield info, exc
                         else:  # access denied: every other object would be refused too
-                            raise SourceError(f"bucket source {self.name}: {exc}", retryable=False) from exc
+                            raise SourceError(f"bucket source {self.name}: {_redact(exc, info)}",
+                                              retryable=False) from exc
             finally:
                 for _info, future in pending:
                     future.cancel()
@@ -336,3 +343,8 @@ class ObjectPollCycle(CycleBase):
             self.report.arrived.append(arrived)
             log.info("bucket series read source=%s series_uid=%s stored=%d duplicates=%d failed=%d", self.name,
                      series_uid, arrived.stored, arrived.duplicates, arrived.failed)
+
+
+def _redact(exc: ObjectStoreError, info: ObjectInfo) -> str:
+    """The error's message without the object's key (logged and kept as the source's last error)."""
+    return str(exc).replace(str(info.url), f"an object in {info.url.scheme}://{info.url.bucket}")
