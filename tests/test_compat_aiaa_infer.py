@@ -243,3 +243,20 @@ def test_bad_images_are_refused_by_name(node: Node, inputs: dict[str, bytes]) ->
     reply = httpx.post(base, data={"params": "[1, 2]"}, files={"image": ("x.nii.gz", inputs["{{NIFTI_IMAGE}}"])},
                        timeout=60)
     assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_params", reply.text
+
+
+def test_inference_of_a_classification_model_answers_json(start_node: Any, inputs: dict[str, bytes]) -> None:
+    """/v1/inference runs any model: a classifier answers its probabilities as JSON (there is no mask to send)."""
+    node = start_node(inference={"models_dir": str(ROOT / "tests" / "models"), "backends": ["onnxruntime"]})
+    base = f"http://127.0.0.1:{node.api.port}"
+    files = {"image": ("image.nii.gz", inputs["{{NIFTI_IMAGE}}"], "application/x-gzip")}
+    reply = httpx.post(base + "/v1/inference?model=random-cnn", data={"params": "{}"}, files=files, timeout=60)
+    assert reply.status_code == 200 and reply.headers["content-type"] == "application/json", reply.text
+    body = reply.json()
+    assert body["model"] == "random-cnn" and len(body["slices"]) == 8
+    assert set(body["slices"][0]["probabilities"]) == {"Class A", "Class B", "Class C"}
+    reply = httpx.post(base + "/v1/inference?model=random-cnn&output=image", data={"params": "{}"}, files=files,
+                       timeout=60)
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "no_image", reply.text
+    reply = httpx.post(base + "/v1/segmentation?model=random-cnn", data={"params": "{}"}, files=files, timeout=60)
+    assert reply.status_code == 400 and "use /v1/inference" in reply.json()["error"]["description"], reply.text
