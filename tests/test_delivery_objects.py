@@ -15,9 +15,11 @@ from pydantic import ValidationError
 from pydicom.dataset import Dataset
 
 from dicom_node.config.delivery import DeliveryConfig, ObjectDestination
+from dicom_node.config.objects import ObjectsConfig
 from dicom_node.delivery.deliverer import Deliverer
 from dicom_node.delivery.objects import object_url
 from dicom_node.errors import DeliveryError
+from dicom_node.net.retry import RetryPolicy
 from dicom_node.node import Node
 from dicom_node.objects import ObjectUrl
 from dicom_node.synthetic import SeriesSpec, ct_datasets
@@ -129,12 +131,27 @@ def test_wrong_credential_fails_the_delivery_with_the_reason(start_node: Any, pe
     assert not any(len(v) > 20 and v in job["reason"] for v in secret)
 
 
-def test_bucket_outside_the_allowlist_is_refused_before_any_request(start_node: Any, s3_server: ObjectPeer) -> None:
-    node = start(start_node, s3_server, "s3://elsewhere/ai")
-    assert send_all(node.scp.port, list(ct_datasets(SeriesSpec(slices=2, rows=32, columns=32,
-                                                               seed="objrefused")))) == [0] * 2
-    job = wait_state(node, "dead-letter")
-    assert "'elsewhere' refused" in job["reason"] and "allowed_buckets" in job["reason"], job["reason"]
+def test_bucket_outside_the_allowlist_is_refused_at_load_and_at_delivery(tmp_path: Path) -> None:
+    from dicom_node.config import NodeConfig
+    from dicom_node.index import IndexWriter
+    from dicom_node.objects import ObjectStores
+
+    destination = {"kind": "object", "name": "bucket", "url": "s3://elsewhere/ai"}
+    with pytest.raises(ValidationError, match=r"'elsewhere' of s3:// is not in \[objects.s3\] allowed_buckets"):
+        NodeConfig.model_validate({"delivery": {"destinations": [destination]},
+                                   "objects": {"s3": {"anonymous": True, "allowed_buckets": ["results"]}}})
+    # The deliverer checks again before any request (no store is configured at all here).
+    ds = next(iter(ct_datasets(SeriesSpec(slices=1, rows=8, columns=8, seed="objrefused"))))
+    path = tmp_path / "one.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    writer = IndexWriter(tmp_path / "index.sqlite")
+    writer.start()
+    try:
+        result = Deliverer([ObjectDestination(**destination)], RetryPolicy(), objects=ObjectStores(ObjectsConfig()))
+        outcome = result.deliver([path], "bucket", writer.run).objects[0]
+    finally:
+        writer.stop()
+    assert outcome.state == "dead" and "no buckets are allowed" in outcome.detail, outcome
 
 
 def test_unreachable_store_is_retried_not_dead(start_node: Any, s3_server: ObjectPeer, tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ from pydantic import (
 )
 
 from dicom_node.config.api import ApiConfig
-from dicom_node.config.delivery import DeliveryConfig
+from dicom_node.config.delivery import DeliveryConfig, ObjectDestination
 from dicom_node.config.facade import FacadeConfig
 from dicom_node.config.objects import ObjectsConfig
 from dicom_node.config.routing import RoutingConfig
@@ -281,6 +281,24 @@ class NodeConfig(_Section):
             unknown = [name for name in poller.rules if name not in known]
             if unknown:
                 raise ValueError(f"sources.pollers {poller.name!r}: rules {unknown} are not in [[routing.rules]]")
+        return self
+
+    @model_validator(mode="after")
+    def _buckets_allowlisted(self) -> NodeConfig:
+        # An object destination or bucket poller outside the [objects] allowlist would fail every
+        # delivery or poll at run time; refused here instead, naming the key that allows it.
+        used = [(f"delivery.destinations {d.name!r}", d.url) for d in self.delivery.destinations
+                if isinstance(d, ObjectDestination)]
+        used += [(f"sources.pollers {p.name!r}", p.url) for p in self.sources.pollers if p.kind == "object"]
+        allowed = {"gs": ("gcs", "allowed_buckets", self.objects.gcs.allowed_buckets),
+                   "s3": ("s3", "allowed_buckets", self.objects.s3.allowed_buckets),
+                   "az": ("azure", "allowed_containers", self.objects.azure.allowed_containers)}
+        for where, url in used:
+            scheme, _, rest = url.partition("://")
+            bucket = rest.split("/", 1)[0]
+            store, key, names = allowed[scheme]
+            if bucket not in names:
+                raise ValueError(f"{where}: bucket {bucket!r} of {scheme}:// is not in [objects.{store}] {key}")
         return self
 
 
