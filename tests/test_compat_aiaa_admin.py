@@ -22,6 +22,7 @@ import base64
 import io
 import json
 import shutil
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +213,15 @@ def test_translation_refuses_what_cannot_be_mapped(config: dict[str, Any], field
     with pytest.raises(aiaa.AiaaConfigError) as caught:
         aiaa.to_spec("m", config)
     assert caught.value.field == field, str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["ct-body", "ct-lungs", "ct-body-png"])
+def test_a_drawn_config_translates_back_to_the_same_model(name: str) -> None:
+    spec = ModelSpec.model_validate(tomllib.loads((ENGINES / name / "model.toml").read_text()))
+    again = ModelSpec.model_validate(aiaa.to_spec(name, aiaa.from_spec(spec), spec.onnx))
+    assert again.tensors.inputs == spec.tensors.inputs and again.tensors.outputs == spec.tensors.outputs
+    assert again.preprocessing.intensity == spec.preprocessing.intensity
+    assert (again.preprocessing.mode, again.preprocessing.sliding_window) == (spec.preprocessing.mode,
+                                                                              spec.preprocessing.sliding_window)
+    assert again.postprocessing == spec.postprocessing
+    assert [lab.name for lab in again.labels] == [lab.name for lab in spec.labels]

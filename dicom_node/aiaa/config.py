@@ -136,7 +136,14 @@ def _intensity(name: str, args: dict[str, Any], where: str) -> dict[str, Any]:
         std = _number(args, "divisor", where)
         if std <= 0:
             raise AiaaConfigError(f"{where}.args.divisor", "must be > 0")
-        return {"kind": "normalize", "mean": _number(args, "subtrahend", where), "std": std}
+        table: dict[str, Any] = {"kind": "normalize", "mean": _number(args, "subtrahend", where), "std": std}
+        if args.get("clip") is not None:  # the node's own spelling of a clip before normalising (from_spec writes it)
+            clip = args["clip"]
+            if (not isinstance(clip, list) or len(clip) != 2 or not all(isinstance(v, int | float) for v in clip)
+                    or clip[0] >= clip[1]):
+                raise AiaaConfigError(f"{where}.args.clip", "[low, high] with low < high")
+            table["clip"] = [float(clip[0]), float(clip[1])]
+        return table
     raise AiaaConfigError(f"{where}.name", f"{name} has no counterpart in this node's model spec "
                           "(accepted: loaders, ScaleIntensityRange, NormalizeIntensity)")
 
@@ -369,8 +376,13 @@ def from_spec(spec: ModelSpec) -> dict[str, Any]:
             "field": "image", "a_min": intensity.center - half, "a_max": intensity.center + half,
             "b_min": 0.0, "b_max": 1.0, "clip": True}})
     elif intensity.kind == "normalize":
-        pre_transforms.append({"name": "NormalizeIntensity", "args": {
-            "field": "image", "subtrahend": intensity.mean, "divisor": intensity.std}})
+        norm: dict[str, Any] = {"field": "image", "subtrahend": intensity.mean, "divisor": intensity.std}
+        if intensity.clip is not None:
+            norm["clip"] = list(intensity.clip)
+        pre_transforms.append({"name": "NormalizeIntensity", "args": norm})
+    guidance = getattr(spec, "guidance", None)
+    if guidance is not None:
+        pre_transforms.append({"name": "AddGuidanceSignal", "args": {"field": "image", "sigma": guidance.sigma}})
     args: dict[str, Any] = {"batch_size": spec.tensors.max_batch, "scanning_window": pre.sliding_window is not None}
     if pre.sliding_window is not None:
         args["roi"] = list(reversed(pre.sliding_window.roi))
