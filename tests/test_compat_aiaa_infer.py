@@ -13,6 +13,13 @@ Sources:
 - the reference clients, https://github.com/NVIDIA/ai-assisted-annotation-client: ``py_client/client_api.py``
   (``datapoint`` field, ``session_id``, status 440, multipart answers with ``params``),
   ``py_client/aas_tests.json`` (the fixpolygon test polygon), ``cpp-client/src/client.cpp``.
+
+What was read and what was not: the stored copies of the AIAA page end after the segmentation
+example, so the segmentation curl (``-F "params={}" -F "image=@spleen.nii.gz;type=application/x-gzip"``,
+``output=image``) is verbatim; the dextr3d, deepgrow, inference, mask2polygon and fixpolygon requests
+follow that same pattern with the ``params`` keys the reference clients send (``points``;
+``foreground``/``background``/``current_point``; ``more_points``; ``poly``, ``*_index``,
+``vertex_offset``, ``propagate_neighbor``), and their ``curl`` lines are written in that shape.
 """
 
 from __future__ import annotations
