@@ -10,11 +10,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pydicom
+import pytest
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEGLSLossless
 
+from dicom_node.archive import metadata
 from dicom_node.archive.frames import layout
 from dicom_node.archive.retrieve import Located
 from dicom_node.dicomweb.multipart import media_type, split
@@ -240,3 +242,45 @@ def test_a_frame_layout_is_read_once_per_file_version(tmp_path: Path) -> None:
     bigger.save_as(path, enforce_file_format=True)
     again = layout(item)
     assert again is not first and again.frame_bytes == 16 * 16 * 2
+
+
+def _pydicom_json(ds: Dataset, bulk_base: str, path: tuple[str, ...] = ()) -> dict[str, object]:
+    """The metadata JSON as built before the plain-element path: every element through pydicom."""
+    out: dict[str, object] = {}
+    for elem in ds:
+        key = f"{int(elem.tag):08X}"
+        if elem.VR == "SQ":
+            items = [_pydicom_json(item, bulk_base, (*path, key, str(i))) for i, item in enumerate(elem.value)]
+            out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+        elif metadata._is_bulk(elem):
+            out[key] = {"vr": elem.VR, "BulkDataURI": f"{bulk_base}/{'/'.join((*path, key))}"}
+        else:
+            out[key] = elem.to_json_dict(None, metadata.BULK_THRESHOLD)
+    return out
+
+
+def test_metadata_json_equals_pydicoms_on_every_test_file() -> None:
+    """Converting plain elements from raw bytes changes no byte of the metadata of pydicom's and pydicom-data's files
+    (charsets, implicit VR, big endian, private tags, sequences, deferred values, malformed values)."""
+    import warnings
+
+    from pydicom.data import get_testdata_files
+
+    checked = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in sorted(get_testdata_files()):
+            try:
+                expected_ds = pydicom.dcmread(name, stop_before_pixels=True, defer_size=metadata.BULK_THRESHOLD)
+                ds = pydicom.dcmread(name, stop_before_pixels=True, defer_size=metadata.BULK_THRESHOLD)
+            except Exception:  # noqa: BLE001 - not a DICOM file (charset samples, DICOMDIR blobs)
+                continue
+            try:
+                expected = json.dumps(_pydicom_json(expected_ds, "u"))
+            except Exception as exc:  # noqa: BLE001 - a file pydicom cannot convert: the node must fail alike
+                with pytest.raises(type(exc)):
+                    metadata.dataset_json(ds, "u")
+                continue
+            assert json.dumps(metadata.dataset_json(ds, "u")) == expected, name
+            checked += 1
+    assert checked >= 100

@@ -14,13 +14,19 @@ import json
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import MutableSequence
 from pathlib import Path
 
 import pydicom
-from pydicom.dataelem import DataElement
+from pydicom import config
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.hooks import hooks, raw_element_value, raw_element_vr
+from pydicom.jsonrep import convert_to_python_number
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
+from pydicom.values import convert_value
 
 from dicom_node.archive.retrieve import BadRequest, Located
 from dicom_node.errors import PixelError
@@ -31,6 +37,12 @@ BULK_THRESHOLD = 1024
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 PIXEL_DATA = 0x7FE00010
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+#: Explicit VRs whose values are text or numbers, converted without a DataElement (PN, AT, SQ and binary not).
+_PLAIN_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "SH", "SL", "SS", "ST", "TM",
+                        "UC", "UI", "UL", "UR", "US", "UT"})
+#: LUT descriptors: pydicom fixes their first value's sign while reading (pydicom.tag._LUT_DESCRIPTOR_TAGS).
+_LUT_DESCRIPTORS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
+_CHARSET = 0x00080005
 
 JsonValue = dict[str, object]
 
@@ -57,10 +69,52 @@ def _is_bulk(elem: DataElement) -> bool:
     return isinstance(value, bytes | bytearray) and len(value) > BULK_THRESHOLD
 
 
+def _plain_json(ds: Dataset, tag: BaseTag, encoding: str | MutableSequence[str]) -> JsonValue | None:
+    """pydicom's JSON of a plain element still in raw form, without making a DataElement; None: not plain.
+
+    Plain: explicit VR text or numbers read with pydicom's default hooks, not private, not a LUT
+    descriptor (whose sign pydicom fixes), value present. Its value is converted by pydicom's own
+    :func:`~pydicom.values.convert_value` with the encoding ``ds[tag]`` would use and goes into JSON as
+    ``DataElement.to_json_dict`` puts it; anything else, or any failure, takes pydicom's whole path.
+    """
+    raw = ds._dict[tag]
+    if not isinstance(raw, RawDataElement) or raw.VR not in _PLAIN_VRS or raw.value is None \
+            or tag.is_private or tag in _LUT_DESCRIPTORS or tag == _CHARSET:
+        return None
+    try:
+        value = convert_value(raw.VR, raw, encoding)
+        if value is None or value == "" or (isinstance(value, list | MultiValue) and not value):
+            return {"vr": raw.VR}
+        values = list(value) if isinstance(value, list | MultiValue) and len(value) > 1 else [value]
+        if any(isinstance(v, list | MultiValue | bytes) for v in values):
+            return None
+        return {"vr": raw.VR, "Value": convert_to_python_number(values, raw.VR)}
+    except Exception:  # noqa: BLE001  # pydicom's own path then raises or warns as it always did
+        return None
+
+
+def _default_reading() -> bool:
+    """True while pydicom converts raw elements with its default hooks and no callback (the plain path's terms)."""
+    return (config.data_element_callback is None and not config.datetime_conversion and not hooks.raw_element_kwargs
+            and hooks.raw_element_vr is raw_element_vr and hooks.raw_element_value is raw_element_value)
+
+
 def dataset_json(ds: Dataset, bulk_base: str, path: tuple[str, ...] = ()) -> dict[str, JsonValue]:
-    """The DICOM JSON model of ``ds``; bulk values become BulkDataURIs under ``bulk_base``."""
+    """The DICOM JSON model of ``ds``; bulk values become BulkDataURIs under ``bulk_base``.
+
+    Plain text and number elements (most of a header) are converted straight from their raw bytes
+    (:func:`_plain_json`), a cold series of 512 CT headers being mostly this conversion; the rest goes
+    through pydicom's DataElement and ``to_json_dict``.
+    """
     out: dict[str, JsonValue] = {}
-    for elem in ds:  # iterating loads each deferred value once, converting it
+    fast = _default_reading()
+    encoding = ds.original_character_set or ds._character_set
+    for tag in sorted(ds._dict):
+        plain = _plain_json(ds, tag, encoding) if fast else None
+        if plain is not None:
+            out[f"{int(tag):08X}"] = plain
+            continue
+        elem = ds[tag]  # loads a deferred value once, converting it
         key = f"{int(elem.tag):08X}"
         if elem.VR == "SQ":
             items = [dataset_json(item, bulk_base, (*path, key, str(i))) for i, item in enumerate(elem.value)]
