@@ -37,6 +37,8 @@ for peers)::
     ├── SessionRefused              a retrieval session cannot be opened (``status``, ``code``; sources.sessions)
     ├── SessionUnavailable          a session is unknown, expired or not ready (sources.sessions)
     ├── AiaaConfigError             a Clara AIAA model config field with no model-spec counterpart (``field``; aiaa.config)
+    ├── PointsError                 AIAA clicks or extreme points malformed or outside the image (annotation.guidance)
+    ├── PolygonError                AIAA polygons or a vertex edit malformed (annotation.polygons)
     ├── PollCancelled               a poll cycle was stopped (sources.poller)
     ├── MultipartError              a malformed multipart body or one over a limit (``status``; dicomweb.multipart)
     ├── NotFound                    a study, series, instance or frame the node does not hold (404; archive.retrieve)
@@ -57,7 +59,8 @@ Errors that are not ``DicomNodeError`` and the one place each is mapped:
                                        the REST routes map ``kind`` to a status (``not_found`` 404,
                                        ``unavailable`` 503). Two callers still see it unwrapped, on purpose: the
                                        REST predict/invocation routes calling ``Predictor.predict`` (per-instance
-                                       errors, :func:`dicom_node.api.predictions.run_decoded`) and the CLI's
+                                       errors, :func:`dicom_node.api.predictions.run_decoded`; the Clara AIAA
+                                       routes of :mod:`dicom_node.api.routers.aiaa_infer` likewise) and the CLI's
                                        ``models``/``infer`` commands, which print it and exit 1.
 third-party (pydicom, pynetdicom,      wrapped where they are raised into the nearest class above
 sqlite3, requests, OS errors)          (``StorageError``, ``IngestError``, ``SourceError``, ...).

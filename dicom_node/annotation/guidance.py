@@ -19,13 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from dicom_node.errors import DicomNodeError
+
 #: Most points one request may carry (each costs a bounded box of work, but a list of millions would not).
 MAX_POINTS = 1024
 #: Extreme points DExtr3D needs (two per axis), as the reference client checks (MIN_POINTS_FOR_SEGMENTATION).
 MIN_EXTREME_POINTS = 6
 
 
-class PointsError(ValueError):
+class PointsError(DicomNodeError):
     """The points of a request are malformed or outside the image; the message names the field."""
 
 

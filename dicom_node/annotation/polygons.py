@@ -29,6 +29,8 @@ import numpy as np
 from skimage.draw import polygon as fill_polygon
 from skimage.measure import find_contours
 
+from dicom_node.errors import DicomNodeError
+
 Vertex = list[int]
 Polygons = list[list[Vertex]]
 
@@ -38,7 +40,7 @@ MAX_VERTICES = 1_000_000
 MAX_NEIGHBOR = 1000
 
 
-class PolygonError(ValueError):
+class PolygonError(DicomNodeError):
     """The polygons or edit parameters of a request are malformed; the message names the field."""
 
 
