@@ -45,7 +45,8 @@ for peers)::
     ├── BadRequest                  a WADO-RS request naming something impossible, e.g. frame 0 (400; archive.retrieve)
     ├── NotAcceptable               nothing the resource can produce fits the Accept header (406; dicomweb.accept)
     ├── ApiError                    answered to a REST caller with ``status`` and a JSON body (api.errors)
-    │   └── BodyTooLarge            the request body is over ``api.max_body_bytes`` (api.limits)
+    │   ├── BodyTooLarge            the request body is over ``api.max_body_bytes`` (api.limits)
+    │   └── UndecodableUpload       an invocation upload no decoder reads (415; 400 text on /invocations)
     └── InputRejected               one predict/invocation input cannot be used (``code``; api.inputs)
 
 Errors that are not ``DicomNodeError`` and the one place each is mapped:
