@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -188,3 +189,45 @@ def test_an_object_over_the_cap_is_skipped_for_good_and_its_key_not_logged(
     assert node.pollers is not None
     report = node.pollers.run_cycle(NAME)  # skipped for good: the watermark moved past it
     assert report.ok and report.arrived == [] and "DOE^JANE" not in (row(node)["watermark"] or "")
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def test_poll_now_reads_a_bucket_from_the_command_line(s3_server: ObjectPeer, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from dicom_node.cli import main
+
+    upload(s3_server, "in-cli/s", list(ct_datasets(SeriesSpec(slices=3, rows=32, columns=32, seed="bucketcli"))))
+    store = "\n".join(f"{k} = {_toml(v)}" for k, v in s3_server.section["s3"].items())
+    config = tmp_path / "node.toml"
+    config.write_text(f"""
+[scp]
+port = 0
+[api]
+enabled = false
+[storage]
+root = "{tmp_path / 'node'}"
+min_free_bytes = 0
+[objects.s3]
+{store}
+
+[[sources.pollers]]
+name = "{NAME}"
+kind = "object"
+url = "s3://inputs/in-cli"
+settle = 0.0
+""", encoding="utf-8")
+    assert main(["--config", str(config), "sources", "poll-now", NAME, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["retrieved"] == 3 and report["complete"], report
+    assert main(["--config", str(config), "sources", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert NAME in listed and "object" in listed, listed
+    assert main(["--config", str(config), "sources", "poll-now", NAME, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["retrieved"] == 0
