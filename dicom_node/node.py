@@ -44,8 +44,8 @@ DELIVERY_WORKERS = 2
 
 
 def open_index(config: NodeConfig) -> Index:
-    """Open (creating if needed) the index under ``storage.root``."""
-    return Index(config.storage.root / INDEX_NAME)
+    """Open (creating if needed) the index under ``storage.root``, or on ``storage.database`` (PostgreSQL)."""
+    return Index(config.storage.database or config.storage.root / INDEX_NAME)
 
 
 class Frontend(Protocol):

@@ -25,8 +25,9 @@ from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, write_ct_series
 
 REPO = Path(__file__).resolve().parents[1]
-#: Object storage emulators as session fixtures: azurite, gcs_emulator, s3_server (tests/objects_peers.py).
-pytest_plugins = ["tests.objects_peers"]
+#: Object storage emulators as session fixtures: azurite, gcs_emulator, s3_server (tests/objects_peers.py);
+#: a throwaway PostgreSQL cluster: postgres_server, postgres_dsn, index_location (tests/pg_peer.py).
+pytest_plugins = ["tests.objects_peers", "tests.pg_peer"]
 
 
 def peers_required() -> bool:

@@ -1,4 +1,4 @@
-"""Index and assembly rules, on a real SQLite file through the real writer thread."""
+"""Index and assembly rules, on a real SQLite file and a real PostgreSQL database, through the real writer thread."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from dicom_node.index import Index, IndexWriter, InstanceRecord, ops
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[tuple[Index, IndexWriter]]:
-    index = Index(tmp_path / "index.sqlite3")
+def db(index_location: str | Path) -> Iterator[tuple[Index, IndexWriter]]:
+    index = Index(index_location)
     writer = IndexWriter(index.path)
     writer.start()
     yield index, writer
     writer.stop()
+    index.close()
 
 
 def record(n: int, series: str = "1.2.3.1", assoc: str = "a1", at: float = 100.0, study: str = "1.2.3") -> InstanceRecord:

@@ -161,6 +161,10 @@ class StorageConfig(_Section):
     #: fsync files, directories and index commits before acknowledging. Only benchmarks turn
     #: this off, to measure the receive path alone; never in production.
     fsync: bool = True
+    #: The index database: None keeps the embedded SQLite file under ``root``; a
+    #: ``postgresql://user@host/db`` URL puts every table on PostgreSQL (dicom_node.index.pg),
+    #: which several nodes can share. The password is better given by PGPASSWORD or ~/.pgpass.
+    database: str | None = Field(None, pattern=r"^postgres(ql)?://")
 
 
 class AssemblyConfig(_Section):

@@ -90,9 +90,9 @@ def record_attempt(
         INSERT INTO deliveries (sop_instance_uid, destination, state, attempts, last_error, next_attempt_at, path)
         VALUES (?, ?, 'pending', 1, ?, ?, ?)
         ON CONFLICT (sop_instance_uid, destination) DO UPDATE SET
-            attempts = attempts + 1, last_error = excluded.last_error, next_attempt_at = excluded.next_attempt_at,
-            state = 'pending', path = COALESCE(excluded.path, path)
-        WHERE state != 'sent'
+            attempts = deliveries.attempts + 1, last_error = excluded.last_error, next_attempt_at = excluded.next_attempt_at,
+            state = 'pending', path = COALESCE(excluded.path, deliveries.path)
+        WHERE deliveries.state != 'sent'
         """,
         (sop_uid, destination, error[:_MAX_ERROR], next_attempt_at, path),
     )
@@ -106,9 +106,9 @@ def mark_sent(conn: sqlite3.Connection, sop_uid: str, destination: str, now: flo
         INSERT INTO deliveries (sop_instance_uid, destination, state, attempts, last_error, sent_at)
         VALUES (?, ?, 'sent', 1, ?, ?)
         ON CONFLICT (sop_instance_uid, destination) DO UPDATE SET
-            attempts = attempts + 1, state = 'sent', last_error = excluded.last_error,
+            attempts = deliveries.attempts + 1, state = 'sent', last_error = excluded.last_error,
             next_attempt_at = NULL, sent_at = excluded.sent_at
-        WHERE state != 'sent'
+        WHERE deliveries.state != 'sent'
         """,
         (sop_uid, destination, warning[:_MAX_ERROR] if warning else None, now),
     )
@@ -125,9 +125,9 @@ def mark_dead(conn: sqlite3.Connection, sop_uid: str, destination: str, error: s
         INSERT INTO deliveries (sop_instance_uid, destination, state, attempts, last_error, path)
         VALUES (?, ?, 'dead', 1, ?, ?)
         ON CONFLICT (sop_instance_uid, destination) DO UPDATE SET
-            attempts = attempts + 1, state = 'dead', last_error = excluded.last_error,
-            next_attempt_at = NULL, path = COALESCE(excluded.path, path)
-        WHERE state != 'sent'
+            attempts = deliveries.attempts + 1, state = 'dead', last_error = excluded.last_error,
+            next_attempt_at = NULL, path = COALESCE(excluded.path, deliveries.path)
+        WHERE deliveries.state != 'sent'
         """,
         (sop_uid, destination, error[:_MAX_ERROR], path),
     )

@@ -80,8 +80,8 @@ def store_instance(conn: sqlite3.Connection, rec: InstanceRecord, replace: bool)
                               first_received_at, last_received_at, state)
            VALUES (?, ?, ?, ?, ?, ?, ?, 'receiving')
            ON CONFLICT(series_instance_uid) DO UPDATE SET
-               instance_count = instance_count + excluded.instance_count,
-               last_received_at = MAX(last_received_at, excluded.last_received_at),
+               instance_count = series.instance_count + excluded.instance_count,
+               last_received_at = MAX(series.last_received_at, excluded.last_received_at),
                state = 'receiving'""",
         (rec.series_instance_uid, rec.study_instance_uid, rec.modality, rec.calling_ae, added,
          rec.received_at, rec.received_at),
@@ -156,7 +156,7 @@ def complete_due(conn: sqlite3.Connection, now: float, quiet_period: float, abor
         studies.add(row["study_instance_uid"])
     for study in sorted(studies):
         open_left, total = conn.execute(
-            """SELECT SUM(state = 'receiving'), SUM(instance_count) FROM series WHERE study_instance_uid = ?""",
+            """SELECT SUM(CASE WHEN state = 'receiving' THEN 1 ELSE 0 END), SUM(instance_count) FROM series WHERE study_instance_uid = ?""",
             (study,),
         ).fetchone()
         if not open_left:

@@ -105,7 +105,8 @@ def record(conn: sqlite3.Connection, rec: QidoRecord, now: float) -> None:
     """Index one instance's attributes (study and series rows keep a value a later instance lacks)."""
     for table, key, values in (("qido_studies", "study_uid", rec.study), ("qido_series", "series_uid", rec.series)):
         cols = list(values)
-        updates = ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in cols if c != key)
+        # The target qualified: PostgreSQL finds a bare column ambiguous between the row and ``excluded``.
+        updates = ", ".join(f"{c} = COALESCE(excluded.{c}, {table}.{c})" for c in cols if c != key)
         conn.execute(
             f"INSERT INTO {table}({', '.join(cols)}, updated_at) VALUES ({', '.join('?' * len(cols))}, ?) "
             f"ON CONFLICT({key}) DO UPDATE SET {updates}, updated_at = excluded.updated_at",

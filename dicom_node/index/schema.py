@@ -14,7 +14,8 @@ without touching its rows (``tests/test_index_migrations.py`` upgrades a dump of
 To change the schema, append a migration (``ALTER TABLE ... ADD COLUMN``, a new table, a
 backfill ``UPDATE``); never edit one that has shipped. SQLite-only constructs used below:
 ``WITHOUT ROWID``, ``INTEGER PRIMARY KEY AUTOINCREMENT``, ``INSERT OR IGNORE`` and the
-``PRAGMA`` statements; a PostgreSQL implementation would carry its own numbered list.
+``PRAGMA`` statements. The same migrations run on PostgreSQL: :mod:`dicom_node.index.pg` translates
+those constructs and keeps the version in a ``dicom_node_schema`` table, under an advisory lock.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from dicom_node.errors import StorageError
+from dicom_node.index import pg
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +379,17 @@ LATEST = MIGRATIONS[-1].version
 
 def user_version(conn: sqlite3.Connection) -> int:
     """The schema version recorded in the database (0: new, or created before versioning)."""
+    if isinstance(conn, pg.PgConnection):
+        return pg.user_version(conn)
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _set_version(conn: sqlite3.Connection, version: int) -> None:
+    if isinstance(conn, pg.PgConnection):
+        pg.set_version(conn, version)
+    else:
+        # PRAGMA takes no parameters; the value is our own integer.
+        conn.execute(f"PRAGMA user_version = {int(version)}")
 
 
 def migrate(conn: sqlite3.Connection, path: object = "the index") -> int:
@@ -405,6 +417,8 @@ def migrate(conn: sqlite3.Connection, path: object = "the index") -> int:
         # root (the service and a CLI command) cannot both run the same migration.
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if isinstance(conn, pg.PgConnection):
+                pg.lock_migrations(conn)
             before = user_version(conn)
             if before > LATEST:
                 raise StorageError(
@@ -415,8 +429,7 @@ def migrate(conn: sqlite3.Connection, path: object = "the index") -> int:
                 if migration.version > before:
                     for statement in migration.statements():
                         conn.execute(statement)
-                    # PRAGMA takes no parameters; the value is our own integer.
-                    conn.execute(f"PRAGMA user_version = {int(migration.version)}")
+                    _set_version(conn, migration.version)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -1,4 +1,9 @@
-"""Connections and read queries of the SQLite index (the schema is :mod:`dicom_node.index.schema`)."""
+"""Connections and read queries of the index (the schema is :mod:`dicom_node.index.schema`).
+
+The index is a SQLite file (the default) or a PostgreSQL database (``storage.database``,
+:mod:`dicom_node.index.pg`); :class:`Index` takes either as its ``path`` and callers use the same
+connections and query functions on both.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import cast
 
 from dicom_node.errors import StorageError
+from dicom_node.index import pg
 from dicom_node.index.schema import migrate
+
+#: Where the index lives: a SQLite file, or a ``postgresql://`` URL (``storage.database``).
+Location = Path | str
 
 
 class SeriesState(str, Enum):
@@ -39,12 +49,17 @@ class InstanceRecord:
     source: str = "dimse"
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: Location, *, readonly: bool = False) -> sqlite3.Connection:
     """Open the index with the pragmas durability needs.
 
     WAL with ``synchronous=FULL`` makes every commit durable (the WAL is fsynced
-    at commit) while readers never block the writer.
+    at commit) while readers never block the writer. A ``postgresql://`` location gets a
+    dedicated :class:`~dicom_node.index.pg.PgConnection` (PostgreSQL commits are durable by default).
     """
+    if pg.is_postgres(path):
+        # PgConnection implements the subset of sqlite3.Connection the query functions use (see pg.py);
+        # typing the whole layer against a Protocol is the follow-up that lets mypy check that claim.
+        return cast(sqlite3.Connection, pg.connect(str(path)))
     try:
         if readonly:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
@@ -64,23 +79,41 @@ class Index:
 
     Parameters
     ----------
-    path : pathlib.Path
-        The SQLite file (``<storage.root>/index.sqlite3``).
+    path : pathlib.Path or str
+        The SQLite file (``<storage.root>/index.sqlite3``), or a ``postgresql://`` URL
+        (``storage.database``): readers then come from a connection pool.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Location) -> None:
+        self.path: Location = path if pg.is_postgres(path) else Path(path)
+        self._pool: pg.ReaderPool | None = None
+        if isinstance(self.path, Path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path)
         try:
             # Creates a new database, upgrades one of an older release in place, refuses a newer one.
-            migrate(conn, self.path)
+            migrate(conn, self.display)
         finally:
             conn.close()
+        if isinstance(self.path, str):
+            self._pool = pg.ReaderPool(self.path)
+
+    @property
+    def display(self) -> str:
+        """The location for messages and logs (a PostgreSQL URL without its password)."""
+        return pg.redact(self.path) if isinstance(self.path, str) else str(self.path)
 
     def reader(self) -> sqlite3.Connection:
-        """A new connection for reading (one per thread)."""
+        """A new connection for reading (one per thread); on PostgreSQL a pooled one, given back by ``close()``."""
+        if self._pool is not None:
+            return cast(sqlite3.Connection, self._pool.reader())
         return connect(self.path)
+
+    def close(self) -> None:
+        """Close the reader pool (PostgreSQL); SQLite readers are closed by their users."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def counts(self) -> dict[str, int]:
         """Counts for ``dicom-node status``: studies, series, instances, pending, complete."""

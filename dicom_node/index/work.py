@@ -9,7 +9,10 @@ domain row the work is about (a job id, a request UUID, a session id). States::
                                                  or failed after max_attempts
 
 Writes run inside the index writer's transaction, so a claim is atomic: two workers never take
-the same row. Rows are returned as :class:`WorkRow`.
+the same row. On PostgreSQL several nodes share the table: a claim selects its row ``FOR UPDATE
+SKIP LOCKED`` (a row another node's open transaction is claiming is passed over, never taken
+twice), and a node's start does not expire leases, since the other nodes' running rows are alive;
+a dead node's rows come back when their leases run out. Rows are returned as :class:`WorkRow`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,13 @@ class WorkRow:
     reason: str | None
     created_at: float
     updated_at: float
+
+
+def _skip_locked(conn: sqlite3.Connection) -> str:
+    """``FOR UPDATE SKIP LOCKED`` on PostgreSQL (the row lock that makes a claim exclusive across
+    nodes, PostgreSQL's SELECT "The Locking Clause"); nothing on SQLite, whose single writer holds
+    the whole database while it claims."""
+    return " FOR UPDATE SKIP LOCKED" if getattr(conn, "dialect", "sqlite") == "postgresql" else ""
 
 
 def _row(row: sqlite3.Row) -> WorkRow:
@@ -102,7 +112,7 @@ def claim(conn: sqlite3.Connection, kinds: Sequence[str], now: float, lease: flo
                   (state IN ('queued', 'retry') AND next_attempt_at <= ?)
                OR (state = 'running' AND lease_until IS NOT NULL AND lease_until < ?
                    AND attempts < max_attempts))
-            ORDER BY next_attempt_at, id LIMIT 1""",
+            ORDER BY next_attempt_at, id LIMIT 1{_skip_locked(conn)}""",
         (*kinds, now, now),
     ).fetchone()
     if found is None:
@@ -130,7 +140,7 @@ def exhausted(conn: sqlite3.Connection, kinds: Sequence[str], now: float) -> lis
     marks = ",".join("?" * len(kinds))
     rows = [_row(r) for r in conn.execute(
         f"""SELECT {_COLUMNS} FROM work WHERE kind IN ({marks}) AND state = 'running' AND lease_until IS NOT NULL
-            AND lease_until < ? AND attempts >= max_attempts""", (*kinds, now))]
+            AND lease_until < ? AND attempts >= max_attempts{_skip_locked(conn)}""", (*kinds, now))]
     for row in rows:
         conn.execute("UPDATE work SET state = 'failed', reason = ?, lease_until = NULL, updated_at = ? WHERE id = ?",
                      (f"interrupted {row.attempts} times", now, row.id))
@@ -167,7 +177,13 @@ def renew(conn: sqlite3.Connection, ids: Sequence[int], until: float) -> None:
 
 
 def expire_leases(conn: sqlite3.Connection, now: float) -> int:
-    """At start: every running row was left by a process that is gone; its lease ends now. Returns how many."""
+    """At start: every running row was left by a process that is gone; its lease ends now. Returns how many.
+
+    Not on PostgreSQL: there the running rows may be other live nodes' (their leases are renewed), so
+    a restarted node's own rows are taken again when their leases run out (``workqueue.lease``).
+    """
+    if getattr(conn, "dialect", "sqlite") == "postgresql":
+        return 0
     return conn.execute("UPDATE work SET lease_until = ? WHERE state = 'running'", (now - 1.0,)).rowcount
 
 

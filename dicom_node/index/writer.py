@@ -18,12 +18,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any, TypeVar
 
 from dicom_node.errors import StorageError
+from dicom_node.index import pg
 from dicom_node.index.schema import migrate
-from dicom_node.index.store import connect
+from dicom_node.index.store import Location, connect
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,9 @@ class IndexWriter:
 
     Parameters
     ----------
-    path : pathlib.Path
-        The SQLite file.
+    path : pathlib.Path or str
+        The SQLite file, or a ``postgresql://`` URL (the writer then holds one connection of its own;
+        a batch is one PostgreSQL transaction, each operation under its own savepoint, as on SQLite).
     durable : bool
         ``synchronous=FULL`` (every commit fsynced) when True; only a benchmark
         reference turns it off.
@@ -49,7 +50,7 @@ class IndexWriter:
         Most operations per transaction.
     """
 
-    def __init__(self, path: Path, durable: bool = True, max_batch: int = 256) -> None:
+    def __init__(self, path: Location, durable: bool = True, max_batch: int = 256) -> None:
         self._path = path
         self._durable = durable
         self._max_batch = max_batch
@@ -69,7 +70,7 @@ class IndexWriter:
         """
         conn = connect(self._path)
         try:
-            migrate(conn, self._path)
+            migrate(conn, pg.redact(self._path) if isinstance(self._path, str) else self._path)
         finally:
             conn.close()
         self._thread.start()
@@ -171,7 +172,7 @@ class IndexWriter:
                     results.append((future, True, value))
                 conn.execute(f"RELEASE op{n}")
             conn.execute("COMMIT")
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, StorageError, OSError) as exc:  # StorageError: PostgreSQL's, wrapped by pg.py
             log.error("index commit failed error=%s batch=%d", exc, len(batch))
             self._rollback(conn)
             failure = StorageError(f"index commit failed: {exc}")
@@ -197,7 +198,7 @@ class IndexWriter:
             return
         try:
             conn.execute("ROLLBACK")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StorageError) as exc:
             log.error("index rollback failed error=%s", exc)
 
 
