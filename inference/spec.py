@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inference.errors import ParameterError, SpecError
+from inference.triton_pool import TritonTable
 
 BACKEND_NAMES = ("tensorrt", "onnxruntime", "triton")
 BackendName = Literal["tensorrt", "onnxruntime", "triton"]
@@ -326,6 +327,8 @@ class ModelSpec(_Strict):
     embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
     #: Interactive annotation models: point-map channels after the image channel (``[guidance]``).
     guidance: Guidance | None = None
+    #: The Triton servers of this model (``[triton]``); empty: every server the node lists.
+    triton: TritonTable = Field(default_factory=TritonTable)
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
@@ -375,7 +378,7 @@ class ModelSpec(_Strict):
             return None
         return ModelSpec(
             name=f"{self.name[:58]}.text", version=self.version, task="embedding", hidden=True, onnx=text.onnx,
-            backends=list(self.backends), precision=self.precision,
+            backends=list(self.backends), precision=self.precision, triton=self.triton,
             tensors=Tensors(max_batch=text.max_batch,
                             inputs=[TensorSpec(name=text.input, dtype="int64", dims=[text.max_tokens])],
                             outputs=[TensorSpec(name=text.output, dims=[-1])]),

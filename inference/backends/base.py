@@ -26,8 +26,14 @@ class BackendOptions:
     onnxruntime_threads: int = 0
     #: ``grpc://host:port`` (default scheme) or ``http://host:port``; empty = no Triton.
     triton_url: str = ""
+    #: More Triton servers (a farm, issue 18); with ``triton_url`` the servers any model may use.
+    triton_urls: tuple[str, ...] = ()
     #: Seconds a Triton request may take.
     triton_timeout_s: float = 30.0
+    #: Seconds between health checks of a model's Triton servers.
+    triton_health_interval_s: float = 5.0
+    #: Seconds one health-check call (readiness, metadata) may take.
+    triton_probe_timeout_s: float = 2.0
     #: Where TensorRT plans and timing caches go; default ``<model dir>/cache``.
     cache_dir: Path | None = None
     #: CUDA device ordinal for TensorRT / the CUDA execution provider.

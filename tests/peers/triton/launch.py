@@ -86,6 +86,13 @@ def write_repository(repo: Path, entries: list[ModelEntry], delay_us: int = 2000
     return repo
 
 
+def _replace(src: Path, dst: Path) -> None:
+    """Copy ``src`` over ``dst`` by rename: a stub still running from a killed server keeps its old file."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
 class TritonServer:
     """A tritonserver process on loopback ports; use as a context manager."""
 
@@ -110,8 +117,8 @@ class TritonServer:
         python.mkdir(parents=True, exist_ok=True)
         for item in (self.install.backends / "python").iterdir():
             if item.is_file():
-                shutil.copy2(item, python / item.name)
-        shutil.copy2(self.install.stub, python / "triton_python_backend_stub")
+                _replace(item, python / item.name)
+        _replace(self.install.stub, python / "triton_python_backend_stub")
         return backends
 
     def start(self, timeout_s: float = 90.0) -> None:
@@ -174,6 +181,19 @@ class TritonServer:
                 self._proc.kill()
                 self._proc.wait()
         if self._proc is not None:
+            self._log.close()
+        self._proc = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process was started and has not exited."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the server: no graceful shutdown, in-flight requests see the connection drop."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
             self._log.close()
         self._proc = None
 
