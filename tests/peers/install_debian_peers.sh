@@ -11,6 +11,8 @@ command -v Orthanc >/dev/null 2>&1 || missing="$missing orthanc"
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$missing orthanc-dicomweb"
 # The browser that renders /docs (and, later, the OHIF viewer) in the browser tests.
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+# `haproxy -c` checks the load balancer config of deploy/ (tests/test_deploy_manifests.py).
+command -v haproxy >/dev/null 2>&1 || missing="$missing haproxy"
 [ -z "$missing" ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "peers: apt-get not found; install$missing yourself" >&2; exit 0
