@@ -1,4 +1,8 @@
-"""The one work queue (dicom_node.workqueue): limits, retries, dead-letter, stage timings, crash recovery."""
+"""The one work queue (dicom_node.workqueue): limits, retries, dead-letter, stage timings, crash recovery.
+
+Every test runs on both backends (``index_location``: a SQLite file, a PostgreSQL database); several
+consumers on one PostgreSQL are in ``test_workqueue_cluster.py``.
+"""
 
 from __future__ import annotations
 
@@ -57,13 +61,13 @@ class Recorder:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[tuple[Index, IndexWriter]]:
-    path = tmp_path / "index.sqlite3"
-    index = Index(path)
-    writer = IndexWriter(path)
+def db(index_location: str | Path) -> Iterator[tuple[Index, IndexWriter]]:
+    index = Index(index_location)
+    writer = IndexWriter(index_location)
     writer.start()
     yield index, writer
     writer.stop()
+    index.close()
 
 
 def _row(index: Index, kind: str, ref: str) -> WorkRow:
@@ -74,6 +78,14 @@ def _row(index: Index, kind: str, ref: str) -> WorkRow:
         conn.close()
     assert row is not None
     return row
+
+
+def _row_at(location: str | Path, kind: str, ref: str) -> WorkRow:
+    index = Index(location)
+    try:
+        return _row(index, kind, ref)
+    finally:
+        index.close()
 
 
 def _ended(index: Index, kind: str, ref: str) -> bool:
@@ -226,30 +238,30 @@ def test_expired_lease_is_claimed_again_counting_an_attempt(db: tuple[Index, Ind
     assert handler.gave_up == [("spent", "failed", "interrupted 2 times")]
 
 
-def _child(db: Path, mode: str, marker: Path) -> subprocess.Popen[bytes]:
+def _child(db: str | Path, mode: str, marker: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "tests.workqueue_child", str(db), mode, str(marker)],
                             cwd=ROOT, env=env)
 
 
-def test_sigkill_mid_item_then_restart_finishes_it(tmp_path: Path) -> None:
-    db, marker = tmp_path / "index.sqlite3", tmp_path / "marker"
+def test_sigkill_mid_item_then_restart_finishes_it(tmp_path: Path, index_location: str | Path) -> None:
+    db, marker = index_location, tmp_path / "marker"
     proc = _child(db, "hang", marker)
     try:
         assert wait_for(marker.exists, timeout=30), "the item never started"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-    assert _row(Index(db), "slow", "item-1").state == "running"
+    assert _row_at(db, "slow", "item-1").state == "running"
     proc = _child(db, "finish", marker)
     assert proc.wait(30) == 0
-    row = _row(Index(db), "slow", "item-1")
+    row = _row_at(db, "slow", "item-1")
     assert (row.state, row.attempts) == ("done", 2), "the interrupted run counts an attempt"
     assert marker.read_text() == "2\n"
 
 
-def test_sigkill_every_time_ends_failed_after_max_attempts(tmp_path: Path) -> None:
-    db, marker = tmp_path / "index.sqlite3", tmp_path / "marker"
+def test_sigkill_every_time_ends_failed_after_max_attempts(tmp_path: Path, index_location: str | Path) -> None:
+    db, marker = index_location, tmp_path / "marker"
     for attempt in (1, 2, 3):  # max_attempts = 3 in the child
         marker.unlink(missing_ok=True)
         proc = _child(db, "hang", marker)
@@ -261,7 +273,7 @@ def test_sigkill_every_time_ends_failed_after_max_attempts(tmp_path: Path) -> No
             proc.wait(10)
     proc = _child(db, "hang", marker)
     assert proc.wait(30) == 0, "the fourth start ends the row instead of running it"
-    row = _row(Index(db), "slow", "item-1")
+    row = _row_at(db, "slow", "item-1")
     assert (row.state, row.reason) == ("failed", "interrupted 3 times")
     assert marker.read_text() == "gave up: interrupted 3 times\n"
 
