@@ -40,7 +40,9 @@ Fingerprint = tuple[tuple[str, int, int], ...]
 
 def backend_options(config: InferenceConfig) -> BackendOptions:
     """The backend settings of the node's ``[inference]`` section."""
-    return BackendOptions(onnxruntime_threads=config.onnxruntime_threads, triton_url=config.triton_url)
+    return BackendOptions(onnxruntime_threads=config.onnxruntime_threads, triton_url=config.triton_url,
+                          triton_urls=tuple(config.triton_urls), triton_health_interval_s=config.triton_health_interval_s,
+                          triton_probe_timeout_s=config.triton_probe_timeout_s)
 
 
 def _fingerprint(root: Path) -> Fingerprint:

@@ -47,6 +47,7 @@ from dicom_node.config.tls import ScpTlsConfig, parse_subject
 from dicom_node.errors import ConfigError
 from dicom_node.pixels.syntaxes import ACCEPTED_BY_DEFAULT
 from dicom_node.validators import check_ae_title, is_loopback, is_uid
+from inference.triton_pool import parse_endpoint
 
 ENV_PREFIX = "DICOM_NODE__"
 DEFAULT_CONFIG_NAME = Path("conf") / "node.toml"
@@ -211,6 +212,21 @@ class InferenceConfig(_Section):
     onnxruntime_threads: int = Field(0, ge=0, le=256)
     max_batch_delay_ms: float = Field(5.0, ge=0.0, le=1000.0)
     triton_url: str = ""
+    #: More Triton servers (a farm): with triton_url, the only servers the node contacts; a
+    #: model.toml [triton] endpoints picks among them. Requests go least-outstanding, with failover.
+    triton_urls: list[str] = Field(default_factory=list, max_length=64)
+    #: Seconds between health checks of each Triton server; one check call may take triton_probe_timeout_s.
+    triton_health_interval_s: float = Field(5.0, ge=0.05, le=3600.0)
+    triton_probe_timeout_s: float = Field(2.0, gt=0.0, le=60.0)
+
+    @field_validator("triton_url", "triton_urls")
+    @classmethod
+    def _triton_endpoints(cls, v: str | list[str]) -> str | list[str]:
+        # Refused at start-up rather than as "no backend" on the first job.
+        for url in [v] if isinstance(v, str) else v:
+            if url:
+                parse_endpoint(url)
+        return v
 
 
 class ResultsConfig(_Section):
