@@ -1,4 +1,4 @@
-"""The delivery ledger on a real SQLite index through the index writer."""
+"""The delivery ledger on a real SQLite index and a real PostgreSQL database, through the index writer."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ from dicom_node.index.writer import IndexWriter
 
 
 @pytest.fixture
-def writer(tmp_path: Path) -> Iterator[IndexWriter]:
-    w = IndexWriter(tmp_path / "index.sqlite")
+def writer(index_location: str | Path) -> Iterator[IndexWriter]:
+    w = IndexWriter(index_location)
     w.start()  # creates the schema (dicom_node.index.schema), the deliveries table with it
     yield w
     w.stop()
 
 
 def test_schema_constrains_state(writer: IndexWriter) -> None:
-    with pytest.raises(StorageError, match="CHECK"):
+    with pytest.raises(StorageError, match="(?i)check"):
         writer.run(lambda c: c.execute("INSERT INTO deliveries (sop_instance_uid, destination, state) VALUES ('1', 'd', 'lost')"))
 
 
@@ -54,12 +54,14 @@ def test_dead_rows_leave_the_queue_and_can_be_requeued(writer: IndexWriter) -> N
     assert writer.run(lambda c: ledger.requeue(c, "pacs")) == 1
 
 
-def test_lookup_handles_many_uids(tmp_path: Path) -> None:
-    Index(tmp_path / "plain.sqlite")
-    conn = sqlite3.connect(tmp_path / "plain.sqlite")
+def test_lookup_handles_many_uids(index_location: str | Path) -> None:
+    index = Index(index_location)
+    # A plain autocommit connection (SQLite's own; a pooled one on PostgreSQL), outside the writer.
+    conn = sqlite3.connect(index_location) if isinstance(index_location, Path) else index.reader()
     uids = [f"1.2.{n}" for n in range(1200)]
     for uid in uids[::2]:
         ledger.mark_sent(conn, uid, "d", 1.0)
     rows = ledger.lookup(conn, uids, "d")
     assert len(rows) == 600 and all(r.state == "sent" for r in rows.values())
     conn.close()
+    index.close()

@@ -235,3 +235,67 @@ def test_work_in_flight_in_an_old_database_runs_after_the_upgrade(
         assert {(k, s) for (k, s), _n in work.counts(conn).items()} == {("job", "failed"), ("delivery", "done")}
     finally:
         conn.close()
+
+
+# PostgreSQL (dicom_node.index.pg): the same migrations, the version in dicom_node_schema. There is no
+# database of an older release on PostgreSQL to adopt, so the 4781e18 fixture stays SQLite's.
+
+
+def _pg_version(dsn: str) -> int:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT MAX(version) FROM dicom_node_schema").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+
+def _pg_tables(dsn: str) -> list[tuple[str, str, str]]:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        return [tuple(r) for r in conn.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'public' ORDER BY 1, 2").fetchall()]
+
+
+def test_postgresql_gets_every_table_at_the_latest_version_and_migrating_twice_is_a_noop(postgres_dsn: str) -> None:
+    Index(postgres_dsn).close()
+    assert _pg_version(postgres_dsn) == schema.LATEST
+    tables = _pg_tables(postgres_dsn)
+    assert {t for t, _c, _d in tables} >= set(OLD_COUNTS) | {"work", "qido_studies", "qido_series", "qido_instances"}
+    # Epoch seconds need double precision (PostgreSQL's REAL is 4 bytes: a 2026 time to about 2 minutes).
+    assert ("work", "lease_until", "double precision") in tables
+    Index(postgres_dsn).close()
+    assert _pg_tables(postgres_dsn) == tables and _pg_version(postgres_dsn) == schema.LATEST
+
+
+def test_postgresql_newer_database_is_refused_naming_both_versions(postgres_dsn: str) -> None:
+    import psycopg
+
+    Index(postgres_dsn).close()
+    with psycopg.connect(postgres_dsn) as conn:
+        conn.execute("UPDATE dicom_node_schema SET version = %s", (schema.LATEST + 1,))
+    with pytest.raises(StorageError) as err:
+        Index(postgres_dsn)
+    assert f"schema version {schema.LATEST + 1}" in str(err.value)
+
+
+def test_postgresql_nodes_starting_together_migrate_once(postgres_dsn: str) -> None:
+    """Four processes' worth of Index() at once: the advisory lock lets one migrate, the others see it done."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def open_index() -> None:
+        try:
+            Index(postgres_dsn).close()
+        except BaseException as exc:  # reported below, with the thread's error
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_index) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert _pg_version(postgres_dsn) == schema.LATEST
