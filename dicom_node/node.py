@@ -175,3 +175,4 @@ class Node:
         self.pipeline.close()
         self.models.close()
         self.writer.stop()
+        self.index.close()  # the reader pool on PostgreSQL; nothing on SQLite

@@ -234,14 +234,15 @@ def list_jobs(conn: sqlite3.Connection, query: JobFilter, limit: int, offset: in
     if query.before is not None:
         clauses.append("(created_at < ? OR (created_at = ? AND id < ?))")
         args += [query.before[0], query.before[0], query.before[1]]
-    sql = f"SELECT * FROM ({_ALL_JOBS})" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+    # The derived table is named: PostgreSQL requires an alias on a subquery in FROM, SQLite takes one.
+    sql = f"SELECT * FROM ({_ALL_JOBS}) AS all_jobs" + (" WHERE " + " AND ".join(clauses) if clauses else "")
     sql += " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
     return [_view(r) for r in conn.execute(sql, (*args, limit, offset))]
 
 
 def find_job(conn: sqlite3.Connection, key: str) -> JobView | None:
     """One series job by its id, or one invocation by its request UUID (the invocation's id); None when neither."""
-    row = conn.execute(f"SELECT * FROM ({_ALL_JOBS}) WHERE id = ?", (key,)).fetchone()
+    row = conn.execute(f"SELECT * FROM ({_ALL_JOBS}) AS all_jobs WHERE id = ?", (key,)).fetchone()
     return None if row is None else _view(row)
 
 
