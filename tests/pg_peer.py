@@ -89,3 +89,11 @@ def index_location(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path
     if request.param == "sqlite":
         return tmp_path / "index.sqlite3"
     return str(request.getfixturevalue("postgres_dsn"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_backend(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The ``[storage]`` keys of a node, once per backend: none (SQLite), then ``database`` (PostgreSQL)."""
+    if request.param == "sqlite":
+        return {}
+    return {"database": str(request.getfixturevalue("postgres_dsn"))}

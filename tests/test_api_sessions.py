@@ -81,8 +81,9 @@ def wado(series_files: list[bytes]) -> Iterator[str]:
         server.close()
 
 
-def test_upload_session_lifecycle(start_node: Any, models_dir: Path, series_files: list[bytes], wado: str) -> None:
-    node = start(start_node, models_dir)
+def test_upload_session_lifecycle(start_node: Any, models_dir: Path, series_files: list[bytes], wado: str,
+                                  storage_backend: dict[str, str]) -> None:
+    node = start(start_node, models_dir, storage=storage_backend)
     r = put_upload(node, series_files)
     assert r.status_code == 200, r.text
     created = r.json()
@@ -146,9 +147,11 @@ def test_form_upload_bad_parts_and_series_choice(start_node: Any, models_dir: Pa
     assert set((Path(node.config.storage.root).resolve() / "sessions").iterdir()) == before
 
 
-def test_expiry_sweeps_and_restart_keeps_sessions(tmp_path: Path, start_node: Any, models_dir: Path) -> None:
+def test_expiry_sweeps_and_restart_keeps_sessions(tmp_path: Path, start_node: Any, models_dir: Path,
+                                                  storage_backend: dict[str, str]) -> None:
     root = tmp_path / "restart"
-    config = node_config(root, inference={"models_dir": str(models_dir), "backends": ["onnxruntime"]})
+    config = node_config(root, inference={"models_dir": str(models_dir), "backends": ["onnxruntime"]},
+                         storage=storage_backend)
     first = Node(config, frontend=ApiFrontend)
     first.start()
     try:
@@ -166,7 +169,7 @@ def test_expiry_sweeps_and_restart_keeps_sessions(tmp_path: Path, start_node: An
     finally:
         first.stop()
     assert session_dir(first, soon["session_id"]).exists()
-    second = start(start_node, models_dir, root=root)
+    second = start(start_node, models_dir, root=root, storage=storage_backend)
     info = httpx.get(url(second, f"/v1/sessions/{keep['session_id']}")).json()
     assert info["status"] == "ready" and info["instances"] == 2
     assert predict(second, [{"session_id": keep["session_id"]}])[0] == before
