@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,11 @@ import numpy as np
 import pytest
 from models.reference import phantom
 from peers.triton.launch import TritonServer, find_install, free_port, write_repository
+from receiver import RecordingSCP as Receiver
+from scu import send_all
 
+from dicom_node.node import Node
+from dicom_node.synthetic import SeriesSpec, ct_datasets
 from inference.backends import BackendOptions, load_backend
 from inference.backends.triton import TritonBackend, is_available, model_endpoints
 from inference.errors import BackendError, SpecError
@@ -300,3 +304,42 @@ def test_a_server_serving_another_contract_refuses_the_load(farm: Farm) -> None:
     mismatched = ModelEntry(entry.spec.model_copy(update={"tensors": tensors}), entry.directory)
     with pytest.raises(BackendError, match="'logits' has shape \\[-1, 3\\], spec says \\[-1, 4\\]"):
         load_backend("triton", mismatched, farm.options())
+
+
+def test_node_jobs_done_while_one_server_is_killed(farm: Farm, start_node: Callable[..., Node]) -> None:
+    """The job path (C-STORE in, SEG and SR out) on the farm: a server killed mid-run fails no job."""
+    receiver = Receiver().start()
+    try:
+        node = start_node(
+            routing={"rules": [{"name": "ct", "models": ["ct-body"], "destinations": ["pacs"], "match": {"modality": "CT"}}]},
+            delivery={"destinations": [{"kind": "dimse", "name": "pacs", "ae_title": "RESULTS_SCP", "host": "127.0.0.1",
+                                        "port": receiver.port}]},
+            inference={"models_dir": str(ROOT / "engines"), "backends": ["triton"],
+                       "triton_urls": [farm.a.grpc_url, farm.b.grpc_url], "triton_health_interval_s": 0.2,
+                       "triton_probe_timeout_s": 1.0})
+        series = [list(ct_datasets(SeriesSpec(slices=8, rows=64, columns=64, seed=f"farm-{i}"))) for i in range(6)]
+
+        def jobs() -> list[dict[str, object]]:
+            conn = node.index.reader()
+            try:
+                return [dict(r) for r in conn.execute("SELECT state, attempts, reason FROM jobs")]
+            finally:
+                conn.close()
+
+        sender = threading.Thread(target=lambda: [send_all(node.scp.port, s) for s in series])
+        sender.start()
+        assert _wait(lambda: any(j["state"] == "done" for j in jobs()), 60), jobs()
+        b_before = served(farm.b, "ct-body")
+        farm.a.kill()
+        sender.join(60)
+        assert _wait(lambda: len(jobs()) == 6 and all(j["state"] == "done" for j in jobs()), 120), jobs()
+        assert all(j["reason"] is None for j in jobs())
+        assert served(farm.b, "ct-body") > b_before
+        backend = node.models.loaded()["ct-body"].backend
+        assert isinstance(backend, TritonBackend)
+        assert _wait(lambda: not backend.endpoints()[0].healthy), backend.endpoints()
+        assert len(receiver.datasets()) == 12  # one SEG and one SR per series
+    finally:
+        receiver.stop()
+        if not farm.a.running:
+            farm.a.start()
