@@ -338,6 +338,10 @@ def test_node_jobs_done_while_one_server_is_killed(farm: Farm, start_node: Calla
         backend = node.models.loaded()["ct-body"].backend
         assert isinstance(backend, TritonBackend)
         assert _wait(lambda: not backend.endpoints()[0].healthy), backend.endpoints()
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.api.port}/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+        for server, up in ((farm.a, 0.0), (farm.b, 1.0)):
+            assert f'dicom_node_inference_endpoint_healthy{{endpoint="{server.grpc_url}",model="ct-body"}} {up}' in metrics
         assert len(receiver.datasets()) == 12  # one SEG and one SR per series
     finally:
         receiver.stop()

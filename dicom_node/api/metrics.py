@@ -84,6 +84,7 @@ class NodeCollector(Collector):
         yield self._batch_histogram()
         yield from self._job_and_webhook_counters()
         yield from self._source_metrics()
+        yield from self._endpoint_metrics()
 
     def _stage_histograms(self) -> Iterator[Metric]:
         conn = self.index.reader()
@@ -153,6 +154,24 @@ class NodeCollector(Collector):
         for status in ("retrieving", "ready", "failed"):
             sess.add_metric([status], sessions.get(status, 0))
         yield sess
+
+
+    def _endpoint_metrics(self) -> Iterator[Metric]:
+        # Remote inference servers (a Triton farm, issue 18), as the backend's pool sees them now.
+        labels = ["model", "endpoint"]
+        healthy = GaugeMetricFamily("dicom_node_inference_endpoint_healthy",
+                                    "1 while a model's remote inference server is in its pool, 0 while taken out", labels=labels)
+        in_flight = GaugeMetricFamily("dicom_node_inference_endpoint_in_flight",
+                                      "Requests in flight per model and remote inference server", labels=labels)
+        requests = CounterMetricFamily("dicom_node_inference_endpoint_requests",
+                                       "Requests sent per model and remote inference server (since the model was loaded)",
+                                       labels=labels)
+        for name, predictor in sorted(self.models.loaded().items()):
+            for state in predictor.backend.endpoints():
+                healthy.add_metric([name, state.url], 1.0 if state.healthy else 0.0)
+                in_flight.add_metric([name, state.url], state.in_flight)
+                requests.add_metric([name, state.url], state.requests)
+        yield from (healthy, in_flight, requests)
 
 
 def histogram(values: list[float], bounds: tuple[float, ...]) -> tuple[list[tuple[str, float]], float]:

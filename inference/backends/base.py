@@ -18,6 +18,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from inference.triton_pool import EndpointState
+
 
 @dataclass(frozen=True)
 class BackendOptions:
@@ -69,6 +71,10 @@ class Backend(ABC):
     def description(self) -> str:
         """Short human-readable detail (device, providers), for logs and ``models list``."""
         return self.name
+
+    def endpoints(self) -> list[EndpointState]:
+        """The remote servers this backend balances over (a Triton farm), for metrics; none for local runtimes."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing to release
         """Release the runtime's resources (sessions, device memory, connections)."""
