@@ -26,7 +26,8 @@ testable code.
 
 The failover itself (retry a request once elsewhere on a connection or
 unavailable error, never on a model error) is the backend's, which knows the
-error codes.
+error codes. :class:`TritonTable` is a model spec's ``[triton]`` table, kept
+here with the endpoint syntax it validates.
 """
 
 from __future__ import annotations
