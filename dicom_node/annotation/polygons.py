@@ -26,8 +26,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from skimage.draw import polygon as fill_polygon
-from skimage.measure import find_contours
 
 from dicom_node.errors import DicomNodeError
 
@@ -50,6 +48,10 @@ def slice_polygons(mask: np.ndarray, more_points: int) -> Polygons:
         return []
     step = max(1, int(more_points))
     out: Polygons = []
+    # scikit-image (and the SciPy it loads) is imported on first use: most nodes never draw a polygon,
+    # and it would add to every node's resident memory at start.
+    from skimage.measure import find_contours
+
     for contour in find_contours(np.pad(mask.astype(np.uint8), 1), 0.5):
         points = contour[:-1] - 1.0  # closed contours repeat their first point; undo the padding
         if len(points) > 3 * step:
@@ -70,6 +72,8 @@ def mask_to_polygons(mask: np.ndarray, more_points: int) -> list[Polygons]:
 
 def draw(polygons: list[Polygons], shape: tuple[int, int, int]) -> np.ndarray:
     """Rasterise per-slice polygons into a uint8 ``(x, y, z)`` mask (1 inside any polygon)."""
+    from skimage.draw import polygon as fill_polygon  # on first use, as in the contour tracing above
+
     out = np.zeros(shape, dtype=np.uint8)
     for z, polys in enumerate(polygons[: shape[2]]):
         for poly in polys:

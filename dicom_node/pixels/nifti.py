@@ -29,22 +29,40 @@ import gzip
 import io
 import zlib
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
-from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
-from nibabel.spatialimages import HeaderDataError
-from nibabel.wrapstruct import WrapStructError
 
 from dicom_node.errors import DecodeError, PixelDataError
+
+if TYPE_CHECKING:
+    import nibabel as nib
+
+
+def _nib() -> ModuleType:
+    """nibabel, imported on first use: it adds about 32 MiB to the node's resident memory at start,
+    and a node that never sees a NIfTI should not pay it (a 1 GiB C-STORE is held to 128 MiB RSS)."""
+    import nibabel
+    import nibabel.filebasedimages
+    import nibabel.orientations
+    import nibabel.spatialimages
+    import nibabel.wrapstruct
+
+    return nibabel
+
+
+def _header_errors() -> tuple[type[BaseException], ...]:
+    """nibabel's exceptions for a header or file it cannot read."""
+    nib_ = _nib()
+    return (nib_.filebasedimages.ImageFileError, nib_.wrapstruct.WrapStructError, nib_.spatialimages.HeaderDataError)
 
 #: RAS <-> LPS: negate x and y.
 FLIP_XY = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: (i, j, k, 1) <-> (s, r, c, 1) = (k, j, i, 1); its own inverse.
 REVERSE_IJK = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
 #: Axis codes of (i, j, k) that give a standard axial DICOM series' (col, row, slice) order.
-CANONICAL = axcodes2ornt(("L", "P", "S"))
+CANONICAL = np.array([[0.0, -1.0], [1.0, -1.0], [2.0, 1.0]])  # nibabel axcodes2ornt(("L", "P", "S"))
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -95,14 +113,16 @@ def _head(data: bytes) -> bytes:
 
 def _declared_size(kind: type[nib.Nifti1Image], head: bytes, max_voxels: int) -> int:
     """Bytes the header declares (data offset + voxels x item size), after checking its voxel count."""
-    header_class = nib.Nifti1Header if kind is nib.Nifti1Image else nib.Nifti2Header
-    size = 348 if kind is nib.Nifti1Image else 540
+    nib_ = _nib()
+    header_class = nib_.Nifti1Header if kind is nib_.Nifti1Image else nib_.Nifti2Header
+    size = 348 if kind is nib_.Nifti1Image else 540
+    unreadable: tuple[type[BaseException], ...] = (*_header_errors(), ValueError, EOFError, OSError)
     try:
         header = header_class.from_fileobj(io.BytesIO(head[:size]))
         shape = tuple(int(n) for n in header.get_data_shape())
         itemsize = int(header.get_data_dtype().itemsize)
         offset = int(header.get_data_offset())
-    except (WrapStructError, HeaderDataError, ValueError, EOFError, OSError) as exc:
+    except unreadable as exc:
         raise DecodeError(f"the NIfTI header cannot be read: {exc}") from exc
     voxels = int(np.prod(shape, dtype=np.int64)) if shape else 0
     if voxels > max_voxels:
@@ -134,7 +154,8 @@ class NiftiVolume:
     @property
     def to_canonical(self) -> np.ndarray:
         """The nibabel orientation transform from the file's ``(i, j, k)`` to ``L, P, S``."""
-        return np.asarray(ornt_transform(io_orientation(self.image.affine), CANONICAL))
+        ornt = _nib().orientations
+        return np.asarray(ornt.ornt_transform(ornt.io_orientation(self.image.affine), CANONICAL))
 
     def points_to_grid(self, points: np.ndarray) -> np.ndarray:
         """File voxel indices ``(n, 3)`` as ``(i, j, k)`` -> indices ``(n, 3)`` as ``(s, r, c)`` of :attr:`array`."""
@@ -148,8 +169,9 @@ class NiftiVolume:
 
     def to_file_order(self, grid: np.ndarray) -> np.ndarray:
         """An ``(s, r, c)`` array on :attr:`array`'s grid in the file's own ``(i, j, k)`` voxel order."""
-        back = ornt_transform(CANONICAL, io_orientation(self.image.affine))
-        return np.ascontiguousarray(apply_orientation(np.asarray(grid).transpose(2, 1, 0), back))
+        ornt = _nib().orientations
+        back = ornt.ornt_transform(CANONICAL, ornt.io_orientation(self.image.affine))
+        return np.ascontiguousarray(ornt.apply_orientation(np.asarray(grid).transpose(2, 1, 0), back))
 
     def mask_image(self, mask: np.ndarray) -> bytes:
         """A ``(slices, rows, cols)`` mask on :attr:`array`'s grid as ``.nii.gz`` in the input's own voxel order,
@@ -193,9 +215,9 @@ def read_nifti(data: bytes, max_bytes: int, max_voxels: int) -> NiftiVolume:
     # The magic decides the format (NIfTI-1: "n+1" at byte 344, NIfTI-2: "n+2" at byte 4), so nibabel
     # only ever parses a header of the kind it claims to be.
     if len(head) >= 348 and head[344:348] == b"n+1\x00":
-        kind: type[nib.Nifti1Image] = nib.Nifti1Image
+        kind: type[nib.Nifti1Image] = _nib().Nifti1Image
     elif len(head) >= 540 and head[4:8] == b"n+2\x00":
-        kind = nib.Nifti2Image
+        kind = _nib().Nifti2Image
     else:
         raise DecodeError("not a NIfTI-1 or NIfTI-2 image (expected a single-file .nii or .nii.gz)")
     # The header says how many bytes the image has: a gzip stream is inflated to that much and no
@@ -204,9 +226,10 @@ def read_nifti(data: bytes, max_bytes: int, max_voxels: int) -> NiftiVolume:
     if needed > max_bytes:
         raise PixelDataError(f"the NIfTI image needs {needed} bytes, more than pixels.max_volume_bytes = {max_bytes}")
     raw = _inflate(data, needed) if gzipped else data
+    unreadable: tuple[type[BaseException], ...] = (*_header_errors(), ValueError, EOFError, OSError)
     try:
         image = kind.from_bytes(raw)
-    except (ImageFileError, WrapStructError, HeaderDataError, ValueError, EOFError, OSError) as exc:
+    except unreadable as exc:
         raise DecodeError(f"the NIfTI header cannot be read: {exc}") from exc
     shape = tuple(int(n) for n in image.shape)
     if len(shape) < 2 or len(shape) > 4 or (len(shape) == 4 and shape[3] != 1) or 0 in shape:
@@ -223,21 +246,22 @@ def read_nifti(data: bytes, max_bytes: int, max_voxels: int) -> NiftiVolume:
         raise DecodeError(f"the NIfTI image data cannot be read: {exc}") from exc
     if not np.isfinite(np.linalg.det(image.affine[:3, :3])) or abs(np.linalg.det(image.affine[:3, :3])) < 1e-12:
         raise DecodeError("the NIfTI image's affine is singular (no usable sform or qform)")
-    transform = ornt_transform(io_orientation(image.affine), CANONICAL)
-    canonical = apply_orientation(values, transform)
-    affine_ras = image.affine @ nib.orientations.inv_ornt_aff(transform, values.shape)
+    ornt = _nib().orientations
+    transform = ornt.ornt_transform(ornt.io_orientation(image.affine), CANONICAL)
+    canonical = ornt.apply_orientation(values, transform)
+    affine_ras = image.affine @ ornt.inv_ornt_aff(transform, values.shape)
     array = np.ascontiguousarray(canonical.transpose(2, 1, 0), dtype=np.float32)
     lps = ras_to_lps(affine_ras)
     spacing = tuple(float(np.linalg.norm(lps[:3, axis])) for axis in range(3))
     return NiftiVolume(array, lps, (spacing[0], spacing[1], spacing[2]), image)
 
 
-def volume_image(mask: np.ndarray, affine_lps: np.ndarray) -> bytes:
-    """A ``(slices, rows, cols)`` array on a DICOM volume's grid as ``.nii.gz`` (uint8, ``i`` = column,
+def volume_image(mask: np.ndarray, affine_lps: np.ndarray, dtype: type[np.generic] = np.uint8) -> bytes:
+    """A ``(slices, rows, cols)`` array on a DICOM volume's grid as ``.nii.gz`` (``dtype``, ``i`` = column,
     ``j`` = row, ``k`` = slice, sform and qform from the LPS affine), as ITK and dcm2niix order a series."""
-    ijk = np.ascontiguousarray(np.asarray(mask).transpose(2, 1, 0)).astype(np.uint8)
+    ijk = np.ascontiguousarray(np.asarray(mask).transpose(2, 1, 0)).astype(dtype)
     affine = lps_to_ras(affine_lps)
-    image = nib.Nifti1Image(ijk, affine)
+    image = _nib().Nifti1Image(ijk, affine)
     image.header.set_sform(affine, 1)
     image.header.set_qform(affine, 1)
     image.header.set_xyzt_units("mm")

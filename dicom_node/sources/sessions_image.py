@@ -21,7 +21,6 @@ import zipfile
 from collections.abc import Iterator
 from typing import IO, Literal
 
-import nibabel as nib
 import numpy as np
 
 from dicom_node.errors import DecodeError
@@ -95,10 +94,4 @@ def series_image(volume: Volume) -> bytes:
     values = volume.array
     whole = bool(np.all(np.isfinite(values))) and bool(np.array_equal(values, np.round(values)))
     fits = whole and values.size > 0 and values.min() >= -32768 and values.max() <= 32767
-    data = np.ascontiguousarray(values.transpose(2, 1, 0)).astype(np.int16 if fits else np.float32)
-    affine = nifti.lps_to_ras(volume.affine)
-    image = nib.Nifti1Image(data, affine)
-    image.header.set_sform(affine, 1)
-    image.header.set_qform(affine, 1)
-    image.header.set_xyzt_units("mm")
-    return nifti.to_bytes(image)
+    return nifti.volume_image(values, volume.affine, np.int16 if fits else np.float32)
