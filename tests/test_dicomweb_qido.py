@@ -207,10 +207,13 @@ def test_an_index_from_before_the_search_tables_is_backfilled_at_start(start_nod
     datasets = _study("qold", "Old^Index", "P7", "20200101", "090000", "ACC7")
     assert send_all(node.scp.port, datasets) == [0] * 3
     node.stop()
-    # What an index written before migration 3 looks like: no qido_* tables, user_version 2.
+    # What an index written before migration 3 looks like: no qido_* tables, none of the later
+    # migrations' columns (4: invocations' object URLs), user_version 2.
     conn = sqlite3.connect(root / "index.sqlite3", isolation_level=None)
     for table in ("qido_instances", "qido_series", "qido_studies"):
         conn.execute(f"DROP TABLE {table}")
+    for column in ("input_url", "output_url"):
+        conn.execute(f"ALTER TABLE invocations DROP COLUMN {column}")
     conn.execute("PRAGMA user_version = 2")
     conn.close()
     again: Node = start_node(root=root)
