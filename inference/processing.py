@@ -8,6 +8,8 @@ conventions of MONAI's ``ScaleIntensityRange``, ``SlidingWindowInferer``
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from inference.spec import Intensity, Normalize, Postprocessing, SlidingWindow, Window
@@ -30,7 +32,8 @@ def apply_intensity(values: np.ndarray, intensity: Intensity) -> np.ndarray:
         out *= np.float32(1.0 / intensity.width)
         return np.clip(out, 0.0, 1.0, out=out)
     if isinstance(intensity, Normalize):
-        out = np.asarray(values, dtype=np.float32).copy()
+        # np.array copies exactly once (asarray(..., float32).copy() converted, then copied again).
+        out = np.array(values, dtype=np.float32)
         if intensity.clip is not None:
             np.clip(out, intensity.clip[0], intensity.clip[1], out=out)
         out -= np.float32(intensity.mean)
@@ -39,13 +42,20 @@ def apply_intensity(values: np.ndarray, intensity: Intensity) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=64)
 def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices below/above each output position and the interpolation weight (half-pixel centres)."""
+    """Source indices below/above each output position and the interpolation weight (half-pixel centres).
+
+    Cached (read-only arrays): every slice of every request to a model asks for the same few sizes.
+    """
     pos = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
     pos = np.clip(pos, 0, n_in - 1)
     lo = np.floor(pos).astype(np.intp)
     hi = np.minimum(lo + 1, n_in - 1)
-    return lo, hi, (pos - lo).astype(np.float32)
+    out = lo, hi, (pos - lo).astype(np.float32)
+    for array in out:
+        array.flags.writeable = False
+    return out
 
 
 def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -64,8 +74,15 @@ def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     ylo, yhi, wy = _axis_weights(h, size[0])
     xlo, xhi, wx = _axis_weights(w, size[1])
     img = image.astype(np.float32, copy=False)
-    rows = img[..., ylo, :] * (1 - wy)[:, None] + img[..., yhi, :] * wy[:, None]
-    return (rows[..., xlo] * (1 - wx) + rows[..., xhi] * wx).astype(np.float32, copy=False)
+    # The same float32 operations in the same order as lo * (1 - w) + hi * w (bit-equal results),
+    # but accumulated in place, and the column gather done by np.take: numpy's fancy indexing on
+    # the last axis of a stack was the slowest step (about 3x slower on 32 slices of 256x256).
+    rows = img[..., ylo, :] * (1 - wy)[:, None]
+    rows += img[..., yhi, :] * wy[:, None]
+    out = np.take(rows, xlo, axis=-1)
+    out *= 1 - wx
+    out += np.take(rows, xhi, axis=-1) * wx
+    return out
 
 
 def window_starts(size: int, roi: int, overlap: float) -> list[int]:
