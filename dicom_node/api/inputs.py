@@ -122,12 +122,14 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedInput:
                                     f"more than api.max_pixels = {max_pixels}; downscale it")
             im.load()
             gray = im if im.mode in ("L", "I;16", "I;16B", "I;16L", "I", "F", "1") else im.convert("L")
-            array = np.asarray(gray, dtype=np.float32)
+            # np.array: one conversion into a new array of the node's own (asarray of a mode "F"
+            # image could share Pillow's buffer), so no second copy is needed below.
+            array = np.array(gray, dtype=np.float32)
     except Image.DecompressionBombError as exc:
         raise InputRejected("too_many_pixels", f"the image is too large to decode: {exc}") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InputRejected("undecodable", f"the {kind.upper()} image could not be decoded: {exc}") from exc
-    return DecodedInput(array[None].copy(), None, kind)
+    return DecodedInput(array[None], None, kind)
 
 
 def _header(data: bytes, max_inflated: int) -> Any:

@@ -33,6 +33,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import os
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -158,7 +159,9 @@ def _input_bytes(value: Any) -> bytes:
     if not isinstance(text, str):
         raise InputRejected("invalid_instance", "input_bytes must be a base64 string (or {\"b64\": string})")
     try:
-        return base64.b64decode(text, validate=True)
+        # Strict standard-alphabet base64 (RFC 4648 section 4), as b64decode(validate=True) checks it, but
+        # without its regular expression pass over the text: a third of decoding a 32-image request.
+        return binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError):
         try:
             return base64.urlsafe_b64decode(text)
@@ -357,6 +360,25 @@ def prepare_instance(services: ApiServices, config: NodeConfig, spec: ModelSpec,
     return Prepared(decoded, prompt)
 
 
+def phase_one_groups(instances: list[Any], cores: int) -> list[list[int]]:
+    """Which instances share a phase-1 thread: indices, each group decoded in turn by one worker thread.
+
+    An instance that fetches (``gcs_uri``, ``dicomweb_uri``, ``session_id``) gets a thread of its own, as
+    it mostly waits. ``input_bytes`` instances are CPU work on bytes already here (base64, image decode,
+    which releases the GIL) and are dealt round-robin into one group per core: a thread hand-off per
+    instance (event loop, anyio's limiter, the GIL) cost about as much as decoding a 256x256 PNG.
+    """
+    local = [i for i, inst in enumerate(instances) if isinstance(inst, dict) and "input_bytes" in inst]
+    local_set = set(local)
+    groups = [local[k::cores] for k in range(min(cores, len(local)))]
+    return groups + [[i] for i in range(len(instances)) if i not in local_set]
+
+
+def prepare_group(services: ApiServices, config: NodeConfig, spec: ModelSpec, instances: list[Any]) -> list[Prepared]:
+    """Phase 1 of a group of instances (:func:`phase_one_groups`), one after the other; never raises for a bad input."""
+    return [prepare_instance(services, config, spec, inst) for inst in instances]
+
+
 def run_prepared(predictor: Predictor, prepared: list[Prepared], params: dict[str, Any]) -> list[dict[str, Any]]:
     """Phase 2: every decoded image in one submission, then every prompt in one, so the request's instances
     fill the model's micro-batches together; one answer per instance, in order (image fields, text fields, or both).
@@ -402,10 +424,13 @@ async def answer(name: str, body: PredictRequest, services: ApiServices, config:
     except ParameterError as exc:
         raise ApiError(400, "invalid_parameters", str(exc)) from exc
     # Phase 1 (fetch, decode) runs the instances concurrently; phase 2 hands them to the model together.
-    prepared = await asyncio.gather(
-        *(run_in_threadpool(prepare_instance, services, config, spec, inst) for inst in body.instances)
+    groups = phase_one_groups(body.instances, os.cpu_count() or 1)
+    done = await asyncio.gather(
+        *(run_in_threadpool(prepare_group, services, config, spec, [body.instances[i] for i in g]) for g in groups)
     )
-    predictions = await run_in_threadpool(run_prepared, predictor, list(prepared), body.parameters)
+    by_index = {i: p for g, group_done in zip(groups, done, strict=True) for i, p in zip(g, group_done, strict=True)}
+    prepared = [by_index[i] for i in range(len(body.instances))]
+    predictions = await run_in_threadpool(run_prepared, predictor, prepared, body.parameters)
     errors = sum(1 for p in predictions if "error" in p)
     log.info("predict model=%s instances=%d errors=%d", name, len(predictions), errors)
     # JSONResponse directly: the answer is plain JSON already, and FastAPI's encoder walks long RLE lists slowly.
