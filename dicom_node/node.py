@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 INDEX_NAME = "index.sqlite3"
 #: Result deliveries running at once (each holds at most one association or HTTP request per destination).
 DELIVERY_WORKERS = 2
+#: Seconds a spool or temporary file must be old before a starting node on a shared spool removes it
+#: as a crash's leftover: a receive in flight on another node is minutes at most.
+SHARED_SPOOL_GRACE = 3600.0
 
 
 def open_index(config: NodeConfig) -> Index:
@@ -139,7 +142,9 @@ class Node:
     def start(self) -> None:
         """Recover from any crash, then start the writer, the SCP and the assembler."""
         # Before anything listens: files a crash left between the spool rename and the index commit.
-        self.spool.scan(self.index.instance_paths())
+        # On PostgreSQL the spool may be shared with other running nodes: their files in flight are spared.
+        shared = self.config.storage.database is not None
+        self.spool.scan(self.index.instance_paths(), min_age=SHARED_SPOOL_GRACE if shared else 0.0)
         self.writer.start()
         dead = self.writer.run(lambda c: ops.recover(c, time.time()))
         if dead:

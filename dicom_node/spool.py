@@ -72,18 +72,23 @@ class Spool:
         except OSError as exc:
             raise StorageError(f"cannot create the spool under {self.root}: {exc.strerror}") from exc
 
-    def clean_temp(self, quiet: bool = False) -> int:
-        """Remove half-written receives left by a crash; return how many were removed."""
+    def clean_temp(self, quiet: bool = False, min_age: float = 0.0) -> int:
+        """Remove half-written receives left by a crash; return how many were removed.
+
+        ``min_age`` (seconds) spares files modified more recently: on a spool shared by several
+        nodes, another node's receive in flight looks exactly like a crash's leftover.
+        """
         removed = 0
+        cutoff = time.time() - min_age
         for entry in self.tmp.iterdir():
-            if entry.is_file() and entry.suffix == ".part":
+            if entry.is_file() and entry.suffix == ".part" and (not min_age or _mtime(entry) < cutoff):
                 entry.unlink(missing_ok=True)
                 removed += 1
         if removed and not quiet:
             log.warning("removed half-written temporary files count=%d", removed)
         return removed
 
-    def scan(self, referenced: Iterable[str]) -> tuple[int, int]:
+    def scan(self, referenced: Iterable[str], min_age: float = 0.0) -> tuple[int, int]:
         """Remove what a crash left behind: spool files no index row references, and half-written temps.
 
         A file reaches the spool by a rename before its index row commits, and
@@ -102,6 +107,11 @@ class Spool:
         ----------
         referenced : iterable of str
             The spool-relative paths the index references, in ascending order.
+        min_age : float
+            Seconds: files modified more recently are kept. 0 (one node on its own spool: nothing
+            is in flight before the SCP listens). Nodes sharing a spool and a database must pass
+            a grace period, or a starting node deletes a file another node has just renamed into
+            the spool and is about to commit and acknowledge.
 
         Returns
         -------
@@ -109,7 +119,8 @@ class Spool:
             (orphans removed, temporary files removed).
         """
         started = time.monotonic()
-        temps = self.clean_temp(quiet=True)
+        temps = self.clean_temp(quiet=True, min_age=min_age)
+        cutoff = time.time() - min_age
         wanted = iter(referenced)
         current = next(wanted, None)
         orphans = examined = 0
@@ -121,7 +132,7 @@ class Spool:
                 rel = f"{bucket.name}/{name}"
                 while current is not None and current < rel:
                     current = next(wanted, None)
-                if current != rel:
+                if current != rel and (not min_age or _mtime(bucket / name) < cutoff):
                     (bucket / name).unlink(missing_ok=True)
                     orphans += 1
         level = logging.WARNING if orphans or temps else logging.INFO
@@ -223,3 +234,11 @@ class Spool:
             except OSError as exc:
                 log.debug("closing a discarded temporary file failed: %s", exc.strerror)
         temp.unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> float:
+    """Modification time, or now for a file that vanished meanwhile (it is then left alone)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return time.time()
