@@ -23,10 +23,9 @@ import ipaddress
 import os
 import re
 import tomllib
-import types
 from collections.abc import Mapping
-from pathlib import Path, PurePath
-from typing import Annotated, Any, Literal, TypeGuard, Union, get_args, get_origin
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -41,6 +40,7 @@ from dicom_node.config.api import ApiConfig
 from dicom_node.config.delivery import DeliveryConfig, ObjectDestination
 from dicom_node.config.facade import FacadeConfig
 from dicom_node.config.objects import ObjectsConfig
+from dicom_node.config.paths import rebase_table
 from dicom_node.config.routing import RoutingConfig
 from dicom_node.config.sources import SourcesConfig
 from dicom_node.config.tls import ScpTlsConfig, parse_subject
@@ -388,82 +388,6 @@ def find_config(path: Path | None = None) -> Path | None:
     return Path(os.path.abspath(path))
 
 
-def _unwrap(annotation: object) -> object:
-    """Strip ``Annotated[...]`` metadata (discriminators, constraints) from a type."""
-    while get_origin(annotation) is Annotated:
-        annotation = get_args(annotation)[0]
-    return annotation
-
-
-def _is_path_type(annotation: object) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, PurePath)
-
-
-def _is_model(annotation: object) -> TypeGuard[type[BaseModel]]:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
-
-
-def _field_types(model: type[BaseModel]) -> dict[str, object]:
-    """Field annotations of ``model`` keyed by every name a TOML table may use (name and alias)."""
-    out: dict[str, object] = {}
-    for name, field in model.model_fields.items():
-        for key in (name, field.alias, field.validation_alias):
-            if isinstance(key, str):
-                out[key] = field.annotation
-    return out
-
-
-def _matches(model: type[BaseModel], table: Mapping[str, object]) -> bool:
-    """True unless a ``Literal`` field of ``model`` (a discriminator) rules the table out."""
-    for key, annotation in _field_types(model).items():
-        annotation = _unwrap(annotation)
-        if get_origin(annotation) is Literal and key in table and table[key] not in get_args(annotation):
-            return False
-    return True
-
-
-def _rebase_table(table: Mapping[str, object], models: list[type[BaseModel]], base: Path) -> dict[str, object]:
-    """Rebase the path-valued keys of one TOML table read for one of ``models``."""
-    candidates = [m for m in models if _matches(m, table)] or models
-    out: dict[str, object] = {}
-    for key, value in table.items():
-        annotation = next((_field_types(m)[key] for m in candidates if key in _field_types(m)), None)
-        out[key] = value if annotation is None else _rebase(value, annotation, base)
-    return out
-
-
-def _rebase(value: object, annotation: object, base: Path) -> object:
-    """Resolve the relative paths in ``value`` (read from a file) against ``base``.
-
-    Walks the value alongside the declared type of the key it was read for:
-    models, lists, mappings and unions (a discriminated union picks its member
-    by the ``Literal`` discriminator in the table). Anything that is not a
-    relative path string where a path is declared comes back unchanged, so
-    validation still reports bad values in the user's own words.
-    """
-    annotation = _unwrap(annotation)
-    origin = get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        members = [_unwrap(a) for a in get_args(annotation) if a is not type(None)]
-        models = [m for m in members if _is_model(m)]
-        if isinstance(value, Mapping) and models:
-            return _rebase_table(value, models, base)
-        if isinstance(value, str) and any(_is_path_type(m) for m in members):
-            return _rebase(value, Path, base)
-        return _rebase(value, members[0], base) if len(members) == 1 else value
-    if _is_path_type(annotation):
-        if isinstance(value, str) and value and not Path(value).is_absolute():
-            return os.path.normpath(base / value)  # "../var" next to conf/ reads as <checkout>/var
-        return value
-    if _is_model(annotation) and isinstance(value, Mapping):
-        return _rebase_table(value, [annotation], base)
-    if origin in (list, tuple, set, frozenset) and isinstance(value, list) and get_args(annotation):
-        return [_rebase(item, get_args(annotation)[0], base) for item in value]
-    if origin in (dict, Mapping) and isinstance(value, Mapping) and len(get_args(annotation)) == 2:
-        return {k: _rebase(v, get_args(annotation)[1], base) for k, v in value.items()}
-    return value
-
-
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> NodeConfig:
     """Load, merge and validate the node configuration.
 
@@ -499,7 +423,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
             raise ConfigError(f"config file {path} does not exist") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-        data = _rebase_table(data, [NodeConfig], Path(os.path.abspath(path)).parent)
+        data = rebase_table(data, [NodeConfig], Path(os.path.abspath(path)).parent)
     data = _merge(data, _env_overrides(environ))
     try:
         return NodeConfig.model_validate(data)
