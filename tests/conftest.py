@@ -74,7 +74,27 @@ def node_config(root: Path, **sections: dict[str, Any]) -> NodeConfig:
     }
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
+    if os.environ.get("DICOM_NODE_TEST_POSTGRES") and "database" not in data["storage"]:
+        data["storage"]["database"] = postgres_database_for(os.environ["DICOM_NODE_TEST_POSTGRES"], root)
     return NodeConfig.model_validate(data)
+
+
+def postgres_database_for(server: str, root: Path) -> str:
+    """The database on ``server`` of the storage root ``root`` (created empty the first time).
+
+    With ``DICOM_NODE_TEST_POSTGRES=<maintenance dsn>`` every node the tests configure keeps its index
+    on PostgreSQL: the suite against that backend, opt-in (tests/pg_peer.py has the fixtures). One
+    database per root, so a test that restarts a node on the same root finds its rows again.
+    """
+    import hashlib
+
+    import psycopg
+
+    name = "n_" + hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:20]
+    with psycopg.connect(server, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(f"CREATE DATABASE {name}")
+    return server.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture

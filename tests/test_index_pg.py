@@ -11,7 +11,10 @@ from dicom_node.index import Index, pg
 @pytest.mark.parametrize(("sqlite", "postgresql"), [
     ("SELECT 1 FROM instances WHERE sop_instance_uid = ?", "SELECT 1 FROM instances WHERE sop_instance_uid = %s"),
     ("SELECT x FROM t WHERE a LIKE ? ESCAPE '\\' AND b = '50%?'",
-     "SELECT x FROM t WHERE a LIKE %s ESCAPE '\\' AND b = '50%%?'"),
+     "SELECT x FROM t WHERE a ILIKE %s ESCAPE '\\' AND b = '50%%?'"),
+    # SQLite's LIKE ignores ASCII case, and qido_studies' name columns are COLLATE NOCASE.
+    ("SELECT 1 FROM qido_studies st WHERE st.patient_name = ? AND st.patient_id = ?",
+     "SELECT 1 FROM qido_studies st WHERE lower(st.patient_name) = lower(%s) AND st.patient_id = %s"),
     ("INSERT OR IGNORE INTO unrouted(event_id) VALUES (?)", "INSERT INTO unrouted(event_id) VALUES (%s) ON CONFLICT DO NOTHING"),
     ("INSERT OR REPLACE INTO results(sop_instance_uid, path) VALUES (?, ?)",
      "INSERT INTO results(sop_instance_uid, path) VALUES (%s, %s) ON CONFLICT (sop_instance_uid) DO UPDATE SET path = EXCLUDED.path"),

@@ -48,7 +48,9 @@ def main() -> None:
     index = Index(db)
     writer = IndexWriter(db)
     writer.start()
-    queue = WorkQueue(writer, poll_interval=0.05, lease=2.0)
+    # drain: a long lease, so a renewal delayed by a loaded machine cannot let the other consumer
+    # legitimately take a live item again (that is lease expiry, not a double claim).
+    queue = WorkQueue(writer, poll_interval=0.05, lease=30.0 if mode == "drain" else 2.0)
     child = Child(mode, marker)
     queue.register("slow", child, limit=2 if mode == "drain" else 1, max_attempts=3)
     for ref in refs:
