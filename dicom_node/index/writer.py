@@ -151,7 +151,17 @@ class IndexWriter:
                 if first is None:
                     return
                 batch, stop = self._take_batch(first)
-                self._commit(conn, batch)
+                try:
+                    self._commit(conn, batch)
+                except Exception as exc:  # noqa: BLE001 - the one writer thread must outlive any bug
+                    # A bug outside the expected storage errors (a TypeError in an operation's
+                    # bookkeeping, a driver error class not wrapped) used to end this thread, and
+                    # every later write then waited its full timeout. Fail this batch, live on.
+                    log.error("index writer batch failed error_class=%s batch=%d", type(exc).__name__, len(batch))
+                    self._rollback(conn)
+                    for _op, future in batch:
+                        if not future.done():
+                            future.set_exception(StorageError(f"index write failed: {type(exc).__name__}"))
                 if stop:
                     return
         finally:
@@ -168,6 +178,10 @@ class IndexWriter:
                 except (sqlite3.Error, StorageError, ValueError, KeyError) as exc:
                     conn.execute(f"ROLLBACK TO op{n}")
                     results.append((future, False, exc))
+                except Exception as exc:  # noqa: BLE001 - a bug in one operation fails that operation only
+                    log.error("index operation failed error_class=%s", type(exc).__name__)
+                    conn.execute(f"ROLLBACK TO op{n}")
+                    results.append((future, False, StorageError(f"index operation failed: {type(exc).__name__}")))
                 else:
                     results.append((future, True, value))
                 conn.execute(f"RELEASE op{n}")
