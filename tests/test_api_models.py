@@ -150,3 +150,28 @@ def test_merge_patch_and_toml_round_trip() -> None:
     data = {"name": "m", "x": 1.5, "flag": True, "t": {"k-1": "q\"uote\n", "nested": {"z": [1, 2]}},
             "labels": [{"channel": 0, "color": [1, 2, 3]}], "key with space": "ü"}
     assert tomllib.loads(dump_toml(data)) == data
+
+
+def test_upload_of_an_image_text_model_carries_its_text_tower(client: TestClient, models_dir: Path) -> None:
+    """An [embedding.text] spec needs the tower's ONNX and tokenizer parts; the uploaded model then answers prompts."""
+    source = ENGINES / "demo-image-text"
+    spec = (source / "model.toml").read_text().replace('name = "demo-image-text"', 'name = "my-image-text"')
+    base = upload("my-image-text", spec, (source / "model.onnx").read_bytes())["files"]
+    r = client.put("/admin/models/my-image-text", files=base)
+    assert r.status_code == 400 and "text.onnx" in r.json()["error"]["description"], r.text
+    assert not (models_dir / "my-image-text").exists(), "nothing written before the upload is whole"
+    tower = {"text.onnx": ("text.onnx", (source / "text.onnx").read_bytes(), "application/octet-stream"),
+             "tokenizer.json": ("tokenizer.json", (source / "tokenizer.json").read_bytes(), "application/json")}
+    r = client.put("/admin/models/my-image-text", files={**base, "text.onnx": tower["text.onnx"]})
+    assert r.status_code == 400 and "tokenizer.json" in r.json()["error"]["description"], r.text
+    assert client.put("/admin/models/my-image-text", files={**base, **tower}).status_code == 200
+    assert sorted(p.name for p in (models_dir / "my-image-text").iterdir()) == [
+        "model.onnx", "model.toml", "text.onnx", "tokenizer.json"]
+
+    def prompt(endpoint: str) -> list[float]:
+        r = client.post(f"/v1/projects/p/locations/l/endpoints/{endpoint}:predict",
+                        json={"instances": [{"prompt_query": "pleural effusion"}]})
+        assert r.status_code == 200, r.text
+        return list(r.json()["predictions"][0]["contrastive_txt_emb"])
+
+    assert prompt("my-image-text") == prompt("demo-image-text"), "the uploaded tower is the bundled one's"

@@ -20,7 +20,7 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from starlette.convertors import Convertor, register_url_convertor
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 
 from dicom_node.aiaa import config as aiaa
 from dicom_node.api import modelfiles
@@ -196,6 +196,9 @@ _UPLOAD_BODY = {
                 "model.plan": {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream",
                                "description": "Optional TensorRT plan"},
             },
+            # An image-text embedding model's [embedding.text] tower adds two parts named by its spec
+            # (default text.onnx and tokenizer.json); their names are the spec's, so not listed here.
+            "additionalProperties": {"type": "string", "format": "binary"},
         }, "encoding": {
             "model.toml": {"contentType": "text/plain"},
             "model.onnx": {"contentType": "application/octet-stream"},
@@ -210,7 +213,7 @@ async def _read_upload(request: Request, name: str) -> tuple[bytes, ModelSpec, l
         raise ApiError(411, "length_required", "uploads need a Content-Length within the body limit")
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data with model.toml and the ONNX file")
-    form = await request.form(max_files=4, max_fields=4)
+    form = await request.form(max_files=6, max_fields=6)
     spec_part = form.get("model.toml")
     raw = await spec_part.read(_SPEC_MAX + 1) if isinstance(spec_part, UploadFile) else (spec_part or "").encode()
     if not raw or len(raw) > _SPEC_MAX:
@@ -225,7 +228,29 @@ async def _read_upload(request: Request, name: str) -> tuple[bytes, ModelSpec, l
     plan = form.get(modelfiles.PLAN_FILE)
     if isinstance(plan, UploadFile):
         files.append((modelfiles.PLAN_FILE, plan.file))
+    files += _text_tower_files(form, spec)
     return raw, spec, files
+
+
+def _text_tower_files(form: FormData, spec: ModelSpec) -> list[tuple[str, Any]]:
+    """The text tower's ONNX graph and tokenizer an image-text model's ``[embedding.text]`` names.
+
+    Both are required when the spec declares a text tower (a model folder without them would load
+    and then fail every ``prompt_query``); their names are the spec's own, already checked against
+    the spec's file-name pattern, so no client value becomes a path.
+    """
+    tower = spec.embedding.text
+    if tower is None:
+        return []
+    files: list[tuple[str, Any]] = []
+    for filename in (tower.onnx, tower.tokenizer):
+        if filename in (spec.onnx, modelfiles.PLAN_FILE, "model.toml"):
+            raise ApiError(400, "invalid_spec", f"embedding.text: {filename} collides with another file of the model")
+        part = form.get(filename)
+        if not isinstance(part, UploadFile):
+            raise ApiError(400, "invalid_upload", f"the text tower's {filename} ([embedding.text]) is missing from the upload")
+        files.append((filename, part.file))
+    return files
 
 
 @router.put("/admin/models/{name}", response_model=ModelDetail, responses=error_responses(401, 403, 411, 413, 415),
