@@ -1,6 +1,6 @@
 """README.md's examples, run the way a reader runs them, so that none can rot silently.
 
-Every fenced block of README.md is one of:
+The README's parts moved to docs/ (``DOCUMENTS``) are checked the same way. Every fenced block is one of:
 
 - ``sh`` / ``console``: executed, in README order, by one bash process in a
   scratch folder prepared like a fresh checkout (Makefile, pyproject.toml,
@@ -49,6 +49,9 @@ from tests.readme.shell import BlockFailed, Shell
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+#: Parts of the README moved to docs/ to keep it short; their blocks are checked like the README's and
+#: run after its own, in this order, against the same node and scratch checkout.
+DOCUMENTS = (README, ROOT / "docs" / "pulling.md", ROOT / "docs" / "api.md")
 README_PORTS = (11112, 11113, 8080, 9000, 3000)
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.22"}
@@ -57,7 +60,12 @@ OUTCOME_TIMEOUT = 90.0
 
 
 def _blocks() -> list[Block]:
-    return parse_blocks(README.read_text(encoding="utf-8"))
+    return [block for doc in DOCUMENTS
+            for block in parse_blocks(doc.read_text(encoding="utf-8"), str(doc.relative_to(ROOT)))]
+
+
+def _documents_text() -> str:
+    return "\n".join(doc.read_text(encoding="utf-8") for doc in DOCUMENTS)
 
 
 def test_every_block_is_executed_validated_or_marked() -> None:
@@ -137,7 +145,7 @@ def test_benchmark_links_point_at_headings() -> None:
 
 
 def test_webhook_receiver_checks_as_the_readme_says() -> None:
-    text = README.read_text(encoding="utf-8")
+    text = _documents_text()
     rule = re.search(r"`(hmac\.compare_digest\(header, .*?\))`", text)
     assert rule is not None, "the README no longer shows how a receiver checks the signature"
     receiver = (ROOT / "docs" / "examples" / "webhook_receiver.py").read_text(encoding="utf-8")
@@ -362,7 +370,7 @@ def _run_block(run: Run, block: Block) -> None:
     if block.lang == "sh":
         out, errors = run.shell.run(text, BLOCK_TIMEOUT)
         if errors:
-            failed = "; ".join(f"README.md:{block.line + n} {what}" for n, what in errors)
+            failed = "; ".join(f"{block.source}:{block.line + n} {what}" for n, what in errors)
             raise BlockFailed(f"commands failed: {failed}\n--- output ---\n{out}")
     else:
         out = ""
@@ -370,9 +378,9 @@ def _run_block(run: Run, block: Block) -> None:
             got, errors = run.shell.run(step.command + "\n", BLOCK_TIMEOUT)
             if errors:
                 failed = "; ".join(what for _, what in errors)
-                raise BlockFailed(f"README.md:{block.line + 1 + step.offset} failed: {failed}\n{got}")
+                raise BlockFailed(f"{block.source}:{block.line + 1 + step.offset} failed: {failed}\n{got}")
             if not output_matches(step.expected, got):
-                raise BlockFailed(f"README.md:{block.line + 1 + step.offset} printed\n{got.strip()}\nwhere the README shows\n"
+                raise BlockFailed(f"{block.source}:{block.line + 1 + step.offset} printed\n{got.strip()}\nwhere the README shows\n"
                                   f"{step.expected.strip()}")
             out += got
     for phrase, check in CHECKS:
@@ -474,7 +482,7 @@ def test_rest_paths_and_query_parameters_exist(tmp_path: Path) -> None:
         for method, operation in operations.items():
             params = {p["name"] for p in operation.get("parameters", []) if p.get("in") == "query"}
             routes[(method.upper(), re.sub(r"\{[^}]*\}", "{}", path))] = params
-    named = re.findall(r"`(GET|POST|PUT|PATCH|DELETE) (/[^`\s]*)`", README.read_text(encoding="utf-8"))
+    named = re.findall(r"`(GET|POST|PUT|PATCH|DELETE) (/[^`\s]*)`", _documents_text())
     assert len(named) > 15, "the README's REST reference lost its rows"
     for method, raw in named:
         path, _, query = raw.partition("?")

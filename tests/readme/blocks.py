@@ -31,11 +31,12 @@ class Block:
     text: str
     section: str
     skip_reason: str | None
+    source: str = "README.md"  #: the document, relative to the repository root
 
     @property
     def where(self) -> str:
         """``README.md:LINE (```lang in "Section")``, for failure messages."""
-        return f"README.md:{self.line} (```{self.lang or '(no language)'} block in section {self.section!r})"
+        return f"{self.source}:{self.line} (```{self.lang or '(no language)'} block in section {self.section!r})"
 
     @property
     def treatment(self) -> Treatment | None:
@@ -49,7 +50,7 @@ class Block:
         return None
 
 
-def parse_blocks(markdown: str) -> list[Block]:
+def parse_blocks(markdown: str, source: str = "README.md") -> list[Block]:
     """Return every fenced block of ``markdown`` in order.
 
     A heading inside a block (a shell comment) is not a section title, so fences
@@ -76,7 +77,7 @@ def parse_blocks(markdown: str) -> list[Block]:
         previous = next((lines[j].strip() for j in range(start - 1, -1, -1) if lines[j].strip()), "")
         skip = _SKIP.match(previous)
         blocks.append(Block(lang=match.group("lang"), line=start + 1, text="\n".join(body) + "\n", section=section,
-                            skip_reason=skip.group("reason") if skip else None))
+                            skip_reason=skip.group("reason") if skip else None, source=source))
         i += 1
     return blocks
 
