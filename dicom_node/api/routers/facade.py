@@ -23,7 +23,7 @@ No public copy of the facade's documents was found (searched: code, pages, docs 
 issues corpora for ``bucket_invocations``, ``Input-Location``, ``Write-To-GCS``,
 ``Inference-Parameters`` + ``Webhook-Url`` + ``Examination-ID``); the shapes follow the
 text of issue 16. Where the two facade documents differ, the later one is followed
-(``Webhook-Url`` optional; see README "Triton facade paths").
+(``Webhook-Url`` optional; see docs/api.md "Triton facade paths").
 """
 
 from __future__ import annotations
