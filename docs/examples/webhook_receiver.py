@@ -1,4 +1,4 @@
-"""A webhook receiver for trying ``POST /v1/invocations`` on one machine (README, "Invocations").
+"""A webhook receiver for trying ``POST /v1/invocations`` on one machine (docs/api.md, "Invocations").
 
 It listens on loopback, checks each POST's ``X-Signature-SHA256`` header the way
 any receiver should (HMAC-SHA256 of the raw body, compared in constant time),
