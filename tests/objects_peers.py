@@ -92,6 +92,8 @@ class ObjectPeer:
     wrong_section: dict[str, Any]
     _seed: Callable[[str, str, bytes], None] = field(repr=False)
     _fetch: Callable[[str, str], bytes | None] = field(repr=False)
+    #: Object path (``/bucket/key``) -> the Content-Type the node's PUT carried, where the peer can tell (GCS shim).
+    sent_types: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def config(self) -> ObjectsConfig:
@@ -255,7 +257,13 @@ def gcs_binary() -> str | None:
 #:   ``ETag``, so obstore reports the write failed; :class:`GcsEtagShim` adds the one real GCS sends. Its
 #:   XML-API GET sends no ``ETag`` or ``Last-Modified`` (obstore: "GenericError") and it has no XML-API
 #:   listing or HEAD (501), so reads stay on fake-gcs-server. It also crashes on a PUT typed
-#:   ``application/json`` (parses the body as JSON; tests/test_compat_facade.py ``GCS_JSON_WRITE``).
+#:   ``application/json`` (:data:`GCS_JSON_PUT`).
+#: gcp-storage-emulator (2026.7.19) parses the body of any non-resumable request typed application/json as a
+#: JSON document: its XML-API object PUT then fails in its CRC32C step (TypeError on a dict) and it closes the
+#: connection with no answer (server.py ``_read_data``; its issue #161 was fixed for resumable uploads only).
+#: The node writes each result's prediction.json so typed, so :class:`GcsEtagShim` relays that one header as
+#: application/octet-stream (bytes unchanged) and records what the node sent.
+GCS_JSON_PUT = "gcp-storage-emulator crashes on an XML-API object PUT typed application/json"
 GCS_WRITE_GAP = ("fake-gcs-server answers obstore's XML-API object PUT 400 'invalid uploadType'; "
                  "gcp-storage-emulator stores it but sends no ETag (added by GcsEtagShim)")
 
@@ -321,7 +329,9 @@ class GcsEtagShim(ThreadingHTTPServer):
     the stored object (cloud.google.com/storage/docs/xml-api/reference-headers#etag), taken from the
     emulator's own metadata of that object (``md5Hash``). obstore requires that header on a write
     (:data:`GCS_WRITE_GAP`). Hop-by-hop headers are not forwarded (RFC 9110 7.6.1): each body is relayed
-    whole with its ``Content-Length``.
+    whole with its ``Content-Length``. One request header is changed: an object PUT typed
+    ``application/json`` is relayed typed ``application/octet-stream`` (:data:`GCS_JSON_PUT`); the bytes
+    are unchanged, and the type the client sent is kept in ``sent_types`` for the tests to check.
     """
 
     daemon_threads = True
@@ -329,6 +339,8 @@ class GcsEtagShim(ThreadingHTTPServer):
     def __init__(self, write_port: int, read_port: int) -> None:
         self.write_port = write_port
         self.read_port = read_port
+        #: Object path (``/bucket/key``) -> the Content-Type the client's PUT carried.
+        self.sent_types: dict[str, str] = {}
         super().__init__(("127.0.0.1", 0), _GcsEtagShimHandler)
 
     @property
@@ -355,6 +367,12 @@ class _GcsEtagShimHandler(BaseHTTPRequestHandler):
         port = self.server.write_port if self.command == "PUT" else self.server.read_port
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP | {"host"}}
         headers["Host"] = f"127.0.0.1:{port}"
+        if self.command == "PUT":
+            sent = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+            self.server.sent_types[unquote(urlsplit(self.path).path)] = sent
+            if sent.split(";")[0].strip().lower() == "application/json":
+                headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+                headers["Content-Type"] = "application/octet-stream"  # GCS_JSON_PUT
         upstream = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         try:
             upstream.request(self.command, self.path, body=body if body or self.command in ("PUT", "POST") else None,
@@ -427,7 +445,7 @@ def gcs_write_emulator(gcs_emulator: ObjectPeer) -> Iterator[ObjectPeer]:
                               "private_key": "", "private_key_id": ""})
         yield ObjectPeer("gcs", "gs", endpoint, _section("gcs", {"endpoint": endpoint, "service_account_key": account}),
                          _section("gcs", {"endpoint": endpoint, "service_account_key": '{"type": "service_account"}'}),
-                         gcs_emulator._seed, fetch)
+                         gcs_emulator._seed, fetch, shim.sent_types)
     finally:
         shim.shutdown()
         shim.server_close()
