@@ -9,20 +9,14 @@ are missing, fails under ``DICOM_NODE_REQUIRE_PEERS=1`` (as :func:`tests.conftes
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, peers_required
-
-PG_BIN = Path(os.environ.get("DICOM_NODE_PG_BIN", "/usr/lib/postgresql/15/bin"))
+from tests.conftest import peers_required
+from tests.peers.postgres import PostgresUnavailable, postgres_cluster
 
 
 def _unavailable(reason: str) -> None:
@@ -31,45 +25,19 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _run_as() -> list[str]:
-    """The command prefix that drops root (PostgreSQL will not start as root)."""
-    if os.geteuid() != 0:
-        return []
-    for user in ("postgres", "nobody"):
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            continue
-        return ["runuser", "-u", user, "--"]
-    _unavailable("running as root and neither a postgres nor a nobody user exists to run PostgreSQL")
-    return []
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """The DSN of the session's cluster's maintenance database (superuser ``dicom_node``, no password)."""
-    if not (PG_BIN / "initdb").exists():
-        _unavailable(f"PostgreSQL 15 not installed (no {PG_BIN}/initdb; apt-get install postgresql-15)")
     try:
         import psycopg  # noqa: F401
     except ImportError:
         _unavailable("psycopg not installed (pip install -e '.[postgresql]')")
-    base = Path(tempfile.mkdtemp(prefix="dicom-node-pg-"))
-    prefix = _run_as()
-    if prefix:
-        shutil.chown(base, user=prefix[2])
-    data, port = base / "data", free_port()
-    subprocess.run([*prefix, str(PG_BIN / "initdb"), "-D", str(data), "-U", "dicom_node", "-A", "trust",
-                    "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
-    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-o", opts,
-                    "-w", "start"], check=True, capture_output=True)
+    # The cluster itself starts in tests/peers/postgres.py, which bench/cluster.py shares.
     try:
-        yield f"postgresql://dicom_node@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+        with postgres_cluster() as pg:
+            yield pg.dsn
+    except PostgresUnavailable as exc:  # raised only while starting, before the yield
+        _unavailable(str(exc))
 
 
 @pytest.fixture
