@@ -52,6 +52,7 @@ from pydicom.uid import ComputedRadiographyImageStorage, CTImageStorage, MRImage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import checkout_env, cpu_seconds, free_port  # noqa: E402
 from dicom_node.progress import bar  # noqa: E402
 from dicom_node.synthetic import SeriesSpec, ct_datasets, write_ct_series  # noqa: E402
 
@@ -151,13 +152,6 @@ def queries(n: int) -> list[Query]:
 
 # -- servers -----------------------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    """An ephemeral loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def session() -> requests.Session:
     """A keep-alive session that ignores proxies and asks for bodies as they are (no gzip).
 
@@ -169,12 +163,6 @@ def session() -> requests.Session:
     http.trust_env = False
     http.headers["Accept-Encoding"] = "identity"
     return http
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (and its reaped children), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_idle(pid: int, timeout: float = 300.0) -> None:
@@ -229,10 +217,9 @@ def run_node(work: Path) -> Iterator[Server]:
     shutil.rmtree(work / "node-root", ignore_errors=True)
     scp, api = free_port(), free_port()
     conf = node_config(work, scp, api)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     with (work / "node.log").open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "dicom_node", "serve", "--config", str(conf)], cwd=work,
-                                stdout=log, stderr=log, env=env)
+                                stdout=log, stderr=log, env=checkout_env())
     base = f"http://127.0.0.1:{api}"
     try:
         http = session()

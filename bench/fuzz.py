@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import free_port  # noqa: E402
 from dicom_node.scp import pdu as P  # noqa: E402
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -248,12 +249,6 @@ def tracebacks(stderr_text: str) -> int:
     return sum(1 for line in stderr_text.splitlines() if "Traceback" in line or "Exception in thread" in line)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> int:
     """Run the fuzzer against a fresh node and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -263,7 +258,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=None, help="folder for the node's storage root and stderr")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="fuzz-"))
-    port = _free_port()
+    port = free_port()
     stderr_path = work / "node-stderr.log"
     proc = start_node(work / "node", port, stderr_path)
     outcomes: Counter[str] = Counter()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,27 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pydicom.filereader import read_file_meta_info  # noqa: E402
 
+from bench.common import free_port, wait_port  # noqa: E402
 from dicom_node.ingest import check_framing  # noqa: E402
 from dicom_node.progress import bar  # noqa: E402
 from dicom_node.synthetic import SeriesSpec, write_ct_series  # noqa: E402
-
-
-def free_port() -> int:
-    """An ephemeral loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    """Block until something accepts on ``port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def send(files: list[Path], port: int, assocs: int, called_ae: str) -> float:

@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import free_port  # noqa: E402
 from dicom_node.progress import track  # noqa: E402
 from dicom_node.synthetic import SeriesSpec, ct_datasets, write_ct_series  # noqa: E402
 from dicom_node.writers.common import to_bytes  # noqa: E402
@@ -39,13 +40,6 @@ from dicom_node.writers.uids import result_uids  # noqa: E402
 from inference.store import ModelStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    """An ephemeral loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def masks(slices: int, size: int, labels: int) -> np.ndarray:

@@ -30,7 +30,6 @@ import base64
 import io
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,14 +48,8 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
+from bench.common import checkout_env, free_port, percentile  # noqa: E402
 from dicom_node.synthetic import SeriesSpec, ct_datasets  # noqa: E402
-
-
-def free_port() -> int:
-    """An ephemeral TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -137,14 +130,6 @@ def write_config(work: Path, scp: int, api: int, quiet: float) -> Path:
     return conf
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The ``q`` quantile (0..1) by nearest rank; NaN when empty."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def report(samples: list[tuple[float, dict[str, float]]], ops: dict[str, Ops], duration: float) -> None:
     """Print the first and last tenth of the run side by side."""
     window = max(duration / 10, 1.0)
@@ -203,9 +188,8 @@ def main() -> int:
     conf = write_config(args.work, scp, api, args.quiet_period)
     log = open(args.work / "node.log", "wb")  # noqa: SIM115  # closed after the node exits
     # ``python -m dicom_node`` with this checkout first on the path: the code measured is the code beside this script.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     node = subprocess.Popen([sys.executable, "-m", "dicom_node", "serve", "--config", str(conf)], cwd=args.work,
-                            stdout=log, stderr=log, env=env)
+                            stdout=log, stderr=log, env=checkout_env())
     base = f"http://127.0.0.1:{api}"
     http = requests.Session()
     try:
