@@ -365,12 +365,29 @@ ALTER TABLE invocations ADD COLUMN input_url TEXT;
 ALTER TABLE invocations ADD COLUMN output_url TEXT;
 """
 
-#: Every migration in order; append only. The next schema change is migration 5.
+_V5 = """
+-- Several nodes on one PostgreSQL database (issue 18, dicom_node.index.nodes): each node process has an id,
+-- made at its start, and a heartbeat row renewed by its assembler. The associations a node accepts carry its
+-- id, so recovery aborts only the associations of nodes whose heartbeat ran out, never a live node's.
+-- NULL node_id: recorded by a process without an id (a release before this one, a CLI command).
+ALTER TABLE associations ADD COLUMN node_id TEXT;
+CREATE INDEX associations_state ON associations(state, node_id);
+CREATE TABLE nodes (
+    id          TEXT PRIMARY KEY,
+    host        TEXT NOT NULL,
+    pid         INTEGER NOT NULL,
+    started_at  REAL NOT NULL,
+    last_seen   REAL NOT NULL
+);
+"""
+
+#: Every migration in order; append only. The next schema change is migration 6.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the schema of release 4781e18 (adopts a database it created: user_version 0)", _V1),
     Migration(2, "the work queue (table work), with the work in flight of an upgraded database", _V2),
     Migration(3, "the QIDO-RS / C-FIND search index (qido_studies, qido_series, qido_instances)", _V3),
     Migration(4, "invocations read from and write to object storage (input_url, output_url)", _V4),
+    Migration(5, "node ids and heartbeats (nodes; associations.node_id) for cluster-safe recovery", _V5),
 )
 
 #: The schema version this code reads and writes.
