@@ -99,7 +99,7 @@ class Node:
         results = FileResultWriter(config)
         self.pipeline = Pipeline(config, self.index, self.writer, self.spool, results, self.models)
         #: The one work queue: every kind of background work, one pool of threads, per-kind limits.
-        self.queue = WorkQueue(self.writer, config.jobs.poll_interval)
+        self.queue = WorkQueue(self.writer, config.jobs.poll_interval, lease=config.jobs.lease)
         self.queue.register(JOB, SeriesJobHandler(self.writer, self.pipeline, self.queue), config.jobs.workers,
                             config.jobs.max_attempts)
         # A delivery's retries are bounded per object by [delivery.retry] (the ledger); its work row may

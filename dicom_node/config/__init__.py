@@ -175,6 +175,16 @@ class AssemblyConfig(_Section):
     #: A series whose last association was aborted waits this long instead (the sender usually retries).
     abort_grace: float = Field(3600.0, ge=0.0)
     poll_interval: float = Field(0.5, gt=0.0)
+    #: Nodes sharing one PostgreSQL database: a node whose heartbeat (renewed every third of this by its
+    #: assembler) is older than this is dead, and the associations it held open are counted as aborted.
+    node_lease: float = Field(30.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _lease_outlasts_polls(self) -> AssemblyConfig:
+        if self.node_lease < 3 * self.poll_interval:
+            raise ValueError(f"node_lease ({self.node_lease:g} s) must be at least 3 poll intervals "
+                             f"({3 * self.poll_interval:g} s): the heartbeat is renewed by the assembly poll")
+        return self
 
 
 class LoggingConfig(_Section):
@@ -272,6 +282,9 @@ class JobsConfig(_Section):
     #: A job interrupted (crash) this many times ends failed instead of running again.
     max_attempts: int = Field(3, ge=1, le=100)
     poll_interval: float = Field(0.2, gt=0)
+    #: Seconds a claimed job (any queued work) is leased, renewed every third of it while its node lives;
+    #: a dead node's work is taken by another node (or this one restarted) once the lease runs out.
+    lease: float = Field(60.0, ge=1.0, le=3600.0)
 
 
 class NodeConfig(_Section):
