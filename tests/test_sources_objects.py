@@ -199,12 +199,10 @@ def _toml(value: Any) -> str:
     return json.dumps(value) if isinstance(value, str) else str(value)
 
 
-def test_poll_now_reads_a_bucket_from_the_command_line(s3_server: ObjectPeer, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from dicom_node.cli import main
-
-    upload(s3_server, "in-cli/s", list(ct_datasets(SeriesSpec(slices=3, rows=32, columns=32, seed="bucketcli"))))
-    store = "\n".join(f"{k} = {_toml(v)}" for k, v in s3_server.section["s3"].items())
+def _cli_config(peer: ObjectPeer, tmp_path: Path, prefix: str, **poller: Any) -> Path:
+    """A node.toml with one ``kind = "object"`` poller of ``prefix`` on ``peer`` (settle 0)."""
+    store = "\n".join(f"{k} = {_toml(v)}" for k, v in peer.section[peer.store].items())
+    extra = "\n".join(f"{k} = {_toml(v)}" for k, v in poller.items())
     config = tmp_path / "node.toml"
     config.write_text(f"""
 [scp]
@@ -214,20 +212,71 @@ enabled = false
 [storage]
 root = "{tmp_path / 'node'}"
 min_free_bytes = 0
-[objects.s3]
+[objects.{peer.store}]
 {store}
 
 [[sources.pollers]]
 name = "{NAME}"
 kind = "object"
-url = "s3://inputs/in-cli"
+url = "{peer.scheme}://inputs/{prefix}"
 settle = 0.0
+{extra}
 """, encoding="utf-8")
+    return config
+
+
+def _poll_now(config: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    from dicom_node.cli import main
+
     assert main(["--config", str(config), "sources", "poll-now", NAME, "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["ok"] and report["retrieved"] == 3 and report["complete"], report
+    report: dict[str, Any] = json.loads(capsys.readouterr().out)
+    assert report["ok"], report
+    return report
+
+
+def test_poll_now_reads_a_bucket_from_the_command_line(s3_server: ObjectPeer, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from dicom_node.cli import main
+
+    upload(s3_server, "in-cli/s", list(ct_datasets(SeriesSpec(slices=3, rows=32, columns=32, seed="bucketcli"))))
+    config = _cli_config(s3_server, tmp_path, "in-cli")
+    report = _poll_now(config, capsys)
+    assert report["retrieved"] == 3 and report["complete"], report
     assert main(["--config", str(config), "sources", "list"]) == 0
     listed = capsys.readouterr().out
     assert NAME in listed and "object" in listed, listed
-    assert main(["--config", str(config), "sources", "poll-now", NAME, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["retrieved"] == 0
+    assert _poll_now(config, capsys)["retrieved"] == 0
+
+
+def test_handled_objects_persist_so_a_fresh_process_reads_none_again(s3_server: ObjectPeer, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The seen set lives in the index: each ``poll-now`` is a new process state on the same storage root.
+
+    ``max_objects`` equal to the listing keeps the watermark where it is (the scan may be
+    incomplete), so only the persisted seen set keeps handled objects from being read again.
+    """
+    prefix = "in-seen"
+    b = list(ct_datasets(SeriesSpec(slices=3, rows=32, columns=32, seed="bucketseen-b")))
+    upload(s3_server, f"{prefix}/b", b)
+    config = _cli_config(s3_server, tmp_path, prefix, max_objects=3)
+    first = _poll_now(config, capsys)
+    assert first["retrieved"] == 3 and not first["complete"], first  # the listing reached max_objects
+    assert [(a["stored"], a["duplicates"]) for a in first["arrived"]] == [(3, 0)]
+
+    # Restarted: nothing read, so nothing stored again (arrived lists every object that went through the sink).
+    again = _poll_now(config, capsys)
+    assert again["arrived"] == [] and again["retrieved"] == 0, again
+
+    # A new object is taken ("a/" lists first, so it is within max_objects; b/0003 is then left out).
+    a = list(ct_datasets(SeriesSpec(slices=1, rows=32, columns=32, seed="bucketseen-a")))
+    upload(s3_server, f"{prefix}/a", a)
+    new = _poll_now(config, capsys)
+    assert [(x["series_instance_uid"], x["stored"]) for x in new["arrived"]] == [(str(a[0].SeriesInstanceUID), 1)]
+
+    # A rewritten object (new ETag) is a new version: read again; the ingestor keeps the first copy.
+    changed = b[1].copy()
+    changed.SeriesDescription = "rewritten"
+    s3_server.seed(f"{prefix}/b/{changed.InstanceNumber:04d}.dcm", part10(changed))
+    rewritten = _poll_now(config, capsys)
+    assert [(x["stored"], x["duplicates"]) for x in rewritten["arrived"]] == [(0, 1)], rewritten
+    assert _poll_now(config, capsys)["arrived"] == []

@@ -18,6 +18,13 @@ Two tables of the index (created with the rest of the schema in
   of studies dated before it are dropped, because no later query can match them
   (a poller without ``study_date_days`` keeps every row: each study stays in scope).
 
+  A bucket source (``kind = "object"``, :mod:`dicom_node.sources.objects`) keeps one row per
+  object version it handled above its watermark, so a restarted node (or another node on the
+  same database) does not read it again: ``sop_instance_uid`` holds ``obj:`` and a digest of the
+  object's key, ETag and size (never the key: uploaders put identifiers in keys), ``outcome``
+  what became of it, and ``study_date`` its watermark mark (``<UTC time>|<key digest>``), so the
+  same prune drops the rows a moved watermark covers (fixed-width marks compare as text).
+
 Write functions take the :class:`~dicom_node.index.writer.IndexWriter`'s
 connection (inside its transaction); read functions take any connection.
 """
@@ -173,6 +180,12 @@ def seen_uids(conn: sqlite3.Connection, source: str, study_uid: str, series_uid:
         "SELECT sop_instance_uid FROM source_seen WHERE source = ? AND study_instance_uid = ? AND series_instance_uid = ?",
         (source, study_uid, series_uid)).fetchall()
     return {r[0] for r in rows}
+
+
+def seen_marks(conn: sqlite3.Connection, source: str) -> dict[str, str]:
+    """``sop_instance_uid`` -> ``study_date`` of every seen row of ``source`` (a bucket source: object id -> mark)."""
+    rows = conn.execute("SELECT sop_instance_uid, study_date FROM source_seen WHERE source = ?", (source,)).fetchall()
+    return {str(r[0]): str(r[1]) for r in rows}
 
 
 def row(conn: sqlite3.Connection, source: str) -> dict[str, Any] | None:

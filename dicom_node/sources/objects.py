@@ -23,13 +23,18 @@ A ``kind = "object"`` poller (:class:`~dicom_node.config.sources.Poller`) is sch
 5. moves the watermark over the handled objects, in ``(modified, key digest)`` order, up to
    the first one not handled (a folder still settling, a transient failure).
 
-Objects above the watermark already handled are remembered in memory, so the next
-poll skips them; after a restart they are read again and the ingestor counts them as
-duplicates. A listing that reached ``max_objects`` may have left out keys with older
+Objects above the watermark already handled are remembered in the index
+(:func:`dicom_node.index.sources.seen_marks`: one ``source_seen`` row per object version,
+identified by a digest of its key, ETag and size plus its modification time, written once the
+object was stored durably or refused for good), so neither the next poll nor a restarted node,
+nor another node polling the same database, reads them again; the rows the watermark passes are
+dropped. A crash between an object's store and its row costs one re-read, which the ingestor
+counts as a duplicate. A listing that reached ``max_objects`` may have left out keys with older
 modification times, so the watermark does not move then (the report says the scan was
 incomplete): keep a polled prefix smaller than that, for example by moving or expiring
-what was read. An object is read again when it is overwritten (its modification time
-changes). Object keys are never logged (uploaders may put identifiers in them).
+what was read. An object that is overwritten (a new ETag, size or modification time: a new
+version) is read again and stored like any arrival: with the same SOP Instance UID the
+ingestor keeps the first copy as a duplicate, or replaces it under ``storage.replace_duplicates``. Object keys are never logged (uploaders may put identifiers in them).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -47,6 +53,7 @@ from dataclasses import dataclass
 from dicom_node.config.sources import Poller
 from dicom_node.errors import SourceError
 from dicom_node.index import instances
+from dicom_node.index import sources as state
 from dicom_node.objects import ObjectInfo, ObjectNotFound, ObjectStoreError, ObjectStores, ObjectTooLarge, ObjectUrl
 from dicom_node.sources.cycle import Arrived, CycleBase
 from dicom_node.sources.sink import NodeStorage, RetrievalSink, Stored
@@ -61,6 +68,8 @@ _CHUNK = 1 << 20
 _META_ROOM = 1 << 20
 #: Objects up to this size are read into memory; larger ones are streamed through a spool temporary file.
 MEMORY_READ = 16 << 20
+#: Handled objects persisted per index write (the writer's group commit takes several at once anyway).
+_SEEN_BATCH = 64
 Mark = tuple[str, str]
 
 
@@ -88,6 +97,17 @@ def _iso(modified: dt.datetime) -> str:
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def object_id(info: ObjectInfo) -> str:
+    """The seen-set id of one version of an object: ``obj:`` and a digest of its key, ETag and size."""
+    version = f"{info.url.key}\0{info.etag or ''}\0{info.size}"
+    return "obj:" + hashlib.sha256(version.encode("utf-8")).hexdigest()[:32]
+
+
+def mark_text(info: ObjectInfo) -> str:
+    """:func:`mark_of` as the text the index keeps (the watermark's form)."""
+    return encode_mark(info.modified, info.url.key)
 
 
 def mark_of(info: ObjectInfo) -> Mark:
@@ -127,7 +147,8 @@ class ObjectSource:
         #: Recorded on the pseudo-associations: the bucket, not a host (the store's endpoint is configuration).
         self.peer_host = f"{self.prefix.scheme}://{self.prefix.bucket}"
         self._folders: dict[str, _Sighting] = {}
-        self._done: dict[str, Mark] = {}
+        #: Object version id -> mark text of what was handled above the watermark (the index's seen rows).
+        self._done: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def listing(self) -> tuple[list[ObjectInfo], bool]:
@@ -145,18 +166,24 @@ class ObjectSource:
             raise SourceError(f"bucket source {self.name}: {exc}", retryable=exc.retryable) from exc
         return found, len(found) >= limit
 
-    def handled(self, info: ObjectInfo) -> bool:
-        """True when this process already handled this version of the object (above the watermark)."""
+    def load(self, conn: sqlite3.Connection) -> None:
+        """Take the handled versions from the index: what this or another process stored before."""
+        marks = state.seen_marks(conn, self.name)
         with self._lock:
-            return self._done.get(info.url.key) == mark_of(info)
+            self._done = marks
+
+    def handled(self, info: ObjectInfo) -> bool:
+        """True when this version of the object was already handled (above the watermark)."""
+        with self._lock:
+            return self._done.get(object_id(info)) == mark_text(info)
 
     def remember(self, info: ObjectInfo) -> None:
         """Count this version of the object as handled (stored, already here, or refused for good)."""
         with self._lock:
-            self._done[info.url.key] = mark_of(info)
+            self._done[object_id(info)] = mark_text(info)
 
-    def forget_below(self, mark: Mark) -> None:
-        """Drop what the watermark now covers."""
+    def forget_below(self, mark: str) -> None:
+        """Drop what the watermark (mark text) now covers, as the index's prune does."""
         with self._lock:
             self._done = {k: m for k, m in self._done.items() if m > mark}
 
@@ -202,10 +229,16 @@ class ObjectPollCycle(CycleBase):
         super().__init__(node, poller, owner, cancel, source.peer_host)
         self.source = source
         self._transient: list[str] = []
+        self._failed = 0
 
     def run(self, watermark: str | None) -> str | None:
         """List, read the settled folders, and return the new watermark (None: keep the old one)."""
         self._check()
+        conn = self.node.index.reader()
+        try:
+            self.source.load(conn)
+        finally:
+            conn.close()
         listing, truncated = self.source.listing()
         floor = decode_mark(watermark)
         above = [o for o in listing if floor is None or mark_of(o) > floor]
@@ -244,32 +277,57 @@ class ObjectPollCycle(CycleBase):
         if new is None:
             return None
         mark = mark_of(new)
-        self.source.forget_below(mark)
-        return encode_mark(new.modified, new.url.key) if floor is None or mark > floor else None
+        self.source.forget_below(mark_text(new))
+        return mark_text(new) if floor is None or mark > floor else None
 
     def _read_folder(self, infos: list[ObjectInfo]) -> None:
         """Read and store one folder's new objects in one pseudo-association."""
         outcomes: list[Stored] = []
-        failed = 0
+        self._failed = 0  # objects of this folder refused or skipped for good
+        seen: list[state.Seen] = []
+        pending: list[Future[None]] = []
         with self._sink(lambda _stored: self._check()) as sink:
-            for info, got in self._transfers(infos, sink):
-                if isinstance(got, Stored):
-                    outcomes.append(got)
-                    if got.status and got.status & 0xFF00 == 0xA700:  # out of resources: try again later
-                        self._transient.append(got.reason or "out of resources")
-                        continue
-                    if got.status:
-                        failed += 1
-                        log.warning("bucket object refused source=%s status=0x%04X reason=%s", self.name,
-                                    got.status, got.reason)
-                elif isinstance(got, (ObjectNotFound, ObjectTooLarge)) or not got.retryable:
-                    failed += 1  # deleted since the listing, over the cap, or refused: a retry cannot help
-                    log.warning("bucket object skipped source=%s error=%s", self.name, _redact(got, info))
-                else:
-                    self._transient.append(_redact(got, info))
-                    continue
-                self.source.remember(info)
-        self._report(outcomes, failed)
+            try:
+                for info, got in self._transfers(infos, sink):
+                    if isinstance(got, Stored):
+                        outcomes.append(got)
+                    outcome = self._judge(info, got)
+                    if outcome is not None:
+                        self.source.remember(info)
+                        seen.append(state.Seen(object_id(info), "", "", outcome, mark_text(info)))
+                    if len(seen) >= _SEEN_BATCH:
+                        pending.append(self._mark_seen(seen))
+                        seen = []
+            finally:
+                # Also when the cycle ends early: what was stored stays stored, so it must not be read again.
+                if seen:
+                    pending.append(self._mark_seen(seen))
+                for future in pending:
+                    future.result(timeout=60)
+        self._report(outcomes, self._failed)
+
+    def _judge(self, info: ObjectInfo, got: Stored | ObjectStoreError) -> str | None:
+        """The seen-set outcome of one object, or None when it must be tried again (out of resources, transient)."""
+        if isinstance(got, Stored):
+            if got.status and got.status & 0xFF00 == 0xA700:  # out of resources: try again later
+                self._transient.append(got.reason or "out of resources")
+                return None
+            if not got.status:
+                return got.outcome or "stored"
+            self._failed += 1
+            log.warning("bucket object refused source=%s status=0x%04X reason=%s", self.name, got.status, got.reason)
+            return "refused"
+        if isinstance(got, (ObjectNotFound, ObjectTooLarge)) or not got.retryable:
+            self._failed += 1  # deleted since the listing, over the cap, or refused: a retry cannot help
+            log.warning("bucket object skipped source=%s error=%s", self.name, _redact(got, info))
+            return "refused"
+        self._transient.append(_redact(got, info))
+        return None
+
+    def _mark_seen(self, seen: list[state.Seen]) -> Future[None]:
+        """Persist handled object versions; the writer commits them with the stores' own rows."""
+        rows = list(seen)
+        return self.node.writer.submit(lambda c: state.mark_seen(c, self.name, rows, time.time()))
 
     def _transfers(self, infos: list[ObjectInfo], sink: RetrievalSink) -> Iterator[tuple[ObjectInfo, Stored | ObjectStoreError]]:
         """Each object read and stored by ``concurrency`` workers; outcomes in the order of ``infos``.
