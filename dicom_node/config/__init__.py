@@ -166,6 +166,11 @@ class StorageConfig(_Section):
     #: ``postgresql://user@host/db`` URL puts every table on PostgreSQL (dicom_node.index.pg),
     #: which several nodes can share. The password is better given by PGPASSWORD or ~/.pgpass.
     database: str | None = Field(None, pattern=r"^postgres(ql)?://")
+    #: The shared durable copy of the spool and the results: ``s3://bucket/prefix`` (or ``gs://``,
+    #: ``az://``), through [objects] (credentials, endpoint; the bucket must be allowlisted there).
+    #: An instance is acknowledged only once its object is written and its index row committed; the
+    #: local spool is then a cache (dicom_node.spool_objects). None (default): the spool is local only.
+    spool_url: str | None = Field(None, pattern=r"^(s3|gs|az)://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/[^?#@]*)?$")
 
 
 class AssemblyConfig(_Section):
@@ -323,6 +328,7 @@ class NodeConfig(_Section):
         used = [(f"delivery.destinations {d.name!r}", d.url) for d in self.delivery.destinations
                 if isinstance(d, ObjectDestination)]
         used += [(f"sources.pollers {p.name!r}", p.url) for p in self.sources.pollers if p.kind == "object"]
+        used += [("storage.spool_url", self.storage.spool_url)] if self.storage.spool_url else []
         allowed = {"gs": ("gcs", "allowed_buckets", self.objects.gcs.allowed_buckets),
                    "s3": ("s3", "allowed_buckets", self.objects.s3.allowed_buckets),
                    "az": ("azure", "allowed_containers", self.objects.azure.allowed_containers)}
