@@ -27,15 +27,25 @@ CASES = {
     "fuzz": ["--cases", "200"],
     "soak": ["--duration", "10", "--slices", "2", "--store-interval", "4", "--invoke-interval", "3"],
     "objects": ["--slices", "4", "--size", "64", "--repeats", "1", "--requests", "2", "--batches", "1", "4"],
+    "cluster": ["--series", "4", "--slices", "2", "--size", "64", "--repeats", "1", "--nodes", "1", "2",
+                "--pgbench-seconds", "1", "--idle", "0.5", "--settle", "0.2"],
 }
 PEERS = {"ingest": ("storescu", "storescp"), "results": ("storescu",), "pull": ("getscu", "Orthanc"),
-         "dicomweb": ("storescu", "Orthanc")}
+         "dicomweb": ("storescu", "Orthanc"), "cluster": ("storescu",)}
 
 
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_bench_script_prints_its_table(script: str, tmp_path: Path) -> None:
     for tool in PEERS.get(script, ()):
         require_tool(tool)
+    if script == "cluster":  # a throwaway PostgreSQL 15 cluster (tests/peers/postgres.py), as tests/pg_peer.py
+        from tests.peers.postgres import PG_BIN
+
+        require_tool(str(PG_BIN / "initdb"), "apt-get install postgresql-15")
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None:  # skips, or fails under DICOM_NODE_REQUIRE_PEERS=1
+            require_tool("psycopg (the Python package)", "pip install -e '.[postgresql]'")
     extra = ["--work", str(tmp_path)] if script != "api" else []
     if script == "objects":  # the emulators this machine has (tests/objects_peers.py)
         extra += ["--stores", *_object_stores()]
