@@ -11,14 +11,13 @@ passed in as a :class:`Frontend` factory, so this module imports nothing from
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Protocol
 
 from dicom_node.archive.backfill import backfill
 from dicom_node.assembler import Assembler
 from dicom_node.config import NodeConfig
-from dicom_node.index import Index, IndexWriter, ops
+from dicom_node.index import Index, IndexWriter
 from dicom_node.ingest import Ingestor
 from dicom_node.jobs.pipeline import Pipeline
 from dicom_node.jobs.stages import FileResultWriter, JobDelivery
@@ -34,6 +33,7 @@ from dicom_node.sources.factory import source_rules
 from dicom_node.sources.poller import PollerService
 from dicom_node.sources.sessions import SessionService
 from dicom_node.spool import Spool
+from dicom_node.spool_objects import ObjectSpool
 from dicom_node.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,11 @@ class Node:
     def __init__(self, config: NodeConfig, frontend: FrontendFactory | None = None) -> None:
         self.config = config
         st = config.storage
-        spool = Spool(st.root, fsync=st.fsync, min_free_bytes=st.min_free_bytes)
+        #: Object storage (gs://, s3://, az://): clients per allowlisted bucket, built on first use (no I/O here).
+        self.objects = ObjectStores(config.objects)
+        # storage.spool_url: the spool's shared durable copy; without it the spool is local, as always.
+        mirror = ObjectSpool(self.objects, st.spool_url) if st.spool_url else None
+        spool = Spool(st.root, fsync=st.fsync, min_free_bytes=st.min_free_bytes, mirror=mirror)
         index = open_index(config)
         writer = IndexWriter(index.path, durable=st.fsync)
         ingestor = Ingestor(spool, index, writer, st.duplicate_policy == "replace", config.scp.max_inflated_bytes)
@@ -89,14 +93,12 @@ class Node:
         self.models = ModelRegistry(config.inference)
         #: The one outbound HTTP stack and SSRF policy for caller-supplied URLs (webhooks, dicomweb_uri).
         self.outbound = Outbound(config.api.outbound_allowlist, config.api.outbound_max_redirects)
-        #: Object storage (gs://, s3://, az://): clients per allowlisted bucket, built on first use (no I/O here).
-        self.objects = ObjectStores(config.objects)
         self.scp = StorageServer(
             ScpContext(config.scp, self.spool, self.writer, self.ingestor, supported_contexts(config.scp),
                        archive=ResultArchive.from_config(config, self.index))
         )
         self.assembler = Assembler(config.assembly, self.writer)
-        results = FileResultWriter(config)
+        results = FileResultWriter(config, spool)
         self.pipeline = Pipeline(config, self.index, self.writer, self.spool, results, self.models)
         #: The one work queue: every kind of background work, one pool of threads, per-kind limits.
         self.queue = WorkQueue(self.writer, config.jobs.poll_interval, lease=config.jobs.lease)
@@ -146,11 +148,12 @@ class Node:
         shared = self.config.storage.database is not None
         self.spool.scan(self.index.instance_paths(), min_age=SHARED_SPOOL_GRACE if shared else 0.0)
         self.writer.start()
-        dead = self.writer.run(lambda c: ops.recover(c, time.time()))
+        # Registers this node (its id and heartbeat) first; on PostgreSQL only dead nodes' associations are aborted.
+        dead = self.assembler.recover()
         if dead:
             log.warning("associations left open by a previous run counted as aborted count=%d", dead)
         # An index from before the search tables (migration 3): index what it holds before anyone searches.
-        backfill(self.index, self.writer, self.spool.files, self.spool.root, self.config.scp.max_inflated_bytes)
+        backfill(self.index, self.writer, self.spool, self.config.scp.max_inflated_bytes)
         self.scp.start()
         self.assembler.start()
         if self.config.jobs.workers:  # workers = 0: series are stored and indexed, never routed
