@@ -6,6 +6,14 @@ Instance UID, and an in-flight receive at ``tmp/<random>.part``. The 256 bucket
 directories are created (and synced) once, so storing an instance changes one
 directory entry. A file is acknowledged only after its data and its directory
 entry were fsynced and its index row committed (see :mod:`dicom_node.index`).
+
+With ``storage.spool_url`` the spool has a :class:`SpoolMirror` (an object store,
+:mod:`dicom_node.spool_objects`): the durable copy several nodes share, while the
+local directories become this node's write-through cache. An instance's object is
+written before its index row commits (:meth:`Spool.place`), so nothing is
+acknowledged without it; a reader on a node that did not receive the file goes
+through :meth:`Spool.local`, which fetches it into the cache. Without a mirror
+every method behaves exactly as before (the embedded default).
 """
 
 from __future__ import annotations
@@ -15,16 +23,44 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Protocol
 
 from dicom_node.errors import InsufficientSpaceError, StorageError
 
 log = logging.getLogger(__name__)
 
 _SYNC_FILE_RANGE_WRITE = 2
+#: Fetches into the cache are serialised per file by one of this many locks (two readers of one
+#: uncached file must not download it twice into the same temporary name).
+_FETCH_LOCKS = 64
+
+
+class SpoolMirror(Protocol):
+    """The durable copy of spool files and results shared by several nodes (an object store).
+
+    ``relpath`` is relative to ``storage.root`` (``spool/<h0h1>/<h>.dcm``, ``results/...``): the
+    mirror keeps the same layout under its prefix, so every node finds a file where it put it.
+    """
+
+    def put(self, relpath: str, source: Path) -> None:
+        """Write ``source`` as the object of ``relpath``; durable when it returns. Raises StorageError."""
+        ...
+
+    def fetch(self, relpath: str, dest: Path) -> bool:
+        """Download the object of ``relpath`` to ``dest`` (temp + rename); False when there is none.
+
+        Raises StorageError when the store cannot be read.
+        """
+        ...
+
+    def delete(self, relpath: str) -> None:
+        """Remove the object of ``relpath`` (absent counts as removed). Raises StorageError."""
+        ...
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -53,10 +89,15 @@ class Spool:
         fsync files and directories before they count as stored.
     min_free_bytes : int
         Refuse new data while the volume has less free space than this.
+    mirror : SpoolMirror, optional
+        The shared durable copy (``storage.spool_url``); None keeps the spool local only.
     """
 
-    def __init__(self, root: Path, fsync: bool = True, min_free_bytes: int = 0) -> None:
+    def __init__(self, root: Path, fsync: bool = True, min_free_bytes: int = 0,
+                 mirror: SpoolMirror | None = None) -> None:
         self.root = Path(root).resolve()
+        self.mirror = mirror
+        self._fetch_locks = [threading.Lock() for _ in range(_FETCH_LOCKS)] if mirror is not None else []
         self.files = self.root / "spool"
         self.tmp = self.root / "tmp"
         self.fsync = fsync
@@ -102,6 +143,9 @@ class Spool:
         order and merged bucket by bucket with the sorted directory listing, so
         memory holds one bucket's names (about 1/256 of the spool), never the
         whole index; time is one directory walk.
+
+        With a mirror only the local cache is scanned: objects in the shared store are
+        never listed or deleted here, since other nodes index and read them.
 
         Parameters
         ----------
@@ -176,8 +220,52 @@ class Spool:
         return f"{digest[:2]}/{digest}.dcm"
 
     def path_for(self, relpath: str) -> Path:
-        """Absolute path of a spool-relative path."""
+        """Absolute path of a spool-relative path (where the file is or would be; nothing is fetched)."""
         return self.files / relpath
+
+    def local(self, relpath: str, result: bool = False) -> Path:
+        """The local file of an indexed instance (spool-relative) or, with ``result``, of a result (root-relative).
+
+        Every reader of stored files goes through here. Without a mirror this is a path
+        join, as it always was. With one, a file this node does not hold (another node
+        received or wrote it) is fetched from the object store into the cache first
+        (temp + rename, capped by ``objects.max_object_bytes``); a file the store does
+        not have either is returned absent, so callers see a missing file as before.
+
+        Raises
+        ------
+        StorageError
+            ``relpath`` leaves its directory (a damaged index row), or the store cannot be read.
+        """
+        base = self.root if result else self.files
+        path = base / relpath
+        if self.mirror is None:
+            return path
+        resolved = path.resolve()
+        if base not in resolved.parents:
+            raise StorageError("an indexed path leaves the storage root; refused")
+        if resolved.is_file():
+            return resolved
+        key = resolved.relative_to(self.root).as_posix()
+        with self._fetch_locks[hash(key) % _FETCH_LOCKS]:
+            if not resolved.is_file():
+                try:
+                    resolved.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StorageError(f"cannot create a spool cache directory: {exc.strerror}") from exc
+                self.mirror.fetch(key, resolved)
+        return resolved
+
+    def publish(self, relpath: str) -> None:
+        """Copy a file just written under ``storage.root`` (a result) to the mirror, if any; durable on return.
+
+        Raises
+        ------
+        StorageError
+            The object could not be written.
+        """
+        if self.mirror is not None:
+            self.mirror.put(relpath, self.root / relpath)
 
     def start_writeback(self, fd: int, offset: int, length: int) -> None:
         """Ask the kernel to start writing a just-written range, so the final fsync waits less."""
@@ -195,8 +283,16 @@ class Spool:
         associations sync in parallel rather than inside the index writer.
         The temp directory needs no sync: a lost unlink there only leaves a
         ``.part`` file, removed at start.
+
+        With a mirror the object is written first, from ``temp``, while nothing
+        local has changed yet: when the store refuses, the caller discards the temp
+        and answers 0xA700, and neither an object nor a file was ever acknowledged.
+        When the rename then fails, the object is left for a resend to overwrite
+        (its key derives from the SOP Instance UID), and no index row refers to it.
         """
         final = self.files / relpath
+        if self.mirror is not None:
+            self.mirror.put(f"spool/{relpath}", temp)
         try:
             if exists and self.fsync:
                 os.fsync(fd)
@@ -209,11 +305,16 @@ class Spool:
             raise StorageError(f"cannot store the instance: {exc.strerror}") from exc
 
     def remove(self, relpath: str) -> None:
-        """Delete a just-placed file whose index commit failed (it was never acknowledged)."""
+        """Delete a just-placed file whose index commit failed (it was never acknowledged), and its object."""
         try:
             (self.files / relpath).unlink(missing_ok=True)
         except OSError as exc:  # left for the start-up scan, which removes unreferenced files
             log.error("cannot remove an unindexed spool file error=%s", exc.strerror)
+        if self.mirror is not None:
+            try:
+                self.mirror.delete(f"spool/{relpath}")
+            except StorageError as exc:  # an unreferenced object: no node reads it, a resend overwrites it
+                log.error("cannot remove an unindexed spool object error=%s", exc)
 
     def sync_dirs(self, dirs: set[Path]) -> None:
         """fsync directories so renames survive a power loss."""

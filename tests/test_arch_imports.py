@@ -21,7 +21,7 @@ PACKAGE = ROOT / "dicom_node"
 LAYERS: dict[int, tuple[str, ...]] = {
     0: ("__init__", "errors", "validators", "logs", "progress", "synthetic"),
     1: ("net", "pixels", "dicomweb", "spool"),
-    2: ("config", "index", "objects"),
+    2: ("config", "index", "objects", "spool_objects"),
     3: ("scp", "ingest", "staging", "assembler", "background", "routing", "jobs", "invocations", "writers",
         "validation", "delivery", "sources", "registry", "workqueue", "archive", "aiaa", "annotation"),
     4: ("services", "node"),

@@ -16,10 +16,11 @@ from pathlib import Path
 from pydicom.errors import InvalidDicomError
 
 from dicom_node.archive.keys import record_from_dataset
-from dicom_node.errors import DicomNodeError
+from dicom_node.errors import DicomNodeError, StorageError
 from dicom_node.index import Index, IndexWriter, qido
 from dicom_node.index.qido import Origin, QidoRecord
 from dicom_node.pixels.decode import read_dataset
+from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,13 @@ def index_result(path: Path, max_inflated: int, origin: Origin = "result") -> Qi
     return record_from_dataset(ds, origin)
 
 
-def backfill(index: Index, writer: IndexWriter, spool_dir: Path, root: Path, max_inflated: int,
+def backfill(index: Index, writer: IndexWriter, spool: Spool, max_inflated: int,
              limit: int = BACKFILL_LIMIT) -> tuple[int, int]:
     """Index stored instances and results that have no ``qido_instances`` row; returns (indexed, unreadable).
 
-    Received instances' paths are relative to the spool (``spool_dir``), results' to ``storage.root``
-    (``root``). Runs with the writer started; paths that leave their directory are skipped (a damaged
-    index must not make the node read other files).
+    Received instances' paths are relative to the spool, results' to ``storage.root``; both are read
+    through :meth:`Spool.local`. Runs with the writer started; paths that leave their directory are
+    skipped (a damaged index must not make the node read other files).
     """
     conn = index.reader()
     try:
@@ -54,14 +55,19 @@ def backfill(index: Index, writer: IndexWriter, spool_dir: Path, root: Path, max
         conn.close()
     if not todo:
         return 0, 0
-    bases: dict[str, Path] = {"received": spool_dir.resolve(), "result": root.resolve()}
+    bases: dict[str, Path] = {"received": spool.files.resolve(), "result": spool.root.resolve()}
     indexed = unreadable = 0
     for start in range(0, len(todo), _BATCH):
         records = []
         for _uid, rel, origin in todo[start : start + _BATCH]:
             base = bases[origin]
             path = (base / rel).resolve()
-            rec = index_result(path, max_inflated, origin) if base in path.parents else None
+            rec = None
+            if base in path.parents:
+                try:
+                    rec = index_result(spool.local(rel, result=origin == "result"), max_inflated, origin)
+                except StorageError as exc:  # storage.spool_url unreadable: counted unreadable, tried next start
+                    log.warning("search index: stored file unavailable error=%s", exc)
             if rec is None:
                 unreadable += 1
             else:

@@ -25,6 +25,7 @@ from dicom_node.index import instances
 from dicom_node.index.store import Index
 from dicom_node.pixels.syntaxes import EXPLICIT_VR_LE, require_decoder, syntax_info
 from dicom_node.pixels.transcode import DEFAULT_PREFERENCE, choose_target, transcode
+from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,9 @@ class Located:
     origin: str
 
 
-def locate(index: Index, root: Path, spool_files: Path, study: str, series: str | None = None,
+def locate(index: Index, spool: Spool, study: str, series: str | None = None,
            sop: str | None = None) -> list[Located]:
-    """The files of a study, series or instance (results under ``root``, received instances under the spool).
+    """The files of a study, series or instance (results and received instances, by :meth:`Spool.local`).
 
     Raises
     ------
@@ -78,7 +79,7 @@ def locate(index: Index, root: Path, spool_files: Path, study: str, series: str 
         rows = instances.stored_instances(conn, study, series, sop)
     finally:
         conn.close()
-    found = [Located((root if r.origin == "result" else spool_files) / r.path, r.study_uid, r.series_uid, r.sop_uid,
+    found = [Located(spool.local(r.path, result=r.origin == "result"), r.study_uid, r.series_uid, r.sop_uid,
                      r.sop_class_uid, r.origin) for r in rows]
     found = [f for f in found if f.path.is_file()]
     if not found:

@@ -66,14 +66,18 @@ class LocalStorage:
         from dicom_node.index import IndexWriter
         from dicom_node.ingest import Ingestor
         from dicom_node.node import open_index
+        from dicom_node.objects import ObjectStores
         from dicom_node.scp.context import ScpContext
         from dicom_node.scp.negotiation import supported_contexts
         from dicom_node.scp.server import StorageServer
         from dicom_node.spool import Spool
+        from dicom_node.spool_objects import ObjectSpool
 
         st = config.storage
         self.config = config
-        self.spool = Spool(st.root, fsync=st.fsync, min_free_bytes=st.min_free_bytes)
+        # The same shared copy as the serve process (storage.spool_url), so other nodes can read what is fetched.
+        mirror = ObjectSpool(ObjectStores(config.objects), st.spool_url) if st.spool_url else None
+        self.spool = Spool(st.root, fsync=st.fsync, min_free_bytes=st.min_free_bytes, mirror=mirror)
         self.index = open_index(config)
         self.writer = IndexWriter(self.index.path, durable=st.fsync)
         self.ingestor = Ingestor(self.spool, self.index, self.writer, st.duplicate_policy == "replace",

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 def series_files(conn: sqlite3.Connection, spool: Spool, series_uid: str) -> list[Path]:
     """Spool paths of every indexed instance of a series."""
-    return [spool.path_for(p) for p in instances.series_paths(conn, series_uid)]
+    return [spool.local(p) for p in instances.series_paths(conn, series_uid)]
 
 
 def series_facts(conn: sqlite3.Connection, spool: Spool, series_uid: str) -> SeriesFacts:
@@ -28,7 +28,7 @@ def series_facts(conn: sqlite3.Connection, spool: Spool, series_uid: str) -> Ser
     try:
         # The node's bounded reader, not dcmread: pydicom inflates a Deflated file whole, and a
         # 1.6 MB file with 1.5 GiB of zeros as Pixel Data then costs 3 GiB just to route it.
-        ds = read_dataset(spool.path_for(row.path), stop_before_pixels=True)
+        ds = read_dataset(spool.local(row.path), stop_before_pixels=True)
         body_part = str(ds.get("BodyPartExamined", "") or "")
         description = str(ds.get("SeriesDescription", "") or "")
     except PixelError as exc:  # read_dataset wraps unreadable files in DecodeError

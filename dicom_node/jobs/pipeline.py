@@ -213,7 +213,7 @@ class Pipeline:
                headers: dict[str, Dataset]) -> list[dict[str, Any]]:
         rows = self.results.write(job, entry, volume, prediction, headers)
         # The search index (QIDO-RS, C-FIND) learns each result in the transaction that records it.
-        found = [index_result(self.spool.root / str(row["path"]), self.config.scp.max_inflated_bytes) for row in rows]
+        found = [index_result(self.spool.local(str(row["path"]), result=True), self.config.scp.max_inflated_bytes) for row in rows]
         searchable = [rec for rec in found if rec is not None]
         now = time.time()
 

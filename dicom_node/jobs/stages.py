@@ -15,6 +15,7 @@ from dicom_node.delivery.deliverer import Caller, Deliverer
 from dicom_node.errors import DeliveryError, StorageError
 from dicom_node.index import Index, IndexWriter, instances
 from dicom_node.objects import ObjectStores
+from dicom_node.spool import Spool
 from dicom_node.writers.options import WriterOptions
 from dicom_node.writers.results import build_results
 
@@ -35,16 +36,19 @@ class FileResultWriter:
     """Write result objects durably under ``<storage.root>/results`` and describe them for the index.
 
     A result's file name derives from its (deterministic) SOP Instance UID, so a
-    re-run replaces the file rather than adding one.
+    re-run replaces the file rather than adding one. With the node's ``spool`` and
+    ``storage.spool_url``, each file is also written to the shared store before its
+    index row commits, and read back through the spool's cache on any node.
     """
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, spool: Spool | None = None) -> None:
         self.config = config
         self.root = Path(config.storage.root).resolve()
+        self.spool = spool
 
     def path_of(self, relpath: str) -> Path:
-        """Absolute path of a result's storage-relative path."""
-        return self.root / relpath
+        """Absolute path of a result's storage-relative path (fetched from the shared store when needed)."""
+        return self.spool.local(relpath, result=True) if self.spool is not None else self.root / relpath
 
     def write(self, job: dict[str, Any], entry: ModelEntry, volume: Volume, prediction: Prediction,
               headers: dict[str, Dataset]) -> list[dict[str, Any]]:
@@ -96,6 +100,8 @@ class FileResultWriter:
             os.replace(temp, final)
         except OSError as exc:
             raise StorageError(f"cannot store a result object: {exc.strerror}") from exc
+        if self.spool is not None:
+            self.spool.publish(relpath)
         return relpath
 
 
@@ -105,6 +111,7 @@ class JobDelivery:
     def __init__(self, config: NodeConfig, index: Index, writer: IndexWriter, results: FileResultWriter,
                  objects: ObjectStores | None = None) -> None:
         self.deliverer = Deliverer.from_config(config.delivery, objects)
+        self.retry_after = config.delivery.retry.initial
         self.index = index
         self.writer = writer
         self.results = results
@@ -121,7 +128,10 @@ class JobDelivery:
         """Returns ``(state, reason, next_attempt_at)``: done, delivering (retry later) or dead-letter."""
         destinations = json.loads(job["destinations"]) if isinstance(job["destinations"], str) else job["destinations"]
         result = json.loads(job["result"]) if isinstance(job.get("result"), str) else job.get("result") or {}
-        objects = [self.results.path_of(o["path"]) for o in result.get("objects", [])]
+        try:
+            objects = [self.results.path_of(o["path"]) for o in result.get("objects", [])]
+        except StorageError as exc:  # storage.spool_url could not be read: a later attempt may succeed
+            return "delivering", f"result objects unavailable: {exc}"[:1000], time.time() + self.retry_after
         if not destinations or not objects:
             return "done", None, 0.0
         caller = self._caller(job["series_instance_uid"])

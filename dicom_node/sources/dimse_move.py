@@ -188,7 +188,7 @@ def _hand_over(source: DimseSource, sink: StagingSink, moved: RetrieveResult, pa
     result = RetrieveResult(failed=dict(moved.failed))
     for uid in moved.stored + moved.duplicates:
         try:
-            stored = sink.store_part10(part10_chunks(source.node.spool.path_for(paths[uid])))
+            stored = sink.store_part10(part10_chunks(source.node.spool.local(paths[uid])))
         except (DicomNodeError, OSError) as exc:
             result.failed[uid] = f"moved but not stored by the sink: {exc}"
             continue

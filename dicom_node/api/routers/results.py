@@ -26,8 +26,10 @@ from dicom_node.api.auth import Principal, require
 from dicom_node.api.deps import StorageDep
 from dicom_node.api.errors import ApiError
 from dicom_node.api.schemas import UID_PATTERN, error_responses, is_uid
+from dicom_node.errors import StorageError
 from dicom_node.index import results as result_queries
 from dicom_node.services import Storage
+from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +125,18 @@ def findings(path: Path) -> list[dict[str, Any]]:
         return []
 
 
-def result_path(root: Path, relpath: str) -> Path:
-    """Absolute path of a result file, refusing anything outside the storage root ``root`` (resolved)."""
-    path = (root / relpath).resolve()
-    if root not in path.parents:
+def result_path(spool: Spool, relpath: str) -> Path:
+    """Local path of a result file (fetched from ``storage.spool_url`` when another node wrote it).
+
+    Anything outside the storage root is refused (404); a store that cannot be read answers 503.
+    """
+    path = (spool.root / relpath).resolve()
+    if spool.root not in path.parents:
         raise ApiError(404, "not_found", "result file missing")
-    return path
+    try:
+        return spool.local(relpath, result=True)
+    except StorageError as exc:
+        raise ApiError(503, "unavailable", str(exc)) from exc
 
 
 def study_results(storage: Storage, study_uid: str) -> list[dict[str, Any]]:
@@ -143,7 +151,7 @@ def study_results(storage: Storage, study_uid: str) -> list[dict[str, Any]]:
         item: dict[str, Any] = {k: getattr(row, k) for k in (
             "sop_instance_uid", "series_instance_uid", "sop_class_uid", "kind", "model", "model_version", "job_id",
             "source_series_uid", "created_at")}
-        item["findings"] = findings(result_path(storage.spool.root, row.path)) if row.kind == "SR" else []
+        item["findings"] = findings(result_path(storage.spool, row.path)) if row.kind == "SR" else []
         out.append(item)
     return out
 
@@ -172,7 +180,7 @@ def get_result(storage: StorageDep, sop_instance_uid: Annotated[str, uid_param()
         conn.close()
     if row is None:
         raise ApiError(404, "not_found", "no result object with this SOP Instance UID")
-    path = result_path(storage.spool.root, row.path)
+    path = result_path(storage.spool, row.path)
     if not path.is_file():
         raise ApiError(404, "not_found", "result file missing")
     return FileResponse(path, media_type="application/dicom", filename=f"{sop_instance_uid}.dcm")

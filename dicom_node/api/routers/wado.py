@@ -25,7 +25,7 @@ from dicom_node.archive.retrieve import BadRequest, Located, NotFound
 from dicom_node.config import NodeConfig
 from dicom_node.dicomweb.accept import NotAcceptable, Offer, choose, parse_accept
 from dicom_node.dicomweb.multipart import new_boundary, related_content_type, write_related
-from dicom_node.errors import PixelError, UnsupportedTransferSyntaxError
+from dicom_node.errors import PixelError, StorageError, UnsupportedTransferSyntaxError
 from dicom_node.pixels.syntaxes import EXPLICIT_VR_LE
 from dicom_node.services import Storage
 
@@ -79,10 +79,12 @@ def _answer(work: Callable[[], T]) -> T:
         raise ApiError(406, "not_acceptable", str(exc)) from exc
     except PixelError as exc:
         raise ApiError(500, "pixel_error", str(exc)) from exc
+    except StorageError as exc:  # storage.spool_url: the shared store could not be read
+        raise ApiError(503, "unavailable", str(exc)) from exc
 
 
 def _locate(storage: Storage, study: str, series: str | None = None, sop: str | None = None) -> list[Located]:
-    return _answer(lambda: retrieve.locate(storage.index, storage.spool.root, storage.spool.files, study, series, sop))
+    return _answer(lambda: retrieve.locate(storage.index, storage.spool, study, series, sop))
 
 
 def dicomweb_base(request: Request) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -26,6 +25,7 @@ from dicom_node.api.deps import StorageDep
 from dicom_node.api.routers.results import findings, result_path
 from dicom_node.api.schemas import error_responses
 from dicom_node.index import worklist as worklist_queries
+from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +93,14 @@ def _jobs(conn: sqlite3.Connection, study: str) -> tuple[list[dict[str, Any]], w
     return list(models.values()), worklist_queries.last_failure(conn, study)
 
 
-def top_finding(root: Path, conn: sqlite3.Connection, study: str,
+def top_finding(spool: Spool, conn: sqlite3.Connection, study: str,
                 failed: worklist_queries.Failure | None) -> dict[str, Any] | None:
     """The study's highest-priority finding (module docstring), or None."""
     if failed is not None:
         return {"kind": "failed", "model": failed.model, "reason": failed.reason}
     best: tuple[tuple[int, float], dict[str, Any]] | None = None
     for row in worklist_queries.sr_results(conn, study):
-        for f in findings(result_path(root, row.path)):
+        for f in findings(result_path(spool, row.path)):
             if f["probability"] is not None:
                 key, item = (2, f["probability"]), {"kind": "classification", "probability": f["probability"]}
             elif f["volume_ml"] is not None:
@@ -126,7 +126,7 @@ def worklist(storage: StorageDep, _principal: Annotated[Principal, Depends(requi
                 "study_uid": row.study_uid, "last_received_at": row.last_received_at, "series": row.series,
                 "instances": row.instances, "modalities": row.modalities,
                 "status": _status(models), "models": models,
-                "top_finding": top_finding(storage.spool.root, conn, row.study_uid, failed),
+                "top_finding": top_finding(storage.spool, conn, row.study_uid, failed),
             })
     finally:
         conn.close()
