@@ -185,7 +185,7 @@ class QueryRetrieveService:
         try:
             conn = archive.index.reader()
             try:
-                return select_results(conn, archive.root, query)
+                return select_results(conn, self.ctx.spool, query)
             finally:
                 conn.close()
         except (StorageError, sqlite3.Error) as exc:

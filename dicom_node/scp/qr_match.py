@@ -32,6 +32,7 @@ from dicom_node.index import qr as qr_queries
 from dicom_node.index.qido import Level
 from dicom_node.pixels.inflate import DEFAULT_MAX_INFLATED_BYTES, deflate, inflate
 from dicom_node.pixels.syntaxes import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
+from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +158,14 @@ def parse_query(ds: Dataset, retrieve: bool) -> Query:
 
 # -- selection from the index ----------------------------------------------------------
 
-def select_results(conn: sqlite3.Connection, root: Path, query: Query) -> list[ResultFile]:
+def select_results(conn: sqlite3.Connection, spool: Spool, query: Query) -> list[ResultFile]:
     """Result objects under the query's unique keys (and Modality / SOP Class UID when single-valued).
 
-    Paths come from the index and are resolved under ``root``; a row whose
+    Paths come from the index and are resolved under the storage root; a row whose
     path leaves the root is skipped (a damaged index must not expose other files).
+    Files are reached by :meth:`Spool.local` (fetched when only ``storage.spool_url`` has them).
     """
+    root = spool.root
     equal: dict[str, str | None] = {}
     for keyword in ("Modality", "SOPClassUID"):
         value = _single(query.identifier, keyword)
@@ -179,7 +182,7 @@ def select_results(conn: sqlite3.Connection, root: Path, query: Query) -> list[R
             log.error("result path outside the storage root skipped sop_instance_uid=%s", row.sop_instance_uid)
             continue
         out.append(ResultFile(row.sop_instance_uid, row.sop_class_uid, row.series_instance_uid,
-                              row.study_instance_uid, row.kind, path))
+                              row.study_instance_uid, row.kind, spool.local(row.path, result=True)))
     return out
 
 
