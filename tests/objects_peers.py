@@ -49,6 +49,7 @@ import pytest
 from dicom_node.config.objects import ObjectsConfig
 from dicom_node.objects import ObjectUrl
 from tests.conftest import free_port, peers_required, wait_port
+from tests.peers.moto_s3 import MotoUnavailable, moto_s3
 
 #: The buckets (containers) every emulator holds, all allowlisted in ``ObjectPeer.section``.
 BUCKETS = ("inputs", "results")
@@ -457,45 +458,26 @@ def gcs_write_emulator(gcs_emulator: ObjectPeer) -> Iterator[ObjectPeer]:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[ObjectPeer]:
-    """moto's S3 server on a free loopback port with IAM authentication, buckets ``inputs`` and ``results``."""
+    """moto's S3 server on a free loopback port with IAM authentication, buckets ``inputs`` and ``results``.
+
+    The server starts in tests/peers/moto_s3.py, which bench/cluster.py shares.
+    """
     try:
-        import boto3
-        import moto  # noqa: F401 - only to know the server is installed
-    except ImportError:
-        _missing("moto not installed: pip install -e '.[test]' (moto[s3], flask, flask-cors)")
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    # The first three requests (create user, attach policy, create key) go unauthenticated; every
-    # later one must be signed with a key IAM knows, so a wrong key or secret answers 403.
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_started(proc, port, "moto server")
-        boot = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "bootstrap",
-                "aws_secret_access_key": "bootstrap"}
-        iam = boto3.client("iam", **boot)
-        iam.create_user(UserName="dicom-node")
-        iam.put_user_policy(UserName="dicom-node", PolicyName="s3", PolicyDocument=(
-            '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'))
-        key = iam.create_access_key(UserName="dicom-node")["AccessKey"]
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key["AccessKeyId"],
-                          aws_secret_access_key=key["SecretAccessKey"])
-        for bucket in BUCKETS:
-            s3.create_bucket(Bucket=bucket)
+        with moto_s3(BUCKETS) as moto:
+            s3 = moto.client
 
-        def seed(bucket: str, key_: str, data: bytes) -> None:
-            s3.put_object(Bucket=bucket, Key=key_, Body=data)
+            def seed(bucket: str, key_: str, data: bytes) -> None:
+                s3.put_object(Bucket=bucket, Key=key_, Body=data)
 
-        def fetch(bucket: str, key_: str) -> bytes | None:
-            try:
-                body: bytes = s3.get_object(Bucket=bucket, Key=key_)["Body"].read()
-            except s3.exceptions.NoSuchKey:
-                return None
-            return body
+            def fetch(bucket: str, key_: str) -> bytes | None:
+                try:
+                    body: bytes = s3.get_object(Bucket=bucket, Key=key_)["Body"].read()
+                except s3.exceptions.NoSuchKey:
+                    return None
+                return body
 
-        base = {"endpoint": endpoint, "region": "us-east-1", "access_key_id": key["AccessKeyId"]}
-        yield ObjectPeer("s3", "s3", endpoint, _section("s3", {**base, "secret_access_key": key["SecretAccessKey"]}),
-                         _section("s3", {**base, "secret_access_key": "wrong-" + key["SecretAccessKey"]}), seed, fetch)
-    finally:
-        _stop(proc)
+            base = {"endpoint": moto.endpoint, "region": "us-east-1", "access_key_id": moto.access_key_id}
+            yield ObjectPeer("s3", "s3", moto.endpoint, _section("s3", {**base, "secret_access_key": moto.secret_access_key}),
+                             _section("s3", {**base, "secret_access_key": "wrong-" + moto.secret_access_key}), seed, fetch)
+    except MotoUnavailable as exc:  # raised only while starting, before the yield
+        _missing(str(exc))
