@@ -149,6 +149,9 @@ def test_other_nodes_read_from_the_bucket_and_write_results_to_it(start_node, tm
 
     c: Node = start_node(root=tmp_path / "c", storage=shared, objects=s3_server.section, jobs={"workers": 0})
     assert spooled(c) == []
+    # C's start-up scan (an empty cache, a shared index full of A's rows) deleted no object.
+    keys = [f"{prefix}/spool/{c.spool.relpath_for(str(ds.SOPInstanceUID))}" for ds in datasets]
+    assert all(s3_server.fetch(key, bucket=BUCKET) is not None for key in keys)
     served = _wado_instance(c, datasets[2])
     assert served.SOPInstanceUID == datasets[2].SOPInstanceUID
     assert served.PixelData == datasets[2].PixelData
