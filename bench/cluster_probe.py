@@ -6,7 +6,8 @@
 - :func:`xact_commit`: ``pg_stat_database.xact_commit`` of one database (PostgreSQL docs, "The Cumulative
   Statistics System"); every committed transaction counts, read-only autocommit queries included.
 - :func:`fsync_writes_per_s`: files created the way the spool creates them (write to a temporary name,
-  fsync, rename into place, fsync the folder): the ceiling of a local spool on this disk.
+  fsync, rename into place, fsync the folder) by 8 writers at once: the ceiling of a local spool on this disk.
+- :func:`s3_puts_per_s`: object PUTs per second into the S3 server the run uses (moto, an emulator).
 - :func:`pg_cpu_seconds` and :func:`machine_busy`: CPU of the PostgreSQL processes and of the machine.
 """
 
@@ -15,8 +16,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.common import cpu_seconds
 from tests.peers.postgres import PG_BIN, PgCluster
@@ -77,30 +80,45 @@ def pgbench_tps(cluster: PgCluster, clients: int, seconds: int, work: Path) -> f
     return float(match.group(1))
 
 
-def fsync_writes_per_s(folder: Path, size: int, seconds: float) -> float:
-    """Files of ``size`` bytes created durably per second in ``folder``, one after another (as one spool writer)."""
+def fsync_writes_per_s(folder: Path, size: int, seconds: float, writers: int = 8) -> float:
+    """Files of ``size`` bytes created durably per second in ``folder`` by ``writers`` concurrent threads.
+
+    Each file as the spool writes one: a temporary name, write, fsync, rename into place, fsync of the
+    folder. Several writers at once, as several associations store at once, so the journal's commits
+    can group flushes (as pgbench's 8 clients let PostgreSQL group its WAL flushes).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     data = os.urandom(size)
-    dir_fd = os.open(folder, os.O_RDONLY)
-    count, start = 0, time.perf_counter()
-    try:
-        while time.perf_counter() - start < seconds:
-            tmp, final = folder / f".tmp-{count}", folder / f"f-{count}.dcm"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, final)
-            os.fsync(dir_fd)
-            count += 1
-    finally:
-        os.close(dir_fd)
+    counts = [0] * writers
+    start = time.perf_counter()
+
+    def writer(w: int) -> None:
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            while time.perf_counter() - start < seconds:
+                n = counts[w]
+                tmp, final = folder / f".tmp-{w}-{n}", folder / f"f-{w}-{n}.dcm"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    os.write(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, final)
+                os.fsync(dir_fd)
+                counts[w] = n + 1
+        finally:
+            os.close(dir_fd)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     elapsed = time.perf_counter() - start
     for f in folder.glob("f-*.dcm"):
         f.unlink()
-    return count / elapsed
+    return sum(counts) / elapsed
 
 
 def pg_cpu_seconds(cluster: PgCluster) -> float:
@@ -125,3 +143,22 @@ def machine_busy() -> tuple[int, int]:
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     total = sum(values[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
     return total - values[3] - values[4], total
+
+
+def s3_puts_per_s(client: Any, bucket: str, size: int, seconds: float, writers: int = 8) -> float:
+    """Objects of ``size`` bytes PUT per second by ``writers`` threads sharing one boto3 client (thread-safe)."""
+    data = os.urandom(size)
+    counts = [0] * writers
+    start = time.perf_counter()
+
+    def writer(w: int) -> None:
+        while time.perf_counter() - start < seconds:
+            client.put_object(Bucket=bucket, Key=f"probe/{w}/{counts[w]}", Body=data)
+            counts[w] += 1
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - start)

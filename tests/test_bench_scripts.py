@@ -28,7 +28,7 @@ CASES = {
     "soak": ["--duration", "10", "--slices", "2", "--store-interval", "4", "--invoke-interval", "3"],
     "objects": ["--slices", "4", "--size", "64", "--repeats", "1", "--requests", "2", "--batches", "1", "4"],
     "cluster": ["--series", "4", "--slices", "2", "--size", "64", "--repeats", "1", "--nodes", "1", "2",
-                "--pgbench-seconds", "1", "--idle", "0.5", "--settle", "0.2"],
+                "--s3-nodes", "1", "--pgbench-seconds", "1", "--idle", "0.5", "--settle", "0.2"],
 }
 PEERS = {"ingest": ("storescu", "storescp"), "results": ("storescu",), "pull": ("getscu", "Orthanc"),
          "dicomweb": ("storescu", "Orthanc"), "cluster": ("storescu",)}
