@@ -34,7 +34,9 @@ modification times, so the watermark does not move then (the report says the sca
 incomplete): keep a polled prefix smaller than that, for example by moving or expiring
 what was read. An object that is overwritten (a new ETag, size or modification time: a new
 version) is read again and stored like any arrival: with the same SOP Instance UID the
-ingestor keeps the first copy as a duplicate, or replaces it under ``storage.replace_duplicates``. Object keys are never logged (uploaders may put identifiers in them).
+ingestor keeps the first copy as a duplicate, or replaces it under
+``storage.duplicate_policy = "replace"``. Object keys are never logged (uploaders may put
+identifiers in them).
 """
 
 from __future__ import annotations
