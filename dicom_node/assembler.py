@@ -87,6 +87,14 @@ class Assembler(BackgroundLoop):
             )
         return events
 
+    def stop(self) -> None:
+        """Stop polling and remove this node's heartbeat row (the node is leaving; the writer still runs)."""
+        super().stop()
+        try:
+            self.writer.run(lambda c: nodes.forget(c, self.node.id))
+        except StorageError as exc:  # not started, or the index is gone: the heartbeat simply expires
+            log.warning("could not remove the node's heartbeat node=%s error=%s", self.node.id, exc)
+
     def step(self) -> bool:
         """One poll; never raises (a failed tick is logged and retried at the next poll)."""
         try:

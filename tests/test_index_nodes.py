@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.index import Index, IndexWriter, nodes, ops, pg
+from dicom_node.index import Index, IndexWriter, nodes, ops, pg, sessions
 from dicom_node.index.nodes import NodeIdentity
 from tests.conftest import wait_for
 from tests.test_index import record
@@ -237,3 +237,26 @@ def _due_study_second(writer: IndexWriter, study: str, series: str, at: float) -
     writer.run(lambda c: ops.begin_association(c, assoc, "PACS", "NODE", "h", at))
     writer.run(lambda c: ops.store_instance(c, dataclasses.replace(record(1, series=series, assoc=assoc, at=at, study=study), sop_instance_uid=f"{series}.1"), False))
     writer.run(lambda c: ops.end_association(c, assoc, "released", at))
+
+
+def test_a_starting_node_fails_only_dead_nodes_retrieval_sessions(cluster) -> None:
+    index, location, writers = cluster
+    now = 30_000.0
+    live, dead = _node("live"), _node("dead")
+    writers += [_writer(location, live, now), _writer(location, dead, now)]
+    for writer, sid in ((writers[0], "a" * 32), (writers[1], "b" * 32)):
+        row = {"id": sid, "kind": "upload", "source": "upload", "request": "{}", "status": "retrieving",
+               "reason": None, "created_at": now, "updated_at": now, "expires_at": now + 3600}
+        writer.run(lambda c, row=row: sessions.insert(c, row))
+    later = now + LEASE + 1
+    writers[0].run(lambda c: nodes.heartbeat(c, live, later))
+    assert writers[0].run(lambda c: sessions.fail_interrupted(c, later, LEASE)) == (1 if pg.is_postgres(location) else 2)
+    conn = index.reader()
+    try:
+        status = dict(conn.execute("SELECT id, status FROM sessions").fetchall())
+    finally:
+        conn.close()
+    if pg.is_postgres(location):
+        assert status == {"a" * 32: "retrieving", "b" * 32: "failed"}, "the live node's upload goes on"
+    else:
+        assert status == {"a" * 32: "failed", "b" * 32: "failed"}, "SQLite: the starting node owns every session"

@@ -78,6 +78,11 @@ def heartbeat(conn: sqlite3.Connection, node: NodeIdentity, now: float) -> None:
     )
 
 
+def forget(conn: sqlite3.Connection, node_id: str) -> None:
+    """Remove a node's row at its clean stop: what it left open counts as dead at once, not after the lease."""
+    conn.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
+
+
 def lock_assembly(conn: sqlite3.Connection) -> bool:
     """Try the cluster's assembly lock for this transaction; False when another node holds it.
 

@@ -381,13 +381,20 @@ CREATE TABLE nodes (
 );
 """
 
-#: Every migration in order; append only. The next schema change is migration 6.
+_V6 = """
+-- Retrieval sessions record the node that runs them (NULL: recorded before node ids, or by a process
+-- without one), so a node starting on a shared PostgreSQL database fails only dead nodes' retrievals.
+ALTER TABLE sessions ADD COLUMN node_id TEXT;
+"""
+
+#: Every migration in order; append only. The next schema change is migration 7.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the schema of release 4781e18 (adopts a database it created: user_version 0)", _V1),
     Migration(2, "the work queue (table work), with the work in flight of an upgraded database", _V2),
     Migration(3, "the QIDO-RS / C-FIND search index (qido_studies, qido_series, qido_instances)", _V3),
     Migration(4, "invocations read from and write to object storage (input_url, output_url)", _V4),
     Migration(5, "node ids and heartbeats (nodes; associations.node_id) for cluster-safe recovery", _V5),
+    Migration(6, "retrieval sessions record their node (sessions.node_id)", _V6),
 )
 
 #: The schema version this code reads and writes.

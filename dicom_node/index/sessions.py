@@ -10,6 +10,8 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dicom_node.index import nodes
+
 #: Why a session still ``retrieving`` at start is failed.
 INTERRUPTED = "the retrieval was interrupted by a restart of the node"
 
@@ -17,14 +19,35 @@ INTERRUPTED = "the retrieval was interrupted by a restart of the node"
 # -- writes ---------------------------------------------------------------------------------------------------
 
 
-def fail_interrupted(conn: sqlite3.Connection, now: float) -> int:
-    """At start: sessions left ``retrieving`` by a previous process fail; returns how many."""
+def fail_interrupted(conn: sqlite3.Connection, now: float, lease: float = 30.0) -> int:
+    """Sessions left ``retrieving`` by a process that is gone fail; returns how many.
+
+    On SQLite (at start) every one: the starting node owns the index. On PostgreSQL other nodes may be
+    retrieving or receiving an upload right now: only the sessions of nodes whose heartbeat is older
+    than ``lease`` (``assembly.node_lease``, :mod:`dicom_node.index.nodes`), or recorded without a node, fail.
+    """
+    if nodes.shared(conn):
+        return conn.execute(
+            """UPDATE sessions SET status = 'failed', reason = ?, updated_at = ? WHERE status = 'retrieving'
+               AND (node_id IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM nodes n WHERE n.id = sessions.node_id AND n.last_seen >= ?))""",
+            (INTERRUPTED, now, now - lease)).rowcount
     return conn.execute("UPDATE sessions SET status = 'failed', reason = ?, updated_at = ? WHERE status = 'retrieving'",
                         (INTERRUPTED, now)).rowcount
 
 
 def insert(conn: sqlite3.Connection, row: Mapping[str, object]) -> None:
-    """Add a session (keys: id, kind, source, request, status, reason, created_at, updated_at, expires_at)."""
+    """Add a session (keys: id, kind, source, request, status, reason, created_at, updated_at, expires_at).
+
+    On PostgreSQL the session records the node of this writer (see :mod:`dicom_node.index.nodes`).
+    """
+    if nodes.shared(conn):
+        conn.execute(
+            "INSERT INTO sessions(id, kind, source, request, status, reason, created_at, updated_at, expires_at,"
+            " node_id) VALUES (:id, :kind, :source, :request, :status, :reason, :created_at, :updated_at,"
+            " :expires_at, NULLIF(current_setting(:node_setting, true), ''))",
+            {**row, "node_setting": nodes.NODE_SETTING})
+        return
     conn.execute(
         "INSERT INTO sessions(id, kind, source, request, status, reason, created_at, updated_at, expires_at)"
         " VALUES (:id, :kind, :source, :request, :status, :reason, :created_at, :updated_at, :expires_at)", row)

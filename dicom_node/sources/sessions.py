@@ -69,6 +69,9 @@ MAX_ACTIVE_RETRIEVALS = 8
 RETRIEVAL = "retrieval"
 #: The image of a NIfTI session (Clara AIAA ``PUT /session/``), in the session folder; read by ``GET /session/{id}``.
 NIFTI_FILE = "image.nii.gz"
+#: Seconds a session folder without a row must be old before a node on a shared storage root removes it:
+#: another node creates the folder just before the row (:meth:`SessionService.open`).
+SHARED_ORPHAN_GRACE = 3600.0
 
 
 class SessionService:
@@ -107,10 +110,7 @@ class SessionService:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create the sessions folder {self.root}: {exc.strerror}") from exc
-        now = time.time()
-        interrupted = self.node.writer.run(lambda c: session_queries.fail_interrupted(c, now))
-        if interrupted:
-            log.warning("retrieval sessions interrupted by a restart marked failed count=%d", interrupted)
+        self._fail_interrupted()
         self._remove_orphans()
         self._stop.clear()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="session-sweeper", daemon=True)
@@ -394,6 +394,19 @@ class SessionService:
         log.info("expired sessions removed count=%d", len(expired))
         return len(expired)
 
+    @property
+    def _shared(self) -> bool:
+        """True when other nodes share this node's index (PostgreSQL) and storage root."""
+        return self.node.config.storage.database is not None
+
+    def _fail_interrupted(self) -> None:
+        """Fail the sessions left ``retrieving`` by a process that is gone (at start; on a shared index at
+        every sweep too, so a dead node's uploads and retrievals fail once its heartbeat runs out)."""
+        now, lease = time.time(), self.node.config.assembly.node_lease
+        interrupted = self.node.writer.run(lambda c: session_queries.fail_interrupted(c, now, lease))
+        if interrupted:
+            log.warning("retrieval sessions interrupted by a restart marked failed count=%d", interrupted)
+
     def _next_expiry(self) -> float | None:
         return self._read(session_queries.next_expiry)
 
@@ -402,6 +415,8 @@ class SessionService:
             self._wake.clear()
             wait = MAX_SWEEP_WAIT
             try:
+                if self._shared:
+                    self._fail_interrupted()
                 self.sweep()
                 nxt = self._next_expiry()
                 if nxt is not None:
@@ -422,9 +437,12 @@ class SessionService:
     def _remove_orphans(self) -> None:
         """Remove folders no session row owns (a crash between the row delete and the folder removal)."""
         known = self._read(session_queries.ids)
+        # On a shared root another node's folder may not have its row yet: only old leftovers go.
+        newest = time.time() - SHARED_ORPHAN_GRACE if self._shared else float("inf")
         removed = 0
         for entry in os.scandir(self.root):
-            if entry.is_dir(follow_symlinks=False) and SESSION_ID_RE.fullmatch(entry.name) and entry.name not in known:
+            if entry.is_dir(follow_symlinks=False) and SESSION_ID_RE.fullmatch(entry.name) and entry.name not in known \
+                    and entry.stat(follow_symlinks=False).st_mtime <= newest:
                 self._remove_folder(entry.name)
                 removed += 1
         if removed:
