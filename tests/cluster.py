@@ -43,6 +43,14 @@ class ClusterNode:
         """Wait until the SCP accepts connections (the node recovered and registered before it listens)."""
         wait_port(self.port, timeout)
 
+    def tail(self, lines: int = 30) -> str:
+        """The last lines the node wrote to stderr (for a failing assertion's message)."""
+        try:
+            text = self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
     @property
     def pid(self) -> int:
         assert self.proc is not None

@@ -27,7 +27,7 @@ from dicom_node.synthetic import SeriesSpec, ct_datasets
 from tests.cluster import Cluster, ClusterNode
 from tests.conftest import require_tool, wait_for
 from tests.receiver import RecordingSCP
-from tests.scu import send_all
+from tests.scu import associate, send_all
 from tests.test_e2e_results import engines
 
 #: Job states in which the job is claimed and still producing its results (nothing delivered yet).
@@ -152,6 +152,7 @@ def test_kill9_of_the_node_running_a_job_another_node_finishes_it(tmp_path: Path
             victim = cluster.nodes[r % len(cluster.nodes)]
             paused = _pin_to(cluster, victim)
             datasets = list(ct_datasets(SeriesSpec(slices=24, rows=256, columns=256, seed=f"k9-cluster-{r}")))
+            assert victim.proc is not None and victim.proc.poll() is None, f"round {r}: {victim.name} died:\n{victim.tail()}"
             assert send_all(victim.port, datasets) == [0] * len(datasets), f"round {r}: a C-STORE failed"
             acked += [str(ds.SOPInstanceUID) for ds in datasets]
             series = str(datasets[0].SeriesInstanceUID)
@@ -166,7 +167,10 @@ def test_kill9_of_the_node_running_a_job_another_node_finishes_it(tmp_path: Path
             assert wait_for(lambda s=series: _states(cluster, s) == ["done"], timeout=120), \
                 f"round {r}: {_states(cluster, series)}"
             victim.spawn()  # the killed node comes back (a new node id) for the next rounds
-            victim.wait_ready()
+            try:
+                victim.wait_ready()
+            except (OSError, TimeoutError, AssertionError) as exc:
+                pytest.fail(f"round {r}: {victim.name} did not come back ({exc}):\n{victim.tail()}")
         assert wait_for(lambda: len(receiver.uids()) >= 2 * KILL_ROUNDS, timeout=60), len(receiver.uids())
         work = cluster.query("SELECT state, attempts FROM work WHERE kind = 'job'")
         kinds = Counter(r[0] for r in cluster.query("SELECT kind FROM results"))
@@ -185,3 +189,36 @@ def test_kill9_of_the_node_running_a_job_another_node_finishes_it(tmp_path: Path
     uids = receiver.uids()
     assert len(uids) == 2 * KILL_ROUNDS and len(set(uids)) == len(uids), "each result delivered exactly once"
     assert set(killed_in) <= set(PRODUCING)
+
+
+def test_a_node_killed_mid_send_stops_holding_its_series_once_its_heartbeat_runs_out(
+        tmp_path: Path, postgres_dsn: str) -> None:
+    """Before node ids, a starting node aborted every open association, live nodes' too, and a node
+    that died and never came back held its series open for ever. Now: only the dead node's."""
+    env = {**_env(quiet=0.5, lease=30.0), "DICOM_NODE__ASSEMBLY__ABORT_GRACE": "1.0",
+           "DICOM_NODE__ASSEMBLY__NODE_LEASE": "1.5", "DICOM_NODE__JOBS__WORKERS": "0"}
+    cluster = Cluster(tmp_path, postgres_dsn, 2, env)
+    dying, living = (list(ct_datasets(SeriesSpec(slices=3, rows=32, columns=32, seed=s))) for s in ("dies", "lives"))
+    try:
+        cluster.start()
+        victim, survivor = cluster.nodes
+        held = [associate(victim.port), associate(survivor.port)]
+        assert all(a.is_established for a in held)
+        for assoc, datasets in zip(held, (dying, living), strict=True):
+            assert [int(assoc.send_c_store(ds).Status) for ds in datasets] == [0, 0, 0]
+        victim.kill()  # its association stays 'active' in the database: nobody will end it
+        held[0].abort()
+        completed = lambda: {r[0] for r in cluster.query(  # noqa: E731
+            "SELECT series_instance_uid FROM events WHERE kind = 'series_complete'")}
+        dead_series, live_series = str(dying[0].SeriesInstanceUID), str(living[0].SeriesInstanceUID)
+        # The survivor's heartbeat poll counts the victim dead after 1.5 s, then abort_grace (1 s) passes.
+        assert wait_for(lambda: dead_series in completed(), timeout=60), f"{completed()}\n{survivor.tail()}"
+        states = dict(cluster.query("SELECT node_id IS NULL, state FROM associations ORDER BY started_at"))
+        assert live_series not in completed(), "the live node's open association still holds its series"
+        assert sorted(r[0] for r in cluster.query("SELECT state FROM associations")) == ["aborted", "active"], states
+        held[1].release()
+        assert wait_for(lambda: live_series in completed(), timeout=30)
+        events = Counter(cluster.query("SELECT kind, series_instance_uid FROM events WHERE kind = 'series_complete'"))
+    finally:
+        cluster.stop()
+    assert events == Counter({("series_complete", dead_series): 1, ("series_complete", live_series): 1})
