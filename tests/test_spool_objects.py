@@ -211,6 +211,14 @@ def test_spool_mirror_place_local_and_remove(tmp_path: Path, s3_server: ObjectPe
     assert not second.local(second.relpath_for("9.9.9")).exists()
     with pytest.raises(StorageError, match="leaves the storage root"):
         second.local("../../outside.dcm")
+    # Many at once (a job's series): fetched concurrently, returned in order, cached ones untouched.
+    others = [_placed(first, f"1.2.3.{n}", f"instance {n}".encode()) for n in range(5, 15)]
+    third = Spool(tmp_path / "three", fsync=False, mirror=mirror)
+    third.local(others[3])
+    got = third.local_many([others[0], *others, relpath])
+    assert [p.read_bytes() for p in got] == [b"instance 5"] + [f"instance {n}".encode() for n in range(5, 15)] + [
+        b"DICM" * 1000]
+    assert got[1:-1] == [third.path_for(r) for r in others]
     # A result written under the root is published and fetched the same way.
     (first.root / "results" / "ab").mkdir(parents=True)
     (first.root / "results" / "ab" / "r.dcm").write_bytes(b"result")

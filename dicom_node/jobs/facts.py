@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 def series_files(conn: sqlite3.Connection, spool: Spool, series_uid: str) -> list[Path]:
     """Spool paths of every indexed instance of a series."""
-    return [spool.local(p) for p in instances.series_paths(conn, series_uid)]
+    return spool.local_many(instances.series_paths(conn, series_uid))
 
 
 def series_facts(conn: sqlite3.Connection, spool: Spool, series_uid: str) -> SeriesFacts:
