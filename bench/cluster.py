@@ -248,7 +248,7 @@ def send(series: list[Series], ports: list[int], senders: int, per_association: 
 
     def sender(i: int) -> None:
         mine = series[i::senders]
-        size = per_association or len(mine)
+        size = per_association or len(mine) or 1  # a sender with no series sends nothing
         for first in range(0, len(mine), size):
             group = mine[first:first + size]
             run = subprocess.run(["storescu", "-aet", calling_ae, "-aec", "DICOM_NODE", "--max-pdu", "131072", "127.0.0.1",
