@@ -247,3 +247,30 @@ def test_without_spool_url_local_is_the_plain_path(tmp_path: Path) -> None:
     assert spool.local("ab/cd.dcm") == spool.path_for("ab/cd.dcm") == spool.files / "ab" / "cd.dcm"
     assert spool.local("results/ab/cd.dcm", result=True) == spool.root / "results" / "ab" / "cd.dcm"
     spool.publish("results/ab/cd.dcm")  # nothing to do, nothing raised
+
+
+def test_azure_spool_url_keeps_a_bucket_invocations_results(start_node, azurite: ObjectPeer) -> None:
+    """The same code on Azure Blob (Azurite): the facade's bucket invocation of a DICOM folder writes its SEG and
+    SR to the spool's container as a series job does, beside the result folder the caller asked for."""
+    from tests.test_compat_facade import ENGINES, dicom_series, invocation
+
+    prefix = f"az-{uuid.uuid4().hex[:8]}"
+    for n, data in enumerate(dicom_series(4, "spool-az"), start=1):
+        azurite.seed(f"{prefix}-in/{n:04d}.dcm", data)
+    node: Node = start_node(storage={"spool_url": f"az://results/{prefix}"}, objects=azurite.section,
+                            inference={"models_dir": str(ENGINES), "backends": ["onnxruntime"]},
+                            facade={"azure_input_container": "inputs", "azure_output_container": "results"})
+    reply = httpx.post(f"http://127.0.0.1:{node.api.port}/bucket_invocations_azure_uae", timeout=60,  # type: ignore[union-attr]
+                       headers={"Input-Location": f"{prefix}-in"})
+    assert reply.status_code == 200, reply.text
+    rid = reply.json()["request_uuid"][0]
+    assert wait_for(lambda: invocation(node, rid)["state"] in ("done", "failed"), 90)
+    assert invocation(node, rid)["state"] == "done", invocation(node, rid)
+    conn = node.index.reader()
+    try:
+        paths = {r[0]: r[1] for r in conn.execute("SELECT kind, path FROM results")}
+    finally:
+        conn.close()
+    assert sorted(paths) == ["SEG", "SR"]
+    for path in paths.values():
+        assert azurite.fetch(f"{prefix}/{path}", bucket="results") == (node.spool.root / path).read_bytes()

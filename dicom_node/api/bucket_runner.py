@@ -61,6 +61,7 @@ from dicom_node.objects import ObjectStoreError, ObjectStores, ObjectTooLarge, O
 from dicom_node.pixels.decode import read_dataset
 from dicom_node.pixels.volume import load_series
 from dicom_node.registry import ModelRegistry
+from dicom_node.spool import Spool
 from dicom_node.staging import parse_meta
 from inference.errors import InferenceError, InputError, ParameterError
 from inference.predictor import Predictor
@@ -122,17 +123,19 @@ class BucketRunner:
         The spool's ``tmp``.
     writer : IndexWriter
         Records the SEG and SR in the index (``results``, the QIDO-RS search tables).
+    spool : Spool, optional
+        The node's spool: with ``storage.spool_url`` the SEG and SR also go to the shared store.
     """
 
     def __init__(self, config: NodeConfig, models: ModelRegistry, objects: ObjectStores, tmp_dir: Path,
-                 writer: IndexWriter) -> None:
+                 writer: IndexWriter, spool: Spool | None = None) -> None:
         self.config = config
         self.models = models
         self.objects = objects
         self.tmp_dir = tmp_dir
         self.writer = writer
         #: SEG and SR are stored and indexed as a series job's are, so they stay downloadable and searchable.
-        self.results = FileResultWriter(config)
+        self.results = FileResultWriter(config, spool)
 
     def __call__(self, row: Row, upload: Path) -> dict[str, object]:
         """``{"prediction", "modelVersionId", "result_path"}`` or ``{"error": {...}}``; never raises for bad input."""

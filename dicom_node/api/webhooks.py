@@ -65,4 +65,4 @@ def invocation_service(node: Node) -> InvocationService:
     return InvocationService(node.config, node.index, node.writer, node.spool.tmp, node.queue, node.outbound,
                              UploadRunner(node.config, node.models, node.spool.tmp,
                                           BucketRunner(node.config, node.models, node.objects, node.spool.tmp,
-                                                       node.writer)))
+                                                       node.writer, node.spool)))
