@@ -93,8 +93,9 @@ def report(configs: list[Config], capacity: dict[str, float], args: argparse.Nam
     print(f"\nCapacity of the shared parts, same run, medians of one probe per repeat: pgbench one-row INSERT commits/s {capacity['pgbench_1']:.0f} "
           f"(1 client) and {capacity['pgbench_8']:.0f} (8 clients) on the same PostgreSQL 15 (fsync=on, "
           f"synchronous_commit=on); fsync'd file creations/s in the spool's folder, 8 writers, "
-          f"{args.size * args.size * 2 // 1024} KiB each: {capacity['fsync']:.0f}; object PUTs/s into moto S3, 8 "
-          f"writers, same size: {capacity['s3_puts']:.0f}.")
+          f"{args.size * args.size * 2 // 1024} KiB each: {capacity['fsync']:.0f}"
+          + (f"; object PUTs/s into moto S3, 8 writers, same size: {capacity['s3_puts']:.0f}."
+             if capacity["s3_puts"] == capacity["s3_puts"] else "."))  # NaN: no S3 rows in this run
     one = next((c for c in configs[1:] if c.nodes == 1 and not c.s3), None)
     if one is not None:
         saturation(one, capacity, args.slices)
