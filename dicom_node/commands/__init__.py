@@ -30,7 +30,8 @@ def existing_index(config: NodeConfig) -> Index:
     from dicom_node.node import INDEX_NAME, open_index
 
     root = config.storage.root
-    if not (root / INDEX_NAME).is_file():
+    # On PostgreSQL (storage.database) the index is that database, not a file under the root.
+    if config.storage.database is None and not (root / INDEX_NAME).is_file():
         raise StorageError(
             f"no node state at {root.resolve()} (no {INDEX_NAME}): nothing has been stored with this "
             "configuration; check --config or DICOM_NODE__STORAGE__ROOT (`dicom-node serve` creates it)"
@@ -39,7 +40,7 @@ def existing_index(config: NodeConfig) -> Index:
 
 
 def has_index(config: NodeConfig) -> bool:
-    """True when ``storage.root`` already holds the index."""
+    """True when ``storage.root`` already holds the index, or it is on PostgreSQL (``storage.database``)."""
     from dicom_node.node import INDEX_NAME
 
-    return (config.storage.root / INDEX_NAME).is_file()
+    return config.storage.database is not None or (config.storage.root / INDEX_NAME).is_file()
