@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ import pytest
 
 from dicom_node.api.server import ApiFrontend
 from dicom_node.config import NodeConfig
-from dicom_node.node import Node
+from dicom_node.index import Index
+from dicom_node.node import INDEX_NAME, Node
 from dicom_node.synthetic import SeriesSpec, write_ct_series
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,9 +76,49 @@ def node_config(root: Path, **sections: dict[str, Any]) -> NodeConfig:
     }
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
-    if os.environ.get("DICOM_NODE_TEST_POSTGRES") and "database" not in data["storage"]:
-        data["storage"]["database"] = postgres_database_for(os.environ["DICOM_NODE_TEST_POSTGRES"], root)
+    if "database" not in data["storage"]:
+        data["storage"]["database"] = node_database(root)
     return NodeConfig.model_validate(data)
+
+
+def node_database(root: Path) -> str | None:
+    """The ``storage.database`` the tests give a node rooted at ``root``: None (SQLite) unless the
+    tests run on PostgreSQL (``DICOM_NODE_TEST_POSTGRES``), then that root's database."""
+    server = os.environ.get("DICOM_NODE_TEST_POSTGRES")
+    return postgres_database_for(server, root) if server else None
+
+
+def storage_env(root: Path) -> dict[str, str]:
+    """The environment that points a ``dicom-node`` command at the node rooted at ``root`` (its
+    storage root, and its database when the tests run on PostgreSQL)."""
+    database = node_database(root)
+    return {"DICOM_NODE__STORAGE__ROOT": str(root), **({"DICOM_NODE__STORAGE__DATABASE": database} if database else {})}
+
+
+def shared_spool() -> bool:
+    """True when the tests' nodes run on PostgreSQL, where a node treats its spool as shared with other
+    nodes: its start-up scan spares files younger than ``dicom_node.node.SHARED_SPOOL_GRACE`` (another
+    node may be writing them) instead of removing every leftover of a crash at once."""
+    return bool(os.environ.get("DICOM_NODE_TEST_POSTGRES"))
+
+
+def database_toml(root: Path) -> str:
+    """The ``[storage]`` line of a config file for the node rooted at ``root`` on the tests' backend:
+    ``database = "..."`` on PostgreSQL, nothing on SQLite."""
+    database = node_database(root)
+    return f'database = "{database}"\n' if database else ""
+
+
+@contextmanager
+def node_index(root: Path) -> Iterator[Index]:
+    """The index of the node rooted at ``root``, on whichever backend the tests run it (see
+    :func:`node_database`), for a test to read what a node stored: ``index.reader()`` gives a
+    connection on either backend (dicom_node/index/pg.py translates the SQLite dialect)."""
+    index = Index(node_database(root) or root / INDEX_NAME)
+    try:
+        yield index
+    finally:
+        index.close()
 
 
 def postgres_database_for(server: str, root: Path) -> str:
@@ -130,14 +172,15 @@ class ServeProcess:
     def __init__(self, root: Path, port: int, extra_env: dict[str, str] | None = None) -> None:
         self.root = root
         self.port = port
+        # On the tests' backend, as node_config puts in-process nodes (storage_env); extra_env may override.
         self.env = dict(
             os.environ,
-            DICOM_NODE__STORAGE__ROOT=str(root),
+            **storage_env(root),
             DICOM_NODE__SCP__PORT=str(port),
             DICOM_NODE__API__PORT="0",
             DICOM_NODE__STORAGE__MIN_FREE_BYTES="0",
-            **(extra_env or {}),
         )
+        self.env.update(extra_env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         # stderr goes to a file, not a pipe: nobody reads a pipe while the node runs, and a node that
         # logs more than the pipe's 64 KiB would block on its next write and look hung.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -16,10 +17,10 @@ from dicom_node.archive.keys import KEYS
 from dicom_node.archive.match import condition
 from dicom_node.archive.query import _set, element_json, parse_qido, run, run_json
 from dicom_node.index import qido
-from dicom_node.index.schema import migrate
+from dicom_node.index.schema import MIGRATIONS, _set_version, migrate
 from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, ct_datasets
-from tests.conftest import wait_for
+from tests.conftest import node_index, wait_for
 from tests.scu import send_all
 
 SECRET = "qido-reader-secret"
@@ -201,6 +202,26 @@ def test_results_written_by_a_job_are_searchable(start_node) -> None:
     assert seg_series["00201209"]["Value"] == [1]
 
 
+def _downgrade(conn: sqlite3.Connection, version: int) -> None:
+    """Undo the migrations after ``version`` on ``conn`` (SQLite or PostgreSQL), newest first.
+
+    What each adds is dropped (its indexes before the columns they cover, which SQLite requires), read off
+    ``schema.MIGRATIONS`` so a new migration needs no change here; the version is set with the schema
+    module's own setter (``PRAGMA user_version`` on SQLite, the ``dicom_node_schema`` row on PostgreSQL).
+    """
+    for migration in reversed([m for m in MIGRATIONS if m.version > version]):
+        for statement in reversed(migration.statements()):
+            if (m := re.match(r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", statement, re.I)):
+                conn.execute(f"DROP INDEX IF EXISTS {m[1]}")
+            elif (m := re.match(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", statement, re.I)):
+                conn.execute(f"DROP TABLE IF EXISTS {m[1]}")
+            elif (m := re.match(r"ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+(\w+)", statement, re.I)):
+                conn.execute(f"ALTER TABLE {m[1]} DROP COLUMN {m[2]}")
+            else:
+                raise AssertionError(f"migration {migration.version}: no way to undo {statement[:60]!r}")
+    _set_version(conn, version)
+
+
 def test_an_index_from_before_the_search_tables_is_backfilled_at_start(start_node, tmp_path: Path) -> None:
     root = tmp_path / "old"
     node: Node = start_node(root=root)
@@ -208,14 +229,13 @@ def test_an_index_from_before_the_search_tables_is_backfilled_at_start(start_nod
     assert send_all(node.scp.port, datasets) == [0] * 3
     node.stop()
     # What an index written before migration 3 looks like: no qido_* tables, none of the later
-    # migrations' columns (4: invocations' object URLs), user_version 2.
-    conn = sqlite3.connect(root / "index.sqlite3", isolation_level=None)
-    for table in ("qido_instances", "qido_series", "qido_studies"):
-        conn.execute(f"DROP TABLE {table}")
-    for column in ("input_url", "output_url"):
-        conn.execute(f"ALTER TABLE invocations DROP COLUMN {column}")
-    conn.execute("PRAGMA user_version = 2")
-    conn.close()
+    # migrations' tables, indexes and columns, schema version 2; on whichever backend the node runs.
+    with node_index(root) as index:
+        conn = index.reader()
+        try:
+            _downgrade(conn, 2)
+        finally:
+            conn.close()
     again: Node = start_node(root=root)
     found = _client(again).search_for_studies(search_filters={"PatientID": "P7"})
     assert _uids(found) == {str(datasets[0].StudyInstanceUID)}

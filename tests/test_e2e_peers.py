@@ -7,7 +7,6 @@ on CPU) with a routing rule for ``ct-body``; results are checked where they arri
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import pydicom
 from models.reference import body_mask, dice
 
 from dicom_node.synthetic import SeriesSpec, write_ct_series
-from tests.conftest import ServeProcess, free_port, require_tool, wait_for, wait_port
+from tests.conftest import ServeProcess, free_port, node_index, require_tool, wait_for, wait_port
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -67,11 +66,13 @@ def send_series(port: int, folder: Path, seed: str, slices: int = 16) -> list[Pa
 
 
 def job_states(root: Path) -> list[str]:
-    conn = sqlite3.connect(root / "index.sqlite3")
-    try:
-        return [r[0] for r in conn.execute("SELECT state FROM jobs")]
-    finally:
-        conn.close()
+    """The job states in the index of the node rooted at ``root`` (SQLite, or PostgreSQL when the tests run on it)."""
+    with node_index(root) as index:
+        conn = index.reader()
+        try:
+            return [r[0] for r in conn.execute("SELECT state FROM jobs")]
+        finally:
+            conn.close()
 
 
 def reference_dice(seg: pydicom.Dataset, sources: list[Path]) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, ct_datasets
-from tests.conftest import ServeProcess, free_port, require_tool, wait_for
+from tests.conftest import ServeProcess, free_port, node_index, require_tool, storage_env, wait_for
 from tests.receiver import RecordingSCP as Receiver
 from tests.scu import send_all
 
@@ -153,21 +152,23 @@ def test_kill9_mid_pipeline_loses_no_job_and_delivers_once(tmp_path: Path, recei
     datasets = list(ct_datasets(SeriesSpec(slices=24, rows=256, columns=256, seed="k9")))
     assert send_all(port, datasets) == [0] * 24
 
-    def job_states() -> list[str]:
-        conn = sqlite3.connect(root / "index.sqlite3")
-        try:
-            return [r[0] for r in conn.execute("SELECT state FROM jobs")]
-        finally:
-            conn.close()
+    with node_index(root) as index:
 
-    assert wait_for(lambda: job_states() != [], timeout=30, interval=0.01)
-    serve.stop(signal.SIGKILL)
-    first_uids = receiver.uids()
-    serve = ServeProcess(root, port, {"DICOM_NODE__LOGGING__LEVEL": "WARNING"}).start()
-    try:
-        assert wait_for(lambda: job_states() == ["done"], timeout=90), job_states()
-    finally:
-        serve.stop()
+        def job_states() -> list[str]:
+            conn = index.reader()
+            try:
+                return [r[0] for r in conn.execute("SELECT state FROM jobs")]
+            finally:
+                conn.close()
+
+        assert wait_for(lambda: job_states() != [], timeout=30, interval=0.01)
+        serve.stop(signal.SIGKILL)
+        first_uids = receiver.uids()
+        serve = ServeProcess(root, port, {"DICOM_NODE__LOGGING__LEVEL": "WARNING"}).start()
+        try:
+            assert wait_for(lambda: job_states() == ["done"], timeout=90), job_states()
+        finally:
+            serve.stop()
     uids = receiver.uids()
     assert len(uids) == 2 and len(set(uids)) == 2, f"each result exactly once: {uids} (before kill: {first_uids})"
     # A third run of the same model version on the same series derives the same UIDs.
@@ -188,7 +189,7 @@ def test_jobs_cli_lists_shows_and_retries_a_dead_letter(start_node, receiver: Re
                             inference={"models_dir": engines()})
     send_all(node.scp.port, list(ct_datasets(SeriesSpec(slices=2, rows=32, columns=32, seed="cli-dead"))))
     assert wait_for(lambda: [j["state"] for j in jobs(node)] == ["dead-letter"], timeout=30), jobs(node)
-    env = dict(os.environ, DICOM_NODE__STORAGE__ROOT=str(root))
+    env = dict(os.environ, **storage_env(root))
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([dicom_node_exe(), "jobs", *args], env=env, cwd=tmp_path, capture_output=True, text=True)

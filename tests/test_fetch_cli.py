@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import sqlite3
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
 
-from tests.conftest import ServeProcess, dicom_node_exe, free_port, require_tool
+from tests.conftest import ServeProcess, dicom_node_exe, free_port, node_index, require_tool, storage_env
 from tests.test_sources_dimse import _datasets, post_instances
 
 SCP_PORT = free_port()
@@ -42,8 +43,10 @@ def write_config(folder: Path, dicom_port: int, retrieve: str = "c-get") -> Path
 
 
 def fetch(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # The config's storage, on the backend the tests run (storage_env adds the PostgreSQL database).
+    env = dict(os.environ, **storage_env(config.parent / "state"))
     return subprocess.run([dicom_node_exe(), "--config", str(config), "fetch", "--from", "orthanc", *args],
-                          cwd=config.parent, capture_output=True, text=True, timeout=120, check=False)
+                          cwd=config.parent, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
 def outcome_lines(stderr: str) -> list[str]:
@@ -51,13 +54,13 @@ def outcome_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("dicom-node: config ")]
 
 
-def instances(config: Path) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(config.parent / "state" / "index.sqlite3")
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute("SELECT * FROM instances").fetchall()
-    finally:
-        conn.close()
+def instances(config: Path) -> list[dict[str, Any]]:
+    with node_index(config.parent / "state") as index:
+        conn = index.reader()
+        try:
+            return [dict(r) for r in conn.execute("SELECT * FROM instances")]
+        finally:
+            conn.close()
 
 
 def _study(series: dict[str, list[pydicom.Dataset]]) -> str:

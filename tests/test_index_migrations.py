@@ -161,7 +161,7 @@ def test_node_restarts_on_a_database_of_the_previous_release(
     root.mkdir()
     _load_old(root / "index.sqlite3")
 
-    node = start_node(root)
+    node = start_node(root, storage={"database": None})  # the old release's SQLite file, upgraded in place
     path = root / "index.sqlite3"
     assert _version(path) == schema.LATEST
     assert _counts(path) == OLD_COUNTS, "the upgrade must keep every row"
@@ -208,7 +208,7 @@ def test_work_in_flight_in_an_old_database_runs_after_the_upgrade(
     conn.commit()
     conn.close()
 
-    node = start_node(root)
+    node = start_node(root, storage={"database": None})  # the old release's SQLite file, upgraded in place
     assert _version(path) == schema.LATEST
 
     def job(jid: str) -> dict[str, object]:

@@ -14,7 +14,7 @@ import pytest
 from dicom_node.cli import main
 from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, ct_datasets
-from tests.conftest import dicom_node_exe, wait_for
+from tests.conftest import database_toml, dicom_node_exe, wait_for
 from tests.scu import send_all
 
 ENGINES = str(Path(__file__).resolve().parents[1] / "engines")
@@ -51,7 +51,7 @@ def node_with_results(start_node: Callable[..., Node], tmp_path: Path) -> NodeWi
     assert [state for state, _ in jobs()] == ["done"], jobs()
     config = tmp_path / "site" / "conf" / "node.toml"
     config.parent.mkdir(parents=True)
-    config.write_text('[storage]\nroot = "../var"\n', encoding="utf-8")
+    config.write_text('[storage]\nroot = "../var"\n' + database_toml(root), encoding="utf-8")
     return node, config, ct
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from dicom_node.cli import main
 from dicom_node.node import Node
-from tests.conftest import dicom_node_exe, wait_for
+from tests.conftest import database_toml, dicom_node_exe, wait_for
 from tests.test_sources_poller import NAME, load, orthanc_available, series
 
 
@@ -27,7 +27,7 @@ enabled = false
 [storage]
 root = "{root}"
 min_free_bytes = 0
-[assembly]
+{database_toml(root)}[assembly]
 quiet_period = 0.5
 poll_interval = 0.1
 

@@ -284,7 +284,7 @@ def test_a_pollers_rules_restrict_routing_of_what_it_brought_in(start_node, orth
     assert set(send_all(node.scp.port, [dcmread(p) for p in ct_series])) == {0}
     assert wait_for(lambda: len(rows(node, "SELECT id FROM jobs")) == 3, timeout=20)
     jobs = rows(node, "SELECT j.rule, j.model, i.source FROM jobs j JOIN instances i "
-                      "ON i.series_instance_uid = j.series_instance_uid GROUP BY j.id")
+                      "ON i.series_instance_uid = j.series_instance_uid GROUP BY j.id, j.rule, j.model, i.source")
     assert sorted(jobs) == sorted([("ct-all", "model-a", "dimse"), ("ct-pulled", "model-b", "dimse"),
                                    ("ct-pulled", "model-b", SOURCE)])
 

@@ -135,7 +135,8 @@ def test_disk_below_reserve_is_not_ready_refuses_stores_and_recovers(tmpfs: Path
 
 def test_reserve_zero_full_disk_answers_a700_keeps_echo_and_readiness_says_why(tmpfs: Path, start_node) -> None:
     """With no reserve the index itself fails to write: 0xA700 per instance, never an abort."""
-    node: Node = start_node(root=tmpfs / "node", storage={"min_free_bytes": 0})
+    # The index on the full volume: SQLite's file (database None keeps it there on the PostgreSQL pass).
+    node: Node = start_node(root=tmpfs / "node", storage={"min_free_bytes": 0, "database": None})
     datasets = _datasets("zero", 3)
     filler = fill(tmpfs)
 
@@ -169,7 +170,9 @@ def test_index_write_failure_answers_a700_and_deletes_the_just_written_file(tmp_
         root = tmp_path / "node"
         root.mkdir()
         (root / "index.sqlite3").symlink_to(index_volume / "index.sqlite3")
-        node: Node = start_node(root=root, storage={"min_free_bytes": 0})
+        # SQLite's file on its own full volume: this fault is the embedded backend's (database None
+        # keeps it there when the tests run on PostgreSQL, whose disk-full is the server's).
+        node: Node = start_node(root=root, storage={"min_free_bytes": 0, "database": None})
         datasets = _datasets("index-full", 3)
         # One association across the fault, so the second instance reaches the spool and then the index.
         assoc = associate(node.scp.port)
@@ -217,7 +220,10 @@ def test_stow_rs_index_failure_is_a_per_instance_a700_not_a_500(tmpfs: Path, sta
 def test_orphan_spool_files_are_removed_at_start_with_one_summary_line(tmp_path: Path, start_node,
                                                                         caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / "node"
-    node: Node = start_node(root=root)
+    # A lone node's scan (SQLite): on PostgreSQL the spool may be shared and files younger than
+    # SHARED_SPOOL_GRACE are spared (tests/test_spool_scan.py), so database None pins the embedded backend.
+    lone = {"database": None}
+    node: Node = start_node(root=root, storage=lone)
     for ds in _datasets("orphans", 2):
         assert _store_one(node.scp.port, ds)[1].startswith("0x0000")
     node.stop()
@@ -231,7 +237,7 @@ def test_orphan_spool_files_are_removed_at_start_with_one_summary_line(tmp_path:
     stray.write_bytes(b"x")
 
     with caplog.at_level(logging.INFO, logger="dicom_node"):
-        node = start_node(root=root)
+        node = start_node(root=root, storage=lone)
     assert not orphan.exists() and not stray.exists()
     assert not list((root / "tmp").glob("*.part"))
     assert sorted(p for p in node.spool.files.glob("*/*")) == kept

@@ -11,13 +11,12 @@ up, went down and came back.
 from __future__ import annotations
 
 import signal
-import sqlite3
 import threading
 from pathlib import Path
 
 from dicom_node.node import Node
 from dicom_node.synthetic import SeriesSpec, ct_datasets
-from tests.conftest import ServeProcess, free_port, wait_for
+from tests.conftest import ServeProcess, free_port, node_index, shared_spool, wait_for
 from tests.receiver import RecordingSCP
 from tests.scu import associate, send_all
 from tests.test_e2e_results import CT_RULE, destination, engines, jobs
@@ -27,11 +26,13 @@ FAST = {"DICOM_NODE__ASSEMBLY__QUIET_PERIOD": "0.3", "DICOM_NODE__ASSEMBLY__ABOR
 
 
 def _index(root: Path, sql: str) -> list[tuple]:
-    conn = sqlite3.connect(root / "index.sqlite3")
-    try:
-        return list(conn.execute(sql))
-    finally:
-        conn.close()
+    """Rows of ``sql`` read off the node's index, on the backend the tests run (SQLite or PostgreSQL)."""
+    with node_index(root) as index:
+        conn = index.reader()
+        try:
+            return [tuple(r) for r in conn.execute(sql)]
+        finally:
+            conn.close()
 
 
 def _unreferenced(root: Path) -> list[Path]:
@@ -75,8 +76,15 @@ def test_repeated_kill9_during_sends_keeps_every_ack_and_leaves_no_orphan(tmp_pa
         serve = ServeProcess(root, port, FAST).start()  # the start-up scan runs before the SCP listens
         stored = {r[0] for r in _index(root, "SELECT sop_instance_uid FROM instances")}
         assert set(acked) <= stored, f"round {round_}: acknowledged instances lost"
-        assert _unreferenced(root) == [], f"round {round_}: spool files without an index row after restart"
-        assert not list((root / "tmp").glob("*.part"))
+        if shared_spool():
+            # On PostgreSQL the spool may be shared with other nodes: a starting node spares files of the
+            # last hour (another node may be between its rename and its commit). The sender waits for each
+            # answer, so each kill leaves at most the one instance in flight.
+            assert len(_unreferenced(root)) <= round_ + 1, f"round {round_}: {_unreferenced(root)}"
+            assert len(list((root / "tmp").glob("*.part"))) <= round_ + 1
+        else:
+            assert _unreferenced(root) == [], f"round {round_}: spool files without an index row after restart"
+            assert not list((root / "tmp").glob("*.part"))
     try:
         # The node still takes a full series after three crashes.
         assert send_all(port, list(ct_datasets(SeriesSpec(slices=3, rows=32, columns=32, seed="after")))) == [0] * 3

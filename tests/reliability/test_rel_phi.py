@@ -106,6 +106,8 @@ def test_phi_canaries_stay_out_of_logs_index_and_answers(tmp_path: Path) -> None
                                              "DICOM_NODE__ASSEMBLY__QUIET_PERIOD": "0.5",
                                              "DICOM_NODE__ASSEMBLY__POLL_INTERVAL": "0.1"})
     serve.env["DICOM_NODE__API__PORT"] = str(api_port)
+    # The check reads the SQLite file's bytes (freed pages included): the embedded backend, always.
+    serve.env.pop("DICOM_NODE__STORAGE__DATABASE", None)
     serve.start()
     base = f"http://127.0.0.1:{api_port}"
     answers: dict[str, str] = {}
