@@ -89,10 +89,10 @@ def test_one_study_sent_round_robin_to_three_nodes_completes_once(tmp_path: Path
         batches = [(node, files[i::6]) for i, node in enumerate(cluster.nodes * 2)]
         senders = [subprocess.Popen([storescu, "-aec", "DICOM_NODE", "127.0.0.1", str(node.port),
                                      *map(str, batch)], env={**os.environ, "TCP_NODELAY": "1"},
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for node, batch in batches]
-        for sender in senders:
-            _, err = sender.communicate(timeout=120)
-            assert sender.returncode == 0, err.decode(errors="replace")
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for node, batch in batches]
+        for sender, (node, _batch) in zip(senders, batches, strict=True):
+            out, _ = sender.communicate(timeout=120)
+            assert sender.returncode == 0, f"{out.decode(errors='replace')}\n{node.name}:\n{node.tail()}"
         jobs = lambda: cluster.query("SELECT series_instance_uid, model, state FROM jobs")  # noqa: E731
         # At least the three jobs, all ended (a duplicate completion shows as a fourth job, asserted below).
         assert wait_for(lambda: len(jobs()) >= 3 and all(j[2] == "done" for j in jobs()), timeout=180), jobs()

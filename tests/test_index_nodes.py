@@ -260,3 +260,55 @@ def test_a_starting_node_fails_only_dead_nodes_retrieval_sessions(cluster) -> No
         assert status == {"a" * 32: "retrieving", "b" * 32: "failed"}, "the live node's upload goes on"
     else:
         assert status == {"a" * 32: "failed", "b" * 32: "failed"}, "SQLite: the starting node owns every session"
+
+
+def test_a_write_chosen_to_end_a_deadlock_with_another_node_runs_again_and_succeeds(cluster, index_location) -> None:
+    """Two nodes' batches storing into two series of one study in opposite orders deadlock; PostgreSQL
+    ends the cycle by failing one statement. The writer runs that operation again in a later
+    transaction instead of failing it (which would answer the C-STORE 0xA700)."""
+    if not pg.is_postgres(index_location):
+        pytest.skip("SQLite's single writer cannot deadlock with another")
+    index, location, writers = cluster
+    writers.append(_writer(location, _node("n1"), 0.0))
+    writer = writers[0]
+    for assoc in ("w", "other"):
+        writer.run(lambda c, a=assoc: ops.begin_association(c, a, "PACS", "NODE", "h", 100.0))
+
+    def rec(uid: str, series: str, assoc: str) -> object:
+        return dataclasses.replace(record(0, series=series, assoc=assoc, at=100.0, study="5.1"), sop_instance_uid=uid)
+
+    for series in ("5.1.1", "5.1.2"):  # both series rows exist, as when several instances arrived
+        writer.run(lambda c, s=series: ops.store_instance(c, rec(f"{s}.0", s, "w"), False))
+    other = pg.connect(str(location))
+    try:
+        other.execute("BEGIN")
+        ops.store_instance(other, rec("5.1.1.other", "5.1.1", "other"), False)  # holds series 5.1.1
+        pid = other.execute("SELECT pg_backend_pid()").fetchone()[0]
+        outcome: list[object] = []
+
+        def both(c: object) -> list[str]:  # series 5.1.2, then 5.1.1 (held by the other node)
+            return [ops.store_instance(c, rec(f"{s}.w", s, "w"), False) for s in ("5.1.2", "5.1.1")]
+
+        thread = threading.Thread(target=lambda: outcome.append(writer.run(both)))
+        thread.start()
+        conn = index.reader()
+        try:
+            assert wait_for(lambda: conn.execute(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE ? = ANY(pg_blocking_pids(pid))", (pid,)).fetchone()[0] > 0,
+                timeout=30), "the writer never waited on the other node's row"
+        finally:
+            conn.close()
+        # The other node now wants series 5.1.2, which the writer's batch holds: a deadlock. The writer,
+        # waiting longer, detects it and its operation is rolled back, releasing 5.1.2 to this one.
+        ops.store_instance(other, rec("5.1.2.other", "5.1.2", "other"), False)
+        other.execute("COMMIT")
+        thread.join(60)
+    finally:
+        other.close()
+    assert outcome == [[ops.STORED, ops.STORED]], "the operation ran again after the other node committed"
+    conn = index.reader()
+    try:
+        counts = dict(conn.execute("SELECT series_instance_uid, instance_count FROM series").fetchall())
+    finally:
+        conn.close()
+    assert counts == {"5.1.1": 3, "5.1.2": 3}

@@ -33,6 +33,11 @@ Operation = Callable[[sqlite3.Connection], Any]
 PROBE_OK_SECONDS = 5.0
 #: A failed probe is retried sooner, so readiness comes back soon after space is freed.
 PROBE_FAILED_SECONDS = 1.0
+#: PostgreSQL errors after which an operation succeeds when run again in a later transaction
+#: (Appendix A, "Class 40 - Transaction Rollback": deadlock_detected, serialization_failure).
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+#: Most times one operation is run again after such an error before it fails.
+MAX_RETRIES = 3
 
 
 class IndexWriter:
@@ -59,6 +64,8 @@ class IndexWriter:
         self._started = False
         self._probe_lock = threading.Lock()
         self._probe: tuple[float, str | None] = (float("-inf"), None)
+        #: Retries so far of operations re-queued after a deadlock (writer thread only), by future.
+        self._retries: dict[int, int] = {}
 
     def start(self) -> None:
         """Bring the schema up to date (a no-op after :class:`~dicom_node.index.store.Index` did), start the thread.
@@ -146,10 +153,15 @@ class IndexWriter:
         if not self._durable:
             conn.execute("PRAGMA synchronous=OFF")
         try:
+            stopping = False
             while True:
+                # After the stop sentinel, operations re-queued after a deadlock still run (bounded retries).
+                if stopping and self._queue.empty():
+                    return
                 first = self._queue.get()
                 if first is None:
-                    return
+                    stopping = True
+                    continue
                 batch, stop = self._take_batch(first)
                 try:
                     self._commit(conn, batch)
@@ -162,13 +174,13 @@ class IndexWriter:
                     for _op, future in batch:
                         if not future.done():
                             future.set_exception(StorageError(f"index write failed: {type(exc).__name__}"))
-                if stop:
-                    return
+                stopping = stopping or stop
         finally:
             conn.close()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[tuple[Operation, Future[Any]]]) -> None:
         results: list[tuple[Future[Any], bool, Any]] = []
+        again: list[tuple[Operation, Future[Any]]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for n, (op, future) in enumerate(batch):
@@ -177,6 +189,13 @@ class IndexWriter:
                     value = op(conn)
                 except (sqlite3.Error, StorageError, ValueError, KeyError) as exc:
                     conn.execute(f"ROLLBACK TO op{n}")
+                    if self._retry(exc, future):
+                        # Nodes sharing PostgreSQL: this batch and another node's took the same rows in
+                        # opposite orders (two series of one study), and PostgreSQL chose this operation
+                        # to end the deadlock. Run alone, later, it succeeds; failing it would answer a
+                        # C-STORE 0xA700 for a transient conflict.
+                        again.append((op, future))
+                        continue
                     results.append((future, False, exc))
                 except Exception as exc:  # noqa: BLE001 - a bug in one operation fails that operation only
                     log.error("index operation failed error_class=%s", type(exc).__name__)
@@ -191,13 +210,28 @@ class IndexWriter:
             self._rollback(conn)
             failure = StorageError(f"index commit failed: {exc}")
             for _op, future in batch:
+                self._retries.pop(id(future), None)
                 future.set_exception(failure)
             return
+        for item in again:  # behind what is queued: the other node's transaction commits meanwhile
+            self._queue.put(item)
         for future, ok, value in results:
+            self._retries.pop(id(future), None)
             if ok:
                 future.set_result(value)
             else:
                 future.set_exception(value if isinstance(value, StorageError) else StorageError(str(value)))
+
+    def _retry(self, exc: BaseException, future: Future[Any]) -> bool:
+        """Whether an operation that raised ``exc`` runs again in a later transaction (counted per future)."""
+        if getattr(exc.__cause__, "sqlstate", None) not in RETRYABLE_SQLSTATES:
+            return False
+        tries = self._retries.get(id(future), 0)
+        if tries >= MAX_RETRIES:
+            return False
+        self._retries[id(future)] = tries + 1
+        log.warning("index operation retried after a transaction conflict attempt=%d", tries + 1)
+        return True
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
