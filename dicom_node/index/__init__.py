@@ -8,6 +8,8 @@ query functions, one module per table or group of tables:
 - :mod:`~dicom_node.index.writer`: :class:`IndexWriter`, the single writer thread (group commit);
 - :mod:`~dicom_node.index.ops` (writes) and :mod:`~dicom_node.index.instances` (reads): instances,
   series, associations and completion events;
+- :mod:`~dicom_node.index.nodes`: node ids and heartbeats of the nodes sharing a PostgreSQL index,
+  and the advisory lock that serialises their assembly decisions;
 - :mod:`~dicom_node.index.jobs`, :mod:`~dicom_node.index.results`, :mod:`~dicom_node.index.deliveries`,
   :mod:`~dicom_node.index.invocations`, :mod:`~dicom_node.index.sources`, :mod:`~dicom_node.index.sessions`:
   their tables;
