@@ -196,30 +196,40 @@ def start_nodes(work: Path, count: int, database: str | None, dest: int, quiet: 
     nodes: list[Node] = []
     for i in range(count):
         shutil.rmtree(work / (f"root{i}" if store else "shared-root"), ignore_errors=True)
+    http = requests.Session()
+    http.trust_env = False
+
+    def launch(i: int) -> Node:
+        root = work / (f"root{i}" if store else "shared-root")
+        root.mkdir(parents=True, exist_ok=True)
+        conf, scp, api = node_config(work, f"node{i}", root, database, dest, quiet, store)
+        log = work / f"node{i}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "dicom_node", "serve", "--config", str(conf)], cwd=work,
+                                    stdout=out, stderr=out, env=checkout_env())
+        return Node(proc, scp, api, log)
+
+    def ready(node: Node) -> None:
+        deadline = time.monotonic() + 120
+        while True:
+            if node.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"a node did not start; see {node.log}: {node.log.read_text()[-1500:]}")
+            try:
+                if http.get(f"http://127.0.0.1:{node.api}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        wait_port(node.scp)
+
     try:
-        for i in range(count):
-            root = work / (f"root{i}" if store else "shared-root")
-            root.mkdir(parents=True, exist_ok=True)
-            conf, scp, api = node_config(work, f"node{i}", root, database, dest, quiet, store)
-            log = work / f"node{i}.log"
-            with log.open("wb") as out:
-                proc = subprocess.Popen([sys.executable, "-m", "dicom_node", "serve", "--config", str(conf)], cwd=work,
-                                        stdout=out, stderr=out, env=checkout_env())
-            nodes.append(Node(proc, scp, api, log))
-        http = requests.Session()
-        http.trust_env = False
-        for node in nodes:
-            deadline = time.monotonic() + 120
-            while True:
-                if node.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"a node did not start; see {node.log}: {node.log.read_text()[-1500:]}")
-                try:
-                    if http.get(f"http://127.0.0.1:{node.api}/readyz", timeout=2).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                time.sleep(0.2)
-            wait_port(node.scp)
+        # The first node alone, then the rest together: nodes starting at once on one root race to create
+        # <root>/webhook.key, and one can read it empty (see bench/README.md, "Cluster").
+        nodes.append(launch(0))
+        ready(nodes[0])
+        nodes += [launch(i) for i in range(1, count)]
+        for node in nodes[1:]:
+            ready(node)
         yield nodes
     finally:
         for node in nodes:
