@@ -97,18 +97,35 @@ def load_secret(config: NodeConfig) -> bytes:
     path: Path | None = config.api.webhook_secret_file
     if path is None:
         path = Path(config.storage.root) / "webhook.key"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(secrets.token_hex(32))  # exactly the key: no newline a receiver would have to know about
-            log.info("generated the webhook signing key file=%s", path)
+        if not path.exists():
+            _create_key(path)
     secret = Path(path).read_bytes().strip()
     if not secret:
         raise ValueError(f"webhook secret file {path} is empty")
     return secret
+
+
+def _create_key(path: Path) -> None:
+    """Write a new key to a temporary file, then link it into place only if no key is there yet.
+
+    Nodes starting together on one storage root (a cluster on a shared path) all try to create the
+    key: with an ``O_EXCL`` create and then a write, a second node could read the file between the
+    two and find it empty. The hard link publishes the whole key at once, and only the first one.
+    """
+    temp = path.with_name(f".webhook.key.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(secrets.token_hex(32))  # exactly the key: no newline a receiver would have to know about
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return  # another node made it first: everyone signs with that one
+        log.info("generated the webhook signing key file=%s", path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def signature(body: bytes, secret: bytes) -> str:
