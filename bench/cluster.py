@@ -223,12 +223,10 @@ def start_nodes(work: Path, count: int, database: str | None, dest: int, quiet: 
         wait_port(node.scp)
 
     try:
-        # The first node alone, then the rest together: nodes starting at once on one root race to create
-        # <root>/webhook.key, and one can read it empty (see bench/README.md, "Cluster").
-        nodes.append(launch(0))
-        ready(nodes[0])
-        nodes += [launch(i) for i in range(1, count)]
-        for node in nodes[1:]:
+        # All at once, as an orchestrator starts replicas (before 4fbb155 two nodes starting together on one
+        # root could read <root>/webhook.key empty; bench/README.md, "Cluster").
+        nodes += [launch(i) for i in range(count)]
+        for node in nodes:
             ready(node)
         yield nodes
     finally:
