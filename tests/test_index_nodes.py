@@ -96,6 +96,12 @@ def test_recover_spares_a_live_nodes_associations_and_aborts_a_dead_ones(cluster
     else:
         # The embedded default: the starting node owns the file, every open association died.
         assert recovered == 2 and states == {"a-live": "aborted", "a-dead": "aborted"}
+        conn = index.reader()
+        try:
+            # Rows not renewed since before this start go ("live" beat at this very instant here).
+            assert sorted(r[0] for r in conn.execute("SELECT id FROM nodes")) == ["live", "new"]
+        finally:
+            conn.close()
 
 
 def test_a_running_node_aborts_only_expired_nodes_associations(cluster, index_location) -> None:

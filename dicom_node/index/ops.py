@@ -142,7 +142,7 @@ def recover(conn: sqlite3.Connection, now: float, lease: float = 30.0) -> int:
     On SQLite the starting node owns the index, so every association still 'active' died with the
     previous process. On PostgreSQL other nodes may be running: only the associations of nodes whose
     heartbeat is older than ``lease`` (``assembly.node_lease``), and those recorded without a node id,
-    are dead; the rows of nodes dead that long are then removed.
+    are dead. The rows of dead nodes are then removed (on SQLite every other node's).
 
     Returns
     -------
@@ -155,8 +155,8 @@ def recover(conn: sqlite3.Connection, now: float, lease: float = 30.0) -> int:
         dead = [r[0] for r in conn.execute("SELECT id FROM associations WHERE state = 'active'")]
     for assoc_id in dead:
         end_association(conn, assoc_id, "aborted", now)
-    if nodes.shared(conn):
-        nodes.prune(conn, now, lease)
+    # The rows of dead nodes go (on SQLite every earlier process is dead), so the table stays small.
+    nodes.prune(conn, now, lease if nodes.shared(conn) else 0.0)
     return len(dead)
 
 
