@@ -128,9 +128,52 @@ def check_framing(path: Path, data_offset: int, transfer_syntax: str, max_inflat
     return found
 
 
+#: The US attributes of the geometry (PS3.3 C.7.6.3) by DeclaredGeometry field.
+_US = {0x00280002: "samples", 0x00280010: "rows", 0x00280011: "columns", 0x00280100: "bits_allocated",
+       0x00280101: "bits_stored", 0x00280102: "high_bit"}
+#: A plain IS count (Number of Frames), as nearly every writer encodes it.
+_COUNT = re.compile(rb" *[0-9]{1,10} *")
+#: One value of plain text, no padding NUL and no multi-value separator.
+_TEXT = re.compile(rb"[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]*")
+
+
 def _declared(values: dict[int, RawDataElement]) -> DeclaredGeometry:
-    """The declared geometry from the captured geometry values only (the walk may capture more)."""
+    """The declared geometry from the captured geometry values only (the walk may capture more).
+
+    The common encoding (each attribute once, US of 2 bytes, a plain IS count and text) is read
+    directly; anything else goes through pydicom's conversion in
+    :meth:`DeclaredGeometry.from_dataset`, which also words every refusal. Both give the same
+    geometry (tests/test_ingest_header.py); pydicom took 0.38 ms of each instance's ingest.
+    """
+    fast = _declared_plain(values)
+    if fast is not None:
+        return fast
     return DeclaredGeometry.from_dataset(Dataset({BaseTag(t): e for t, e in values.items() if t in _GEOMETRY}))
+
+
+def _declared_plain(values: dict[int, RawDataElement]) -> DeclaredGeometry | None:
+    """:func:`_declared` of the common encoding; None for anything else (missing, odd VR, length, text)."""
+    got: dict[str, int] = {}
+    for tag, name in _US.items():
+        elem = values.get(tag)
+        if elem is None or elem.length != 2 or elem.VR not in (None, "US") or elem.value is None:
+            return None
+        got[name] = int.from_bytes(elem.value, "little" if elem.is_little_endian else "big")
+    frames = values.get(0x00280008)
+    if frames is not None and (frames.VR not in (None, "IS") or not _COUNT.fullmatch(frames.value or b"")):
+        return None
+    texts: list[str] = []
+    for tag, vr in ((0x00080018, "UI"), (0x00280004, "CS")):
+        elem = values.get(tag)
+        # UI values are padded with NUL (PS3.5 6.2), which pydicom strips too; CS with spaces.
+        raw = bytes(elem.value or b"").rstrip(b"\x00 " if vr == "UI" else b" ") if elem is not None else b""
+        if elem is None or elem.VR not in (None, vr) or not _TEXT.fullmatch(raw):
+            return None
+        texts.append(raw.decode("ascii"))
+    count = int(frames.value or b"") if frames is not None else 1
+    return DeclaredGeometry(sop_instance_uid=texts[0], rows=got["rows"], columns=got["columns"], frames=count,
+                            samples=got["samples"], bits_allocated=got["bits_allocated"],
+                            bits_stored=got["bits_stored"], high_bit=got["high_bit"], photometric=texts[1].strip())
 
 
 def clean_uid(value: str | None, what: str) -> str:
