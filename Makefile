@@ -1,6 +1,7 @@
 # dicom-node: the two commands that set everything up on a fresh machine.
 #   make run   - create .venv, install, start the node on conf/node.toml (SCP 127.0.0.1:11112, state in ./var)
 #   make test  - create .venv, install test extras and the Debian peers it can, run pytest
+#   make test-postgresql - the tests whose nodes store something, again with the index on a throwaway PostgreSQL
 #   make lint  - ruff and mypy (configured in pyproject.toml), as CI runs them
 #   make viewer - fetch the OHIF viewer (npm) and serve it on 127.0.0.1:3000 against the running node
 #   make smoke - a fresh venv with the runtime install only serves: /readyz, C-ECHO, SIGTERM (.ci/smoke.sh)
@@ -10,7 +11,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint smoke install install-test peers viewer bench-ingest clean
+.PHONY: run test test-postgresql lint smoke install install-test peers viewer bench-ingest clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,11 @@ peers:
 
 test: install-test peers
 	$(PY) -m pytest
+
+# The PostgreSQL pass (issue 18): tests/pg_peer.py starts a throwaway PostgreSQL 15 cluster, puts
+# every node the tests configure on it and keeps only the tests that reach a node's index (touches_index).
+test-postgresql: install-test peers
+	DICOM_NODE_TEST_BACKEND=postgresql $(PY) -m pytest
 
 # mypy reads its targets (dicom_node, inference) and plugins from pyproject.toml.
 lint: install-test

@@ -13,6 +13,8 @@ command -v Orthanc >/dev/null 2>&1 || missing="$missing orthanc"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 # `haproxy -c` checks the load balancer config of deploy/ (tests/test_deploy_manifests.py).
 command -v haproxy >/dev/null 2>&1 || missing="$missing haproxy"
+# PostgreSQL 15 for the PostgreSQL backend's tests and pass (tests/pg_peer.py runs its own throwaway cluster).
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$missing postgresql-15"
 [ -z "$missing" ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "peers: apt-get not found; install$missing yourself" >&2; exit 0
