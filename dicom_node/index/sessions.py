@@ -36,6 +36,20 @@ def fail_interrupted(conn: sqlite3.Connection, now: float, lease: float = 30.0) 
                         (INTERRUPTED, now)).rowcount
 
 
+def held_by_live_node(conn: sqlite3.Connection, session_id: str, now: float, lease: float) -> bool:
+    """Whether the session was opened by a node whose heartbeat is within ``lease`` (PostgreSQL only).
+
+    A retrieval's plan lives in the memory of the node that queued it; another node that claims
+    its work row must hand it back while that node lives. On SQLite one node owns the index: False.
+    """
+    if not nodes.shared(conn):
+        return False
+    return conn.execute(
+        """SELECT 1 FROM sessions s JOIN nodes n ON n.id = s.node_id
+           WHERE s.id = ? AND s.status = 'retrieving' AND n.last_seen >= ?""",
+        (session_id, now - lease)).fetchone() is not None
+
+
 def insert(conn: sqlite3.Connection, row: Mapping[str, object]) -> None:
     """Add a session (keys: id, kind, source, request, status, reason, created_at, updated_at, expires_at).
 

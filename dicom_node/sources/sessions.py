@@ -54,7 +54,7 @@ from dicom_node.index import sessions as session_queries
 from dicom_node.sources.sessions_plan import RetrievalPlan, RetrievalSource, SessionRefused, SessionUnavailable
 from dicom_node.sources.sessions_sink import SessionSink
 from dicom_node.sources.sink import NodeStorage
-from dicom_node.workqueue import Done, Failed, Outcome, WorkItem, WorkQueue
+from dicom_node.workqueue import Done, Failed, Outcome, Retry, WorkItem, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ MAX_ACTIVE_RETRIEVALS = 8
 RETRIEVAL = "retrieval"
 #: The image of a NIfTI session (Clara AIAA ``PUT /session/``), in the session folder; read by ``GET /session/{id}``.
 NIFTI_FILE = "image.nii.gz"
+#: Seconds before a retrieval another live node queued (and holds the plan of) is offered again.
+HAND_BACK_AFTER = 1.0
 #: Seconds a session folder without a row must be old before a node on a shared storage root removes it:
 #: another node creates the folder just before the row (:meth:`SessionService.open`).
 SHARED_ORPHAN_GRACE = 3600.0
@@ -261,6 +263,18 @@ class SessionService:
             self._fail_quietly(row["id"], "the retrieval could not be queued")
             raise
         return row
+
+    def held_elsewhere(self, session_id: str) -> bool:
+        """Whether another live node queued this retrieval (nodes sharing a PostgreSQL index).
+
+        Its plan (the patient ID of a patient-level request is never written to the index) lives in
+        that node's memory, so this node hands the work row back instead of failing the session.
+        """
+        with self._lock:
+            if session_id in self._active:
+                return False
+        lease, now = self.node.config.assembly.node_lease, time.time()
+        return self._read(lambda c: session_queries.held_by_live_node(c, session_id, now, lease))
 
     def run_retrieval(self, session_id: str) -> bool:
         """Run the queued retrieval of ``session_id`` (the ``retrieval`` handler); True when the session is ready.
@@ -457,6 +471,8 @@ class _RetrievalHandler:
 
     def handle(self, item: WorkItem) -> Outcome:
         """Retrieve into the session; the session row says ready or failed, with the reason."""
+        if self.service.held_elsewhere(item.ref):
+            return Retry("queued by another live node, which holds its plan", after=HAND_BACK_AFTER)
         with item.stage("retrieve"):
             ready = self.service.run_retrieval(item.ref)
         if ready:
