@@ -102,7 +102,8 @@ class Receiver:
         self._lock = threading.Lock()
         ae = AE(ae_title="RESULTS")
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+            if cx.abstract_syntax is not None:
+                ae.add_supported_context(cx.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
 
         def on_store(event: evt.Event) -> int:
             ds = event.dataset
@@ -111,7 +112,10 @@ class Receiver:
                                       time.time()))
             return 0
 
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        if server is None:  # only a blocking start returns None
+            raise RuntimeError("the result receiver did not start")
+        self.server = server
 
     def delivered(self) -> dict[str, float]:
         """Study UID -> when both its SEG and its SR had arrived (the later of the first of each)."""
