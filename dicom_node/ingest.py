@@ -297,14 +297,24 @@ class Ingestor:
         self.writer = writer
         self.replace = replace_duplicates
         self.max_inflated = max_inflated
-        # One read connection per association thread: sqlite3 connections are not shared.
+        # One SQLite read connection per association thread: sqlite3 connections are not shared, and
+        # opening one per instance costs more than the lookup.
         self._local = threading.local()
 
-    def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self.index.reader()
-        return conn
+    def _exists(self, sop_instance_uid: str) -> bool:
+        if self.index.pooled:
+            # PostgreSQL: a pooled reader is given back after each lookup. Kept per thread, every
+            # association thread held one of the pool's 16 for good, and the 17th association's
+            # C-STOREs waited 30 s for a connection and failed 0xA700.
+            conn = self.index.reader()
+            try:
+                return self.index.has_instance(conn, sop_instance_uid)
+            finally:
+                conn.close()
+        cached: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if cached is None:
+            cached = self._local.conn = self.index.reader()
+        return self.index.has_instance(cached, sop_instance_uid)
 
     def store(self, arrival: Arrival) -> str:
         """Make ``arrival`` durable; returns ``"stored"``, ``"replaced"`` or ``"duplicate"``.
@@ -320,7 +330,7 @@ class Ingestor:
         try:
             header = Dataset()
             record = self.check(arrival, header)
-            exists = self.index.has_instance(self._reader(), record.sop_instance_uid)
+            exists = self._exists(record.sop_instance_uid)
             if exists and not self.replace:
                 self.spool.discard(fd, arrival.temp)
                 fd = None

@@ -51,3 +51,14 @@ def test_series_to_seg_and_sr_on_postgresql(start_node, tmp_path: Path, postgres
     if api is not None:
         listed = httpx.get(f"{api}/v1/jobs", params={"study": str(datasets[0].StudyInstanceUID)}, timeout=10)
         assert listed.status_code == 200, listed.text
+
+
+def test_more_associations_than_the_reader_pool_all_store(start_node, postgres_dsn: str) -> None:
+    """Each C-STORE's duplicate lookup gives its pooled reader back: 24 associations in turn (the pool holds 16)
+    all store at once. Before, every association thread kept one reader for good, and from the 17th on each
+    C-STORE waited 30 s for a connection and failed 0xA700."""
+    node: Node = start_node(storage={"database": postgres_dsn}, jobs={"workers": 0})
+    datasets = list(ct_datasets(SeriesSpec(slices=24, rows=16, columns=16, seed="pool")))
+    for ds in datasets:  # one association per instance, one after the other (each on a new thread)
+        assert send_all(node.scp.port, [ds]) == [0]
+    assert node.index.counts()["instances"] == 24

@@ -109,6 +109,11 @@ class Index:
             return cast(sqlite3.Connection, self._pool.reader())
         return connect(self.path)
 
+    @property
+    def pooled(self) -> bool:
+        """True when readers come from a bounded pool (PostgreSQL) and must be given back after each use."""
+        return self._pool is not None
+
     def close(self) -> None:
         """Close the reader pool (PostgreSQL); SQLite readers are closed by their users."""
         if self._pool is not None:
