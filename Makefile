@@ -1,6 +1,7 @@
 # dicom-node: the two commands that set everything up on a fresh machine.
 #   make run   - create .venv, install, start the node on conf/node.toml (SCP 127.0.0.1:11112, state in ./var)
-#   make test  - create .venv, install test extras and the Debian peers it can, run pytest
+#   make test  - create .venv, install test extras and the Debian peers it can, run pytest on SQLite and
+#                (at the same time) the tests whose nodes store something on PostgreSQL
 #   make test-postgresql - the tests whose nodes store something, again with the index on a throwaway PostgreSQL
 #   make lint  - ruff and mypy (configured in pyproject.toml), as CI runs them
 #   make viewer - fetch the OHIF viewer (npm) and serve it on 127.0.0.1:3000 against the running node
@@ -38,7 +39,7 @@ peers:
 	@bash tests/peers/setup_triton.sh || echo "peers: Triton server not set up; its tests skip (or fail when DICOM_NODE_REQUIRE_PEERS=1)"
 
 test: install-test peers
-	$(PY) -m pytest
+	PY=$(PY) bash tests/run_both_backends.sh
 
 # The PostgreSQL pass (issue 18): tests/pg_peer.py starts a throwaway PostgreSQL 15 cluster, puts
 # every node the tests configure on it and keeps only the tests that reach a node's index (touches_index).
