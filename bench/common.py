@@ -1,36 +1,20 @@
 """Helpers the benchmark scripts share: ports, process CPU, percentiles, the environment of a child node.
 
-Each was copied between scripts before (``free_port`` five times); one copy here keeps them alike.
+Each was copied between scripts before (``free_port`` five times); one copy here keeps them alike, and
+the ports helpers are the tests' own (tests/peers/ports.py).
 Scripts put the checkout on ``sys.path`` and import ``bench.common``; nothing here imports the node.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import time
 from pathlib import Path
+
+from tests.peers.ports import free_port as free_port  # the tests' own, re-exported for the scripts
+from tests.peers.ports import wait_port as wait_port
 
 #: The checkout the benchmarks measure.
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    """An ephemeral loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    """Block until something accepts on ``port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def percentile(values: list[float], q: float) -> float:

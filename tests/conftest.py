@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from dicom_node.config import NodeConfig
 from dicom_node.index import Index
 from dicom_node.node import INDEX_NAME, Node
 from dicom_node.synthetic import SeriesSpec, write_ct_series
+from tests.peers.ports import free_port as free_port  # re-exported: tests import it from here
+from tests.peers.ports import wait_port as wait_port
 
 REPO = Path(__file__).resolve().parents[1]
 #: Object storage emulators as session fixtures: azurite, gcs_emulator, s3_server (tests/objects_peers.py);
@@ -46,24 +47,6 @@ def require_tool(name: str, hint: str = "") -> str:
             pytest.fail(f"required peer missing: {reason}")
         pytest.skip(reason)
     return path
-
-
-def free_port() -> int:
-    """An ephemeral loopback port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    """Block until something accepts connections on ``port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
 
 
 def node_config(root: Path, **sections: dict[str, Any]) -> NodeConfig:

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from tests.peers.ports import free_port
+
 
 class MotoUnavailable(RuntimeError):
     """moto (or boto3) is not installed; the message says how to install it."""
@@ -30,12 +32,6 @@ class MotoS3:
     access_key_id: str
     secret_access_key: str
     client: Any  # boto3's S3 client (boto3 ships no type hints)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_started(proc: subprocess.Popen[bytes], port: int, timeout: float = 60.0) -> None:
@@ -59,7 +55,7 @@ def moto_s3(buckets: Sequence[str]) -> Iterator[MotoS3]:
         import moto  # noqa: F401 - only to know the server is installed
     except ImportError as exc:
         raise MotoUnavailable("moto not installed: pip install -e '.[test]' (moto[s3], flask, flask-cors)") from exc
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     # The first three requests (create user, attach policy, create key) go unauthenticated; every
     # later one must be signed with a key IAM knows, so a wrong key or secret answers 403.

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.peers.ports import free_port
+
 log = logging.getLogger(__name__)
 
 #: Where Debian's orthanc-dicomweb puts the plugin; override with DICOM_NODE_ORTHANC_PLUGINS.
@@ -46,12 +48,6 @@ def find_dicomweb_plugin() -> Path | None:
     """Path of the DICOMweb plugin library, or None."""
     path = PLUGIN_DIR / DICOMWEB_PLUGIN
     return path if path.exists() else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -144,7 +140,7 @@ def _start(binary: str, folder: Path, aet: str, users: Mapping[str, str] | None,
            ports: tuple[int | None, int | None] = (None, None), extra: Mapping[str, Any] | None = None,
            ) -> tuple[subprocess.Popen[bytes], OrthancPeer] | None:
     """One start attempt (fresh ports unless given); None when the process exited early (port race)."""
-    http_port, dicom_port = ports[0] or _free_port(), ports[1] or _free_port()
+    http_port, dicom_port = ports[0] or free_port(), ports[1] or free_port()
     config = write_config(folder, http_port, dicom_port, aet, users, plugins, extra)
     log_file = folder / "orthanc.log"
     with log_file.open("ab") as out:

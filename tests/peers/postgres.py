@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.peers.ports import free_port
 
 PG_BIN = Path(os.environ.get("DICOM_NODE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -53,12 +54,6 @@ def run_as() -> list[str]:
     raise PostgresUnavailable("running as root and neither a postgres nor a nobody user exists to run PostgreSQL")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def postgres_cluster(fsync: bool = False, max_connections: int = 200) -> Iterator[PgCluster]:
     """Start a fresh cluster on a free loopback port (socket in its own folder); stop and remove it on exit.
@@ -74,7 +69,7 @@ def postgres_cluster(fsync: bool = False, max_connections: int = 200) -> Iterato
     try:
         if prefix:
             shutil.chown(base, user=prefix[2])
-        data, port = base / "data", _free_port()
+        data, port = base / "data", free_port()
         subprocess.run([*prefix, str(PG_BIN / "initdb"), "-D", str(data), "-U", "dicom_node", "-A", "trust",
                         "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
         opts = (f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync={'on' if fsync else 'off'} "
