@@ -61,10 +61,6 @@ class SpoolMirror(Protocol):
         """
         ...
 
-    def delete(self, relpath: str) -> None:
-        """Remove the object of ``relpath`` (absent counts as removed). Raises StorageError."""
-        ...
-
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
     """Linux ``sync_file_range(2)``, used to start writeback while data still arrives.
@@ -325,16 +321,16 @@ class Spool:
             raise StorageError(f"cannot store the instance: {exc.strerror}") from exc
 
     def remove(self, relpath: str) -> None:
-        """Delete a just-placed file whose index commit failed (it was never acknowledged), and its object."""
+        """Delete a just-placed file whose index commit failed (it was never acknowledged).
+
+        With a mirror its object stays: another node may have stored and acknowledged the same
+        instance under the same key at the same moment, and deleting would lose that copy. An
+        object no row references is read by no node, and a resend overwrites it.
+        """
         try:
             (self.files / relpath).unlink(missing_ok=True)
         except OSError as exc:  # left for the start-up scan, which removes unreferenced files
             log.error("cannot remove an unindexed spool file error=%s", exc.strerror)
-        if self.mirror is not None:
-            try:
-                self.mirror.delete(f"spool/{relpath}")
-            except StorageError as exc:  # an unreferenced object: no node reads it, a resend overwrites it
-                log.error("cannot remove an unindexed spool object error=%s", exc)
 
     def sync_dirs(self, dirs: set[Path]) -> None:
         """fsync directories so renames survive a power loss."""

@@ -103,16 +103,3 @@ class ObjectSpool:
             raise StorageError(f"cannot read a spool object from {self._where()}: {exc}") from exc
         log.debug("spool object fetched into the cache store=%s bytes=%d", self.base.store, size)
         return True
-
-    def delete(self, relpath: str) -> None:
-        """Remove the object of ``relpath``; an absent object counts as removed.
-
-        Raises
-        ------
-        StorageError
-            The store refused or could not be reached.
-        """
-        try:
-            self.stores.delete(self._url(relpath))
-        except ObjectStoreError as exc:
-            raise StorageError(f"cannot delete a spool object from {self._where()}: {exc}") from exc

@@ -32,7 +32,7 @@ import obstore
 
 from dicom_node.config.objects import ObjectsConfig
 from dicom_node.objects.backends import STORE_NAMES, Store, build_store, map_error
-from dicom_node.objects.errors import ObjectNotFound, ObjectRefused, ObjectStoreError, ObjectTooLarge
+from dicom_node.objects.errors import ObjectRefused, ObjectStoreError, ObjectTooLarge
 from dicom_node.objects.url import ObjectInfo, ObjectUrl
 
 __all__ = ["ObjectStores"]
@@ -201,24 +201,6 @@ class ObjectStores:
             raise map_error(exc, url, "write") from exc
         size = data.stat().st_size if isinstance(data, Path) else len(data)
         log.debug("object written store=%s bucket=%s bytes=%d", url.store, url.bucket, size)
-
-    def delete(self, url: ObjectUrl) -> None:
-        """Delete one object; an object that does not exist counts as deleted (S3 answers so, GCS and Azure 404).
-
-        Raises
-        ------
-        ObjectRefused, ObjectStoreError
-        """
-        if not url.key or url.key.endswith("/"):
-            raise ObjectRefused(f"{url} names a prefix, not an object")
-        client = self._client(url, None)
-        try:
-            obstore.delete(client, url.key)
-        except Exception as exc:  # every library error is mapped at this boundary
-            error = map_error(exc, url, "delete")
-            if not isinstance(error, ObjectNotFound):
-                raise error from exc
-        log.debug("object deleted store=%s bucket=%s", url.store, url.bucket)
 
     def list(self, prefix: ObjectUrl, *, max_items: int | None = None) -> list[ObjectInfo]:
         """Objects under ``prefix`` (recursively), in the store's order, at most ``max_items``.
