@@ -15,7 +15,7 @@ SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 def make_ae(calling: str = "TEST_SCU") -> AE:
     """An SCU proposing CT Image Storage in the uncompressed and deflated syntaxes."""
     ae = AE(ae_title=calling)
-    ae.acse_timeout = 10
+    ae.acse_timeout = 30  # an A-ASSOCIATE-RJ under two parallel test passes on 2 cores came after 10 s once
     ae.dimse_timeout = 30
     ae.network_timeout = 30
     ae.add_requested_context(CTImageStorage, SYNTAXES)
