@@ -50,6 +50,7 @@ from dicom_node.config.objects import ObjectsConfig
 from dicom_node.objects import ObjectUrl
 from tests.conftest import free_port, peers_required, wait_port
 from tests.peers.moto_s3 import MotoUnavailable, moto_s3
+from tests.peers.ports import stop_process
 
 #: The buckets (containers) every emulator holds, all allowlisted in ``ObjectPeer.section``.
 BUCKETS = ("inputs", "results")
@@ -118,15 +119,6 @@ class ObjectPeer:
     def fetch(self, key: str, bucket: str = "results") -> bytes | None:
         """Read an object through the emulator's own API; None when it does not exist."""
         return self._fetch(bucket, key)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def _wait_started(proc: subprocess.Popen[bytes], port: int, what: str, timeout: float = 60.0) -> None:
@@ -223,7 +215,7 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectPeer]:
         yield ObjectPeer("azure", "az", endpoint, _section("azure", {**base, "account_key": AZURITE_KEY}),
                          _section("azure", {**base, "account_key": WRONG_AZURE_KEY}), seed, fetch)
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 # -- fake-gcs-server ------------------------------------------------------------------------------------------------
@@ -311,7 +303,7 @@ def gcs_emulator() -> Iterator[ObjectPeer]:
                          _section("gcs", {"endpoint": endpoint, "service_account_key": '{"type": "service_account"}'}),
                          seed, fetch)
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 # -- gcp-storage-emulator behind an ETag shim (GCS writes) ---------------------------------------------------------
@@ -450,7 +442,7 @@ def gcs_write_emulator(gcs_emulator: ObjectPeer) -> Iterator[ObjectPeer]:
     finally:
         shim.shutdown()
         shim.server_close()
-        _stop(proc)
+        stop_process(proc)
 
 
 # -- moto (S3) ------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from tests.peers.ports import free_port
+from tests.peers.ports import free_port, stop_process
 
 
 class MotoUnavailable(RuntimeError):
@@ -77,9 +77,4 @@ def moto_s3(buckets: Sequence[str]) -> Iterator[MotoS3]:
             s3.create_bucket(Bucket=bucket)
         yield MotoS3(endpoint, key["AccessKeyId"], key["SecretAccessKey"], s3)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.peers.ports import free_port
+from tests.peers.ports import free_port, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -126,16 +126,6 @@ def _ready(url: str, user: tuple[str, str] | None, dicom_port: int) -> bool:
         return s.connect_ex(("127.0.0.1", dicom_port)) == 0
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
 def _start(binary: str, folder: Path, aet: str, users: Mapping[str, str] | None, plugins: Sequence[str], timeout: float,
            ports: tuple[int | None, int | None] = (None, None), extra: Mapping[str, Any] | None = None,
            ) -> tuple[subprocess.Popen[bytes], OrthancPeer] | None:
@@ -155,7 +145,7 @@ def _start(binary: str, folder: Path, aet: str, users: Mapping[str, str] | None,
         if _ready(url, user, dicom_port):
             return proc, peer
         time.sleep(0.05)
-    _stop(proc)
+    stop_process(proc, timeout=15)
     raise TimeoutError(f"Orthanc did not become ready in {timeout:.0f} s; see {log_file}")
 
 
@@ -213,4 +203,4 @@ def run_orthanc(
     try:
         yield peer
     finally:
-        _stop(proc)
+        stop_process(proc, timeout=15)

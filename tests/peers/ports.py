@@ -1,8 +1,10 @@
-"""Loopback ports for the peers and nodes the tests and benchmarks start (no pytest import, so bench/ uses it too)."""
+"""Loopback ports and child processes of the peers and nodes the tests and benchmarks start (no pytest import,
+so bench/ uses it too)."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 
 
@@ -28,3 +30,15 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on port {port}")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Terminate a peer process, killing it when it has not exited within ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
